@@ -1,0 +1,94 @@
+"""`gptforge data ...`: write the built-in corpus, prepare token shards, inspect shards."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from gptforge.errors import UserError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("data", help="corpora and token shards",
+                       description="Write the built-in corpus, tokenize corpora into shards.")
+    dsub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
+
+    c = dsub.add_parser("corpus", help="write a built-in corpus as plain text",
+                        description="Write a built-in corpus (shakespeare: 37 plays) as UTF-8 text.")
+    c.add_argument("name", choices=["shakespeare"])
+    c.add_argument("--out", required=True, help="file to write ('-' for stdout)")
+    c.add_argument("--split", choices=["all", "train", "val"], default="all",
+                   help="which plays (val: hamlet, julius-caesar, the-tempest, twelfth-night)")
+    c.set_defaults(func=cmd_corpus)
+
+    pr = dsub.add_parser(
+        "prepare", help="tokenize a corpus into memory-mappable shards",
+        description="Tokenize a corpus into train.bin / val.bin (flat uint16 or uint32 token ids) "
+                    "plus meta.json and a copy of the tokenizer.")
+    pr.add_argument("--corpus", required=True,
+                    help="'shakespeare', a .txt or .jsonl file (\"text\" field), a directory of .txt "
+                         "files, or a quoted glob")
+    pr.add_argument("--tokenizer", required=True,
+                    help="'char' (train a char-level tokenizer on the corpus) or a saved tokenizer "
+                         "(directory or tokenizer.json)")
+    pr.add_argument("--out", required=True, help="output directory")
+    pr.add_argument("--val-fraction", type=float, default=0.1,
+                    help="share held out for validation: bytes of a single file, else every "
+                         "1/f-th document (default 0.1; the built-in corpus splits by play)")
+    pr.add_argument("--errors", choices=["strict", "replace"], default="strict",
+                    help="invalid UTF-8: fail naming file and offset (strict) or use U+FFFD (replace)")
+    pr.add_argument("--workers", type=int, default=None, help="encoding processes (default: cores, up to 4)")
+    pr.set_defaults(func=cmd_prepare)
+
+    i = dsub.add_parser("info", help="describe (and check) a shard directory")
+    i.add_argument("dir")
+    i.add_argument("--tokenizer", help="also check the shards were made with this tokenizer")
+    i.set_defaults(func=cmd_info)
+
+
+def cmd_corpus(args) -> int:
+    from gptforge.data import shakespeare
+
+    text = shakespeare.corpus_text(args.split)
+    if args.out == "-":
+        sys.stdout.write(text)
+        return 0
+    try:
+        with open(args.out, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+    except OSError as e:
+        raise UserError(f"{args.out}: cannot write ({e.strerror})") from None
+    print(f"wrote {args.out}: {len(text.encode('utf-8')):,} bytes, "
+          f"{len(shakespeare.plays(args.split))} plays", file=sys.stderr)
+    return 0
+
+
+def cmd_prepare(args) -> int:
+    from gptforge.data.shards import prepare, resolve_tokenizer
+
+    if args.workers is not None and args.workers < 1:
+        raise UserError("--workers must be >= 1")
+    tok = resolve_tokenizer(args.tokenizer, args.corpus, args.errors)
+    meta = prepare(args.corpus, tok, args.out, val_fraction=args.val_fraction, errors=args.errors,
+                   workers=args.workers, progress=sys.stderr.isatty())
+    _print_summary(args.out, meta)
+    return 0
+
+
+def cmd_info(args) -> int:
+    from gptforge.data.shards import open_shards
+    from gptforge.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(args.tokenizer) if args.tokenizer else None
+    shards = open_shards(args.dir, tok)
+    print(json.dumps(shards.meta, indent=1))
+    return 0
+
+
+def _print_summary(out, meta: dict) -> None:
+    t = meta["tokenizer"]
+    print(f"shards in {out}: {t['kind']} tokenizer, vocab {t['vocab_size']:,}, {meta['dtype']}")
+    for s, st in meta["splits"].items():
+        print(f"  {s:5s} {st['tokens']:>12,} tokens  {st['bytes']:>12,} bytes  "
+              f"{st['bytes'] / max(st['tokens'], 1):.2f} bytes/token  {st['documents']:,} documents")

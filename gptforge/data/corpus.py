@@ -1,0 +1,214 @@
+"""Corpora as a stream of text pieces, so a corpus larger than RAM can be tokenized.
+
+A corpus is one of:
+
+- ``"shakespeare"``: the built-in corpus (``gptforge.data.shakespeare``), one document per play,
+  split train/val by whole plays;
+- a path to a ``.txt`` file: one document. Its last ``val_fraction`` of bytes (moved forward to a
+  character boundary) is validation, as nanoGPT splits tiny shakespeare (first 90% train);
+- a path to a ``.jsonl`` file: one document per line, taken from the line's ``"text"`` field;
+- a directory (every ``*.txt`` below it) or a glob pattern: one document per file, in sorted order.
+
+With several documents, document ``i`` (counting from 0 across the corpus) is validation when
+``floor((i+1)*f) > floor(i*f)`` for ``f = val_fraction``: every 10th document for f = 0.1,
+deterministic and streamable.
+
+Files are read in chunks of about 4 MiB cut at newlines and decoded as strict UTF-8: invalid bytes
+raise ``UserError`` naming the file and byte offset unless ``errors="replace"``.
+"""
+
+from __future__ import annotations
+
+import glob as globlib
+import hashlib
+import json
+import math
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gptforge.errors import UserError
+
+CHUNK_BYTES = 4 << 20
+BUILTIN = ("shakespeare",)
+
+
+@dataclass
+class Piece:
+    """A run of text from one document, bound for one split.
+
+    ``doc_start`` marks the first piece of a document: the shard writer puts the end-of-text
+    token before it unless it is the first piece of its split.
+    """
+
+    split: str  # "train" | "val"
+    text: str
+    doc_start: bool
+
+
+@dataclass
+class Corpus:
+    """A corpus spec resolved to its sources. Iterate ``pieces()`` to stream it."""
+
+    spec: str
+    sources: list[Path] = field(default_factory=list)  # empty for built-in corpora
+    sha256: str | None = None  # of all bytes read, in order; set once pieces() is exhausted
+    bytes_read: int = 0
+
+    @property
+    def builtin(self) -> bool:
+        return not self.sources
+
+    def total_bytes(self) -> int:
+        """Bytes to read (for progress bars)."""
+        if self.builtin:
+            from gptforge.data import shakespeare
+
+            return shakespeare.SIZE_BYTES
+        return sum(p.stat().st_size for p in self.sources)
+
+    def pieces(self, val_fraction: float = 0.1, errors: str = "strict",
+               on_bytes: Callable[[int], None] | None = None) -> Iterator[Piece]:
+        """Stream the corpus as ``Piece``s. ``on_bytes(n)`` is called as n raw bytes are consumed."""
+        if not 0.0 < val_fraction < 1.0:
+            raise UserError(f"--val-fraction must be in (0, 1), not {val_fraction}")
+        h = hashlib.sha256()
+        self.bytes_read = 0
+
+        def consumed(b: bytes):
+            h.update(b)
+            self.bytes_read += len(b)
+            if on_bytes:
+                on_bytes(len(b))
+
+        if self.builtin:
+            from gptforge.data import shakespeare
+
+            for name, text in shakespeare.plays("all"):
+                consumed(text.encode("utf-8"))
+                yield Piece("val" if name in shakespeare.VAL_PLAYS else "train", text, True)
+        elif len(self.sources) == 1 and self.sources[0].suffix != ".jsonl":
+            path = self.sources[0]
+            size = path.stat().st_size
+            cut = _char_boundary(path, int(size * (1.0 - val_fraction)))
+            first = {"train": True, "val": True}
+            for offset, text in _read_text(path, errors, consumed, cut=cut):
+                split = "train" if offset < cut else "val"
+                yield Piece(split, text, first[split])
+                first[split] = False
+        else:
+            docs = 0
+            for path in self.sources:
+                if path.suffix == ".jsonl":
+                    for text in _read_jsonl(path, errors, consumed):
+                        yield Piece(_doc_split(docs, val_fraction), text, True)
+                        docs += 1
+                else:
+                    split = _doc_split(docs, val_fraction)
+                    for i, (_, text) in enumerate(_read_text(path, errors, consumed)):
+                        yield Piece(split, text, i == 0)
+                    docs += 1
+        self.sha256 = h.hexdigest()
+
+
+def open_corpus(spec: str) -> Corpus:
+    """Resolve ``spec`` (built-in name, file, directory or glob) to a ``Corpus``.
+
+    Raises:
+        UserError: nothing exists at ``spec``, or a directory/glob holds no text files.
+    """
+    if spec in BUILTIN:
+        return Corpus(spec)
+    p = Path(spec)
+    if p.is_file():
+        return Corpus(spec, [p])
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*.txt") if f.is_file())
+        if not files:
+            raise UserError(f"{spec}: directory holds no .txt files")
+        return Corpus(spec, files)
+    if globlib.has_magic(spec):
+        files = sorted(Path(f) for f in globlib.glob(spec, recursive=True) if Path(f).is_file())
+        if not files:
+            raise UserError(f"{spec}: pattern matches no files")
+        return Corpus(spec, files)
+    raise UserError(f"{spec}: no such file or directory (and not a built-in corpus: {', '.join(BUILTIN)})")
+
+
+def _doc_split(i: int, f: float) -> str:
+    return "val" if math.floor((i + 1) * f) > math.floor(i * f) else "train"
+
+
+def _char_boundary(path: Path, cut: int) -> int:
+    """Move byte offset ``cut`` forward past UTF-8 continuation bytes (0b10xxxxxx)."""
+    with open(path, "rb") as f:
+        f.seek(cut)
+        tail = f.read(4)
+    for b in tail:
+        if b & 0xC0 != 0x80:
+            break
+        cut += 1
+    return cut
+
+
+def _decode(data: bytes, path: Path, offset: int, errors: str) -> str:
+    try:
+        return data.decode("utf-8", errors=errors)
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path}: invalid UTF-8 at byte offset {offset + e.start} "
+                        "(pass --errors replace to substitute U+FFFD)") from None
+
+
+def _read_text(path: Path, errors: str, consumed: Callable[[bytes], None],
+               cut: int | None = None) -> Iterator[tuple[int, str]]:
+    """Yield (byte offset, text) chunks of ``path``, cut after newlines and exactly at ``cut``."""
+    offset, pending = 0, b""
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    with f:
+        while True:
+            block = f.read(CHUNK_BYTES)
+            data = pending + block
+            if not data:
+                return
+            end = len(data)
+            if cut is not None and offset < cut < offset + end:
+                end = cut - offset
+            elif block:  # not at EOF: stop after the last newline so no character is split
+                nl = data.rfind(b"\n")
+                if nl == -1:  # one enormous line: back off to a character boundary
+                    nl = len(data) - 1
+                    while nl > 0 and data[nl] & 0xC0 == 0x80:
+                        nl -= 1
+                    nl -= 1
+                end = nl + 1
+            chunk, pending = data[:end], data[end:]
+            if chunk:
+                consumed(chunk)
+                yield offset, _decode(chunk, path, offset, errors)
+                offset += len(chunk)
+
+
+def _read_jsonl(path: Path, errors: str, consumed: Callable[[bytes], None]) -> Iterator[str]:
+    offset = 0
+    try:
+        f = open(path, "rb")
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+    with f:
+        for lineno, raw in enumerate(f, 1):
+            consumed(raw)
+            line = _decode(raw, path, offset, errors)
+            offset += len(raw)
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+                raise UserError(f"{path}:{lineno}: expected an object with a string \"text\" field")
+            yield obj["text"]
+

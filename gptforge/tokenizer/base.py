@@ -1,0 +1,176 @@
+"""The interface every gptforge tokenizer shares, and the saved-file format.
+
+A tokenizer maps text (str) to token ids (list[int], each in [0, vocab_size)) and back. Special
+tokens such as ``<|endoftext|>`` have ids of their own and are only produced by ``encode`` when
+the caller allows them, as in tiktoken: text that contains a special-token string raises
+``ValueError`` unless that token is in ``allowed_special`` (or listed in ``disallowed_special=()``).
+
+Saved tokenizers are one UTF-8 JSON file (``tokenizer.json``): human-readable, versioned, no pickle.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Collection, Iterable, Sequence
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from gptforge.errors import UserError
+
+FORMAT = "gptforge.tokenizer"
+FORMAT_VERSION = 1
+EOT = "<|endoftext|>"
+
+AllowedSpecial = Literal["all"] | Collection[str]
+DisallowedSpecial = Literal["all"] | Collection[str]
+
+
+class Tokenizer:
+    """Base class: subclasses implement ``encode_ordinary``, ``decode_bytes``, ``vocab_size``,
+    ``to_dict`` and ``from_dict``, and set ``self.special_tokens`` (str -> id)."""
+
+    kind: str = "base"
+    special_tokens: dict[str, int]
+
+    # --- to implement -----------------------------------------------------------------------
+    @property
+    def vocab_size(self) -> int:
+        raise NotImplementedError
+
+    def encode_ordinary(self, text: str) -> list[int]:
+        """Encode ``text`` treating special-token strings as ordinary text."""
+        raise NotImplementedError
+
+    def decode_bytes(self, ids: Sequence[int]) -> bytes:
+        """The UTF-8 bytes that ``ids`` stand for (special tokens give their own string)."""
+        raise NotImplementedError
+
+    def to_dict(self) -> dict:
+        """A JSON-serialisable description sufficient for ``from_dict`` (without format keys)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Tokenizer:
+        raise NotImplementedError
+
+    # --- shared -----------------------------------------------------------------------------
+    @property
+    def eot_id(self) -> int | None:
+        """Id of ``<|endoftext|>`` (the document separator), or None if this tokenizer has none."""
+        return self.special_tokens.get(EOT)
+
+    def encode(
+        self,
+        text: str,
+        allowed_special: AllowedSpecial = (),
+        disallowed_special: DisallowedSpecial = "all",
+    ) -> list[int]:
+        """Encode ``text`` to ids with tiktoken's special-token semantics.
+
+        Raises:
+            ValueError: ``text`` contains a disallowed special-token string.
+        """
+        allowed = set(self.special_tokens) if allowed_special == "all" else set(allowed_special)
+        disallowed = (
+            set(self.special_tokens) - allowed if disallowed_special == "all" else set(disallowed_special)
+        )
+        for s in disallowed:
+            if s in text:
+                raise ValueError(
+                    f"text contains the special token {s!r}; pass allowed_special={{{s!r}}} to encode it "
+                    "as a special token, or disallowed_special=() to encode it as ordinary text"
+                )
+        if not allowed:
+            return self.encode_ordinary(text)
+        ids: list[int] = []
+        start = 0
+        # split on allowed special strings, leftmost first, longest first on ties
+        while start <= len(text):
+            best = None
+            for s in allowed:
+                i = text.find(s, start)
+                if i != -1 and (best is None or i < best[0] or (i == best[0] and len(s) > len(best[1]))):
+                    best = (i, s)
+            if best is None:
+                ids.extend(self.encode_ordinary(text[start:]))
+                break
+            i, s = best
+            ids.extend(self.encode_ordinary(text[start:i]))
+            ids.append(self.special_tokens[s])
+            start = i + len(s)
+        return ids
+
+    def encode_batch(self, texts: Iterable[str], **kwargs) -> list[list[int]]:
+        """``encode`` for each text in order."""
+        return [self.encode(t, **kwargs) for t in texts]
+
+    def decode(self, ids: Sequence[int], errors: str = "replace") -> str:
+        """Ids to text. Invalid UTF-8 (a token sequence cut mid-character) becomes U+FFFD."""
+        return self.decode_bytes(ids).decode("utf-8", errors=errors)
+
+    def token_bytes(self) -> np.ndarray:
+        """int32 array (vocab_size,): UTF-8 bytes each token stands for; 0 for special tokens.
+
+        Used for bits per byte: total nats / ln 2 / sum(token_bytes[targets]).
+        """
+        specials = set(self.special_tokens.values())
+        out = np.zeros(self.vocab_size, dtype=np.int32)
+        for i in range(self.vocab_size):
+            if i not in specials:
+                out[i] = len(self.decode_bytes([i]))
+        return out
+
+    # --- persistence ------------------------------------------------------------------------
+    def to_json(self) -> str:
+        d = {"format": FORMAT, "version": FORMAT_VERSION, "kind": self.kind, **self.to_dict()}
+        return json.dumps(d, ensure_ascii=False, indent=1) + "\n"
+
+    def fingerprint(self) -> str:
+        """sha256 (hex) of the saved form: two tokenizers with equal fingerprints encode alike."""
+        return hashlib.sha256(self.to_json().encode("utf-8")).hexdigest()
+
+    def identity(self) -> dict:
+        """What shard and checkpoint metadata record to tie data to this tokenizer."""
+        return {"kind": self.kind, "vocab_size": self.vocab_size, "eot_id": self.eot_id,
+                "sha256": self.fingerprint()}
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``tokenizer.json`` into directory ``path`` (or to ``path`` if it ends in .json).
+
+        Written to a temporary file and renamed, so a crash never leaves a half-written file.
+        Returns the file written.
+        """
+        path = Path(path)
+        if path.suffix != ".json":
+            path.mkdir(parents=True, exist_ok=True)
+            path = path / "tokenizer.json"
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(self.to_json(), encoding="utf-8")
+        os.replace(tmp, path)
+        return path
+
+
+def read_tokenizer_json(path: Path) -> dict:
+    """Parse and validate the envelope of a saved tokenizer file.
+
+    Raises:
+        UserError: the file is unreadable, not JSON (e.g. truncated), or not a gptforge tokenizer.
+    """
+    try:
+        d = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{path}: no such tokenizer file") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise UserError(f"{path}: corrupt tokenizer file ({e})") from None
+    if not isinstance(d, dict) or d.get("format") != FORMAT:
+        raise UserError(f"{path}: not a gptforge tokenizer file (no \"format\": \"{FORMAT}\")")
+    if d.get("version") != FORMAT_VERSION:
+        raise UserError(f"{path}: tokenizer format version {d.get('version')!r} is not supported "
+                        f"(this gptforge reads version {FORMAT_VERSION})")
+    return d
