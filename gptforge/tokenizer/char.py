@@ -74,7 +74,8 @@ class CharTokenizer(Tokenizer):
         try:
             return b"".join(self._decode[int(i)] for i in ids)
         except KeyError as e:
-            raise ValueError(f"token id {e.args[0]} is outside the vocabulary (size {self.vocab_size})") from None
+            raise ValueError(f"token id {e.args[0]} is outside the vocabulary "
+                             f"(size {self.vocab_size})") from None
 
     def to_dict(self) -> dict:
         return {"chars": self.chars, "special_tokens": list(self.special_tokens)}

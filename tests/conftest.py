@@ -1,0 +1,21 @@
+"""Shared fixtures. Reference files live in ../shared/data beside the repository (CI has them)."""
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED = ROOT.parent / "shared" / "data"
+
+
+def shared_file(*parts: str) -> Path:
+    """Path to a reference file, or skip the test with the reason if it is absent."""
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"reference file {p} absent (only on developer machines and in CI)")
+    return p
+
+
+@pytest.fixture
+def tinyshakespeare() -> Path:
+    return shared_file("tinyshakespeare.txt")

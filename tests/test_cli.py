@@ -1,0 +1,70 @@
+"""The `gptforge` command: help, data subcommands, and one-line errors with exit code 2."""
+
+import hashlib
+import subprocess
+import sys
+
+import pytest
+
+from gptforge.cli import main
+from gptforge.data import shakespeare
+
+
+def run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "gptforge", *args], capture_output=True, text=True)
+
+
+def test_help_lists_subcommands():
+    r = run("--help")
+    assert r.returncode == 0
+    for cmd in ("data",):
+        assert cmd in r.stdout
+
+
+def test_corpus_command_writes_documented_file(tmp_path):
+    out = tmp_path / "s.txt"
+    assert main(["data", "corpus", "shakespeare", "--out", str(out)]) == 0
+    assert hashlib.sha256(out.read_bytes()).hexdigest() == shakespeare.SHA256
+
+
+def test_prepare_and_info(tmp_path, capsys):
+    (tmp_path / "c.txt").write_text("hello world\n" * 50)
+    assert main(["data", "prepare", "--corpus", str(tmp_path / "c.txt"), "--tokenizer", "char",
+                 "--out", str(tmp_path / "d")]) == 0
+    assert "train" in capsys.readouterr().out
+    assert main(["data", "info", str(tmp_path / "d"), "--tokenizer", str(tmp_path / "d")]) == 0
+    assert '"gptforge.shards"' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("case", ["missing", "empty", "utf8", "mismatch"])
+def test_user_errors_are_one_line_exit_2(tmp_path, case):
+    (tmp_path / "ok.txt").write_text("abc\n" * 10)
+    (tmp_path / "empty.txt").write_text("")
+    (tmp_path / "bad.txt").write_bytes(b"abc\n\xc3(\n")
+    prep = ["data", "prepare", "--tokenizer", "char", "--out", str(tmp_path / "o"), "--corpus"]
+    args, expect = {
+        "missing": (prep + [str(tmp_path / "nope.txt")], "nope.txt: no such file or directory"),
+        "empty": (prep + [str(tmp_path / "empty.txt")], "corpus is empty"),
+        "utf8": (prep + [str(tmp_path / "bad.txt")], "bad.txt: invalid UTF-8 at byte offset 4"),
+        "mismatch": (None, "different tokenizer"),
+    }[case]
+    if case == "mismatch":
+        assert run(*prep, str(tmp_path / "ok.txt")).returncode == 0
+        (tmp_path / "other.txt").write_text("xyz\n")
+        assert run("data", "prepare", "--tokenizer", "char", "--out", str(tmp_path / "t"),
+                   "--corpus", str(tmp_path / "other.txt"), "--val-fraction", "0.5").returncode == 0
+        args = ["data", "info", str(tmp_path / "o"), "--tokenizer", str(tmp_path / "t")]
+    r = run(*args)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gptforge: error: ") and expect in lines[0], r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_errors_replace_accepts_bad_bytes_and_debug_shows_traceback(tmp_path):
+    (tmp_path / "bad.txt").write_bytes(b"abc\n" * 10 + b"\xff\n")
+    base = ["data", "prepare", "--tokenizer", "char", "--out", str(tmp_path / "o"),
+            "--corpus", str(tmp_path / "bad.txt")]
+    r = run("--debug", *base)
+    assert r.returncode != 0 and "Traceback" in r.stderr
+    assert run(*base, "--errors", "replace").returncode == 0
