@@ -1,0 +1,204 @@
+"""The sampling engine: prefill, then decode one token at a time, streaming tokens as they come.
+
+    >>> for step in generate_stream(model, [prompt_ids], max_new_tokens=100, temperature=0.8):
+    ...     print(step[0])        # the new token of row 0 (None once the row has stopped)
+
+How each model keeps its context between steps (``use_cache=True``):
+
+- GPT: a preallocated per-layer KV cache (``model.new_kv_cache``): the prompt is run once
+  (prefill), then each step runs one token per row against the cached keys and values.
+- LSTM: the recurrent state (h, c) carried from step to step (``model.forward_step``).
+- Bigram and MLP: they only see a fixed window of recent tokens; every step runs the model on the
+  last ``block_size`` tokens (the sliding window is their whole state).
+
+With ``use_cache=False`` every step runs a full forward pass over the last ``block_size`` tokens
+(nanoGPT's ``generate``); greedy output is the same token for token (tested). When a sequence
+outgrows ``block_size`` the context is cropped to its last ``block_size`` tokens in both modes; with
+the cache that means refilling it from the cropped window, so the two modes stay identical.
+
+Batched prompts may differ in length: every row starts at position 0; while a row is still inside
+its prompt, its prompt token is fed instead of a sampled one (and nothing is yielded for it).
+
+Sampling (Holtzman et al. 2019 for top-p): logits / temperature, keep the top-k, keep the smallest
+set of tokens whose probability mass reaches top_p, then sample; temperature 0 is greedy (argmax).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from gptforge.errors import UserError
+
+
+@dataclass
+class SamplingParams:
+    """Decoding settings.
+
+    Attributes:
+        max_new_tokens: tokens to generate per row (excluding the prompt).
+        temperature: >= 0; 0 means greedy.
+        top_k: keep the k most likely tokens (None: all).
+        top_p: nucleus mass in (0, 1] (1: no nucleus filtering).
+        seed: seed for the sampler's own torch.Generator (None: nondeterministic).
+        stop_tokens: ids that end a row; the stop token itself is not yielded.
+    """
+
+    max_new_tokens: int = 256
+    temperature: float = 1.0
+    top_k: int | None = None
+    top_p: float = 1.0
+    seed: int | None = None
+    stop_tokens: Sequence[int] = field(default_factory=tuple)
+
+    def validate(self) -> None:
+        """Raises UserError for settings outside their ranges."""
+        if self.max_new_tokens < 0:
+            raise UserError(f"max_new_tokens must be >= 0, not {self.max_new_tokens}")
+        if not self.temperature >= 0:
+            raise UserError(f"temperature must be >= 0 (0 = greedy), not {self.temperature}")
+        if self.top_k is not None and self.top_k < 1:
+            raise UserError(f"top_k must be >= 1, not {self.top_k}")
+        if not 0 < self.top_p <= 1:
+            raise UserError(f"top_p must be in (0, 1], not {self.top_p}")
+
+
+def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                top_p: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pick the next token for each row.
+
+    Args:
+        logits: (B, V) float, unnormalised log-probabilities.
+    Returns:
+        (B,) int64 token ids.
+    """
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+        probs = torch.softmax(sorted_logits, dim=-1)
+        # drop a token when the mass before it already reaches top_p (the top token always stays)
+        drop = (probs.cumsum(dim=-1) - probs) >= top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+class _Context:
+    """Feeds tokens to a model and returns next-token logits, keeping whatever state it can."""
+
+    def __init__(self, model: torch.nn.Module, batch_size: int, use_cache: bool):
+        self.model = model
+        self.block_size = model.config.block_size
+        self.device = next(model.parameters()).device
+        self.mode = "window"
+        if use_cache and hasattr(model, "new_kv_cache"):
+            self.mode = "kv"
+        elif use_cache and hasattr(model, "forward_step"):
+            self.mode = "state"
+        self.batch_size = batch_size
+        self.state = None
+        self.cached = 0  # tokens of the sequence the state covers
+
+    def _reset(self):
+        if self.mode == "kv":
+            dtype = next(self.model.parameters()).dtype
+            self.state = self.model.new_kv_cache(self.batch_size, self.block_size, self.device, dtype)
+        else:
+            self.state = None
+        self.cached = 0
+
+    def logits(self, seq: torch.Tensor) -> torch.Tensor:
+        """seq: (B, T_total) all tokens so far. Returns (B, V) logits for the next position."""
+        T = seq.size(1)
+        if self.mode == "window":
+            logits, _ = self.model(seq[:, -self.block_size:])
+            return logits[:, -1, :]
+        if self.mode == "state":  # LSTM: unbounded context, state carries it
+            if self.cached == 0:
+                self.state = None
+            logits, self.state = self.model.forward_step(seq[:, self.cached:], self.state)
+            self.cached = T
+            return logits[:, -1, :]
+        # KV cache: refill from the cropped window when the sequence outgrows the cache
+        if self.cached == 0 or T > self.block_size:
+            self._reset()
+            new = seq[:, -self.block_size:]
+        else:
+            new = seq[:, self.cached:]
+        logits, _ = self.model(new, kv_cache=self.state)
+        self.cached = min(T, self.block_size)
+        return logits[:, -1, :]
+
+
+@torch.no_grad()
+def generate_stream(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int = 256,
+                    *, temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0,
+                    seed: int | None = None, stop_tokens: Sequence[int] = (),
+                    use_cache: bool = True) -> Iterator[list[int | None]]:
+    """Generate from a batch of prompts, yielding after every decoding step.
+
+    Args:
+        model: any gptforge model (``forward(idx) -> (logits, loss)``), in eval mode.
+        prompts: B lists of token ids, each non-empty; lengths may differ.
+    Yields:
+        a list of B entries per step: the new token id of each row, or None for a row that is
+        still reading its prompt or has stopped. Ends when every row has produced
+        ``max_new_tokens`` tokens or a stop token.
+    Raises:
+        UserError: empty prompt or invalid sampling settings.
+    """
+    params = SamplingParams(max_new_tokens, temperature, top_k, top_p, seed, tuple(stop_tokens))
+    params.validate()
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise UserError("every prompt needs at least one token")
+    device = next(model.parameters()).device
+    B = len(prompts)
+    lens = [len(p) for p in prompts]
+    start = min(lens)
+    total = max(lens) + max_new_tokens  # longest possible sequence; shorter rows stop earlier
+    seq = torch.zeros((B, total), dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):
+        seq[i, : len(p)] = torch.tensor(p, dtype=torch.long)
+    gen = None
+    if seed is not None:
+        gen = torch.Generator(device=device)
+        gen.manual_seed(seed)
+    stops = torch.tensor(sorted(set(stop_tokens)), dtype=torch.long, device=device)
+    prompt_len = torch.tensor(lens, device=device)
+    produced = torch.zeros(B, dtype=torch.long, device=device)
+    done = torch.zeros(B, dtype=torch.bool, device=device)
+    ctx = _Context(model, B, use_cache)
+    for t in range(start, total):
+        if bool(done.all()) or max_new_tokens == 0:
+            return
+        logits = ctx.logits(seq[:, :t])
+        nxt = sample_next(logits, temperature, top_k, top_p, gen)
+        in_prompt = t < prompt_len
+        nxt = torch.where(in_prompt, seq[:, t], nxt)
+        seq[:, t] = nxt
+        fresh = ~in_prompt & ~done
+        stopped = fresh & torch.isin(nxt, stops)
+        emit = fresh & ~stopped
+        produced += emit.long()
+        done |= stopped | (produced >= max_new_tokens)
+        out = nxt.tolist()
+        yield [tok if e else None for tok, e in zip(out, emit.tolist(), strict=True)]
+
+
+def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int = 256,
+             **kwargs) -> list[list[int]]:
+    """Like ``generate_stream`` but returns the new tokens of each row (prompt excluded)."""
+    out: list[list[int]] = [[] for _ in prompts]
+    for step in generate_stream(model, prompts, max_new_tokens, **kwargs):
+        for row, tok in zip(out, step, strict=True):
+            if tok is not None:
+                row.append(tok)
+    return out
