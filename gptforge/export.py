@@ -86,7 +86,7 @@ def export_model(model: torch.nn.Module, tok: Tokenizer, out: str | os.PathLike,
     tmp = out.with_name(out.name + ".tmp")
     with open(tmp, "wb") as f:
         f.write(prefix + b"\0" * (-len(prefix) % ALIGN))
-        for name, t in tensors.items():
+        for t in tensors.values():
             raw = (t.view(torch.int16) if dtype == "bfloat16" else t).numpy().tobytes()
             f.write(raw + b"\0" * (-len(raw) % ALIGN))
     os.replace(tmp, out)

@@ -79,7 +79,11 @@ def cmd_sample(args) -> int:
 
     if args.prompt_file:
         try:
-            text = sys.stdin.read() if args.prompt_file == "-" else open(args.prompt_file, encoding="utf-8").read()
+            if args.prompt_file == "-":
+                text = sys.stdin.read()
+            else:
+                with open(args.prompt_file, encoding="utf-8") as f:
+                    text = f.read()
         except (OSError, UnicodeDecodeError) as e:
             raise UserError(f"{args.prompt_file}: cannot read the prompt ({e})") from None
     else:
