@@ -1,0 +1,472 @@
+"""GPT: a decoder-only Transformer, from exact OpenAI GPT-2 to the modern nanochat recipe.
+
+One configurable model, read top to bottom like nanoGPT's model.py:
+
+    idx (B, T) -> wte [+ wpe] -> [norm] -> n_layer x Block -> norm -> lm_head -> [softcap] -> logits (B, T, V)
+    Block: x = x + attn(norm(x)); x = x + mlp(norm(x))          (pre-norm residual)
+
+Two named presets (see `gpt_config`):
+
+- ``gpt2``: exactly OpenAI GPT-2 (learned positions, LayerNorm with bias, tanh-GELU MLP, biases,
+  tied embeddings). Weights move to and from Hugging Face ``GPT2LMHeadModel`` (gptforge.models.hf).
+- ``modern``: RoPE, parameter-free RMSNorm (also right after the embedding), ReLU^2 MLP, QK-norm,
+  untied embeddings, no biases, logit softcap 15: the recipe modded-nanogpt and nanochat found
+  fastest. Exports to Hugging Face ``NanoChatForCausalLM``.
+
+References: Radford et al. 2019 (GPT-2; openai/gpt-2 src/model.py); Karpathy, nanoGPT model.py and
+nanochat gpt.py; Jordan et al., modded-nanogpt; Su et al. 2021 (RoPE); Zhang & Sennrich 2019
+(RMSNorm); So et al. 2021 (Primer, ReLU^2); Shazeer 2020 (SwiGLU); Henry et al. 2020 / Dehghani et
+al. 2023 (QK-norm); Gemma 2 team 2024 (logit softcap); Ainslie et al. 2023 (GQA); Chowdhery et al.
+2022, PaLM appendix B (FLOPs per token).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from gptforge.errors import UserError
+
+POSITIONALS = ("learned", "rope")
+NORMS = ("layernorm", "rmsnorm")
+MLPS = ("gelu", "relu2", "swiglu")
+INITS = ("gpt2", "nanochat")
+PRESETS = ("gpt2", "modern")
+
+
+@dataclass
+class GPTConfig:
+    """Every architectural choice of `GPT`. Fields left at None are resolved in ``__post_init__``.
+
+    vocab_size, block_size: tokens in the vocabulary; longest sequence (positions) the model sees.
+    n_layer, n_head, n_embd: Transformer blocks; query heads; residual width C (head_dim = C / n_head).
+    n_kv_head: key/value heads (GQA, Ainslie et al. 2023); None -> n_head (plain multi-head attention),
+        1 -> multi-query attention. Must divide n_head.
+    mlp_hidden: MLP hidden width; None -> 4 * n_embd (gelu, relu2) or 8/3 * n_embd rounded up to a
+        multiple of 64 (swiglu, which has two input matrices).
+    positional: "learned" (absolute position table wpe, GPT-2) | "rope" (rotary, Su et al. 2021).
+    rope_theta: RoPE base frequency.
+    norm: "layernorm" (learned scale, and shift iff bias) | "rmsnorm" (parameter-free).
+    norm_eps: epsilon of every norm (GPT-2: 1e-5; nanochat / HF NanoChat: 1e-6).
+    embd_norm: normalise the embedding before the first block (nanochat does).
+    mlp: "gelu" (tanh approximation, GPT-2's gelu_new) | "relu2" (ReLU squared) | "swiglu".
+    qk_norm: parameter-free RMSNorm on queries and keys per head, after RoPE (nanochat's order).
+    tie_embeddings: lm_head shares its weight matrix with wte (GPT-2 does).
+    bias: biases in every Linear except lm_head, and in LayerNorm.
+    dropout: on embeddings, attention probabilities and residual branches (training only).
+    logit_softcap: logits = cap * tanh(logits / cap); None -> off.
+    init: weight-init scheme, "gpt2" (N(0, 0.02), residual projections / sqrt(2 n_layer)) or "nanochat"
+        (see `GPT.init_weights`).
+    """
+
+    vocab_size: int = 50304
+    block_size: int = 1024
+    n_layer: int = 12
+    n_head: int = 6
+    n_kv_head: int | None = None
+    n_embd: int = 768
+    mlp_hidden: int | None = None
+    positional: str = "rope"
+    rope_theta: float = 10000.0
+    norm: str = "rmsnorm"
+    norm_eps: float = 1e-6
+    embd_norm: bool = True
+    mlp: str = "relu2"
+    qk_norm: bool = True
+    tie_embeddings: bool = False
+    bias: bool = False
+    dropout: float = 0.0
+    logit_softcap: float | None = 15.0
+    init: str = "nanochat"
+
+    def __post_init__(self):
+        for name, value, choices in (("positional", self.positional, POSITIONALS), ("norm", self.norm, NORMS),
+                                     ("mlp", self.mlp, MLPS), ("init", self.init, INITS)):
+            if value not in choices:
+                raise UserError(f"GPT {name} must be one of {', '.join(choices)}, not {value!r}")
+        if self.n_kv_head is None:
+            self.n_kv_head = self.n_head
+        if self.mlp_hidden is None:
+            self.mlp_hidden = 4 * self.n_embd if self.mlp != "swiglu" else -(-8 * self.n_embd // 3 // 64) * 64
+        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "mlp_hidden"):
+            v = getattr(self, name)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+                raise UserError(f"GPT {name} must be a positive integer, not {v!r}")
+        if self.n_embd % self.n_head:
+            raise UserError(f"GPT n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
+        if self.n_head % self.n_kv_head:
+            raise UserError(f"GPT n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head})")
+        if self.positional == "rope" and self.head_dim % 2:
+            raise UserError(f"RoPE needs an even head_dim, got {self.head_dim}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise UserError(f"GPT dropout must be in [0, 1), not {self.dropout}")
+        if self.logit_softcap is not None and not self.logit_softcap > 0:
+            raise UserError(f"GPT logit_softcap must be > 0 or None, not {self.logit_softcap}")
+
+    @property
+    def head_dim(self) -> int:
+        """Channels per attention head, n_embd // n_head."""
+        return self.n_embd // self.n_head
+
+
+def gpt_config(preset: str = "modern", depth: int | None = None, **overrides) -> GPTConfig:
+    """A `GPTConfig` from a named preset, one size dial and explicit field overrides.
+
+    preset: "gpt2" (exact OpenAI GPT-2) or "modern" (nanochat / modded-nanogpt recipe).
+    depth: n_layer; width and heads follow from it (default 12, i.e. GPT-2 small / nanochat d12):
+        gpt2:   n_embd = 64 * depth, head_dim 64, so n_head = depth. depth 12 -> 768 wide, 12 heads,
+                exactly GPT-2 small (124M at vocab 50257). GPT-2 medium/large/xl are not on this
+                dial (they have 1024/1280/1600 wide, 16/20/25 heads): give n_layer/n_embd/n_head.
+        modern: nanochat's aspect ratio 64: n_embd = 64 * depth rounded up to a multiple of
+                head_dim 128, n_head = n_embd / 128. depth 12 -> 768/6 heads, 20 -> 1280/10, 32 -> 2048/16.
+    overrides: any GPTConfig field. If n_embd is overridden but n_head is not, n_head is
+        max(1, n_embd // head_dim) with the preset's head_dim (64 or 128).
+    Unknown preset or field -> UserError.
+    """
+    if preset not in PRESETS:
+        raise UserError(f"unknown GPT preset {preset!r}; choose one of {', '.join(PRESETS)}")
+    known = {f.name for f in fields(GPTConfig)}
+    unknown = sorted(set(overrides) - known)
+    if unknown:
+        raise UserError(f"unknown GPT config field(s) {', '.join(unknown)}; "
+                        f"valid: {', '.join(sorted(known))}")
+    if depth is None:
+        depth = overrides.get("n_layer", 12)
+    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
+        raise UserError(f"depth must be a positive integer, not {depth!r}")
+    if preset == "gpt2":
+        head_dim = 64
+        base = dict(vocab_size=50257, block_size=1024, n_embd=64 * depth, positional="learned",
+                    norm="layernorm", norm_eps=1e-5, embd_norm=False, mlp="gelu", qk_norm=False,
+                    tie_embeddings=True, bias=True, logit_softcap=None, init="gpt2")
+    else:
+        head_dim = 128
+        base = dict(vocab_size=50304, block_size=2048, n_embd=-(-64 * depth // head_dim) * head_dim,
+                    positional="rope", norm="rmsnorm", norm_eps=1e-6, embd_norm=True, mlp="relu2",
+                    qk_norm=True, tie_embeddings=False, bias=False, logit_softcap=15.0, init="nanochat")
+    base["n_layer"] = depth
+    base.update(overrides)
+    if "n_head" not in overrides:
+        base["n_head"] = max(1, base["n_embd"] // head_dim)
+    return GPTConfig(**base)
+
+
+# ----------------------------------------------------------------------------------------------
+# building blocks
+
+
+class RMSNorm(nn.Module):
+    """Parameter-free RMSNorm (Zhang & Sennrich 2019): x / sqrt(mean(x^2) + eps) over the last dim.
+
+    Any shape (..., C) -> same shape and dtype. Matches HF NanoChatRMSNorm and nanochat's norm().
+    """
+
+    def __init__(self, eps: float):
+        super().__init__()
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.size(-1),), eps=self.eps)
+
+
+def make_norm(config: GPTConfig) -> nn.Module:
+    """The residual-stream norm the config asks for: (B, T, C) -> (B, T, C)."""
+    if config.norm == "layernorm":
+        return nn.LayerNorm(config.n_embd, eps=config.norm_eps, bias=config.bias)
+    return RMSNorm(config.norm_eps)
+
+
+def rope_cos_sin(T: int, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """RoPE tables for positions 0..T-1: cos, sin, each float32 (T, head_dim / 2).
+
+    Frequency i is theta^(-2i / head_dim) (Su et al. 2021), as in HF NanoChat and Llama.
+    """
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    freqs = torch.outer(torch.arange(T, dtype=torch.float32), inv_freq)  # (T, hs/2)
+    return freqs.cos(), freqs.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate pairs (x[i], x[i + hs/2]) of x (B, nh, T, hs) by position; cos, sin (T, hs/2). Same shape.
+
+    Half-split pairing and sign as nanochat and HF NanoChat (x * cos + rotate_half(x) * sin with
+    rotate_half(x) = cat(x2, -x1)).
+    """
+    x1, x2 = x.chunk(2, dim=-1)  # (B, nh, T, hs/2) each
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
+    return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
+
+
+class KVCache:
+    """Preallocated keys and values for incremental decoding with `GPT.forward(..., kv_cache=cache)`.
+
+    k, v: (n_layer, B, n_kv_head, max_len, head_dim), so ``cache.k[layer]`` is one layer's
+    (B, n_kv_head, max_len, head_dim). Keys are stored after RoPE and QK-norm.
+    pos: int, number of positions already written (the position of the next token).
+    A forward pass over T new tokens writes positions pos..pos+T-1 in every layer, then advances pos by T.
+    Make one with `GPT.new_kv_cache`.
+    """
+
+    def __init__(self, n_layer: int, batch_size: int, n_kv_head: int, max_len: int, head_dim: int,
+                 device=None, dtype: torch.dtype = torch.float32):
+        shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
+        self.k = torch.zeros(shape, device=device, dtype=dtype)
+        self.v = torch.zeros(shape, device=device, dtype=dtype)
+        self.pos = 0
+
+    @property
+    def max_len(self) -> int:
+        """Positions the cache can hold."""
+        return self.k.size(3)
+
+    def reset(self) -> None:
+        """Forget everything written (keeps the memory)."""
+        self.pos = 0
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write k, v (B, n_kv_head, T, hs) at pos..pos+T-1 of `layer`; return that layer's keys and
+        values for positions 0..pos+T-1, each (B, n_kv_head, pos+T, hs). Does not advance pos."""
+        T = k.size(2)
+        end = self.pos + T
+        if end > self.max_len:
+            raise UserError(f"KV cache holds {self.max_len} positions; cannot write up to position {end}")
+        self.k[layer, :, :, self.pos:end] = k
+        self.v[layer, :, :, self.pos:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class CausalSelfAttention(nn.Module):
+    """Multi-head causal self-attention with fused QKV, optional GQA, RoPE and QK-norm, via SDPA.
+
+    forward(x (B, T, C), cos, sin (T, hs/2) or None, kv_cache or None) -> (B, T, C).
+    c_attn: Linear(C, (n_head + 2 n_kv_head) * hs), rows ordered q | k | v (GPT-2's c_attn, transposed).
+    """
+
+    def __init__(self, config: GPTConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
+        self.qk_norm = RMSNorm(config.norm_eps) if config.qk_norm else None
+        self.dropout = config.dropout
+        self.c_attn = nn.Linear(config.n_embd, (config.n_head + 2 * config.n_kv_head) * config.head_dim,
+                                bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x, cos=None, sin=None, kv_cache: KVCache | None = None):
+        B, T, C = x.size()
+        nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
+        q, k, v = self.c_attn(x).split([nh * hs, nkv * hs, nkv * hs], dim=2)
+        q = q.view(B, T, nh, hs).transpose(1, 2)  # (B, nh, T, hs)
+        k = k.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        v = v.view(B, T, nkv, hs).transpose(1, 2)  # (B, nkv, T, hs)
+        if cos is not None:
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        if self.qk_norm is not None:
+            q, k = self.qk_norm(q), self.qk_norm(k)
+        dropout_p = self.dropout if self.training else 0.0
+        gqa = nkv != nh
+        if kv_cache is None:
+            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=gqa)
+        else:
+            pos = kv_cache.pos
+            k, v = kv_cache.update(self.layer_idx, k, v)  # (B, nkv, pos+T, hs)
+            # query i sits at position pos+i and may see keys 0..pos+i; one new token sees everything
+            mask = None if T == 1 else torch.ones(T, pos + T, dtype=torch.bool, device=x.device).tril(pos)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=gqa)
+        y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side
+        return self.resid_dropout(self.c_proj(y))
+
+
+class FeedForward(nn.Module):
+    """The position-wise MLP: (B, T, C) -> (B, T, C).
+
+    gelu / relu2: c_proj(act(c_fc(x))), c_fc (C -> H). swiglu: c_fc (C -> 2H) gives [a | g],
+    then c_proj(a * silu(g)) (Shazeer 2020).
+    """
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.kind = config.mlp
+        width = 2 * config.mlp_hidden if config.mlp == "swiglu" else config.mlp_hidden
+        self.c_fc = nn.Linear(config.n_embd, width, bias=config.bias)
+        self.c_proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        h = self.c_fc(x)  # (B, T, H) or (B, T, 2H)
+        if self.kind == "gelu":
+            h = F.gelu(h, approximate="tanh")  # GPT-2's gelu_new
+        elif self.kind == "relu2":
+            h = F.relu(h).square()
+        else:
+            a, g = h.chunk(2, dim=-1)
+            h = a * F.silu(g)
+        return self.dropout(self.c_proj(h))
+
+
+class Block(nn.Module):
+    """Pre-norm Transformer block: x + attn(ln_1(x)), then + mlp(ln_2(x)). (B, T, C) -> (B, T, C)."""
+
+    def __init__(self, config: GPTConfig, layer_idx: int):
+        super().__init__()
+        self.ln_1 = make_norm(config)
+        self.attn = CausalSelfAttention(config, layer_idx)
+        self.ln_2 = make_norm(config)
+        self.mlp = FeedForward(config)
+
+    def forward(self, x, cos=None, sin=None, kv_cache=None):
+        x = x + self.attn(self.ln_1(x), cos, sin, kv_cache)
+        x = x + self.mlp(self.ln_2(x))
+        return x
+
+
+# ----------------------------------------------------------------------------------------------
+# the model
+
+
+class GPT(nn.Module):
+    """Decoder-only Transformer language model.
+
+    forward(idx: LongTensor (B, T), targets: LongTensor (B, T) | None = None, kv_cache: KVCache | None = None)
+      -> (logits: float32 (B, T, vocab_size), loss: scalar float32 tensor | None)
+    loss: mean cross-entropy in nats per token over targets != -1 (-1 masks a position out).
+    With kv_cache, idx holds only the new tokens; they sit at positions kv_cache.pos.. and attend to
+    everything cached; the cache advances by T. Positions must stay below block_size.
+
+    Modules: transformer.wte (nn.Embedding V x C), transformer.wpe (nn.Embedding block_size x C, learned
+    positions only), transformer.ln_e (embedding norm, if embd_norm), transformer.h (blocks),
+    transformer.ln_f, lm_head (nn.Linear C -> V, no bias; its weight *is* wte's when tied).
+    """
+
+    def __init__(self, config: GPTConfig):
+        super().__init__()
+        self.config = config
+        t = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
+        if config.positional == "learned":
+            t["wpe"] = nn.Embedding(config.block_size, config.n_embd)
+        t["drop"] = nn.Dropout(config.dropout)
+        if config.embd_norm:
+            t["ln_e"] = make_norm(config)
+        t["h"] = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
+        t["ln_f"] = make_norm(config)
+        self.transformer = nn.ModuleDict(t)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.transformer.wte.weight
+        if config.positional == "rope":
+            cos, sin = rope_cos_sin(config.block_size, config.head_dim, config.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)  # (block_size, hs/2)
+            self.register_buffer("rope_sin", sin, persistent=False)
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """(Re)initialise every parameter; deterministic under torch.manual_seed.
+
+        "gpt2" (GPT-2 / nanoGPT): Linear and Embedding weights N(0, 0.02), the two residual output
+        projections (attn.c_proj, mlp.c_proj) N(0, 0.02 / sqrt(2 n_layer)), biases 0, LayerNorm 1.
+        "nanochat": wte N(0, 1) (a norm follows), wpe N(0, 1), lm_head N(0, 0.001) so step-0 logits are
+        ~0 and the loss is ln(V); c_attn and mlp.c_fc U(-a, a) with a = sqrt(3 / C) (std 1/sqrt(C));
+        attn.c_proj and mlp.c_proj zero, so each block starts as the identity. When tied, the shared
+        wte/lm_head matrix gets N(0, 0.001).
+        """
+        cfg = self.config
+        L = cfg.n_layer
+        for name, p in self.named_parameters():
+            if p.ndim == 1:  # biases and LayerNorm weights
+                p.fill_(1.0 if name.endswith("weight") else 0.0)
+            elif cfg.init == "gpt2":
+                std = 0.02 / math.sqrt(2 * L) if name.endswith("c_proj.weight") else 0.02
+                nn.init.normal_(p, mean=0.0, std=std)
+            elif name.endswith("c_proj.weight"):
+                nn.init.zeros_(p)
+            elif name.endswith("c_attn.weight") or name.endswith("c_fc.weight"):
+                a = math.sqrt(3.0 / cfg.n_embd)
+                nn.init.uniform_(p, -a, a)
+            elif name == "lm_head.weight" or (name == "transformer.wte.weight" and cfg.tie_embeddings):
+                nn.init.normal_(p, mean=0.0, std=0.001)
+            else:  # wte, wpe
+                nn.init.normal_(p, mean=0.0, std=1.0)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                kv_cache: KVCache | None = None):
+        cfg = self.config
+        B, T = idx.size()
+        pos = kv_cache.pos if kv_cache is not None else 0
+        if pos + T > cfg.block_size:
+            raise UserError(f"sequence reaches position {pos + T}, beyond block_size {cfg.block_size}")
+        x = self.transformer.wte(idx)  # (B, T, C)
+        if cfg.positional == "learned":
+            x = x + self.transformer.wpe(torch.arange(pos, pos + T, device=idx.device))  # (T, C) broadcast
+        x = self.transformer.drop(x)
+        if cfg.embd_norm:
+            x = self.transformer.ln_e(x)
+        cos = sin = None
+        if cfg.positional == "rope":
+            cos, sin = self.rope_cos[pos:pos + T], self.rope_sin[pos:pos + T]  # (T, hs/2)
+        for block in self.transformer.h:
+            x = block(x, cos, sin, kv_cache)
+        x = self.transformer.ln_f(x)
+        logits = self.lm_head(x).float()  # (B, T, V)
+        if cfg.logit_softcap is not None:
+            logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
+        if kv_cache is not None:
+            kv_cache.pos += T
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    def new_kv_cache(self, batch_size: int, max_len: int | None = None, device=None,
+                     dtype: torch.dtype | None = None) -> KVCache:
+        """An empty `KVCache` for this model: max_len positions (default block_size), on the model's
+        device and in its parameter dtype unless given."""
+        p = self.lm_head.weight
+        cfg = self.config
+        return KVCache(cfg.n_layer, batch_size, cfg.n_kv_head, max_len or cfg.block_size, cfg.head_dim,
+                       device=device or p.device, dtype=dtype or p.dtype)
+
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        """Number of parameters (a tied wte/lm_head matrix counts once).
+
+        exclude_embeddings=True leaves out the input lookup tables, which do no multiply-adds: wpe,
+        and wte unless it is tied to lm_head (then it is the output layer's matmul and is kept).
+        That is the N of 6N in `flops_per_token`.
+        """
+        n = sum(p.numel() for p in self.parameters())
+        if exclude_embeddings:
+            if "wpe" in self.transformer:
+                n -= self.transformer.wpe.weight.numel()
+            if not self.config.tie_embeddings:
+                n -= self.transformer.wte.weight.numel()
+        return n
+
+    def param_counts(self) -> dict[str, int]:
+        """Parameters by component, in forward order; values sum to num_params()."""
+        t = self.transformer
+        count = lambda mods: sum(p.numel() for m in mods for p in m.parameters())
+        blocks = list(t.h)
+        norms = [b.ln_1 for b in blocks] + [b.ln_2 for b in blocks] + [t.ln_f]
+        if "ln_e" in t:
+            norms.append(t.ln_e)
+        return {
+            "token embedding (wte)": t.wte.weight.numel(),
+            "position embedding (wpe)": t.wpe.weight.numel() if "wpe" in t else 0,
+            "attention": count([b.attn for b in blocks]),
+            "mlp": count([b.mlp for b in blocks]),
+            "norms": count(norms),
+            "lm_head" + (" (tied to wte)" if self.config.tie_embeddings else ""):
+                0 if self.config.tie_embeddings else self.lm_head.weight.numel(),
+        }
+
+    def flops_per_token(self) -> int:
+        """Training FLOPs per token (forward + backward) at sequence length block_size:
+        6 N + 12 n_layer n_embd block_size, N = num_params(exclude_embeddings=True) (PaLM, Chowdhery et
+        al. 2022, appendix B; the attention term counts the full, unmasked score and value matmuls)."""
+        cfg = self.config
+        return 6 * self.num_params(exclude_embeddings=True) + 12 * cfg.n_layer * cfg.n_embd * cfg.block_size

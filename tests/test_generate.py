@@ -1,0 +1,193 @@
+"""The sampling engine, `gptforge sample`, and the model.bin + numpy run.py export."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptforge.cli import main
+from gptforge.errors import UserError
+from gptforge.export import export_model
+from gptforge.generate import _Context, generate, generate_stream, sample_next
+from gptforge.models import build_model, model_config
+from gptforge.tokenizer import CharTokenizer
+
+RUN_PY = Path(__file__).resolve().parents[1] / "gptforge" / "run.py"
+TOK = CharTokenizer.train("abcdefghijklmnopqrstuvwxyz ,.:\n")
+PRESETS = [("gpt2", {}), ("modern", {}), ("modern", {"n_kv_head": 1, "mlp": "swiglu"}),
+           ("modern", {"n_head": 4, "n_kv_head": 2, "n_embd": 64})]
+
+
+def gpt(preset, block_size=24, **kw):
+    """A small GPT with weights perturbed away from init, so outputs are not degenerate."""
+    torch.manual_seed(0)
+    m = build_model("gpt", vocab_size=TOK.vocab_size, block_size=block_size, preset=preset, depth=2, **kw)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    return m.eval()
+
+
+@pytest.mark.parametrize("preset,kw", PRESETS)
+def test_kv_cache_greedy_equals_full_forward(preset, kw):
+    m = gpt(preset, **kw)
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11]]  # ragged; runs past block_size 24
+    with_cache = generate(m, prompts, 30, temperature=0)
+    without = generate(m, prompts, 30, temperature=0, use_cache=False)
+    assert with_cache == without
+    assert [len(r) for r in with_cache] == [30, 30, 30]
+    # ragged batching gives each row what it gets alone
+    assert generate(m, [prompts[1]], 30, temperature=0)[0] == with_cache[1]
+
+
+@pytest.mark.parametrize("preset,kw", PRESETS[:2])
+def test_each_cached_step_matches_full_forward_logits(preset, kw):
+    m = gpt(preset, **kw)
+    seq = torch.randint(0, TOK.vocab_size, (2, 20))
+    ctx = _Context(m, 2, use_cache=True)
+    with torch.no_grad():
+        full, _ = m(seq)
+        for t in range(5, 21):
+            assert torch.allclose(ctx.logits(seq[:, :t]), full[:, t - 1], atol=1e-4)
+
+
+def test_sampling_filters():
+    torch.manual_seed(0)
+    logits = torch.tensor([[2.0, 1.0, 0.5, 0.0, -1.0]]).repeat(20000, 1)
+    g = torch.Generator().manual_seed(0)
+    # temperature 1: frequencies follow softmax
+    freq = torch.bincount(sample_next(logits, 1.0, generator=g), minlength=5).float() / 20000
+    assert torch.allclose(freq, torch.softmax(logits[0], -1), atol=0.015)
+    # top-k keeps exactly the k most likely
+    assert set(sample_next(logits, 1.0, top_k=2, generator=g).tolist()) == {0, 1}
+    # top-p keeps the smallest set whose mass reaches p: p(0)=0.53 < 0.7 <= p(0)+p(1)=0.73
+    assert set(sample_next(logits, 1.0, top_p=0.7, generator=g).tolist()) == {0, 1}
+    assert set(sample_next(logits, 1.0, top_p=0.5, generator=g).tolist()) == {0}
+    assert sample_next(logits[:3], 0.0).tolist() == [0, 0, 0]
+    # low temperature sharpens towards greedy
+    cold = sample_next(logits, 0.05, generator=g)
+    assert (cold == 0).float().mean() > 0.99
+
+
+def test_seeded_sampling_is_reproducible_and_stop_tokens_end_rows():
+    m = gpt("modern")
+    a = generate(m, [[1, 2]] * 3, 20, temperature=1.0, top_k=10, seed=7)
+    assert a == generate(m, [[1, 2]] * 3, 20, temperature=1.0, top_k=10, seed=7)
+    assert a == generate(m, [[1, 2]] * 3, 20, temperature=1.0, top_k=10, seed=7, use_cache=False)
+    greedy = generate(m, [[1, 2]], 20, temperature=0)[0]
+    stop = greedy[5]
+    cut = generate(m, [[1, 2]], 20, temperature=0, stop_tokens=[stop])[0]
+    assert cut == greedy[: greedy.index(stop)] and stop not in cut
+
+
+def test_stream_yields_token_by_token():
+    m = gpt("gpt2")
+    steps = list(generate_stream(m, [[1, 2, 3], [4]], 4, temperature=0))
+    # row 1 starts generating at position 1, row 0 at 3: 2 forced steps for row 0
+    assert [s[0] for s in steps][:2] == [None, None]
+    assert sum(s[1] is not None for s in steps) == 4 and sum(s[0] is not None for s in steps) == 4
+
+
+@pytest.mark.parametrize("kw,msg", [({"temperature": -1}, "temperature"), ({"top_p": 0}, "top_p"),
+                                    ({"top_p": 1.5}, "top_p"), ({"top_k": 0}, "top_k")])
+def test_invalid_settings(kw, msg):
+    with pytest.raises(UserError, match=msg):
+        generate(gpt("gpt2"), [[1]], 3, **kw)
+
+
+@pytest.mark.parametrize("arch", ["bigram", "mlp", "lstm"])
+def test_other_models_generate_with_their_state(arch):
+    torch.manual_seed(0)
+    m = build_model(arch, vocab_size=TOK.vocab_size, block_size=32).eval()
+    out = generate(m, [[1, 2, 3], [4]], 20, temperature=0)
+    assert len(out[0]) == 20 and out == generate(m, [[1, 2, 3], [4]], 20, temperature=0, use_cache=False)
+
+
+def test_lstm_state_carries_the_whole_history():
+    torch.manual_seed(0)
+    m = build_model("lstm", vocab_size=TOK.vocab_size, block_size=4).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    prompt = [1, 2, 3]
+    out = generate(m, [prompt], 12, temperature=0)[0]  # the state sees more than block_size tokens
+    seq = prompt + out
+    with torch.no_grad():
+        full, _ = m(torch.tensor([seq]))
+    assert full[0, len(prompt) - 1:-1].argmax(-1).tolist() == out
+
+
+def test_gpt2_greedy_matches_transformers_generate():
+    from gptforge.models.hf import to_hf
+
+    m = gpt("gpt2", block_size=64)
+    hf = to_hf(m).eval()
+    prompt = [5, 6, 7, 8]
+    ours = generate(m, [prompt], 40, temperature=0)[0]
+    theirs = hf.generate(torch.tensor([prompt]), max_new_tokens=40, do_sample=False,
+                         pad_token_id=0)[0, len(prompt):].tolist()
+    assert ours == theirs
+
+
+@pytest.mark.parametrize("preset,kw", PRESETS[:3])
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_export_and_numpy_runner_match_engine(tmp_path, preset, kw, dtype):
+    m = gpt(preset, **kw)
+    out = tmp_path / "model.bin"
+    info = export_model(m, TOK, out, dtype=dtype)
+    assert info["bytes"] == out.stat().st_size
+    if dtype == "bfloat16":  # the runner sees bf16-rounded weights; so must the engine
+        m.load_state_dict({k: v.to(torch.bfloat16).float() for k, v in m.state_dict().items()})
+    want = generate(m, [TOK.encode("hello world")], 40, temperature=0, stop_tokens=[TOK.eot_id])[0]
+    r = subprocess.run([sys.executable, str(RUN_PY), str(out), "--prompt", "hello world",
+                        "--max-new-tokens", "40", "--temperature", "0", "--ids"],
+                       capture_output=True, text=True, check=True)
+    assert json.loads(r.stdout) == want
+
+
+def test_export_rejects_non_gpt(tmp_path):
+    with pytest.raises(UserError, match="GPT models only"):
+        export_model(build_model("bigram", vocab_size=TOK.vocab_size, block_size=8), TOK, tmp_path / "m.bin")
+
+
+def _checkpoint(tmp_path, model):
+    from gptforge.train.checkpoint import save_checkpoint
+
+    tok_file = TOK.save(tmp_path / "tok")
+    state = {"step": 1, "tokens": 0, "config": {}, "model_config": model_config(model),
+             "tokenizer": TOK.identity()}
+    save_checkpoint(tmp_path / "run", 1, model, [], state, tokenizer_json=tok_file)
+    return tmp_path / "run"
+
+
+def test_sample_cli_streams_and_validates(tmp_path, capsys):
+    m = gpt("modern")
+    run = _checkpoint(tmp_path, m)
+    assert main(["sample", "--ckpt", str(run), "--prompt", "ab", "--temperature", "0",
+                 "--max-new-tokens", "12"]) == 0
+    out = capsys.readouterr().out
+    want = generate(m, [TOK.encode("ab")], 12, temperature=0, stop_tokens=[TOK.eot_id])[0]
+    assert out == "ab" + TOK.decode(want) + "\n"
+    long_prompt = "abc " * 20  # 80 tokens > block_size 24: left-truncated with a warning
+    assert main(["sample", "--ckpt", str(run), "--prompt", long_prompt, "--max-new-tokens", "3",
+                 "--seed", "1"]) == 0
+    assert "keeping its last 24" in capsys.readouterr().err
+    assert main(["sample", "--ckpt", str(run), "--temperature", "-0.5"]) == 2
+    assert main(["sample", "--ckpt", str(run), "--top-p", "1.5"]) == 2
+    assert main(["sample", "--ckpt", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert "temperature must be >= 0" in err and "top_p must be in (0, 1]" in err and "nope" in err
+
+
+def test_export_cli_then_run_py(tmp_path):
+    m = gpt("gpt2")
+    run = _checkpoint(tmp_path, m)
+    assert main(["export", "--ckpt", str(run), "--out", str(tmp_path / "m.bin")]) == 0
+    r = subprocess.run([sys.executable, str(RUN_PY), str(tmp_path / "m.bin"), "--prompt", "ab",
+                        "--max-new-tokens", "5", "--temperature", "0"], capture_output=True, text=True)
+    assert r.returncode == 0
+    want = generate(m, [TOK.encode("ab")], 5, temperature=0, stop_tokens=[TOK.eot_id])[0]
+    assert r.stdout == "ab" + TOK.decode(want) + "\n"
