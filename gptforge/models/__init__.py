@@ -11,67 +11,24 @@ loss | None)``, loss being the mean cross-entropy in nats per token over targets
 ``num_params(exclude_embeddings=False)``, ``param_counts()`` and ``flops_per_token()``. Input
 embeddings are ``nn.Embedding`` modules and the output layer is an ``nn.Linear`` named ``lm_head``
 (Bigram's table is both, so it has only the embedding).
+
+Names are imported lazily (``from gptforge.models import build_model`` works as usual), so that
+``gptforge --help`` does not import torch.
 """
 
-from __future__ import annotations
-
-import dataclasses
-
-import torch
-
-from gptforge.errors import UserError
-from gptforge.models.bigram import Bigram, BigramConfig
-from gptforge.models.gpt import GPT, PRESETS, GPTConfig, KVCache, gpt_config
-from gptforge.models.lstm import LSTM, LSTMConfig
-from gptforge.models.mlp import MLP, MLPConfig
-
-ARCHS = ("bigram", "mlp", "lstm", "gpt")
-_CLASSES = {"bigram": (Bigram, BigramConfig), "mlp": (MLP, MLPConfig), "lstm": (LSTM, LSTMConfig),
-            "gpt": (GPT, GPTConfig)}
-
-__all__ = ["ARCHS", "PRESETS", "Bigram", "BigramConfig", "GPT", "GPTConfig", "KVCache", "LSTM", "LSTMConfig",
-           "MLP", "MLPConfig", "build_model", "gpt_config", "model_config", "model_from_config"]
+_EXPORTS = {
+    **dict.fromkeys(["ARCHS", "build_model", "model_config", "model_from_config"], "zoo"),
+    **dict.fromkeys(["GPT", "GPTConfig", "KVCache", "PRESETS", "gpt_config"], "gpt"),
+    **dict.fromkeys(["Bigram", "BigramConfig"], "bigram"),
+    **dict.fromkeys(["LSTM", "LSTMConfig"], "lstm"),
+    **dict.fromkeys(["MLP", "MLPConfig"], "mlp"),
+}
+__all__ = sorted(_EXPORTS)
 
 
-def _config(arch: str, fields: dict):
-    cls = _CLASSES[arch][1]
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise UserError(f"unknown {arch} config field(s) {', '.join(unknown)}; "
-                        f"valid: {', '.join(sorted(known))}")
-    return cls(**fields)
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        import importlib
 
-
-def build_model(arch: str, vocab_size: int, block_size: int, **config) -> torch.nn.Module:
-    """A freshly initialised model (deterministic under torch.manual_seed).
-
-    arch: one of ARCHS. config: fields of that arch's config dataclass; for "gpt" also
-    preset="gpt2" | "modern" (default "modern") and depth=N (see `gpt_config`), any other GPTConfig
-    field overriding the preset. Unknown arch or field -> UserError.
-    """
-    if arch not in _CLASSES:
-        raise UserError(f"unknown model arch {arch!r}; choose one of {', '.join(ARCHS)}")
-    if arch == "gpt":
-        preset = config.pop("preset", "modern")
-        depth = config.pop("depth", None)
-        return GPT(gpt_config(preset, depth, vocab_size=vocab_size, block_size=block_size, **config))
-    return _CLASSES[arch][0](_config(arch, dict(vocab_size=vocab_size, block_size=block_size, **config)))
-
-
-def model_config(model: torch.nn.Module) -> dict:
-    """{"arch": ..., **dataclasses.asdict(model.config)}: JSON-serialisable, enough to rebuild the
-    architecture with `model_from_config` (GPT presets are already resolved into fields)."""
-    for arch, (cls, _) in _CLASSES.items():
-        if type(model) is cls:
-            return {"arch": arch, **dataclasses.asdict(model.config)}
-    raise TypeError(f"not a gptforge model: {type(model).__name__}")
-
-
-def model_from_config(d: dict) -> torch.nn.Module:
-    """Inverse of `model_config`: the same architecture, freshly initialised. Bad dict -> UserError."""
-    d = dict(d)
-    arch = d.pop("arch", None)
-    if arch not in _CLASSES:
-        raise UserError(f"model config has unknown arch {arch!r}; expected one of {', '.join(ARCHS)}")
-    return _CLASSES[arch][0](_config(arch, d))
+        return getattr(importlib.import_module(f"gptforge.models.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'gptforge.models' has no attribute {name!r}")
