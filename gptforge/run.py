@@ -52,6 +52,20 @@ def load(path: str) -> tuple[dict, dict[str, np.ndarray]]:
 
 
 # --- tokenizer ----------------------------------------------------------------------------------
+def _stdlib_split(pattern: str):
+    """The split pattern in Python's ``re`` (no \\p{..} classes): letters are ``[^\\W\\d_]``, numbers
+    ``\\d``. For the GPT-2 and GPT-4 patterns this splits like ``regex`` except around numeric
+    characters outside Nd (such as "²") and combining marks; other patterns need ``regex``."""
+    import re
+
+    for cls, alt in ((r"[^\r\n\p{L}\p{N}]", r"(?:[^\r\n\w]|_)"), (r"[^\s\p{L}\p{N}]", r"(?:[^\s\w]|_)"),
+                     (r"\p{L}", r"[^\W\d_]"), (r"\p{N}", r"\d")):
+        pattern = pattern.replace(cls, alt)
+    if r"\p{" in pattern:
+        raise SystemExit("this tokenizer's split pattern needs the regex module: pip install regex")
+    return re.compile(pattern).findall
+
+
 class Tokenizer:
     def __init__(self, d: dict):
         self.kind = d["kind"]
@@ -67,10 +81,7 @@ class Tokenizer:
 
                 self.split = regex.compile(d["pattern"]).findall
             except ImportError:
-                import re
-
-                pat = d["pattern"].replace(r"\p{L}", r"[^\W\d_]").replace(r"\p{N}", r"\d")
-                self.split = re.compile(pat).findall
+                self.split = _stdlib_split(d["pattern"])
         for s, i in self.special.items():
             while len(self.vocab) <= i:
                 self.vocab.append(b"")

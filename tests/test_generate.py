@@ -191,3 +191,27 @@ def test_export_cli_then_run_py(tmp_path):
     assert r.returncode == 0
     want = generate(m, [TOK.encode("ab")], 5, temperature=0, stop_tokens=[TOK.eot_id])[0]
     assert r.stdout == "ab" + TOK.decode(want) + "\n"
+
+
+@pytest.mark.parametrize("without_regex", [False, True])
+def test_numpy_runner_with_bpe_tokenizer(tmp_path, without_regex):
+    from gptforge.data.shakespeare import corpus_text
+    from gptforge.tokenizer.bpe import BPETokenizer
+
+    tok = BPETokenizer.train(corpus_text("val")[:100_000], 400)
+    torch.manual_seed(0)
+    m = build_model("gpt", vocab_size=tok.vocab_size, block_size=32, preset="modern", depth=1).eval()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(torch.randn_like(p) * 0.1)
+    export_model(m, tok, tmp_path / "m.bin")
+    prompt = "ROMEO:\nWhat light, 12345 through yonder  window\n\n"
+    want = generate(m, [tok.encode(prompt)], 30, temperature=0, stop_tokens=[tok.eot_id])[0]
+    # the runner splits with `regex` when installed, else with an approximation in `re`
+    block = "import sys; sys.modules['regex'] = None; " if without_regex else "import sys; "
+    code = block + f"sys.argv = ['run.py'] + sys.argv[1:]; import runpy; runpy.run_path({str(RUN_PY)!r}, " \
+                   "run_name='__main__')"
+    r = subprocess.run([sys.executable, "-c", code, str(tmp_path / "m.bin"), "--prompt", prompt,
+                        "--max-new-tokens", "30", "--temperature", "0", "--ids"],
+                       capture_output=True, text=True, check=True)
+    assert json.loads(r.stdout) == want
