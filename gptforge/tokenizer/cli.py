@@ -76,49 +76,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args) -> int:
-    import time
+    from gptforge.tokenizer.bpe import SPECIAL_TOKENS, train_on_corpus
 
-    from tqdm import tqdm
-
-    from gptforge.data.corpus import open_corpus
-    from gptforge.tokenizer.bpe import SPECIAL_TOKENS, BPETokenizer, resolve_pattern
-    from gptforge.tokenizer.train import count_chunks, train_merges
-
-    pattern = resolve_pattern(args.pattern)
-    n_merges = args.vocab_size - 256 - len(SPECIAL_TOKENS)
-    if n_merges < 0:
-        raise UserError(f"--vocab-size {args.vocab_size} is too small: it must hold the 256 byte tokens and "
-                        f"{len(SPECIAL_TOKENS)} special tokens (at least {256 + len(SPECIAL_TOKENS)})")
-    t0 = time.perf_counter()
-    corpus = open_corpus(args.corpus)
-    bar = tqdm(total=corpus.total_bytes(), unit="B", unit_scale=True, desc="splitting",
-               disable=args.no_progress, leave=False)
-    trained = 0
-
-    def train_texts():
-        nonlocal trained
-        for piece in corpus.pieces(args.val_fraction, args.errors, on_bytes=bar.update):
-            if piece.split == "train":
-                trained += len(piece.text.encode("utf-8"))
-                yield piece.text
-
-    try:
-        counts = count_chunks(train_texts(), pattern)
-    finally:
-        bar.close()
-    if not counts:
-        raise UserError(f"{args.corpus}: the train split is empty")
-    with tqdm(total=n_merges, desc="merging", unit=" merges", disable=args.no_progress, leave=False) as mbar:
-        merges = train_merges(counts, n_merges, tie_break=args.tie_break, progress=mbar.update)
-    tok = BPETokenizer.from_merges(merges, pattern, SPECIAL_TOKENS, name=f"bpe-{args.vocab_size}")
+    tok, info = train_on_corpus(args.corpus, args.vocab_size, args.pattern, args.tie_break, args.val_fraction,
+                                args.errors, progress=not args.no_progress)
     path = tok.save(args.out)
-    dt = time.perf_counter() - t0
+    n_merges = args.vocab_size - 256 - len(SPECIAL_TOKENS)
     short = ""
-    if len(merges) < n_merges:
-        short = f" (the text ran out of pairs after {len(merges)} of {n_merges} merges)"
-    print(f"wrote {path}: vocab {tok.vocab_size} = 256 bytes + {len(merges)} merges + {len(SPECIAL_TOKENS)} "
-          f"special{short}; trained on {trained / 1e6:.2f} MB ({len(counts):,} distinct chunks) "
-          f"in {dt:.1f} s", file=sys.stderr)
+    if info["merges"] < n_merges:
+        short = f" (the text ran out of pairs after {info['merges']} of {n_merges} merges)"
+    print(f"wrote {path}: vocab {tok.vocab_size} = 256 bytes + {info['merges']} merges + "
+          f"{len(SPECIAL_TOKENS)} special{short}; trained on {info['train_bytes'] / 1e6:.2f} MB "
+          f"({info['chunks']:,} distinct chunks) in {info['seconds']:.1f} s", file=sys.stderr)
     return 0
 
 
