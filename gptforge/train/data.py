@@ -1,0 +1,71 @@
+"""Batches from memory-mapped token shards.
+
+A training batch is a pure function of ``(seed, index)``, where ``index`` numbers every micro-batch
+of the run: ``(step * accum + micro) * world_size + rank``. So:
+
+- a run is deterministic for a seed, and resuming at step k needs no saved loader state;
+- DDP ranks read different windows (distinct ``index``), and 2 ranks x 1 micro step see exactly the
+  batches of 1 rank x 2 micro steps: the basis of the DDP-equivalence test.
+
+``random``: B windows at uniformly random offsets (nanoGPT). ``sequential``: consecutive windows,
+stepping through the split in order and wrapping around at the end; micro-batches and ranks
+take disjoint, adjacent slices.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+
+def batch_offsets(n_tokens: int, B: int, T: int, seed: int, index: int, sampling: str) -> np.ndarray:
+    """Start offsets (int64, shape (B,)) of the B windows of micro-batch number ``index``.
+
+    Each window covers T + 1 tokens (inputs and the next-token targets), so offsets lie in
+    ``[0, n_tokens - T - 1]``.
+
+    Raises:
+        ValueError: the split holds fewer than T + 1 tokens; or unknown ``sampling``.
+    """
+    span = n_tokens - T  # number of valid offsets
+    if span < 1:
+        raise ValueError(f"the split has {n_tokens} tokens, fewer than block_size + 1 = {T + 1}")
+    if sampling == "random":
+        rng = np.random.default_rng([seed, index])
+        return rng.integers(0, span, size=B, dtype=np.int64)
+    if sampling == "sequential":
+        return ((index * B + np.arange(B, dtype=np.int64)) * T) % span
+    raise ValueError(f"unknown sampling {sampling!r}")
+
+
+def get_batch(tokens: np.ndarray, offsets: np.ndarray, T: int, device: torch.device | str = "cpu"
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Inputs x and targets y, both int64 of shape (B, T), with y[:, t] = x[:, t + 1] in the text."""
+    rows = np.stack([tokens[o:o + T + 1] for o in offsets]).astype(np.int64)
+    xy = torch.from_numpy(rows)
+    if torch.device(device).type == "cuda":
+        xy = xy.pin_memory().to(device, non_blocking=True)
+    else:
+        xy = xy.to(device)
+    return xy[:, :-1], xy[:, 1:]
+
+
+def train_batch(tokens: np.ndarray, B: int, T: int, seed: int, sampling: str, step: int, micro: int,
+                accum: int, rank: int, world: int, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """The (x, y) that ``rank`` trains on in micro step ``micro`` of optimizer ``step``."""
+    index = (step * accum + micro) * world + rank
+    return get_batch(tokens, batch_offsets(len(tokens), B, T, seed, index, sampling), T, device)
+
+
+def eval_offsets(n_tokens: int, T: int, eval_tokens: int) -> np.ndarray:
+    """Offsets of the fixed validation subset: ceil(eval_tokens / T) windows spread evenly over the
+    split (the same for every run, seed and device count; capped at what the split holds).
+
+    Raises:
+        ValueError: the split holds fewer than T + 1 tokens.
+    """
+    span = n_tokens - T
+    if span < 1:
+        raise ValueError(f"the split has {n_tokens} tokens, fewer than block_size + 1 = {T + 1}")
+    n = max(1, min(-(-eval_tokens // T), span))
+    return np.linspace(0, span - 1, n).round().astype(np.int64)

@@ -1,0 +1,85 @@
+"""Model FLOPs utilisation: achieved model FLOP/s over the device's peak FLOP/s.
+
+MFU = flops_per_token (training: forward + backward, from the model) x tokens/s per device / peak.
+
+Peak: on CUDA, the vendor's dense bf16 tensor-core figure for known GPUs (A100 312, H100/H200
+989 TFLOP/s); on CPU (and unknown GPUs), measured once by a short matmul probe and cached in
+``$XDG_CACHE_HOME/gptforge/peak_flops.json`` (default ``~/.cache``), keyed by device name,
+thread count and dtype, so every later run compares against the same number. Measure on an idle
+machine: delete that file to measure again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+# dense bf16 tensor-core peak, FLOP/s (vendor datasheets)
+CUDA_PEAK = {"A100": 312e12, "H100": 989e12, "H200": 989e12, "A10G": 125e12, "L4": 121e12,
+             "RTX 4090": 165e12, "RTX 3090": 71e12}
+
+
+def cpu_name() -> str:
+    """The CPU model string (``/proc/cpuinfo`` on Linux, else ``platform.processor()``)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown-cpu"
+
+
+def cache_file() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "gptforge" / "peak_flops.json"
+
+
+def probe_matmul_flops(device: str = "cpu", dtype: torch.dtype = torch.float32, n: int = 1024,
+                       seconds: float = 1.0) -> float:
+    """Best achieved FLOP/s of one n x n matmul on ``device`` over about ``seconds`` of repeats
+    (the best single multiply, so that a moment of contention from other processes is skipped)."""
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    a @ b  # warm up
+    sync()
+    best, deadline = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < deadline:
+        t0 = time.perf_counter()
+        a @ b
+        sync()
+        best = max(best, 2 * n**3 / (time.perf_counter() - t0))
+    return best
+
+
+def peak_flops(device: torch.device | str, dtype: torch.dtype = torch.float32) -> float:
+    """Peak FLOP/s of one device for MFU (see the module docstring); cached probe on CPU."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+        for key, flops in CUDA_PEAK.items():
+            if key in name:
+                return flops
+        key = f"cuda:{name}|{dtype}"
+    else:
+        key = f"{device.type}:{cpu_name()}|threads={torch.get_num_threads()}|{dtype}"
+    path = cache_file()
+    try:
+        cache = json.loads(path.read_text())
+    except (OSError, ValueError):
+        cache = {}
+    if not isinstance(cache.get(key), (int, float)):
+        cache[key] = probe_matmul_flops(str(device), dtype)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+            tmp.write_text(json.dumps(cache, indent=1) + "\n")
+            os.replace(tmp, path)
+        except OSError:
+            pass  # a read-only home: measure again next time
+    return float(cache[key])

@@ -1,0 +1,120 @@
+"""Optimizers and the learning-rate schedule.
+
+``adamw``: one ``torch.optim.AdamW``; weight decay on weights with >= 2 dimensions (matrices and
+embeddings), none on biases, norms and scalars (nanoGPT's rule).
+
+``muon``: ``torch.optim.Muon`` for the hidden 2-D weight matrices (attention, MLP, recurrent
+weights), and AdamW for what Muon is not meant for: embeddings (``nn.Embedding``), the output
+head (the module named ``lm_head``), biases, norms and other < 2-D parameters. With tied
+embedding/head weights the shared tensor is optimised once, by AdamW.
+
+The schedule is a multiplier on each group's peak lr (``group["peak_lr"]``), a function of the
+step only, so a resumed run follows the same curve.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from gptforge.train.config import TrainConfig
+
+
+def split_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Parameter], list[nn.Parameter]]:
+    """Partition the trainable parameters into (hidden matrices, embedding/head weights, the rest).
+
+    Hidden matrices: 2-D weights of modules other than ``nn.Embedding`` and ``lm_head``.
+    Embedding/head: parameters of ``nn.Embedding`` modules and of ``lm_head`` with >= 2 dims.
+    Rest: everything else (biases, norm gains, scalars). Shared parameters appear once.
+    """
+    hidden, embed_head, rest, seen = [], [], [], set()
+    for name, module in model.named_modules():
+        is_io = isinstance(module, nn.Embedding) or name.split(".")[-1] == "lm_head"
+        for p in module.parameters(recurse=False):
+            if not p.requires_grad or id(p) in seen:
+                continue
+            seen.add(id(p))
+            if p.dim() >= 2 and is_io:
+                embed_head.append(p)
+            elif p.dim() == 2:
+                hidden.append(p)
+            elif p.dim() > 2:  # e.g. a conv kernel: not a matrix Muon can orthogonalise
+                embed_head.append(p)
+            else:
+                rest.append(p)
+    return hidden, embed_head, rest
+
+
+def build_optimizers(model: nn.Module, cfg: TrainConfig,
+                     device_type: str = "cpu") -> list[torch.optim.Optimizer]:
+    """The optimizers of ``cfg.optimizer`` for ``model`` (one or two; step them all each step).
+
+    Each param group records its peak learning rate in ``group["peak_lr"]``.
+    """
+    hidden, embed_head, rest = split_params(model)
+    betas = (cfg.beta1, cfg.beta2)
+    fused = device_type == "cuda" or None  # fused AdamW kernel on CUDA; torch's default elsewhere
+    if cfg.optimizer == "adamw":
+        groups = [{"params": hidden + embed_head, "weight_decay": cfg.weight_decay},
+                  {"params": rest, "weight_decay": 0.0}]
+        groups = [g for g in groups if g["params"]]
+        for g in groups:
+            g["peak_lr"] = cfg.lr
+        return [torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, fused=fused)]
+    # muon
+    adam_groups = [{"params": embed_head, "weight_decay": cfg.weight_decay},
+                   {"params": rest, "weight_decay": 0.0}]
+    adam_groups = [g for g in adam_groups if g["params"]]
+    for g in adam_groups:
+        g["peak_lr"] = cfg.lr
+    opts: list[torch.optim.Optimizer] = [torch.optim.AdamW(adam_groups, lr=cfg.lr, betas=betas, fused=fused)]
+    if hidden:
+        muon = torch.optim.Muon(hidden, lr=cfg.muon_lr, weight_decay=cfg.weight_decay,
+                                momentum=cfg.muon_momentum, nesterov=True)
+        muon.param_groups[0]["peak_lr"] = cfg.muon_lr
+        opts.append(muon)
+    return opts
+
+
+def schedule_steps(cfg: TrainConfig, tokens_per_step: int) -> int:
+    """The schedule's horizon in optimizer steps: ``decay_steps`` if set, else the step budget
+    (``max_steps``, or fewer when ``max_tokens`` ends the run first)."""
+    if cfg.decay_steps:
+        return cfg.decay_steps
+    steps = cfg.max_steps
+    if cfg.max_tokens:
+        steps = min(steps, -(-cfg.max_tokens // tokens_per_step))
+    return steps
+
+
+def lr_multiplier(step: int, cfg: TrainConfig, total_steps: int) -> float:
+    """Multiplier on the peak lr for optimizer step ``step`` (0-based) of ``total_steps``.
+
+    Warmup: linear from 1/(warmup+1) to 1 over ``warmup_steps``. Then ``cosine``: half a cosine
+    from 1 down to ``min_lr_frac`` at ``total_steps``; or ``wsd``: 1 until the last
+    ``warmdown_frac`` of the steps, then linear down to ``min_lr_frac``. Past the horizon the
+    multiplier stays at ``min_lr_frac``.
+    """
+    if step < cfg.warmup_steps:
+        return (step + 1) / (cfg.warmup_steps + 1)
+    lo = cfg.min_lr_frac
+    if step >= total_steps:
+        return lo
+    if cfg.schedule == "cosine":
+        span = max(1, total_steps - cfg.warmup_steps)
+        progress = (step - cfg.warmup_steps) / span
+        return lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * progress))
+    warmdown = max(1, round(cfg.warmdown_frac * total_steps))
+    start = total_steps - warmdown
+    if step < start:
+        return 1.0
+    return lo + (1 - lo) * (total_steps - step) / warmdown
+
+
+def set_lr(optimizers: list[torch.optim.Optimizer], multiplier: float) -> None:
+    """Set every group's lr to its ``peak_lr`` times ``multiplier``."""
+    for opt in optimizers:
+        for g in opt.param_groups:
+            g["lr"] = g["peak_lr"] * multiplier

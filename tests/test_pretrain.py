@@ -1,0 +1,277 @@
+"""Pretraining runs end to end: every model of the zoo, bit-exact resume (in process and after a
+real SIGINT), DDP with 2 processes == 1 process with gradient accumulation, budgets, best/latest
+checkpoints, errors, the CLI and plots. Tiny models, a few steps, 1 thread per process."""
+
+import json
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from gptforge.cli import main
+from gptforge.errors import UserError
+from gptforge.train import load_checkpoint, make_config, resume_config, train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY_GPT = {"arch": "gpt", "preset": "modern", "depth": 1, "model": {"n_embd": 32, "n_head": 2}}
+BASE = {"batch_size": 4, "block_size": 32, "eval_tokens": 512, "eval_interval": 4, "warmup_steps": 2,
+        "threads": 1, "progress": "none", "lr": 1e-2}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    from gptforge.data import shakespeare
+    from gptforge.data.shards import prepare
+    from gptforge.tokenizer import CharTokenizer
+
+    d = tmp_path_factory.mktemp("shards")
+    text = shakespeare.corpus_text()[:200_000]
+    (d / "corpus.txt").write_text(text)
+    prepare(str(d / "corpus.txt"), CharTokenizer.train(text), d / "sc", workers=1, progress=False)
+    return d / "sc"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _cache(tmp_path_factory):
+    with pytest.MonkeyPatch.context() as mp:  # the MFU probe cache: measured once for this module
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+        yield
+
+
+def cfg_for(data, out, **kw):
+    base = {**BASE, **TINY_GPT, "data": str(data), "out": str(out), **kw}
+    if base["arch"] != "gpt" or "model" in kw:
+        base["model"] = {**(TINY_GPT["model"] if base["arch"] == "gpt" else {}), **kw.get("model", {})}
+    return make_config(base)
+
+
+def metrics(run) -> list[dict]:
+    return [json.loads(line) for line in (Path(run) / "metrics.jsonl").read_text().splitlines()]
+
+
+def train_losses(run) -> dict[int, float]:
+    return {r["step"]: r["train_loss"] for r in metrics(run) if "train_loss" in r}
+
+
+@pytest.mark.parametrize("arch, extra", [
+    ("bigram", {"lr": 0.3}),
+    ("mlp", {"model": {"n_embd": 16, "n_hidden": 32}, "lr": 0.03}),
+    ("lstm", {"model": {"n_embd": 16, "n_hidden": 32}, "lr": 0.03}),
+    ("gpt", {"preset": "gpt2", "model": {"n_embd": 32, "n_head": 2}}),
+    ("gpt", {"preset": "modern", "optimizer": "muon"}),
+])
+def test_every_model_of_the_zoo_trains(data, tmp_path, arch, extra):
+    cfg = cfg_for(data, tmp_path / "run", arch=arch, max_steps=12, **extra)
+    s = train(cfg)
+    recs = metrics(tmp_path / "run")
+    V = json.loads((data / "meta.json").read_text())["tokenizer"]["vocab_size"]
+    assert recs[0]["step"] == 0 and recs[0]["val_loss"] == pytest.approx(math.log(V), abs=0.05)  # untrained
+    assert s["step"] == 12 and s["tokens"] == 12 * 4 * 32 and s["stopped_by"] == "max_steps"
+    assert s["val_loss"] < recs[0]["val_loss"] - 0.1  # it learned something
+    r = recs[-2]
+    assert set(r) >= {"step", "tokens", "train_loss", "lr", "tokens_per_s", "mfu", "time_s"}
+    assert r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1
+    model, st = load_checkpoint(tmp_path / "run")
+    assert st["step"] == 12 and type(model).__name__.lower() == arch
+    assert (Path(st["path"]) / "tokenizer.json").exists()
+
+
+@pytest.mark.parametrize("kw", [
+    # dropout exercises the saved RNG streams, accumulation and Muon the saved optimizer state
+    dict(optimizer="muon", tokens_per_step=2 * 4 * 32, model={"dropout": 0.1}, sampling="random"),
+    dict(optimizer="adamw", sampling="sequential", schedule="wsd", progress="bar"),
+])
+def test_resume_is_bit_exact(data, tmp_path, kw):
+    kw = dict(max_steps=10, decay_steps=10, eval_interval=3, **kw)
+    full = train(cfg_for(data, tmp_path / "full", **kw))
+    part = train(cfg_for(data, tmp_path / "part", **{**kw, "max_steps": 5}))
+    assert part["step"] == 5 and part["stopped_by"] == "max_steps"
+    resumed = train(resume_config(tmp_path / "part", {"max_steps": 10}), resume=True)
+    assert train_losses(tmp_path / "part") == train_losses(tmp_path / "full")  # exact float equality
+    assert len(train_losses(tmp_path / "full")) == 10
+    assert resumed["val_loss"] == full["val_loss"] and resumed["tokens"] == full["tokens"]
+    a, _ = load_checkpoint(tmp_path / "full")
+    b, _ = load_checkpoint(tmp_path / "part")
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(x, y), k
+
+
+def _cli_env():
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    env.pop("WORLD_SIZE", None)
+    return env
+
+
+def _cli_args(data, out, **kw):
+    args = ["--data", str(data), "--out", str(out)]
+    for k, v in {**BASE, **TINY_GPT, **kw}.items():
+        if k == "model":
+            for mk, mv in v.items():
+                args += ["--model", f"{mk}={mv}"]
+        else:
+            args += ["--" + k.replace("_", "-"), str(v)]
+    return args
+
+
+def _start(data, run, **kw) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "gptforge", "pretrain", *_cli_args(data, run, **kw)],
+                            env=_cli_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _wait_for_steps(run: Path, n: int, timeout: float = 60) -> None:
+    deadline = time.time() + timeout
+    f = run / "metrics.jsonl"
+    while time.time() < deadline and not (f.exists() and len(f.read_text().splitlines()) > n):
+        time.sleep(0.02)
+
+
+def _resume_cli(run: Path, max_steps: int) -> None:
+    rc = subprocess.run([sys.executable, "-m", "gptforge", "pretrain", "--resume", str(run),
+                         "--max-steps", str(max_steps)], env=_cli_env(), capture_output=True, text=True,
+                        timeout=60)
+    assert rc.returncode == 0, rc.stderr
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_signal_saves_exits_0_and_resumes_exactly(data, tmp_path, sig):
+    run = tmp_path / "run"
+    kw = dict(max_steps=100_000, decay_steps=40, eval_interval=10**6)
+    proc = _start(data, run, **kw)
+    _wait_for_steps(run, 3)
+    proc.send_signal(sig)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert sig.name in err and "--resume" in err
+    _, state = load_checkpoint(run)
+    k = state["step"]
+    assert 3 <= k < 100_000
+    # resume for 3 more steps from the command line; compare with an uninterrupted run in process
+    _resume_cli(run, k + 3)
+    train(cfg_for(data, tmp_path / "ref", **{**kw, "max_steps": k + 3}))
+    assert train_losses(run) == train_losses(tmp_path / "ref")
+
+
+def test_kill_9_leaves_the_last_checkpoint_and_resume_is_exact(data, tmp_path):
+    run = tmp_path / "run"
+    kw = dict(max_steps=100_000, decay_steps=40, eval_interval=10**6, ckpt_interval=2, keep_last=1)
+    proc = _start(data, run, **kw)
+    _wait_for_steps(run, 6)
+    proc.kill()  # SIGKILL: no handler runs, likely mid-step or mid-save
+    proc.communicate(timeout=60)
+    _, state = load_checkpoint(run)
+    k = state["step"]
+    assert k >= 2 and k % 2 == 0
+    _resume_cli(run, k + 3)  # drops the metrics logged after step k, then continues
+    train(cfg_for(data, tmp_path / "ref", **{**kw, "max_steps": k + 3}))
+    assert train_losses(run) == train_losses(tmp_path / "ref")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_ddp_two_processes_equal_one_with_accumulation(data, tmp_path):
+    kw = dict(max_steps=6, eval_interval=3, optimizer="muon", sampling="random")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2",
+           "--master-addr=127.0.0.1", f"--master-port={_free_port()}",
+           "-m", "gptforge", "pretrain", *_cli_args(data, tmp_path / "ddp", **kw)]
+    rc = subprocess.run(cmd, env=_cli_env(), capture_output=True, text=True, timeout=120)
+    assert rc.returncode == 0, rc.stderr[-3000:]
+    single = train(cfg_for(data, tmp_path / "one", tokens_per_step=2 * 4 * 32, **kw))
+    ddp_recs, one_recs = metrics(tmp_path / "ddp"), metrics(tmp_path / "one")
+    assert [r["step"] for r in ddp_recs] == [r["step"] for r in one_recs]
+    for a, b in zip(ddp_recs, one_recs, strict=True):
+        for key in ("train_loss", "val_loss", "val_bpb"):
+            if key in a:
+                assert a[key] == pytest.approx(b[key], abs=1e-5), (a["step"], key)
+    assert a["tokens"] == b["tokens"] == 6 * 2 * 4 * 32
+    st = json.loads((Path(single["checkpoint"]).parent / "step_000006" / "trainer.json").read_text())
+    ddp_st = json.loads((tmp_path / "ddp" / "ckpt" / "step_000006" / "trainer.json").read_text())
+    assert ddp_st["world_size"] == 2 and len(ddp_st["rng"]) == 2 and st["world_size"] == 1
+
+
+def test_budgets_and_best_checkpoint(data, tmp_path):
+    s = train(cfg_for(data, tmp_path / "tok", max_tokens=5 * 4 * 32 - 1, max_steps=100))
+    assert s["stopped_by"] == "max_tokens" and s["step"] == 5
+    s = train(cfg_for(data, tmp_path / "time", max_time=1.0, max_steps=10**6, eval_interval=10**6))
+    assert s["stopped_by"] == "max_time" and s["step"] > 0 and s["time_s"] < 10
+    assert s["checkpoint"].endswith(f"step_{s['step']:06d}")
+    # best = lowest val loss among evaluated checkpoints: with an absurd lr the loss rises after step 2
+    s = train(cfg_for(data, tmp_path / "best", max_steps=8, eval_interval=2, warmup_steps=0, lr=3.0,
+                      grad_clip=0.0, schedule="wsd", min_lr_frac=1.0, keep_last=1))
+    vals = {r["step"]: r["val_loss"] for r in metrics(tmp_path / "best") if "val_loss" in r and r["step"]}
+    best_step = min(vals, key=vals.get)
+    _, st = load_checkpoint(tmp_path / "best", which="best")
+    assert st["step"] == best_step and st["val_loss"] == vals[best_step]
+    kept = {p.name for p in (tmp_path / "best" / "ckpt").iterdir()}
+    assert kept == {"best", "latest", f"step_{best_step:06d}", "step_000008"}
+
+
+def test_user_errors(data, tmp_path):
+    train(cfg_for(data, tmp_path / "run", max_steps=1))
+    with pytest.raises(UserError, match="already holds a run"):
+        train(cfg_for(data, tmp_path / "run", max_steps=1))
+    with pytest.raises(UserError, match="depth cannot change"):
+        resume_config(tmp_path / "run", {"depth": 2})
+    with pytest.raises(UserError, match="no checkpoint here"):
+        resume_config(tmp_path, {})
+    with pytest.raises(UserError, match="no such shard directory"):
+        train(cfg_for(tmp_path / "missing", tmp_path / "x"))
+    with pytest.raises(UserError, match="multiple of"):
+        train(cfg_for(data, tmp_path / "y", tokens_per_step=100))
+    with pytest.raises(UserError, match="unknown GPT config field"):
+        train(cfg_for(data, tmp_path / "z", model={"n_embdd": 8}))
+    # incompatible checkpoints: other shards' tokenizer; a model config that cannot be built
+    from gptforge.data.shards import prepare
+    from gptforge.tokenizer import CharTokenizer
+
+    (tmp_path / "other.txt").write_text("abc " * 2000)
+    prepare(str(tmp_path / "other.txt"), CharTokenizer.train("abc "), tmp_path / "other", workers=1,
+            progress=False)
+    with pytest.raises(UserError, match=r"different tokenizer than the checkpoint .*step_000001"):
+        train(resume_config(tmp_path / "run", {"data": str(tmp_path / "other")}), resume=True)
+    tj = tmp_path / "run" / "ckpt" / "step_000001" / "trainer.json"
+    st = json.loads(tj.read_text())
+    st["model_config"]["n_head"] = 3
+    tj.write_text(json.dumps(st))
+    with pytest.raises(UserError, match=r"step_000001/trainer.json: cannot build the model"):
+        train(resume_config(tmp_path / "run", {}), resume=True)
+
+
+def test_help_lists_every_config_key(capsys):
+    from gptforge.train.config import FIELDS
+
+    with pytest.raises(SystemExit):
+        main(["pretrain", "--help"])
+    out = capsys.readouterr().out
+    for name in FIELDS:
+        assert ("--" + name.replace("_", "-")) in out
+    assert "--resume RUN_DIR" in out and "torchrun" in out and "(default: 'adamw')" in out
+
+
+def test_cli_pretrain_plot_and_errors(data, tmp_path, capsys):
+    toml = tmp_path / "c.toml"
+    toml.write_text('arch = "bigram"\nmax_steps = 3\neval_interval = 2\n')
+    for name in ("a", "b"):
+        assert main(["pretrain", "--config", str(toml), "--data", str(data), "--out", str(tmp_path / name),
+                     "--threads", "1", "--progress", "log", "--lr", "0.1"]) == 0
+    out = capsys.readouterr().out
+    assert "arch            = 'bigram'" in out and "stopped by max_steps at step 3" in out
+    assert main(["plot", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "l.png")]) == 0
+    assert (tmp_path / "l.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    capsys.readouterr()
+    # a user's mistake: exit 2, one line on stderr naming the problem
+    assert main(["pretrain", "--data", str(tmp_path / "nope")]) == 2
+    (tmp_path / "a" / "ckpt" / "step_000003" / "trainer.json").write_text("{")
+    assert main(["pretrain", "--resume", str(tmp_path / "a")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and "nope" in err[0] and "step_000003/trainer.json: corrupt" in err[1]

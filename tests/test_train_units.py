@@ -1,0 +1,235 @@
+"""Pretraining building blocks without a training run: config, batches, optimizers, schedule,
+MFU peak cache, checkpoints (atomicity, corruption), evaluation against known losses."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from gptforge.errors import UserError
+from gptforge.models import build_model
+from gptforge.train import checkpoint as ckpt
+from gptforge.train.config import load_toml, make_config, parse_model_overrides
+from gptforge.train.data import batch_offsets, eval_offsets, get_batch, train_batch
+from gptforge.train.optim import build_optimizers, lr_multiplier, split_params
+
+
+# --- config ---------------------------------------------------------------------------------------
+def test_config_layers_toml_then_flags(tmp_path):
+    f = tmp_path / "c.toml"
+    f.write_text('arch = "gpt"\ndepth = 3\nlr = 1\nmax_time = 60\n[model]\nn_embd = 64\nn_head = 2\n')
+    layer = load_toml(f)
+    cfg = make_config(layer, {"depth": 2, "model": {"n_head": 4}})
+    assert cfg.depth == 2 and cfg.lr == 1.0 and isinstance(cfg.lr, float) and cfg.max_time == 60.0
+    assert cfg.model == {"n_embd": 64, "n_head": 4}  # merged key by key
+
+
+@pytest.mark.parametrize("text, match", [
+    ("max_step = 5\n", "unknown config key 'max_step'; did you mean 'max_steps'"),
+    ("depth = 'four'\n", "depth must be int"),
+    ("lr = [1\n", "not a valid TOML file"),
+    ("optimizer = 'sgd'\n", "optimizer must be one of adamw, muon"),
+    ("batch_size = 0\n", "batch_size must be > 0"),
+    ("compile = 1\n", "compile must be bool"),
+])
+def test_config_errors_are_user_errors(tmp_path, text, match):
+    f = tmp_path / "c.toml"
+    f.write_text(text)
+    with pytest.raises(UserError, match=match):
+        make_config(load_toml(f))
+
+
+def test_model_overrides_parse_toml_literals():
+    assert parse_model_overrides(["n_embd=128", "bias=true", "dropout=0.1", "norm=rmsnorm", "x='a b'"]) == {
+        "n_embd": 128, "bias": True, "dropout": 0.1, "norm": "rmsnorm", "x": "a b"}
+    with pytest.raises(UserError, match="KEY=VALUE"):
+        parse_model_overrides(["n_embd"])
+
+
+# --- data -----------------------------------------------------------------------------------------
+def test_batches_are_pure_functions_of_seed_and_index():
+    toks = np.arange(1000, dtype=np.uint16)
+    a = batch_offsets(1000, 4, 16, seed=1, index=7, sampling="random")
+    assert np.array_equal(a, batch_offsets(1000, 4, 16, seed=1, index=7, sampling="random"))
+    assert not np.array_equal(a, batch_offsets(1000, 4, 16, seed=2, index=7, sampling="random"))
+    assert a.min() >= 0 and a.max() <= 1000 - 16 - 1
+    x, y = get_batch(toks, a, 16)
+    assert x.shape == y.shape == (4, 16) and x.dtype == torch.int64
+    assert torch.equal(x[:, 1:], y[:, :-1]) and torch.equal(x[:, 0], torch.from_numpy(a))
+
+
+@pytest.mark.parametrize("sampling", ["random", "sequential"])
+def test_two_ranks_see_the_batches_of_two_micro_steps(sampling):
+    toks = np.arange(5000, dtype=np.uint16)
+    for step in (0, 3):
+        single = [train_batch(toks, 2, 8, 5, sampling, step, m, accum=2, rank=0, world=1)[0] for m in (0, 1)]
+        ranks = [train_batch(toks, 2, 8, 5, sampling, step, 0, accum=1, rank=r, world=2)[0] for r in (0, 1)]
+        for s, r in zip(single, ranks, strict=True):
+            assert torch.equal(s, r)
+        assert not torch.equal(ranks[0], ranks[1])  # ranks read different data
+
+
+def test_sequential_windows_tile_the_split_in_order():
+    toks = np.arange(10_000, dtype=np.uint16)
+    rows = torch.cat([train_batch(toks, 2, 8, 0, "sequential", s, m, 2, r, 2)[0]
+                      for s in range(3) for m in range(2) for r in range(2)])
+    assert torch.equal(rows.flatten(), torch.arange(rows.numel()))  # disjoint, adjacent, in order
+
+
+def test_eval_subset_is_fixed_and_spread():
+    off = eval_offsets(10_000, 100, 1000)
+    assert len(off) == 10 and off[0] == 0 and off[-1] == 10_000 - 100 - 1
+    assert np.array_equal(off, eval_offsets(10_000, 100, 1000))
+    with pytest.raises(ValueError):
+        eval_offsets(50, 100, 1000)
+
+
+# --- optimizers and schedule ----------------------------------------------------------------------
+def test_muon_gets_hidden_matrices_adamw_the_rest():
+    torch.manual_seed(0)
+    m = build_model("gpt", vocab_size=64, block_size=16, preset="modern", depth=2, n_embd=64, n_head=2)
+    hidden, io, rest = split_params(m)
+    names = {id(p): n for n, p in m.named_parameters()}
+    assert {names[id(p)] for p in io} == {"transformer.wte.weight", "lm_head.weight"}
+    assert hidden and all(p.dim() == 2 for p in hidden)
+    assert len(hidden) + len(io) + len(rest) == len(list(m.parameters()))
+    opts = build_optimizers(m, make_config({"optimizer": "muon"}))
+    assert [type(o).__name__ for o in opts] == ["AdamW", "Muon"]
+    assert {id(p) for p in opts[1].param_groups[0]["params"]} == {id(p) for p in hidden}
+
+
+def test_adamw_decays_only_matrices_and_tied_weights_once():
+    m = build_model("gpt", vocab_size=64, block_size=16, preset="gpt2", depth=1, n_embd=32, n_head=2)
+    (opt,) = build_optimizers(m, make_config({"optimizer": "adamw", "weight_decay": 0.1}))
+    decay, no_decay = opt.param_groups
+    assert decay["weight_decay"] == 0.1 and all(p.dim() >= 2 for p in decay["params"])
+    assert no_decay["weight_decay"] == 0.0 and all(p.dim() < 2 for p in no_decay["params"])
+    n = len(decay["params"]) + len(no_decay["params"])
+    assert n == len(list(m.parameters()))  # wte/lm_head tied: one tensor, listed once
+
+
+def test_lr_schedules():
+    cos = make_config({"schedule": "cosine", "warmup_steps": 10, "min_lr_frac": 0.1})
+    assert lr_multiplier(0, cos, 100) == pytest.approx(1 / 11)
+    assert lr_multiplier(9, cos, 100) == pytest.approx(10 / 11)
+    assert lr_multiplier(10, cos, 100) == pytest.approx(1.0)
+    assert lr_multiplier(55, cos, 100) == pytest.approx(0.55)  # halfway down the cosine
+    assert lr_multiplier(100, cos, 100) == pytest.approx(0.1) == lr_multiplier(500, cos, 100)
+    wsd = make_config({"schedule": "wsd", "warmup_steps": 0, "warmdown_frac": 0.2, "min_lr_frac": 0.0})
+    assert [lr_multiplier(s, wsd, 100) for s in (0, 79, 80, 90, 99)] == pytest.approx([1, 1, 1, 0.5, 0.05])
+
+
+# --- MFU --------------------------------------------------------------------------------------------
+def test_cpu_peak_is_measured_once_and_cached(tmp_path, monkeypatch):
+    from gptforge.train import mfu
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    calls = []
+    real = mfu.probe_matmul_flops
+    monkeypatch.setattr(mfu, "probe_matmul_flops",
+                        lambda *a, **k: calls.append(1) or real(n=256, seconds=0.05))
+    p1 = mfu.peak_flops("cpu")
+    p2 = mfu.peak_flops("cpu")
+    assert p1 == p2 > 1e8 and len(calls) == 1
+    cache = json.loads((tmp_path / "gptforge" / "peak_flops.json").read_text())
+    (key,) = cache
+    assert mfu.cpu_name() in key and f"threads={torch.get_num_threads()}" in key and "float32" in key
+
+
+# --- checkpoints ----------------------------------------------------------------------------------
+def _model_and_opt(seed=0):
+    torch.manual_seed(seed)
+    m = build_model("gpt", vocab_size=32, block_size=8, preset="gpt2", depth=1, n_embd=16, n_head=2)
+    opts = build_optimizers(m, make_config({"optimizer": "muon"}))
+    x = torch.randint(0, 32, (2, 8))
+    m(x, x)[1].backward()
+    for o in opts:
+        o.step()
+    return m, opts
+
+
+def _state(step):
+    return {"step": step, "tokens": step * 16, "config": {}, "model_config": {}, "tokenizer": {}}
+
+
+def test_checkpoint_roundtrip_and_retention(tmp_path):
+    m, opts = _model_and_opt()
+    for step in (1, 2, 3, 4):
+        ckpt.save_checkpoint(tmp_path, step, m, opts, _state(step), is_best=step == 2, keep_last=2)
+    kept = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    assert kept == ["best", "latest", "step_000002", "step_000003", "step_000004"]
+    assert ckpt.find_checkpoint(tmp_path).name == "step_000004"
+    assert ckpt.find_checkpoint(tmp_path, "best").name == "step_000002"
+    m2, opts2 = _model_and_opt(seed=1)
+    ck = ckpt.find_checkpoint(tmp_path)
+    ckpt.load_weights(m2, ck)
+    ckpt.load_optimizer_state(opts2, ck)
+    for a, b in zip(m.state_dict().values(), m2.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert torch.equal(opts[1].state_dict()["state"][0]["momentum_buffer"],
+                       opts2[1].state_dict()["state"][0]["momentum_buffer"])
+
+
+def test_crash_while_saving_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    m, opts = _model_and_opt()
+    ckpt.save_checkpoint(tmp_path, 1, m, opts, _state(1))
+
+    def boom(*a, **k):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", boom)
+    with pytest.raises(OSError):
+        ckpt.save_checkpoint(tmp_path, 2, m, opts, _state(2))
+    monkeypatch.undo()
+    assert ckpt.find_checkpoint(tmp_path).name == "step_000001"
+    assert ckpt.read_trainer_state(ckpt.find_checkpoint(tmp_path))["step"] == 1
+    ckpt.save_checkpoint(tmp_path, 2, m, opts, _state(2))  # the leftover temp dir is no obstacle
+    assert ckpt.find_checkpoint(tmp_path).name == "step_000002"
+    assert not any(p.name.startswith(".tmp") for p in (tmp_path / "ckpt").iterdir())
+
+
+@pytest.mark.parametrize("victim, damage, match", [
+    ("trainer.json", b"{\"format\": \"gptforge.checkp", "trainer.json: corrupt checkpoint metadata"),
+    ("model.safetensors", b"\x00" * 20, "model.safetensors: corrupt weights file"),
+    ("optimizer.pt", b"PK\x03\x04garbage", "optimizer.pt: corrupt optimizer state"),
+])
+def test_corrupt_checkpoint_errors_name_the_file(tmp_path, victim, damage, match):
+    m, opts = _model_and_opt()
+    ck = ckpt.save_checkpoint(tmp_path, 1, m, opts, _state(1))
+    (ck / victim).write_bytes(damage)
+    with pytest.raises(UserError, match=match) as e:
+        ckpt.read_trainer_state(ck)
+        ckpt.load_weights(m, ck)
+        ckpt.load_optimizer_state(opts, ck)
+    assert str(ck) in str(e.value)
+
+
+def test_incompatible_weights_and_missing_checkpoints(tmp_path):
+    m, opts = _model_and_opt()
+    ck = ckpt.save_checkpoint(tmp_path, 1, m, opts, _state(1))
+    other = build_model("gpt", vocab_size=32, block_size=8, preset="gpt2", depth=1, n_embd=32, n_head=2)
+    with pytest.raises(UserError, match="do not fit the model"):
+        ckpt.load_weights(other, ck)
+    with pytest.raises(UserError, match="no checkpoint here"):
+        ckpt.find_checkpoint(tmp_path / "ckpt" / "step_000001" / "..")  # the ckpt dir itself: no pointer
+    with pytest.raises(UserError, match="no such run"):
+        ckpt.find_checkpoint(tmp_path / "nope")
+
+
+# --- evaluation: known losses -----------------------------------------------------------------------
+def test_uniform_model_has_loss_ln_v_and_bpb_from_bytes():
+    from gptforge.train.trainer import Dist, evaluate
+
+    V, T = 10, 8
+    m = build_model("bigram", vocab_size=V, block_size=T)
+    torch.nn.init.zeros_(m.wte.weight)  # uniform predictions: exactly ln V nats on every token
+    toks = np.random.default_rng(0).integers(0, V, 500).astype(np.uint16)
+    token_bytes = torch.tensor([0, 1, 1, 1, 2, 2, 3, 3, 4, 1])  # token 0 is "special"
+    off = eval_offsets(len(toks), T, 200)
+    loss, bpb = evaluate(m, toks, off, T, 4, token_bytes, torch.autocast("cpu", enabled=False), Dist("cpu"))
+    assert loss == pytest.approx(math.log(V), rel=1e-6)
+    y = np.concatenate([toks[o + 1:o + T + 1] for o in off])
+    text = y[y != 0]
+    assert bpb == pytest.approx(len(text) * math.log2(V) / token_bytes.numpy()[text].sum(), rel=1e-6)
