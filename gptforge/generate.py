@@ -138,7 +138,7 @@ class _Context:
         return logits[:, -1, :]
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate_stream(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int = 256,
                     *, temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0,
                     seed: int | None = None, stop_tokens: Sequence[int] = (),
@@ -171,26 +171,29 @@ def generate_stream(model: torch.nn.Module, prompts: Sequence[Sequence[int]], ma
     if seed is not None:
         gen = torch.Generator(device=device)
         gen.manual_seed(seed)
-    stops = torch.tensor(sorted(set(stop_tokens)), dtype=torch.long, device=device)
-    prompt_len = torch.tensor(lens, device=device)
-    produced = torch.zeros(B, dtype=torch.long, device=device)
-    done = torch.zeros(B, dtype=torch.bool, device=device)
+    stops = set(stop_tokens)
+    produced = [0] * B
+    done = [False] * B
     ctx = _Context(model, B, use_cache)
+    longest = max(lens)
     for t in range(start, total):
-        if bool(done.all()) or max_new_tokens == 0:
+        if all(done) or max_new_tokens == 0:
             return
         logits = ctx.logits(seq[:, :t])
         nxt = sample_next(logits, temperature, top_k, top_p, gen)
-        in_prompt = t < prompt_len
-        nxt = torch.where(in_prompt, seq[:, t], nxt)
+        if t < longest:  # rows still inside their prompt take the prompt's token
+            nxt = torch.where(t < torch.tensor(lens, device=device), seq[:, t], nxt)
         seq[:, t] = nxt
-        fresh = ~in_prompt & ~done
-        stopped = fresh & torch.isin(nxt, stops)
-        emit = fresh & ~stopped
-        produced += emit.long()
-        done |= stopped | (produced >= max_new_tokens)
-        out = nxt.tolist()
-        yield [tok if e else None for tok, e in zip(out, emit.tolist(), strict=True)]
+        out: list[int | None] = nxt.tolist()
+        for i, tok in enumerate(out):
+            if t < lens[i] or done[i]:
+                out[i] = None
+            elif tok in stops:
+                out[i], done[i] = None, True
+            else:
+                produced[i] += 1
+                done[i] = produced[i] >= max_new_tokens
+        yield out
 
 
 def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int = 256,
