@@ -86,6 +86,14 @@ def test_eval_subset_is_fixed_and_spread():
         eval_offsets(50, 100, 1000)
 
 
+def test_eval_on_the_whole_split_scores_each_target_once():
+    n, T = 10_050, 100
+    off = eval_offsets(n, T, 0)
+    targets = np.concatenate([np.arange(o + 1, o + T + 1) for o in off])
+    assert len(np.unique(targets)) == len(targets)  # no target twice
+    assert targets.min() == 1 and n - 1 - targets.max() < T  # all but the last < T tokens
+
+
 # --- optimizers and schedule ----------------------------------------------------------------------
 def test_muon_gets_hidden_matrices_adamw_the_rest():
     torch.manual_seed(0)

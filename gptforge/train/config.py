@@ -65,7 +65,7 @@ class TrainConfig:
     max_time: float = 0.0         # seconds of training in this process; 0 -> no limit
     # evaluation, logging, checkpoints
     eval_interval: int = 100      # steps between evaluations (also at step 0 and at the end)
-    eval_tokens: int = 32768      # size of the fixed validation subset, in target tokens
+    eval_tokens: int = 32768      # fixed validation subset, in target tokens; 0 -> the whole split
     log_interval: int = 10        # steps between printed log lines when no progress bar
     ckpt_interval: int = 0        # steps between checkpoints; 0 -> eval_interval
     keep_last: int = 2            # step checkpoints kept besides the best
@@ -90,9 +90,10 @@ CHOICES = {
     "device": ("auto", "cpu", "cuda", "mps"),
     "dtype": ("auto", "float32", "bfloat16"),
 }
-POSITIVE = ("block_size", "batch_size", "max_steps", "eval_interval", "eval_tokens", "log_interval")
-NON_NEGATIVE = ("tokens_per_step", "warmup_steps", "decay_steps", "max_tokens", "max_time", "ckpt_interval",
-                "keep_last", "threads", "depth", "lr", "muon_lr", "weight_decay", "grad_clip")
+POSITIVE = ("block_size", "batch_size", "max_steps", "eval_interval", "log_interval")
+NON_NEGATIVE = ("eval_tokens", "tokens_per_step", "warmup_steps", "decay_steps", "max_tokens",
+                "max_time", "ckpt_interval", "keep_last", "threads", "depth", "lr", "muon_lr",
+                "weight_decay", "grad_clip")
 FIELDS = {f.name: f for f in dataclasses.fields(TrainConfig)}
 # keys that change the model's shape or the data it was trained on: fixed once a run exists
 FIXED_ON_RESUME = ("arch", "preset", "depth", "model", "block_size")

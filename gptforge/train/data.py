@@ -60,6 +60,8 @@ def train_batch(tokens: np.ndarray, B: int, T: int, seed: int, sampling: str, st
 def eval_offsets(n_tokens: int, T: int, eval_tokens: int) -> np.ndarray:
     """Offsets of the fixed validation subset: ceil(eval_tokens / T) windows spread evenly over the
     split (the same for every run, seed and device count; capped at what the split holds).
+    ``eval_tokens == 0`` means the whole split: non-overlapping windows at 0, T, 2T, ..., so every
+    target but the last < T tokens is scored exactly once.
 
     Raises:
         ValueError: the split holds fewer than T + 1 tokens.
@@ -67,5 +69,7 @@ def eval_offsets(n_tokens: int, T: int, eval_tokens: int) -> np.ndarray:
     span = n_tokens - T
     if span < 1:
         raise ValueError(f"the split has {n_tokens} tokens, fewer than block_size + 1 = {T + 1}")
+    if eval_tokens == 0:
+        return np.arange(0, span, T, dtype=np.int64)
     n = max(1, min(-(-eval_tokens // T), span))
     return np.linspace(0, span - 1, n).round().astype(np.int64)

@@ -9,11 +9,13 @@ Run under ``torchrun`` it uses PyTorch DDP (NCCL on CUDA, gloo on CPU); rank 0 l
 Each step appends one record to ``RUN_DIR/metrics.jsonl``::
 
     {"step": 100, "tokens": 409600, "train_loss": 2.31, "lr": 0.003, "grad_norm": 0.41,
-     "tokens_per_s": 5120.0, "mfu": 0.21, "time_s": 80.2, "val_loss": 2.35, "val_bpb": 3.39}
+     "tokens_per_s": 5120.0, "mfu": 0.21, "time_s": 80.2, "train_time_s": 71.5, "val_loss": 2.35,
+     "val_bpb": 3.39}
 
 ``step`` counts optimizer steps done, ``tokens`` training tokens seen (all devices),
 ``train_loss``/``val_loss`` are nats per token, ``val_bpb`` bits per UTF-8 byte, ``mfu`` a
-fraction (not %), ``time_s`` wall seconds since the run began (across resumed sessions);
+fraction (not %), ``time_s`` wall seconds since the run began (across resumed sessions),
+``train_time_s`` the part of it spent in optimizer steps (no evaluation, checkpoints or logging);
 ``val_*`` appear on evaluation steps only (step 0 has no ``train_loss``).
 
 Stopping: ``max_steps`` / ``max_tokens`` / ``max_time`` or SIGINT/SIGTERM all finish the current
@@ -230,7 +232,8 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     Summary keys: run_dir, checkpoint (path of the last save), step, tokens, train_loss, val_loss,
     val_bpb (nats/token, nats/token, bits/byte), best_val_loss (the lowest val loss of a saved
     checkpoint, the one ``ckpt/best`` names), stopped_by (max_steps, max_tokens, max_time,
-    signal), time_s (this session), tokens_per_s, mfu, num_params.
+    signal), time_s (this session), train_time_s (in optimizer steps, whole run), tokens_per_s, mfu,
+    num_params.
 
     Raises:
         UserError: bad config, missing data, an existing run dir without ``resume``, or a
@@ -312,6 +315,7 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> dict:
     step = int(state.get("step", 0))
     tokens_seen = int(state.get("tokens", 0))
     time_offset = float(state.get("time_s", 0.0))
+    train_time = float(state.get("train_time_s", 0.0))  # seconds inside optimizer steps only
     best_val = state.get("best_val_loss")
     last_val = state.get("val_loss")
     num_params = raw_model.num_params()
@@ -369,7 +373,7 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> dict:
             return
         trainer_state = {
             "step": step, "tokens": tokens_seen, "time_s": time_offset + time.time() - t_start,
-            "tokens_per_step": tokens_per_step, "world_size": d.world, "rng": rng,
+            "train_time_s": train_time, "tokens_per_step": tokens_per_step, "world_size": d.world, "rng": rng,
             "data": {"sampling": cfg.sampling, "seed": cfg.seed, "next_step": step,
                      "batch": "pure function of (seed, (step * accum + micro) * world + rank)"},
             "val_loss": last_val, "val_bpb": last_bpb, "val_step": val_step, "best_val_loss": best_val,
@@ -388,7 +392,8 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> dict:
     with StopSignal() as stop:
         if not resume:  # the curve starts at the untrained model
             run_eval()
-            log({"step": 0, "tokens": 0, "val_loss": last_val, "val_bpb": last_bpb, "time_s": 0.0})
+            log({"step": 0, "tokens": 0, "val_loss": last_val, "val_bpb": last_bpb, "time_s": 0.0,
+                 "train_time_s": 0.0})
         while True:
             # -- budgets, agreed by all ranks (rank 0's clock decides max_time)
             time_up = d.main and cfg.max_time > 0 and time.time() - t_start >= cfg.max_time
@@ -431,13 +436,15 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> dict:
             if not math.isfinite(train_loss):
                 raise FloatingPointError(f"step {step}: training loss is {train_loss}; lower the lr?")
             dt = time.time() - t0
+            train_time += dt
             tok_s = tokens_per_step / dt
             mfu = flops_per_token * tok_s / d.world / peak if peak else None
 
             # -- evaluate, log, save
             record = {"step": step, "tokens": tokens_seen, "train_loss": train_loss,
                       "lr": cfg.lr * lr_mult, "grad_norm": None if grad_norm is None else grad_norm.item(),
-                      "tokens_per_s": tok_s, "mfu": mfu, "time_s": time_offset + time.time() - t_start}
+                      "tokens_per_s": tok_s, "mfu": mfu, "time_s": time_offset + time.time() - t_start,
+                      "train_time_s": train_time}
             if step % cfg.eval_interval == 0:
                 run_eval()
                 record.update(val_loss=last_val, val_bpb=last_bpb)
@@ -457,7 +464,7 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> dict:
         if val_step != step:
             run_eval()
             log({"step": step, "tokens": tokens_seen, "val_loss": last_val, "val_bpb": last_bpb,
-                 "time_s": time_offset + time.time() - t_start})
+                 "time_s": time_offset + time.time() - t_start, "train_time_s": train_time})
         if saved_at != step:
             save()
     bar.close()
@@ -469,4 +476,5 @@ def _train(cfg: TrainConfig, resume: bool, d: Dist) -> dict:
     return {"run_dir": str(run_dir), "checkpoint": str(last_ckpt) if last_ckpt else None, "step": step,
             "tokens": tokens_seen, "train_loss": train_loss, "val_loss": last_val,
             "val_bpb": last_bpb, "best_val_loss": best_val, "stopped_by": stopped_by,
-            "time_s": elapsed, "tokens_per_s": tok_s, "mfu": mfu, "num_params": num_params}
+            "time_s": elapsed, "train_time_s": train_time, "tokens_per_s": tok_s, "mfu": mfu,
+            "num_params": num_params}
