@@ -16,7 +16,7 @@ from gptforge.errors import UserError
 
 def build_parser() -> argparse.ArgumentParser:
     # each area's `register(subparsers)` adds its commands; listed explicitly, in --help order
-    from gptforge import gen_cli
+    from gptforge import gen_cli, speedrun
     from gptforge.data import cli as data_cli
     from gptforge.models import cli as models_cli
     from gptforge.tokenizer import cli as tokenizer_cli
@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"gptforge {__version__}")
     parser.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for module in (data_cli, tokenizer_cli, models_cli, train_cli, gen_cli):
+    for module in (speedrun, data_cli, tokenizer_cli, models_cli, train_cli, gen_cli):
         module.register(sub)
     return parser
 

@@ -1,0 +1,326 @@
+"""`gptforge speedrun`: raw text to a model that writes, in one command, with a report.
+
+Stages, each writing into the run folder ``OUT``::
+
+    OUT/tokenizer.json   1. tokenizer: a byte-level BPE trained on the train split (or char-level)
+    OUT/data/            2. token shards (train.bin, val.bin, meta.json)
+    OUT/pretrain/        3. pretraining run: metrics.jsonl, ckpt/, config.json
+    OUT/loss.png         4. loss curves
+    OUT/samples.txt      5. samples from the best checkpoint
+    OUT/report.md        6. the report: config, data, tokens seen, wall time, loss, bpb, MFU, samples
+
+A recipe is a tokenizer plus a pretraining config (``RECIPES``). With a time budget the number of
+steps is set from a short calibration run, so the learning-rate schedule (and its warmdown) ends
+when the time does; the run stays deterministic for that step count.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from gptforge.errors import UserError
+
+
+@dataclass
+class Recipe:
+    """A tokenizer and a pretraining config.
+
+    tokenizer: "char" (nanoGPT's: every character of the corpus, no special tokens) or "bpe:N"
+        (byte-level BPE with vocabulary N trained on the train split).
+    train: TrainConfig fields (see gptforge.train.config).
+    time: default training budget in seconds (None: the config's max_steps decides).
+    short: overrides of ``train`` for budgets of at most SHORT_BUDGET seconds.
+    """
+
+    description: str
+    tokenizer: str
+    train: dict
+    time: float | None = None
+    sample_tokens: int = 300
+    short: dict = field(default_factory=dict)
+
+    def config(self, budget: float | None) -> dict:
+        """The pretraining settings for a time budget in seconds (None: the recipe's default)."""
+        budget = self.time if budget is None else budget
+        if budget and budget <= SHORT_BUDGET and self.short:
+            return {**self.train, **self.short, "model": {**self.train.get("model", {}),
+                                                          **self.short.get("model", {})}}
+        return dict(self.train)
+
+
+# nanoGPT's README CPU recipe for shakespeare_char, as its train.py defaults make it: GPT-2 blocks
+# without biases, tied embeddings, AdamW betas (0.9, 0.99), wd 0.1 on >= 2-D weights, grad clip 1.
+NANOGPT_CPU = dict(
+    arch="gpt", preset="gpt2", depth=4, model={"n_embd": 128, "n_head": 4, "bias": False, "dropout": 0.0},
+    block_size=64, batch_size=12, max_steps=2000, optimizer="adamw", lr=1e-3, min_lr_frac=0.1,
+    warmup_steps=100, beta1=0.9, beta2=0.99, weight_decay=0.1, grad_clip=1.0, schedule="cosine",
+    dtype="float32", eval_interval=250, eval_tokens=0)
+
+# Chosen by measurement on a 2-core CPU (bench/sweep_cpu.py; results in bench/README.md): a small
+# modern GPT, Muon on the hidden matrices, AdamW at 1e-2 on embeddings/head, WSD schedule.
+CPU = dict(
+    arch="gpt", preset="modern", depth=4, model={"n_embd": 192, "n_head": 3}, block_size=128,
+    batch_size=16, optimizer="muon", lr=1e-2, muon_lr=0.02, weight_decay=0.0, beta1=0.9, beta2=0.95,
+    grad_clip=1.0, schedule="wsd", warmdown_frac=0.4, min_lr_frac=0.0, warmup_steps=20,
+    dtype="float32", eval_interval=100, eval_tokens=0)
+# Under a minute, a shallower, narrower model on smaller batches takes more steps and wins.
+CPU_SHORT = dict(depth=2, model={"n_embd": 128, "n_head": 2}, batch_size=8)
+SHORT_BUDGET = 60.0  # seconds
+
+RECIPES: dict[str, Recipe] = {
+    "cpu": Recipe("small modern GPT (RoPE, RMSNorm, ReLU^2, QK-norm) with Muon, BPE tokens; minutes on a "
+                  "laptop CPU", "bpe:2048", CPU, time=300, short=CPU_SHORT),
+    "nanogpt-cpu": Recipe("nanoGPT's CPU shakespeare_char recipe, reproduced (char-level, 4x128, 2000 "
+                          "iterations of AdamW)", "char", NANOGPT_CPU),
+    "gpu-small": Recipe("nanochat-style d12 modern GPT on one GPU, bf16 autocast, torch.compile",
+                        "bpe:32768", dict(arch="gpt", preset="modern", depth=12, block_size=1024,
+                                          batch_size=32, optimizer="muon", lr=3e-3, muon_lr=0.02,
+                                          weight_decay=0.0, schedule="wsd", warmdown_frac=0.4,
+                                          min_lr_frac=0.0, warmup_steps=50, dtype="auto", compile=True,
+                                          eval_interval=250, eval_tokens=262144, device="cuda"),
+                        time=1800),
+    "gpt2": Recipe("GPT-2 small (124M, exactly OpenAI's architecture) under torchrun, bf16, compile",
+                   "bpe:50257", dict(arch="gpt", preset="gpt2", depth=12, block_size=1024, batch_size=16,
+                                     tokens_per_step=524288, optimizer="adamw", lr=6e-4, min_lr_frac=0.1,
+                                     warmup_steps=700, weight_decay=0.1, beta2=0.95, schedule="cosine",
+                                     dtype="auto", compile=True, eval_interval=250, eval_tokens=1048576,
+                                     device="cuda", max_steps=19073)),
+}
+
+
+def _say(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def build_tokenizer(spec: str, corpus: str, progress: bool):
+    """(tokenizer, info) for a recipe's tokenizer spec on ``corpus``."""
+    from gptforge.data.corpus import open_corpus
+    from gptforge.tokenizer import CharTokenizer
+    from gptforge.tokenizer.bpe import train_on_corpus
+
+    t0 = time.perf_counter()
+    if spec == "char":
+        tok = CharTokenizer.train((p.text for p in open_corpus(corpus).pieces()), specials=())
+        # a corpus of several documents needs a separator
+        if len(open_corpus(corpus).sources) != 1:
+            tok = CharTokenizer(tok.chars)
+        return tok, {"seconds": time.perf_counter() - t0}
+    kind, _, n = spec.partition(":")
+    if kind != "bpe" or not n.isdigit():
+        raise UserError(f"tokenizer spec must be 'char' or 'bpe:N', not {spec!r}")
+    return train_on_corpus(corpus, int(n), progress=progress)
+
+
+def calibrate_steps(cfg, seconds: float, probe_steps: int = 12) -> tuple[int, float]:
+    """Steps that fit in ``seconds`` of training: time ``probe_steps`` real optimizer steps of this
+    config (in a scratch run folder) and divide. Returns (steps, measured seconds per step)."""
+    import contextlib
+    import dataclasses
+    import io
+    import tempfile
+
+    from gptforge.train import train
+    from gptforge.train.plot import read_metrics
+
+    with tempfile.TemporaryDirectory(prefix="gptforge-calib-") as tmp:
+        probe = dataclasses.replace(cfg, out=str(Path(tmp) / "run"), max_steps=probe_steps, max_time=0.0,
+                                    eval_interval=10**9, eval_tokens=cfg.block_size, progress="none",
+                                    compile=False)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            train(probe)
+        steps = [r for r in read_metrics(probe.out) if r.get("train_loss") is not None]
+    dts = sorted(1.0 / r["tokens_per_s"] for r in steps[2:])  # seconds per token; skip warm-up steps
+    per_step = dts[len(dts) // 2] * steps[-1]["tokens"] / steps[-1]["step"]
+    return max(1, int(seconds / per_step)), per_step
+
+
+def speedrun(recipe_name: str, corpus: str, out: str, time_budget: float | None = None,
+             samples: int = 3, seed: int = 1337, progress: bool = True,
+             overrides: dict | None = None) -> Path:
+    """Run every stage of a recipe on ``corpus`` into folder ``out``; return the report's path.
+
+    Raises:
+        UserError: unknown recipe, bad corpus, or an ``out`` folder that already holds a run.
+    """
+    import torch
+
+    from gptforge.data.shards import prepare
+    from gptforge.gen_cli import load_for_inference
+    from gptforge.generate import generate
+    from gptforge.train import make_config, train
+    from gptforge.train.plot import plot_runs, read_metrics
+
+    if recipe_name not in RECIPES:
+        raise UserError(f"unknown preset {recipe_name!r}; choose one of {', '.join(RECIPES)}")
+    recipe = RECIPES[recipe_name]
+    out_dir = Path(out)
+    if (out_dir / "pretrain").exists():
+        raise UserError(f"{out_dir} already holds a speedrun; choose another --out or delete it")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    t_all = time.time()
+
+    _say(f"[1/5] tokenizer ({recipe.tokenizer}) on {corpus}")
+    tok, tok_info = build_tokenizer(recipe.tokenizer, corpus, progress)
+    tok.save(out_dir / "tokenizer.json")
+
+    _say(f"[2/5] token shards -> {out_dir / 'data'}")
+    meta = prepare(corpus, tok, out_dir / "data", progress=progress)
+
+    budget = time_budget if time_budget is not None else recipe.time
+    cfg = make_config(recipe.config(budget), {"data": str(out_dir / "data"), "out": str(out_dir / "pretrain"),
+                                              "seed": seed, "progress": "auto" if progress else "none"},
+                      overrides or {})
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"preset {recipe_name} needs a CUDA GPU; none is available (try --preset cpu)")
+    per_step = None
+    if budget:
+        _say(f"[3/5] calibrating: how many steps fit in {budget:.0f} s of training")
+        steps, per_step = calibrate_steps(cfg, budget)
+        cfg = make_config(cfg.to_dict(), {"max_steps": steps, "max_time": budget * 1.5 + 30})
+        _say(f"      {per_step * 1000:.0f} ms/step -> {steps} steps")
+    _say(f"[3/5] pretraining -> {cfg.out}")
+    summary = train(cfg)
+
+    _say("[4/5] loss curves and samples")
+    plot_runs([cfg.out], out_dir / "loss.png")
+    model, tok2, state = load_for_inference(cfg.out, "best")
+    # start where documents start: after <|endoftext|> if the data has separators, else a newline
+    multi_doc = meta["splits"]["train"]["documents"] > 1 and tok2.eot_id is not None
+    start = [tok2.eot_id] if multi_doc else tok2.encode("\n")
+    stops = [tok2.eot_id] if tok2.eot_id is not None else []
+    rows = generate(model, [start] * samples, recipe.sample_tokens, temperature=0.8, top_k=50, seed=seed,
+                    stop_tokens=stops)
+    texts = [tok2.decode(r) for r in rows]
+    (out_dir / "samples.txt").write_text(
+        "".join(f"--- sample {i + 1} ---\n{t}\n\n" for i, t in enumerate(texts)))
+
+    _say("[5/5] report")
+    metrics = read_metrics(cfg.out)
+    report = _report(recipe_name, recipe, corpus, tok, tok_info, meta, cfg, summary, state, metrics, texts,
+                     per_step, budget, time.time() - t_all)
+    path = out_dir / "report.md"
+    path.write_text(report)
+    (out_dir / "summary.json").write_text(json.dumps(
+        {"recipe": recipe_name, "corpus": corpus, **summary, "best_checkpoint": state["path"],
+         "best_val_loss": state.get("val_loss"), "best_val_bpb": state.get("val_bpb"),
+         "total_time_s": time.time() - t_all}, indent=1) + "\n")
+    return path
+
+
+def _fmt(x, spec=".4f", none="-"):
+    return none if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
+
+
+def _report(name, recipe, corpus, tok, tok_info, meta, cfg, summary, state, metrics, texts, per_step,
+            budget, total_s) -> str:
+    from gptforge.train.config import format_config
+
+    tr, va = meta["splits"]["train"], meta["splits"]["val"]
+    evals = [r for r in metrics if r.get("val_loss") is not None]
+    mfus = [r["mfu"] for r in metrics if r.get("mfu") is not None]
+    tok_s = [r["tokens_per_s"] for r in metrics if r.get("tokens_per_s")]
+    median = lambda xs: sorted(xs)[len(xs) // 2] if xs else None
+    lines = [
+        f"# gptforge speedrun: `{name}`",
+        "",
+        f"{recipe.description}.",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| corpus | `{corpus}` ({meta['corpus']['bytes']:,} bytes, "
+        f"sha256 `{meta['corpus']['sha256'][:16]}…`) |",
+        f"| tokenizer | {tok.kind}, vocab {tok.vocab_size:,}, trained in {tok_info['seconds']:.1f} s |",
+        f"| train split | {tr['tokens']:,} tokens, {tr['bytes']:,} bytes "
+        f"({tr['bytes'] / tr['tokens']:.2f} bytes/token) |",
+        f"| val split | {va['tokens']:,} tokens, {va['bytes']:,} bytes |",
+        f"| model | {cfg.arch} ({cfg.preset}), depth {cfg.depth}, {summary['num_params']:,} parameters |",
+        f"| steps | {summary['step']:,} ({summary['stopped_by']}), B={cfg.batch_size}, T={cfg.block_size} |",
+        f"| tokens seen | {summary['tokens']:,} |",
+        f"| training time | {summary['train_time_s']:.1f} s in optimizer steps, "
+        f"{summary['time_s']:.1f} s with "
+        f"evaluation and checkpoints |",
+        f"| whole speedrun | {total_s:.1f} s |",
+        f"| throughput | {_fmt(median(tok_s), ',.0f')} tokens/s (median step), "
+        f"MFU {_fmt(median(mfus), '.1%')} |",
+        f"| final val loss | {_fmt(summary['val_loss'])} nats/token |",
+        f"| final val bpb | {_fmt(summary['val_bpb'])} bits/byte |",
+        f"| best checkpoint | `{state['path']}` (val loss {_fmt(state.get('val_loss'))}, "
+        f"bpb {_fmt(state.get('val_bpb'))}) |",
+        "",
+    ]
+    if budget:
+        lines += [f"Time budget {budget:.0f} s: calibrated at {per_step * 1000:.0f} ms/step.", ""]
+    lines += ["## Loss", "", "![loss curves](loss.png)", "",
+              "| step | tokens | train time (s) | val loss | val bpb |",
+              "|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['step']} | {r['tokens']:,} | {r.get('train_time_s', 0):.1f} | {r['val_loss']:.4f} | "
+              f"{_fmt(r.get('val_bpb'))} |" for r in evals]
+    lines += ["", "## Samples", "", "Temperature 0.8, top-k 50, from the best checkpoint.", ""]
+    for i, t in enumerate(texts):
+        lines += [f"### Sample {i + 1}", "", "```text", t.rstrip("\n"), "```", ""]
+    lines += ["## Config", "", "```text", format_config(cfg), "```", ""]
+    return "\n".join(lines)
+
+
+
+# --- command line ---------------------------------------------------------------------------------
+def register(sub) -> None:
+    """Add `gptforge speedrun` to the top-level parser."""
+    lines = "\n".join(f"  {n:12s} {r.description}" for n, r in RECIPES.items())
+    p = sub.add_parser(
+        "speedrun", help="raw text -> tokenizer -> shards -> pretrained model -> samples -> report",
+        description="Run the whole pipeline on a corpus and write OUT/report.md.\n\npresets:\n" + lines,
+        formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=list(RECIPES), default="cpu", help="recipe (default cpu)")
+    p.add_argument("--corpus", default="shakespeare",
+                   help="'shakespeare' (built in), a .txt/.jsonl file, a directory or a glob")
+    p.add_argument("--time", type=float, default=None,
+                   help="training budget in seconds (default: the preset's; cpu 300)")
+    p.add_argument("--out", default=None, help="run folder (default runs/speedrun-<preset>-<time>)")
+    p.add_argument("--samples", type=int, default=3, help="samples in the report (default 3)")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a pretraining setting of the preset, e.g. --set depth=6 or "
+                        "--set model.n_embd=256 (repeatable)")
+    p.set_defaults(func=cmd_speedrun)
+
+
+def _parse_value(raw: str):
+    """'6' -> 6, '0.5' -> 0.5, 'true' -> True, anything else stays a string."""
+    for convert in (int, float):
+        try:
+            return convert(raw)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(raw.lower(), raw)
+
+
+def cmd_speedrun(args) -> int:
+    from datetime import datetime
+
+    from gptforge.train.config import coerce
+
+    if args.time is not None and args.time <= 0:
+        raise UserError("--time must be > 0 seconds")
+    if args.samples < 0:
+        raise UserError("--samples must be >= 0")
+    overrides: dict = {"model": {}}
+    for item in args.set:
+        key, eq, raw = item.partition("=")
+        if not eq:
+            raise UserError(f"--set expects KEY=VALUE, not {item!r}")
+        value = _parse_value(raw)
+        if key.startswith("model."):
+            overrides["model"][key.removeprefix("model.")] = value
+        else:
+            overrides[key] = coerce(key, value, "--set")
+    out = args.out or str(Path("runs") / f"speedrun-{args.preset}-{datetime.now():%Y%m%d-%H%M%S}")
+    report = speedrun(args.preset, args.corpus, out, args.time, args.samples, args.seed,
+                      progress=sys.stderr.isatty(), overrides=overrides)
+    print(f"report: {report}")
+    return 0

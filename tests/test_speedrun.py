@@ -1,0 +1,70 @@
+"""`gptforge speedrun`: the whole pipeline on a small corpus, and the recipes it runs."""
+
+import json
+
+import pytest
+
+from gptforge.cli import main
+from gptforge.models import build_model
+from gptforge.speedrun import RECIPES, SHORT_BUDGET
+
+
+def test_speedrun_end_to_end(tmp_path, tinyshakespeare, capsys):
+    corpus = tmp_path / "small.txt"
+    corpus.write_bytes(tinyshakespeare.read_bytes()[:200_000])
+    out = tmp_path / "run"
+    assert main(["speedrun", "--corpus", str(corpus), "--time", "3", "--out", str(out), "--samples", "2",
+                 "--set", "eval_interval=10"]) == 0
+    stdout = capsys.readouterr().out
+    assert stdout.splitlines()[-1] == f"report: {out / 'report.md'}"
+    assert "gptforge-calib" not in stdout  # the calibration probe is quiet
+    report = (out / "report.md").read_text()
+    for section in ("## Loss", "## Samples", "### Sample 2", "## Config", "final val bpb", "MFU"):
+        assert section in report
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["stopped_by"] == "max_steps" and summary["step"] > 10
+    assert summary["train_time_s"] < 10  # calibrated to the 3 s budget, with slack for a busy machine
+    metrics = [json.loads(line) for line in (out / "pretrain" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r["val_bpb"] for r in metrics if "val_bpb" in r]
+    assert evals[-1] < evals[0] - 0.5  # it learned something
+    assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "samples.txt").read_text().count("--- sample") == 2
+    # a second speedrun into the same folder refuses instead of mixing runs
+    assert main(["speedrun", "--corpus", str(corpus), "--time", "3", "--out", str(out)]) == 2
+    assert "already holds a speedrun" in capsys.readouterr().err
+
+
+def test_nanogpt_cpu_recipe_is_nanogpts_model():
+    r = RECIPES["nanogpt-cpu"]
+    cfg = r.config(None)
+    m = build_model("gpt", vocab_size=65, block_size=cfg["block_size"], preset=cfg["preset"],
+                    depth=cfg["depth"], **cfg["model"])
+    # nanoGPT prints "number of parameters: 0.80M" (it leaves out the position embeddings)
+    assert m.num_params() - 64 * 128 == 795_904
+    c = m.config
+    assert (c.n_layer, c.n_head, c.n_embd, c.block_size) == (4, 4, 128, 64)
+    assert (c.bias, c.tie_embeddings) == (False, True)
+    assert (c.positional, c.norm, c.mlp, c.dropout) == ("learned", "layernorm", "gelu", 0.0)
+    assert (cfg["batch_size"], cfg["max_steps"], cfg["lr"], cfg["min_lr_frac"], cfg["warmup_steps"],
+            cfg["beta2"]) == (12, 2000, 1e-3, 0.1, 100, 0.99)
+
+
+def test_cpu_recipe_scales_with_the_budget():
+    r = RECIPES["cpu"]
+    short, long = r.config(SHORT_BUDGET), r.config(600)
+    assert short["depth"] < long["depth"] and short["model"]["n_embd"] < long["model"]["n_embd"]
+    assert long == r.train and r.config(None) == r.config(r.time)
+
+
+@pytest.mark.parametrize("args,msg", [(["--preset", "gpu-small"], "needs a CUDA GPU"),
+                                      (["--time", "0"], "--time must be > 0"),
+                                      (["--set", "nonsense=1"], "unknown config key"),
+                                      (["--corpus", "/nonexistent/x.txt"], "no such file")])
+def test_speedrun_errors(tmp_path, args, msg, capsys, monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    (tmp_path / "c.txt").write_text("to be or not to be\n" * 500)
+    base = ["speedrun", "--corpus", str(tmp_path / "c.txt"), "--out", str(tmp_path / "o"), "--time", "1"]
+    assert main(base + args) == 2
+    assert msg in capsys.readouterr().err
