@@ -15,8 +15,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/gptforge data prepare --corpus shakespeare --tokenizer char --out runs/demo/data
-	@echo "demo outputs: runs/demo/data (token shards + meta.json)"
+	$(BIN)/gptforge speedrun --preset cpu --corpus shakespeare
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -71,7 +71,7 @@ def run(name: str, recipe: str, shards: Path, out: Path, budget: float | None, e
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/bench-speedrun", help="scratch folder (replaced)")
-    ap.add_argument("--short", type=float, default=20.0, help="time budget of ours/short, seconds")
+    ap.add_argument("--short", type=float, default=12.0, help="time budget of ours/short, seconds")
     ap.add_argument("--long", type=float, default=600.0, help="time budget of ours/600s, seconds")
     ap.add_argument("--quick", action="store_true", help="skip the 600 s run")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
