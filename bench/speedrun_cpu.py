@@ -20,6 +20,7 @@ and after 600 s of training, median tokens/s, and MFU against the measured matmu
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -45,7 +46,8 @@ def run(name: str, recipe: str, shards: Path, out: Path, budget: float | None, e
         steps, per_step = calibrate_steps(cfg, budget)
         cfg = dataclasses.replace(cfg, max_steps=steps)
         print(f"{name}: {per_step * 1000:.1f} ms/step -> {steps} steps for {budget:.0f} s", file=sys.stderr)
-    summary = train(cfg)
+    with contextlib.redirect_stdout(sys.stderr):  # the trainer's config printout; stdout is the result
+        summary = train(cfg)
     metrics = read_metrics(cfg.out)
     evals = [r for r in metrics if r.get("val_bpb") is not None]
     steps = [r for r in metrics if r.get("train_loss") is not None]
@@ -102,15 +104,22 @@ def main() -> int:
                run("ours/short", "cpu", shards["cpu"], out, args.short, 25)]
     if not args.quick:
         results.append(run("ours/600s", "cpu", shards["cpu"], out, args.long, 250))
-    ref_t = results[0]["time_to_target_s"]
+    # nanoGPT's 1.886 nats/char is an estimate on 20 random batches; on the whole split the reference
+    # may end just above 2.721. Then its whole training time is the (generous) reference time.
+    ref = results[0]
+    ref_t = ref["time_to_target_s"] or ref["train_time_s"]
+    ref["reached_target"] = ref["time_to_target_s"] is not None
     for r in results:
         t = r["time_to_target_s"]
-        r["time_ratio_vs_reference"] = round(t / ref_t, 3) if t and ref_t else None
+        r["time_ratio_vs_reference"] = round(t / ref_t, 3) if t else None
     if args.json:
         print(json.dumps(results, indent=1))
         return 0
     fmt = lambda x, spec: "-" if x is None else format(x, spec)
     print(f"\ntarget: {TARGET_BPB} bpb on the whole validation split (111,540 characters)")
+    if not ref["reached_target"]:
+        print(f"the reference ends at {ref['final_bpb']:.3f} bpb without reaching the target; ratios use its "
+              f"whole training time ({ref['train_time_s']:.1f} s), which understates the speed-up")
     print(f"{'run':12s} {'params':>9s} {'steps':>6s} {'train s':>8s} {'to target':>10s} {'ratio':>6s} "
           f"{'bpb@100s':>9s} {'bpb@600s':>9s} {'final':>7s} {'tok/s':>7s} {'MFU':>6s}")
     for r in results:

@@ -64,6 +64,9 @@ VARIANTS: dict[str, tuple[int, dict]] = {
     "w256-lr1e-2-drop0.1": (2048, {"lr": 1e-2, "model": {"n_embd": 256, "n_head": 4, "dropout": 0.1}}),
     "d6-w256-lr1e-2-drop0.1": (2048, {"depth": 6, "lr": 1e-2, "model": {"n_embd": 256, "n_head": 4,
                                                                         "dropout": 0.1}}),
+    # 600 s on tiny shakespeare is 8-14 epochs: regularise
+    "lr1e-2-drop0.2": (2048, {"lr": 1e-2, "model": {"dropout": 0.2}}),
+    "w256-lr1e-2-drop0.2": (2048, {"lr": 1e-2, "model": {"n_embd": 256, "n_head": 4, "dropout": 0.2}}),
 }
 
 

@@ -285,40 +285,25 @@ def register(sub) -> None:
     p.add_argument("--samples", type=int, default=3, help="samples in the report (default 3)")
     p.add_argument("--seed", type=int, default=1337)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a pretraining setting of the preset, e.g. --set depth=6 or "
-                        "--set model.n_embd=256 (repeatable)")
+                   help="override a pretraining setting of the preset, e.g. --set depth=6 (repeatable; "
+                        "keys as in `gptforge pretrain --help`)")
+    p.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
+                   help="model config override, as in `gptforge pretrain`, e.g. --model n_embd=256")
     p.set_defaults(func=cmd_speedrun)
-
-
-def _parse_value(raw: str):
-    """'6' -> 6, '0.5' -> 0.5, 'true' -> True, anything else stays a string."""
-    for convert in (int, float):
-        try:
-            return convert(raw)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(raw.lower(), raw)
 
 
 def cmd_speedrun(args) -> int:
     from datetime import datetime
 
-    from gptforge.train.config import coerce
+    from gptforge.train.config import coerce, parse_model_overrides
 
     if args.time is not None and args.time <= 0:
         raise UserError("--time must be > 0 seconds")
     if args.samples < 0:
         raise UserError("--samples must be >= 0")
-    overrides: dict = {"model": {}}
-    for item in args.set:
-        key, eq, raw = item.partition("=")
-        if not eq:
-            raise UserError(f"--set expects KEY=VALUE, not {item!r}")
-        value = _parse_value(raw)
-        if key.startswith("model."):
-            overrides["model"][key.removeprefix("model.")] = value
-        else:
-            overrides[key] = coerce(key, value, "--set")
+    # --set values are TOML literals like --model's (bare words are strings)
+    overrides = {k: coerce(k, v, "--set") for k, v in parse_model_overrides(args.set).items()}
+    overrides["model"] = {**overrides.get("model", {}), **parse_model_overrides(args.model)}
     out = args.out or str(Path("runs") / f"speedrun-{args.preset}-{datetime.now():%Y%m%d-%H%M%S}")
     report = speedrun(args.preset, args.corpus, out, args.time, args.samples, args.seed,
                       progress=sys.stderr.isatty(), overrides=overrides)
