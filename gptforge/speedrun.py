@@ -182,7 +182,7 @@ def speedrun(recipe_name: str, corpus: str, out: str, time_budget: float | None 
         _say(f"[3/5] calibrating: how many steps fit in {budget:.0f} s of training")
         steps, per_step = calibrate_steps(cfg, budget)
         cfg = make_config(cfg.to_dict(), {"max_steps": steps, "max_time": budget * 1.5 + 30})
-        _say(f"      {per_step * 1000:.0f} ms/step -> {steps} steps")
+        _say(f"      {per_step * 1000:.1f} ms/step -> {steps} steps")
     _say(f"[3/5] pretraining -> {cfg.out}")
     summary = train(cfg)
 
