@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT.parent / "shared" / "data"
@@ -19,3 +20,13 @@ def shared_file(*parts: str) -> Path:
 @pytest.fixture
 def tinyshakespeare() -> Path:
     return shared_file("tinyshakespeare.txt")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on a shared 2-core machine: one intra-op thread is far faster than two that stall
+    each other; modules opt in with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

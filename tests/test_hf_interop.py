@@ -18,15 +18,9 @@ from gptforge.models.hf import from_hf, hf_arch, save_hf, to_hf  # noqa: E402
 transformers = pytest.importorskip("transformers")
 
 V, BLOCK = 97, 48
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is ~100x faster than oversubscribing."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 GPT2_SHAPES = {
     "2x4x32": dict(n_layer=2, n_head=4, n_embd=32),

@@ -14,15 +14,9 @@ from gptforge.errors import UserError
 from gptforge.models import ARCHS, build_model, model_config, model_from_config
 
 V, T = 61, 16
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is ~100x faster than oversubscribing."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 # tiny shapes of every model and preset
 CASES = {
     "bigram": ("bigram", {}),

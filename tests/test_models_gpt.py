@@ -7,15 +7,7 @@ from gptforge.errors import UserError
 from gptforge.models import GPT, build_model, gpt_config
 
 V = 71
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny models on a shared 2-core machine: one intra-op thread is ~100x faster than oversubscribing."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def randomized(model: GPT, seed: int = 0) -> GPT:
