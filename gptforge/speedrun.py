@@ -103,18 +103,13 @@ def _say(msg: str) -> None:
 
 
 def build_tokenizer(spec: str, corpus: str, progress: bool):
-    """(tokenizer, info) for a recipe's tokenizer spec on ``corpus``."""
-    from gptforge.data.corpus import open_corpus
-    from gptforge.tokenizer import CharTokenizer
+    """(tokenizer, info) for a recipe's tokenizer spec ("char" or "bpe:N") on ``corpus``."""
+    from gptforge.data.shards import resolve_tokenizer
     from gptforge.tokenizer.bpe import train_on_corpus
 
     t0 = time.perf_counter()
     if spec == "char":
-        tok = CharTokenizer.train((p.text for p in open_corpus(corpus).pieces()), specials=())
-        # a corpus of several documents needs a separator
-        if len(open_corpus(corpus).sources) != 1:
-            tok = CharTokenizer(tok.chars)
-        return tok, {"seconds": time.perf_counter() - t0}
+        return resolve_tokenizer("char", corpus), {"seconds": time.perf_counter() - t0}
     kind, _, n = spec.partition(":")
     if kind != "bpe" or not n.isdigit():
         raise UserError(f"tokenizer spec must be 'char' or 'bpe:N', not {spec!r}")

@@ -76,3 +76,13 @@ def test_char_outside_vocab_is_user_error(tmp_path):
     (tmp_path / "c.txt").write_text("abc\nxyz\n")
     with pytest.raises(UserError, match="'x'.*not in this char tokenizer"):
         prepare(str(tmp_path / "c.txt"), CharTokenizer("abc\n"), tmp_path / "o", workers=2, progress=False)
+
+
+def test_char_tokenizer_adds_endoftext_only_for_several_documents(tinyshakespeare):
+    from gptforge.data.shards import resolve_tokenizer
+
+    single = resolve_tokenizer("char", str(tinyshakespeare))
+    assert single.vocab_size == 65 and single.eot_id is None  # nanoGPT's shakespeare_char vocabulary
+    assert single.encode("hii there") == [46, 47, 47, 1, 58, 46, 43, 56, 43]
+    plays = resolve_tokenizer("char", "shakespeare")  # 37 documents
+    assert plays.vocab_size == 75 and plays.eot_id == 74

@@ -59,6 +59,11 @@ class Corpus:
     def builtin(self) -> bool:
         return not self.sources
 
+    @property
+    def single_document(self) -> bool:
+        """One text file: split by bytes, no document separators needed."""
+        return len(self.sources) == 1 and self.sources[0].suffix != ".jsonl"
+
     def total_bytes(self) -> int:
         """Bytes to read (for progress bars)."""
         if self.builtin:
@@ -87,7 +92,7 @@ class Corpus:
             for name, text in shakespeare.plays("all"):
                 consumed(text.encode("utf-8"))
                 yield Piece("val" if name in shakespeare.VAL_PLAYS else "train", text, True)
-        elif len(self.sources) == 1 and self.sources[0].suffix != ".jsonl":
+        elif self.single_document:
             path = self.sources[0]
             size = path.stat().st_size
             cut = _char_boundary(path, int(size * (1.0 - val_fraction)))

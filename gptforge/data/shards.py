@@ -59,10 +59,12 @@ def _encode_piece(piece: Piece) -> tuple[str, bool, np.ndarray, int]:
 
 def resolve_tokenizer(spec: str, corpus_spec: str, errors: str = "strict") -> Tokenizer:
     """``"char"`` trains a char tokenizer on the whole corpus (nanoGPT's convention: the
-    vocabulary is every character in the text); anything else is a path for ``load_tokenizer``."""
+    vocabulary is every character in the text), with ``<|endoftext|>`` only when the corpus has
+    several documents to separate; anything else is a path for ``load_tokenizer``."""
     if spec == "char":
         corpus = open_corpus(corpus_spec)
-        return CharTokenizer.train(p.text for p in corpus.pieces(errors=errors))
+        tok = CharTokenizer.train((p.text for p in corpus.pieces(errors=errors)), specials=())
+        return tok if corpus.single_document else CharTokenizer(tok.chars)
     return load_tokenizer(spec)
 
 
