@@ -10,6 +10,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach the network, even by
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
+from helpers import randomize  # noqa: E402
 
 from gptforge.errors import UserError  # noqa: E402
 from gptforge.models import build_model  # noqa: E402
@@ -36,16 +37,6 @@ NANOCHAT_SHAPES = {
     "2x2x32-mqa-cap5": dict(num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, hidden_size=32,
                             intermediate_size=64, final_logit_softcapping=5.0),
 }
-
-
-def randomize(model, seed=0):
-    """All weights random: norms/biases around 1 and 0 would hide a swapped or dropped parameter."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            noise = torch.randn(p.shape, generator=g)
-            p.copy_(1.0 + 0.1 * noise if p.ndim == 1 else 0.3 * noise)
-    return model.eval()
 
 
 def hf_gpt2(**shape):

@@ -2,23 +2,13 @@
 
 import pytest
 import torch
+from helpers import randomize
 
 from gptforge.errors import UserError
 from gptforge.models import GPT, build_model, gpt_config
 
 V = 71
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def randomized(model: GPT, seed: int = 0) -> GPT:
-    """Every weight random and non-zero (the nanochat init zeroes the residual projections, which would
-    hide the attention path from the cache tests)."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            noise = torch.randn(p.shape, generator=g)
-            p.copy_(1.0 + 0.1 * noise if p.ndim == 1 else 0.3 * noise)
-    return model.eval()
 
 
 CACHE_CASES = {
@@ -32,7 +22,7 @@ CACHE_CASES = {
 
 def make(name, block_size=32):
     torch.manual_seed(0)
-    return randomized(build_model("gpt", V, block_size, **CACHE_CASES[name]))
+    return randomize(build_model("gpt", V, block_size, **CACHE_CASES[name]))
 
 
 @pytest.mark.parametrize("name", CACHE_CASES)
@@ -119,7 +109,7 @@ def test_presets_are_the_documented_recipes():
 
 def test_softcap_bounds_logits():
     model = build_model("gpt", V, 16, preset="modern", depth=1, n_embd=32, n_head=2, logit_softcap=2.0)
-    model = randomized(model)
+    model = randomize(model)
     logits, _ = model(torch.randint(0, V, (2, 16)))
     assert logits.abs().max() < 2.0 and logits.abs().max() > 1.5
 
