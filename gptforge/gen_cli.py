@@ -39,35 +39,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.set_defaults(func=cmd_export)
 
 
-def load_for_inference(ckpt: str, which: str, device: str = "cpu"):
-    """(model in eval mode, tokenizer, trainer_state) from a run or checkpoint directory; ``best``
-    falls back to ``latest`` when the run has not evaluated yet."""
-    from pathlib import Path
-
-    from gptforge.errors import UserError
-    from gptforge.tokenizer import load_tokenizer
-    from gptforge.train.checkpoint import load_checkpoint
-
-    try:
-        model, state = load_checkpoint(ckpt, which, device)
-    except UserError as e:
-        if which != "best" or "no best checkpoint" not in str(e):
-            raise
-        model, state = load_checkpoint(ckpt, "latest", device)
-    tok = load_tokenizer(Path(state["path"]) / "tokenizer.json")
-    if tok.vocab_size != model.config.vocab_size:
-        raise UserError(f"{state['path']}: tokenizer has {tok.vocab_size} ids but the model "
-                        f"{model.config.vocab_size}; the checkpoint is inconsistent")
-    return model, tok, state
-
-
 def cmd_sample(args) -> int:
     import codecs
 
     import torch
 
     from gptforge.errors import UserError
-    from gptforge.generate import SamplingParams, generate_stream
+    from gptforge.generate import SamplingParams, generate_stream, load_for_inference
 
     params = SamplingParams(args.max_new_tokens, args.temperature, args.top_k, args.top_p, args.seed)
     params.validate()
@@ -124,6 +102,7 @@ def cmd_sample(args) -> int:
 
 def cmd_export(args) -> int:
     from gptforge.export import export_model
+    from gptforge.generate import load_for_inference
 
     model, tok, _ = load_for_inference(args.ckpt, args.which)
     info = export_model(model, tok, args.out, dtype=args.dtype)

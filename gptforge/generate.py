@@ -205,3 +205,24 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_t
             if tok is not None:
                 row.append(tok)
     return out
+
+
+def load_for_inference(ckpt: str, which: str, device: str = "cpu"):
+    """(model in eval mode, tokenizer, trainer_state) from a run or checkpoint directory; ``best``
+    falls back to ``latest`` when the run has not evaluated yet."""
+    from pathlib import Path
+
+    from gptforge.tokenizer import load_tokenizer
+    from gptforge.train.checkpoint import load_checkpoint
+
+    try:
+        model, state = load_checkpoint(ckpt, which, device)
+    except UserError as e:
+        if which != "best" or "no best checkpoint" not in str(e):
+            raise
+        model, state = load_checkpoint(ckpt, "latest", device)
+    tok = load_tokenizer(Path(state["path"]) / "tokenizer.json")
+    if tok.vocab_size != model.config.vocab_size:
+        raise UserError(f"{state['path']}: tokenizer has {tok.vocab_size} ids but the model "
+                        f"{model.config.vocab_size}; the checkpoint is inconsistent")
+    return model, tok, state

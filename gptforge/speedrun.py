@@ -153,8 +153,7 @@ def speedrun(recipe_name: str, corpus: str, out: str, time_budget: float | None 
     import torch
 
     from gptforge.data.shards import prepare
-    from gptforge.gen_cli import load_for_inference
-    from gptforge.generate import generate
+    from gptforge.generate import generate, load_for_inference
     from gptforge.train import make_config, train
     from gptforge.train.plot import plot_runs, read_metrics
 
