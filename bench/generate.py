@@ -16,7 +16,7 @@ import time
 
 import torch
 
-from gptforge.generate import generate
+from gptforge.engine import generate
 from gptforge.models import build_model
 from gptforge.models.hf import to_hf
 

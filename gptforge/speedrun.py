@@ -21,9 +21,12 @@ import math
 import sys
 import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
+from gptforge.config import check, setting
 from gptforge.errors import UserError
+from gptforge.io import atomic_write, write_json
 
 
 @dataclass
@@ -89,7 +92,8 @@ RECIPES: dict[str, Recipe] = {
                                           min_lr_frac=0.0, warmup_steps=50, dtype="auto", compile=True,
                                           eval_interval=250, eval_tokens=262144, device="cuda"),
                         time=1800),
-    "gpt2": Recipe("GPT-2 small (124M, exactly OpenAI's architecture) under torchrun, bf16, compile",
+    "gpt2": Recipe("GPT-2 small (124M, exactly OpenAI's architecture), one GPU, bf16, compile (several GPUs: "
+                   "torchrun -m gptforge pretrain)",
                    "bpe:50257", dict(arch="gpt", preset="gpt2", depth=12, block_size=1024, batch_size=16,
                                      tokens_per_step=524288, optimizer="adamw", lr=6e-4, min_lr_frac=0.1,
                                      warmup_steps=700, weight_decay=0.1, beta2=0.95, schedule="cosine",
@@ -118,51 +122,84 @@ def build_tokenizer(spec: str, corpus: str, progress: bool):
 
 def calibrate_steps(cfg, seconds: float, probe_steps: int = 12) -> tuple[int, float]:
     """Steps that fit in ``seconds`` of training: time ``probe_steps`` real optimizer steps of this
-    config (in a scratch run folder) and divide; over SHORT_BUDGET, plan for SUSTAINED_SLOWDOWN.
-    Returns (steps, planned seconds per step)."""
-    import contextlib
+    config (in a scratch run folder, silently) and divide; over SHORT_BUDGET, plan for
+    SUSTAINED_SLOWDOWN. Returns (steps, planned seconds per step)."""
     import dataclasses
-    import io
     import tempfile
 
-    from gptforge.train import train
-    from gptforge.train.plot import read_metrics
+    from gptforge.train import Logger, train
 
     with tempfile.TemporaryDirectory(prefix="gptforge-calib-") as tmp:
         probe = dataclasses.replace(cfg, out=str(Path(tmp) / "run"), max_steps=probe_steps, max_time=0.0,
-                                    eval_interval=10**9, eval_tokens=cfg.block_size, progress="none",
-                                    compile=False)
-        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-            train(probe)
-        steps = [r for r in read_metrics(probe.out) if r.get("train_loss") is not None]
-    dts = sorted(1.0 / r["tokens_per_s"] for r in steps[2:])  # seconds per token; skip warm-up steps
-    per_step = dts[len(dts) // 2] * steps[-1]["tokens"] / steps[-1]["step"]
+                                    eval_interval=10**9, eval_tokens=cfg.block_size, compile=False)
+        times = train(probe, logger=Logger("none"))["step_times_s"]
+    per_step = sorted(times[2:])[len(times[2:]) // 2]  # median; skip warm-up steps
     if seconds > SHORT_BUDGET:
         per_step *= SUSTAINED_SLOWDOWN
     return max(1, int(seconds / per_step)), per_step
 
 
-def speedrun(recipe_name: str, corpus: str, out: str, time_budget: float | None = None,
-             samples: int = 3, seed: int = 1337, progress: bool = True,
-             overrides: dict | None = None) -> Path:
-    """Run every stage of a recipe on ``corpus`` into folder ``out``; return the report's path.
+@dataclass
+class SpeedrunConfig:
+    """The settings of `gptforge speedrun` (besides pretraining and model overrides)."""
+
+    preset: str = setting("cpu", "recipe", choices=tuple(RECIPES))
+    corpus: str = setting("shakespeare", "'shakespeare' (built in), a .txt/.jsonl file, a directory or a glob")
+    time: float | None = setting(None, "training budget in seconds; none -> the preset's (cpu: 300)",
+                                 gt=0, le=7 * 86400)
+    out: str = setting("", "run folder; empty -> runs/speedrun-<preset>-<YYYYmmdd-HHMMSS>", metavar="DIR")
+    samples: int = setting(3, "samples in the report", ge=0, le=100)
+    seed: int = setting(1337, "seed of the model init, batches and samples", ge=0, le=2**32 - 1)
+
+    def __post_init__(self):
+        check(self, "speedrun")
+        if not self.out:
+            self.out = str(Path("runs") / f"speedrun-{self.preset}-{datetime.now():%Y%m%d-%H%M%S}")
+
+
+def plan(sr: SpeedrunConfig, train_overrides: dict | None = None, progress: bool = True):
+    """The pretraining config a speedrun will use (before calibration), checked up front so that a
+    bad setting fails before any stage runs.
 
     Raises:
-        UserError: unknown recipe, bad corpus, or an ``out`` folder that already holds a run.
+        UserError: a bad override, or a GPU preset on a machine without CUDA.
     """
     import torch
 
+    from gptforge.train import make_config
+
+    recipe = RECIPES[sr.preset]
+    out_dir = Path(sr.out)
+    budget = sr.time if sr.time is not None else recipe.time
+    cfg = make_config(recipe.config(budget), {"data": str(out_dir / "data"), "out": str(out_dir / "pretrain"),
+                                              "seed": sr.seed, "progress": "auto" if progress else "none"},
+                      train_overrides or {})
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"preset {sr.preset} needs a CUDA GPU; none is available (try --preset cpu)")
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"{out_dir}: exists and is not a directory; choose another --out")
+    if (out_dir / "pretrain").exists():
+        raise UserError(f"{out_dir} already holds a speedrun; choose another --out or delete it")
+    return cfg, budget
+
+
+def speedrun(sr: SpeedrunConfig, train_overrides: dict | None = None, progress: bool = True) -> Path:
+    """Run every stage of ``sr.preset`` on ``sr.corpus`` into folder ``sr.out``; return the report's path.
+
+    ``train_overrides``: TrainConfig fields (``model`` for the model's) over the recipe's.
+
+    Raises:
+        UserError: bad settings, a bad corpus, or an ``out`` folder that already holds a run.
+    """
     from gptforge.data.shards import prepare
-    from gptforge.generate import generate, load_for_inference
+    from gptforge.engine import generate, load_for_inference
     from gptforge.train import make_config, train
     from gptforge.train.plot import plot_runs, read_metrics
 
-    if recipe_name not in RECIPES:
-        raise UserError(f"unknown preset {recipe_name!r}; choose one of {', '.join(RECIPES)}")
+    cfg, budget = plan(sr, train_overrides, progress)
+    recipe_name, corpus, seed, samples = sr.preset, sr.corpus, sr.seed, sr.samples
     recipe = RECIPES[recipe_name]
-    out_dir = Path(out)
-    if (out_dir / "pretrain").exists():
-        raise UserError(f"{out_dir} already holds a speedrun; choose another --out or delete it")
+    out_dir = Path(sr.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     t_all = time.time()
 
@@ -173,12 +210,6 @@ def speedrun(recipe_name: str, corpus: str, out: str, time_budget: float | None 
     _say(f"[2/5] token shards -> {out_dir / 'data'}")
     meta = prepare(corpus, tok, out_dir / "data", progress=progress)
 
-    budget = time_budget if time_budget is not None else recipe.time
-    cfg = make_config(recipe.config(budget), {"data": str(out_dir / "data"), "out": str(out_dir / "pretrain"),
-                                              "seed": seed, "progress": "auto" if progress else "none"},
-                      overrides or {})
-    if cfg.device == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"preset {recipe_name} needs a CUDA GPU; none is available (try --preset cpu)")
     per_step = None
     if budget:
         _say(f"[3/5] calibrating: how many steps fit in {budget:.0f} s of training")
@@ -198,20 +229,23 @@ def speedrun(recipe_name: str, corpus: str, out: str, time_budget: float | None 
     rows = generate(model, [start] * samples, recipe.sample_tokens, temperature=0.8, top_k=50, seed=seed,
                     stop_tokens=stops)
     texts = [tok2.decode(r) for r in rows]
-    (out_dir / "samples.txt").write_text(
+    atomic_write(out_dir / "samples.txt",
         "".join(f"--- sample {i + 1} ---\n{t}\n\n" for i, t in enumerate(texts)))
 
     _say("[5/5] report")
     metrics = read_metrics(cfg.out)
     report = _report(recipe_name, recipe, corpus, tok, tok_info, meta, cfg, summary, state, metrics, texts,
                      per_step, budget, time.time() - t_all)
-    path = out_dir / "report.md"
-    path.write_text(report)
-    (out_dir / "summary.json").write_text(json.dumps(
-        {"recipe": recipe_name, "corpus": corpus, **summary, "best_checkpoint": state["path"],
-         "best_val_loss": state.get("val_loss"), "best_val_bpb": state.get("val_bpb"),
-         "total_time_s": time.time() - t_all}, indent=1) + "\n")
+    path = atomic_write(out_dir / "report.md", report)
+    summary.pop("step_times_s")
+    write_json(out_dir / "summary.json", _finite(
+        {"recipe": recipe_name, "corpus": corpus, **summary, "best_checkpoint": state.path,
+         "best_val_loss": state.val_loss, "best_val_bpb": state.val_bpb, "total_time_s": time.time() - t_all}))
     return path
+
+
+def _finite(d: dict) -> dict:
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in d.items()}
 
 
 def _fmt(x, spec=".4f", none="-"):
@@ -251,8 +285,8 @@ def _report(name, recipe, corpus, tok, tok_info, meta, cfg, summary, state, metr
         f"MFU {_fmt(median(mfus), '.1%')} |",
         f"| final val loss | {_fmt(summary['val_loss'])} nats/token |",
         f"| final val bpb | {_fmt(summary['val_bpb'])} bits/byte |",
-        f"| best checkpoint | `{state['path']}` (val loss {_fmt(state.get('val_loss'))}, "
-        f"bpb {_fmt(state.get('val_bpb'))}) |",
+        f"| best checkpoint | `{state.path}` (val loss {_fmt(state.val_loss)}, "
+        f"bpb {_fmt(state.val_bpb)}) |",
         "",
     ]
     if budget:
@@ -267,47 +301,3 @@ def _report(name, recipe, corpus, tok, tok_info, meta, cfg, summary, state, metr
         lines += [f"### Sample {i + 1}", "", "```text", t.rstrip("\n"), "```", ""]
     lines += ["## Config", "", "```text", format_config(cfg), "```", ""]
     return "\n".join(lines)
-
-
-
-# --- command line ---------------------------------------------------------------------------------
-def register(sub) -> None:
-    """Add `gptforge speedrun` to the top-level parser."""
-    lines = "\n".join(f"  {n:12s} {r.description}" for n, r in RECIPES.items())
-    p = sub.add_parser(
-        "speedrun", help="raw text -> tokenizer -> shards -> pretrained model -> samples -> report",
-        description="Run the whole pipeline on a corpus and write OUT/report.md.\n\npresets:\n" + lines,
-        formatter_class=__import__("argparse").RawDescriptionHelpFormatter)
-    p.add_argument("--preset", choices=list(RECIPES), default="cpu", help="recipe (default cpu)")
-    p.add_argument("--corpus", default="shakespeare",
-                   help="'shakespeare' (built in), a .txt/.jsonl file, a directory or a glob")
-    p.add_argument("--time", type=float, default=None,
-                   help="training budget in seconds (default: the preset's; cpu 300)")
-    p.add_argument("--out", default=None, help="run folder (default runs/speedrun-<preset>-<time>)")
-    p.add_argument("--samples", type=int, default=3, help="samples in the report (default 3)")
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a pretraining setting of the preset, e.g. --set depth=6 (repeatable; "
-                        "keys as in `gptforge pretrain --help`)")
-    p.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
-                   help="model config override, as in `gptforge pretrain`, e.g. --model n_embd=256")
-    p.set_defaults(func=cmd_speedrun)
-
-
-def cmd_speedrun(args) -> int:
-    from datetime import datetime
-
-    from gptforge.train.config import coerce, parse_model_overrides
-
-    if args.time is not None and args.time <= 0:
-        raise UserError("--time must be > 0 seconds")
-    if args.samples < 0:
-        raise UserError("--samples must be >= 0")
-    # --set values are TOML literals like --model's (bare words are strings)
-    overrides = {k: coerce(k, v, "--set") for k, v in parse_model_overrides(args.set).items()}
-    overrides["model"] = {**overrides.get("model", {}), **parse_model_overrides(args.model)}
-    out = args.out or str(Path("runs") / f"speedrun-{args.preset}-{datetime.now():%Y%m%d-%H%M%S}")
-    report = speedrun(args.preset, args.corpus, out, args.time, args.samples, args.seed,
-                      progress=sys.stderr.isatty(), overrides=overrides)
-    print(f"report: {report}")
-    return 0

@@ -11,7 +11,7 @@ import torch
 from gptforge.cli import main
 from gptforge.errors import UserError
 from gptforge.export import export_model
-from gptforge.generate import _Context, generate, generate_stream, sample_next
+from gptforge.engine import _Context, generate, generate_stream, sample_next
 from gptforge.models import build_model, model_config
 from gptforge.tokenizer import CharTokenizer
 
@@ -154,12 +154,11 @@ def test_export_rejects_non_gpt(tmp_path):
 
 
 def _checkpoint(tmp_path, model):
-    from gptforge.train.checkpoint import save_checkpoint
+    from gptforge.checkpoint import RunState, save_checkpoint
 
     tok_file = TOK.save(tmp_path / "tok")
-    state = {"step": 1, "tokens": 0, "config": {}, "model_config": model_config(model),
-             "tokenizer": TOK.identity()}
-    save_checkpoint(tmp_path / "run", 1, model, [], state, tokenizer_json=tok_file)
+    state = RunState(step=1, model_config=model_config(model), tokenizer=TOK.identity())
+    save_checkpoint(tmp_path / "run", model, [], state, tokenizer_json=tok_file)
     return tmp_path / "run"
 
 
@@ -179,7 +178,8 @@ def test_sample_cli_streams_and_validates(tmp_path, capsys):
     assert main(["sample", "--ckpt", str(run), "--top-p", "1.5"]) == 2
     assert main(["sample", "--ckpt", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
-    assert "temperature must be >= 0" in err and "top_p must be in (0, 1]" in err and "nope" in err
+    assert "--temperature -0.5: expected a finite number >= 0" in err
+    assert "--top-p 1.5: expected a finite number > 0 and <= 1" in err and "nope" in err
 
 
 def test_export_cli_then_run_py(tmp_path):

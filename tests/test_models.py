@@ -191,13 +191,16 @@ def test_model_config_round_trip(name):
 @pytest.mark.parametrize("arch, config, match", [
     ("transformer", {}, "unknown model arch"),
     ("gpt", dict(preset="gpt3"), "unknown GPT preset"),
-    ("gpt", dict(n_layers=2), "unknown GPT config field"),
+    ("gpt", dict(n_layers=2), "unknown key 'n_layers'; did you mean 'n_layer'"),
     ("gpt", dict(n_embd=30, n_head=4), "divisible by n_head"),
     ("gpt", dict(n_embd=32, n_head=4, n_kv_head=3), "divisible by n_kv_head"),
-    ("gpt", dict(mlp="geglu"), "mlp must be one of"),
+    ("gpt", dict(mlp="geglu"), "mlp='geglu': expected one of gelu, relu2, swiglu"),
     ("gpt", dict(depth=0), "depth must be"),
-    ("mlp", dict(preset="gpt2"), "unknown mlp config field"),
-    ("lstm", dict(n_layer=0), "n_layer must be"),
+    ("mlp", dict(preset="gpt2"), "mlp config: unknown key 'preset'"),
+    ("lstm", dict(n_layer=0), "n_layer=0: expected an integer >= 1"),
+    ("gpt", dict(norm_eps=float("nan")), "norm_eps=nan: expected a finite number > 0"),
+    ("gpt", dict(dropout=1.0), "dropout=1.0: expected a finite number >= 0 and < 1"),
+    ("gpt", dict(n_embd=10**12), "n_embd=1000000000000: expected an integer >= 1 and <= 65536"),
 ])
 def test_user_errors(arch, config, match):
     with pytest.raises(UserError, match=match):
@@ -207,7 +210,7 @@ def test_user_errors(arch, config, match):
 def test_model_from_config_rejects_bad_dicts():
     with pytest.raises(UserError, match="unknown arch"):
         model_from_config({"vocab_size": 3, "block_size": 4})
-    with pytest.raises(UserError, match="unknown bigram config field"):
+    with pytest.raises(UserError, match="bigram config: unknown key 'n_embd'"):
         model_from_config({"arch": "bigram", "vocab_size": 3, "block_size": 4, "n_embd": 5})
 
 

@@ -20,10 +20,10 @@ def run_info(capsys, *argv):
     (["--preset", "gpt2"], "gpt", 50257, 1024, dict(preset="gpt2")),
     (["--preset", "gpt2", "--depth", "2", "--vocab-size", "300", "--block-size", "64"], "gpt", 300, 64,
      dict(preset="gpt2", depth=2)),
-    (["--depth", "4", "--set", "n_kv_head=1", "--set", "mlp=swiglu", "--set", "tie_embeddings=true"], "gpt",
+    (["--depth", "4", "--model", "n_kv_head=1", "--model", "mlp=swiglu", "--model", "tie_embeddings=true"], "gpt",
      50304, 2048, dict(preset="modern", depth=4, n_kv_head=1, mlp="swiglu", tie_embeddings=True)),
-    (["--arch", "mlp", "--set", "direct=true", "--vocab-size", "65"], "mlp", 65, 256, dict(direct=True)),
-    (["--arch", "lstm", "--set", "n_layer=3"], "lstm", 256, 256, dict(n_layer=3)),
+    (["--arch", "mlp", "--model", "direct=true", "--vocab-size", "65"], "mlp", 65, 256, dict(direct=True)),
+    (["--arch", "lstm", "--model", "n_layer=3"], "lstm", 256, 256, dict(n_layer=3)),
     (["--arch", "bigram"], "bigram", 256, 256, {}),
 ])
 def test_info_agrees_with_the_model(capsys, argv, arch, vocab, block, config):
@@ -40,13 +40,6 @@ def test_info_agrees_with_the_model(capsys, argv, arch, vocab, block, config):
     assert f"vocab_size={vocab}, block_size={block}" in out
 
 
-def test_cli_lists_the_same_archs():
-    from gptforge.models import ARCHS
-    from gptforge.models.cli import ARCHS as CLI_ARCHS  # kept torch-free for a fast --help
-
-    assert CLI_ARCHS == ARCHS
-
-
 def test_info_gpt2_small_figures(capsys):
     _, rows = run_info(capsys, "--preset", "gpt2", "--depth", "12")
     assert rows["total"] == 124_439_808  # GPT-2 small
@@ -55,11 +48,13 @@ def test_info_gpt2_small_figures(capsys):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--set", "n_heads=3"], "unknown GPT config field"),
-    (["--set", "oops"], "FIELD=VALUE"),
+    (["--model", "n_heads=3"], "--model: unknown key 'n_heads'; did you mean 'n_head'?"),
+    (["--model", "oops"], "KEY=VALUE"),
+    (["--model", "bias=maybe"], "--model: bias='maybe': expected a boolean"),
+    (["--arch", "lstm", "--model", "qk_norm=true"], "--model: unknown key 'qk_norm'"),
     (["--arch", "lstm", "--depth", "3"], "--depth applies to --arch gpt"),
-    (["--vocab-size", "0"], "--vocab-size must be"),
-    (["--depth", "2", "--set", "n_embd=100", "--set", "n_head=3"], "divisible"),
+    (["--vocab-size", "0"], "vocab_size='0': expected an integer >= 1"),
+    (["--depth", "2", "--model", "n_embd=100", "--model", "n_head=3"], "divisible"),
 ])
 def test_info_user_errors_exit_2(capsys, argv, message):
     assert main(["model", "info", *argv]) == 2

@@ -72,9 +72,9 @@ def test_kv_cache_layout_and_limits():
         model(torch.randint(0, V, (3, 6)), kv_cache=cache)
         assert cache.pos == 6
         assert cache.k[:, :, :, 6:].abs().sum() == 0 and cache.k[:, :, :, :6].abs().sum() > 0
-        with pytest.raises(UserError, match="KV cache holds 8"):
+        with pytest.raises(ValueError, match="KV cache holds 8"):
             model(torch.randint(0, V, (3, 3)), kv_cache=cache)
-    with pytest.raises(UserError, match="beyond block_size 32"):
+    with pytest.raises(ValueError, match="beyond block_size 32"):
         model(torch.randint(0, V, (1, 33)))
 
 

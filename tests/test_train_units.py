@@ -3,6 +3,7 @@ MFU peak cache, checkpoints (atomicity, corruption), evaluation against known lo
 
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -10,9 +11,11 @@ import torch
 
 from gptforge.errors import UserError
 from gptforge.models import build_model
-from gptforge.train import checkpoint as ckpt
-from gptforge.train.config import load_toml, make_config, parse_model_overrides
-from gptforge.train.data import batch_offsets, eval_offsets, get_batch, train_batch
+from gptforge import checkpoint as ckpt
+from gptforge.config import load_toml, overrides
+from gptforge.models import GPTConfig
+from gptforge.train.config import make_config
+from gptforge.train.batches import batch_offsets, eval_offsets, get_batch, train_batch
 from gptforge.train.optim import build_optimizers, lr_multiplier, split_params
 
 
@@ -20,32 +23,65 @@ from gptforge.train.optim import build_optimizers, lr_multiplier, split_params
 def test_config_layers_toml_then_flags(tmp_path):
     f = tmp_path / "c.toml"
     f.write_text('arch = "gpt"\ndepth = 3\nlr = 1\nmax_time = 60\n[model]\nn_embd = 64\nn_head = 2\n')
-    layer = load_toml(f)
-    cfg = make_config(layer, {"depth": 2, "model": {"n_head": 4}})
+    cfg = make_config(load_toml(f), {"depth": "2", "model": {"n_head": "4"}})
     assert cfg.depth == 2 and cfg.lr == 1.0 and isinstance(cfg.lr, float) and cfg.max_time == 60.0
-    assert cfg.model == {"n_embd": 64, "n_head": 4}  # merged key by key
+    assert cfg.model == {"n_embd": 64, "n_head": 4}  # merged key by key, typed by GPTConfig
 
 
 @pytest.mark.parametrize("text, match", [
-    ("max_step = 5\n", "unknown config key 'max_step'; did you mean 'max_steps'"),
-    ("depth = 'four'\n", "depth must be int"),
+    ("max_step = 5\n", "unknown key 'max_step'; did you mean 'max_steps'"),
+    ("depth = 'four'\n", "depth='four': expected an integer >= 1"),
     ("lr = [1\n", "not a valid TOML file"),
-    ("optimizer = 'sgd'\n", "optimizer must be one of adamw, muon"),
-    ("batch_size = 0\n", "batch_size must be > 0"),
-    ("compile = 1\n", "compile must be bool"),
+    ("optimizer = 'sgd'\n", "optimizer='sgd': expected one of adamw, muon"),
+    ("batch_size = 0\n", "batch_size=0: expected an integer >= 1"),
+    ("compile = 2\n", "compile=2: expected a boolean"),
+    ("max_time = nan\n", "max_time=nan: expected a finite number"),
+    ("lr = inf\n", "lr=inf: expected a finite number"),
+    ("seed = -1\n", "seed=-1: expected an integer >= 0"),
+    ("[model]\nbias = 'maybe'\n", "bias='maybe': expected a boolean"),
+    ("[model]\nnorm_eps = nan\n", "norm_eps=nan: expected a finite number > 0"),
+    ("[model]\nrope_theta = 0\n", "rope_theta=0: expected a finite number > 0"),
+    ("[model]\nn_embed = 64\n", "unknown key 'n_embed'; did you mean 'n_embd'"),
 ])
-def test_config_errors_are_user_errors(tmp_path, text, match):
+def test_config_errors_are_one_line_user_errors(tmp_path, text, match):
     f = tmp_path / "c.toml"
     f.write_text(text)
-    with pytest.raises(UserError, match=match):
+    with pytest.raises(UserError, match=re.escape(match)) as e:
         make_config(load_toml(f))
+    assert "\n" not in str(e.value)
 
 
-def test_model_overrides_parse_toml_literals():
-    assert parse_model_overrides(["n_embd=128", "bias=true", "dropout=0.1", "norm=rmsnorm", "x='a b'"]) == {
-        "n_embd": 128, "bias": True, "dropout": 0.1, "norm": "rmsnorm", "x": "a b"}
-    with pytest.raises(UserError, match="KEY=VALUE"):
-        parse_model_overrides(["n_embd"])
+@pytest.mark.parametrize("text, value", [
+    ("true", True), ("False", False), ("YES", True), ("no", False), ("1", True), ("0", False), ("On", True)])
+def test_bool_spellings(text, value):
+    assert overrides(GPTConfig, [f"bias={text}"]) == {"bias": value}
+
+
+def test_overrides_typed_by_declared_field():
+    assert overrides(GPTConfig, ["n_embd=128", "dropout=0.1", "norm=rmsnorm", "logit_softcap=none",
+                                 "n_kv_head=null", "rope_theta=500"]) == {
+        "n_embd": 128, "dropout": 0.1, "norm": "rmsnorm", "logit_softcap": None, "n_kv_head": None,
+        "rope_theta": 500.0}
+    for item, match in (("n_embd", "expected KEY=VALUE"), ("n_embd=1.5", "expected an integer"),
+                        ("bias=none", "expected a boolean"), ("norm=batch", "expected one of layernorm")):
+        with pytest.raises(UserError, match=match):
+            overrides(GPTConfig, [item])
+
+
+def test_false_bools_and_no_softcap_reach_the_built_model():
+    """The bug of issue 10: '--model bias=False' used to be the truthy string 'False'."""
+    cfg = make_config({"data": "x", "depth": 1, "model": overrides(GPTConfig, [
+        "bias=false", "qk_norm=False", "logit_softcap=none", "n_embd=64", "n_head=2"])})
+    m = build_model("gpt", vocab_size=50, block_size=16, preset="modern", depth=cfg.depth, **cfg.model)
+    assert not any(n.endswith("bias") for n, _ in m.named_parameters())
+    assert m.config.qk_norm is False and m.config.logit_softcap is None and m.config.bias is False
+    x = torch.randint(0, 50, (1, 16))
+    torch.nn.init.normal_(m.lm_head.weight, std=50.0)  # huge logits: a softcap of 15 would clip them
+    assert m(x)[0].abs().max() > 15
+    # and the other way round: biases and QK-norm when asked
+    m2 = build_model("gpt", vocab_size=50, block_size=16, preset="modern", depth=1,
+                     **overrides(GPTConfig, ["bias=yes", "n_embd=64", "n_head=2"]))
+    assert any(n.endswith("bias") for n, _ in m2.named_parameters()) and m2.config.qk_norm is True
 
 
 # --- data -----------------------------------------------------------------------------------------
@@ -159,13 +195,13 @@ def _model_and_opt(seed=0):
 
 
 def _state(step):
-    return {"step": step, "tokens": step * 16, "config": {}, "model_config": {}, "tokenizer": {}}
+    return ckpt.RunState(step=step, tokens=step * 16)
 
 
 def test_checkpoint_roundtrip_and_retention(tmp_path):
     m, opts = _model_and_opt()
     for step in (1, 2, 3, 4):
-        ckpt.save_checkpoint(tmp_path, step, m, opts, _state(step), is_best=step == 2, keep_last=2)
+        ckpt.save_checkpoint(tmp_path, m, opts, _state(step), is_best=step == 2, keep_last=2)
     kept = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
     assert kept == ["best", "latest", "step_000002", "step_000003", "step_000004"]
     assert ckpt.find_checkpoint(tmp_path).name == "step_000004"
@@ -182,18 +218,18 @@ def test_checkpoint_roundtrip_and_retention(tmp_path):
 
 def test_crash_while_saving_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
     m, opts = _model_and_opt()
-    ckpt.save_checkpoint(tmp_path, 1, m, opts, _state(1))
+    ckpt.save_checkpoint(tmp_path, m, opts, _state(1))
 
     def boom(*a, **k):
         raise OSError("disk full")
 
     monkeypatch.setattr(torch, "save", boom)
     with pytest.raises(OSError):
-        ckpt.save_checkpoint(tmp_path, 2, m, opts, _state(2))
+        ckpt.save_checkpoint(tmp_path, m, opts, _state(2))
     monkeypatch.undo()
     assert ckpt.find_checkpoint(tmp_path).name == "step_000001"
-    assert ckpt.read_trainer_state(ckpt.find_checkpoint(tmp_path))["step"] == 1
-    ckpt.save_checkpoint(tmp_path, 2, m, opts, _state(2))  # the leftover temp dir is no obstacle
+    assert ckpt.read_trainer_state(ckpt.find_checkpoint(tmp_path)).step == 1
+    ckpt.save_checkpoint(tmp_path, m, opts, _state(2))  # the leftover temp dir is no obstacle
     assert ckpt.find_checkpoint(tmp_path).name == "step_000002"
     assert not any(p.name.startswith(".tmp") for p in (tmp_path / "ckpt").iterdir())
 
@@ -201,22 +237,23 @@ def test_crash_while_saving_keeps_the_last_good_checkpoint(tmp_path, monkeypatch
 @pytest.mark.parametrize("victim, damage, match", [
     ("trainer.json", b"{\"format\": \"gptforge.checkp", "trainer.json: corrupt checkpoint metadata"),
     ("model.safetensors", b"\x00" * 20, "model.safetensors: corrupt weights file"),
-    ("optimizer.pt", b"PK\x03\x04garbage", "optimizer.pt: corrupt optimizer state"),
+    ("optimizer.pt", b"PK\x03\x04garbage", "optimizer.pt: corrupt or unsafe optimizer state"),
 ])
 def test_corrupt_checkpoint_errors_name_the_file(tmp_path, victim, damage, match):
     m, opts = _model_and_opt()
-    ck = ckpt.save_checkpoint(tmp_path, 1, m, opts, _state(1))
+    ck = ckpt.save_checkpoint(tmp_path, m, opts, _state(1))
     (ck / victim).write_bytes(damage)
+    load = {"trainer.json": lambda: ckpt.read_trainer_state(ck),
+            "model.safetensors": lambda: ckpt.load_weights(m, ck),
+            "optimizer.pt": lambda: ckpt.load_optimizer_state(opts, ck)}[victim]
     with pytest.raises(UserError, match=match) as e:
-        ckpt.read_trainer_state(ck)
-        ckpt.load_weights(m, ck)
-        ckpt.load_optimizer_state(opts, ck)
-    assert str(ck) in str(e.value)
+        load()
+    assert str(ck / victim) in str(e.value)
 
 
 def test_incompatible_weights_and_missing_checkpoints(tmp_path):
     m, opts = _model_and_opt()
-    ck = ckpt.save_checkpoint(tmp_path, 1, m, opts, _state(1))
+    ck = ckpt.save_checkpoint(tmp_path, m, opts, _state(1))
     other = build_model("gpt", vocab_size=32, block_size=8, preset="gpt2", depth=1, n_embd=32, n_head=2)
     with pytest.raises(UserError, match="do not fit the model"):
         ckpt.load_weights(other, ck)
@@ -228,7 +265,8 @@ def test_incompatible_weights_and_missing_checkpoints(tmp_path):
 
 # --- evaluation: known losses -----------------------------------------------------------------------
 def test_uniform_model_has_loss_ln_v_and_bpb_from_bytes():
-    from gptforge.train.trainer import Dist, evaluate
+    from gptforge.train.evaluate import evaluate
+    from gptforge.train.session import Dist
 
     V, T = 10, 8
     m = build_model("bigram", vocab_size=V, block_size=T)

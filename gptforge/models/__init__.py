@@ -11,24 +11,14 @@ loss | None)``, loss being the mean cross-entropy in nats per token over targets
 ``num_params(exclude_embeddings=False)``, ``param_counts()`` and ``flops_per_token()``. Input
 embeddings are ``nn.Embedding`` modules and the output layer is an ``nn.Linear`` named ``lm_head``
 (Bigram's table is both, so it has only the embedding).
-
-Names are imported lazily (``from gptforge.models import build_model`` works as usual), so that
-``gptforge --help`` does not import torch.
 """
 
-_EXPORTS = {
-    **dict.fromkeys(["ARCHS", "build_model", "model_config", "model_from_config"], "zoo"),
-    **dict.fromkeys(["GPT", "GPTConfig", "KVCache", "PRESETS", "gpt_config"], "gpt"),
-    **dict.fromkeys(["Bigram", "BigramConfig"], "bigram"),
-    **dict.fromkeys(["LSTM", "LSTMConfig"], "lstm"),
-    **dict.fromkeys(["MLP", "MLPConfig"], "mlp"),
-}
-__all__ = sorted(_EXPORTS)
+from gptforge.models.bigram import Bigram, BigramConfig
+from gptforge.models.gpt import GPT, PRESETS, GPTConfig, KVCache, gpt_config
+from gptforge.models.lstm import LSTM, LSTMConfig
+from gptforge.models.mlp import MLP, MLPConfig
+from gptforge.models.zoo import ARCHS, build_model, config_class, model_config, model_from_config
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        import importlib
-
-        return getattr(importlib.import_module(f"gptforge.models.{_EXPORTS[name]}"), name)
-    raise AttributeError(f"module 'gptforge.models' has no attribute {name!r}")
+__all__ = ["ARCHS", "GPT", "LSTM", "MLP", "PRESETS", "Bigram", "BigramConfig", "GPTConfig", "KVCache",
+           "LSTMConfig", "MLPConfig", "build_model", "config_class", "gpt_config", "model_config",
+           "model_from_config"]

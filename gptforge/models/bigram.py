@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gptforge.errors import UserError
+from gptforge.config import check, setting
 
 
 @dataclass
@@ -20,14 +20,11 @@ class BigramConfig:
     """vocab_size: tokens in the vocabulary. block_size: context used when sampling (the model itself
     looks at one token, so any length works)."""
 
-    vocab_size: int = 256
-    block_size: int = 256
+    vocab_size: int = setting(256, "tokens in the vocabulary", ge=1, le=1 << 20)
+    block_size: int = setting(256, "context used when sampling", ge=1, le=1 << 20)
 
     def __post_init__(self):
-        for name in ("vocab_size", "block_size"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise UserError(f"bigram {name} must be a positive integer, not {v!r}")
+        check(self, "bigram config")
 
 
 class Bigram(nn.Module):

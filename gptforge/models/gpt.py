@@ -23,12 +23,13 @@ al. 2023 (QK-norm); Gemma 2 team 2024 (logit softcap); Ainslie et al. 2023 (GQA)
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from gptforge.config import check, convert, setting
 from gptforge.errors import UserError
 
 POSITIONALS = ("learned", "rope")
@@ -63,49 +64,40 @@ class GPTConfig:
         (see `GPT.init_weights`).
     """
 
-    vocab_size: int = 50304
-    block_size: int = 1024
-    n_layer: int = 12
-    n_head: int = 6
-    n_kv_head: int | None = None
-    n_embd: int = 768
-    mlp_hidden: int | None = None
-    positional: str = "rope"
-    rope_theta: float = 10000.0
-    norm: str = "rmsnorm"
-    norm_eps: float = 1e-6
-    embd_norm: bool = True
-    mlp: str = "relu2"
-    qk_norm: bool = True
-    tie_embeddings: bool = False
-    bias: bool = False
-    dropout: float = 0.0
-    logit_softcap: float | None = 15.0
-    init: str = "nanochat"
+    # sizes are capped where a typo would otherwise try to allocate terabytes
+    vocab_size: int = setting(50304, "tokens in the vocabulary", ge=1, le=1 << 24)
+    block_size: int = setting(1024, "context length T in tokens (positions)", ge=1, le=1 << 20)
+    n_layer: int = setting(12, "Transformer blocks", ge=1, le=1024)
+    n_head: int = setting(6, "query heads", ge=1, le=1024)
+    n_kv_head: int | None = setting(None, "key/value heads (GQA); none -> n_head", ge=1, le=1024)
+    n_embd: int = setting(768, "residual width C", ge=1, le=1 << 16)
+    mlp_hidden: int | None = setting(None, "MLP hidden width; none -> 4 C (8/3 C for swiglu)", ge=1,
+                                     le=1 << 18)
+    positional: str = setting("rope", "position encoding", choices=POSITIONALS)
+    rope_theta: float = setting(10000.0, "RoPE base frequency", gt=0)
+    norm: str = setting("rmsnorm", "normalisation", choices=NORMS)
+    norm_eps: float = setting(1e-6, "epsilon of every norm", gt=0, lt=1)
+    embd_norm: bool = setting(True, "normalise the embedding before the first block")
+    mlp: str = setting("relu2", "MLP activation", choices=MLPS)
+    qk_norm: bool = setting(True, "RMSNorm on queries and keys")
+    tie_embeddings: bool = setting(False, "lm_head shares wte's weights")
+    bias: bool = setting(False, "biases in Linear layers and LayerNorm")
+    dropout: float = setting(0.0, "dropout probability (training only)", ge=0, lt=1)
+    logit_softcap: float | None = setting(15.0, "logits = cap * tanh(logits / cap); none -> off", gt=0)
+    init: str = setting("nanochat", "weight-init scheme", choices=INITS)
 
     def __post_init__(self):
-        for name, value, choices in (("positional", self.positional, POSITIONALS), ("norm", self.norm, NORMS),
-                                     ("mlp", self.mlp, MLPS), ("init", self.init, INITS)):
-            if value not in choices:
-                raise UserError(f"GPT {name} must be one of {', '.join(choices)}, not {value!r}")
+        check(self, "GPT config")
         if self.n_kv_head is None:
             self.n_kv_head = self.n_head
         if self.mlp_hidden is None:
             self.mlp_hidden = 4 * self.n_embd if self.mlp != "swiglu" else -(-8 * self.n_embd // 3 // 64) * 64
-        for name in ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "mlp_hidden"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise UserError(f"GPT {name} must be a positive integer, not {v!r}")
         if self.n_embd % self.n_head:
             raise UserError(f"GPT n_embd ({self.n_embd}) must be divisible by n_head ({self.n_head})")
         if self.n_head % self.n_kv_head:
             raise UserError(f"GPT n_head ({self.n_head}) must be divisible by n_kv_head ({self.n_kv_head})")
         if self.positional == "rope" and self.head_dim % 2:
             raise UserError(f"RoPE needs an even head_dim, got {self.head_dim}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"GPT dropout must be in [0, 1), not {self.dropout}")
-        if self.logit_softcap is not None and not self.logit_softcap > 0:
-            raise UserError(f"GPT logit_softcap must be > 0 or None, not {self.logit_softcap}")
 
     @property
     def head_dim(self) -> int:
@@ -129,15 +121,11 @@ def gpt_config(preset: str = "modern", depth: int | None = None, **overrides) ->
     """
     if preset not in PRESETS:
         raise UserError(f"unknown GPT preset {preset!r}; choose one of {', '.join(PRESETS)}")
-    known = {f.name for f in fields(GPTConfig)}
-    unknown = sorted(set(overrides) - known)
-    if unknown:
-        raise UserError(f"unknown GPT config field(s) {', '.join(unknown)}; "
-                        f"valid: {', '.join(sorted(known))}")
+    overrides = {k: convert(GPTConfig, k, v, "GPT config") for k, v in overrides.items()}
     if depth is None:
         depth = overrides.get("n_layer", 12)
-    if not isinstance(depth, int) or isinstance(depth, bool) or depth < 1:
-        raise UserError(f"depth must be a positive integer, not {depth!r}")
+    if not isinstance(depth, int) or isinstance(depth, bool) or not 1 <= depth <= 1024:
+        raise UserError(f"depth must be an integer in [1, 1024], not {depth!r}")
     if preset == "gpt2":
         head_dim = 64
         base = dict(vocab_size=50257, block_size=1024, n_embd=64 * depth, positional="learned",
@@ -233,7 +221,7 @@ class KVCache:
         T = k.size(2)
         end = self.pos + T
         if end > self.max_len:
-            raise UserError(f"KV cache holds {self.max_len} positions; cannot write up to position {end}")
+            raise ValueError(f"KV cache holds {self.max_len} positions; cannot write up to position {end}")
         self.k[layer, :, :, self.pos:end] = k
         self.v[layer, :, :, self.pos:end] = v
         return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
@@ -399,7 +387,7 @@ class GPT(nn.Module):
         B, T = idx.size()
         pos = kv_cache.pos if kv_cache is not None else 0
         if pos + T > cfg.block_size:
-            raise UserError(f"sequence reaches position {pos + T}, beyond block_size {cfg.block_size}")
+            raise ValueError(f"sequence reaches position {pos + T}, beyond block_size {cfg.block_size}")
         x = self.transformer.wte(idx)  # (B, T, C)
         if cfg.positional == "learned":
             x = x + self.transformer.wpe(torch.arange(pos, pos + T, device=idx.device))  # (T, C) broadcast

@@ -16,7 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gptforge.errors import UserError
+from gptforge.config import check, setting
 
 
 @dataclass
@@ -25,20 +25,15 @@ class LSTMConfig:
     embedding size. n_hidden: LSTM state size per layer. n_layer: stacked LSTM layers. dropout: between
     LSTM layers and before lm_head (training only)."""
 
-    vocab_size: int = 256
-    block_size: int = 256
-    n_embd: int = 64
-    n_hidden: int = 512
-    n_layer: int = 2
-    dropout: float = 0.0
+    vocab_size: int = setting(256, "tokens in the vocabulary", ge=1, le=1 << 24)
+    block_size: int = setting(256, "context used when sampling", ge=1, le=1 << 20)
+    n_embd: int = setting(64, "input embedding size", ge=1, le=1 << 16)
+    n_hidden: int = setting(512, "LSTM state size per layer", ge=1, le=1 << 16)
+    n_layer: int = setting(2, "stacked LSTM layers", ge=1, le=256)
+    dropout: float = setting(0.0, "dropout between layers and before lm_head", ge=0, lt=1)
 
     def __post_init__(self):
-        for name in ("vocab_size", "block_size", "n_embd", "n_hidden", "n_layer"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise UserError(f"lstm {name} must be a positive integer, not {v!r}")
-        if not 0.0 <= self.dropout < 1.0:
-            raise UserError(f"lstm dropout must be in [0, 1), not {self.dropout}")
+        check(self, "lstm config")
 
 
 class LSTM(nn.Module):

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from gptforge.errors import UserError
+from gptforge.config import check, setting
 
 
 @dataclass
@@ -30,18 +30,15 @@ class MLPConfig:
     n_embd: feature vector size per token (the paper's m). n_hidden: tanh hidden units (h).
     direct: direct connections W from the features to the logits."""
 
-    vocab_size: int = 256
-    block_size: int = 256
-    n_ctx: int = 8
-    n_embd: int = 64
-    n_hidden: int = 512
-    direct: bool = False
+    vocab_size: int = setting(256, "tokens in the vocabulary", ge=1, le=1 << 24)
+    block_size: int = setting(256, "context used when sampling", ge=1, le=1 << 20)
+    n_ctx: int = setting(8, "tokens the model conditions on (n - 1)", ge=1, le=4096)
+    n_embd: int = setting(64, "feature vector size per token (m)", ge=1, le=1 << 16)
+    n_hidden: int = setting(512, "tanh hidden units (h)", ge=1, le=1 << 18)
+    direct: bool = setting(False, "direct connections from the features to the logits")
 
     def __post_init__(self):
-        for name in ("vocab_size", "block_size", "n_ctx", "n_embd", "n_hidden"):
-            v = getattr(self, name)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1:
-                raise UserError(f"mlp {name} must be a positive integer, not {v!r}")
+        check(self, "mlp config")
 
 
 class MLP(nn.Module):

@@ -6,6 +6,7 @@ import dataclasses
 
 import torch
 
+from gptforge.config import convert
 from gptforge.errors import UserError
 from gptforge.models.bigram import Bigram, BigramConfig
 from gptforge.models.gpt import GPT, GPTConfig, gpt_config
@@ -17,14 +18,16 @@ _CLASSES = {"bigram": (Bigram, BigramConfig), "mlp": (MLP, MLPConfig), "lstm": (
             "gpt": (GPT, GPTConfig)}
 
 
+def config_class(arch: str) -> type:
+    """The config dataclass of ``arch`` (GPTConfig, LSTMConfig, ...); unknown arch -> UserError."""
+    if arch not in _CLASSES:
+        raise UserError(f"unknown model arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    return _CLASSES[arch][1]
+
+
 def _config(arch: str, fields: dict):
-    cls = _CLASSES[arch][1]
-    known = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(fields) - known)
-    if unknown:
-        raise UserError(f"unknown {arch} config field(s) {', '.join(unknown)}; "
-                        f"valid: {', '.join(sorted(known))}")
-    return cls(**fields)
+    cls = config_class(arch)
+    return cls(**{k: convert(cls, k, v, f"{arch} config") for k, v in fields.items()})
 
 
 def build_model(arch: str, vocab_size: int, block_size: int, **config) -> torch.nn.Module:
@@ -34,8 +37,7 @@ def build_model(arch: str, vocab_size: int, block_size: int, **config) -> torch.
     preset="gpt2" | "modern" (default "modern") and depth=N (see `gpt_config`), any other GPTConfig
     field overriding the preset. Unknown arch or field -> UserError.
     """
-    if arch not in _CLASSES:
-        raise UserError(f"unknown model arch {arch!r}; choose one of {', '.join(ARCHS)}")
+    config_class(arch)
     if arch == "gpt":
         preset = config.pop("preset", "modern")
         depth = config.pop("depth", None)

@@ -19,6 +19,9 @@ from pathlib import Path
 
 import torch
 
+from gptforge.errors import UserError
+from gptforge.io import atomic_write
+
 # dense bf16 tensor-core peak, FLOP/s (vendor datasheets)
 CUDA_PEAK = {"A100": 312e12, "H100": 989e12, "H200": 989e12, "A10G": 125e12, "L4": 121e12,
              "RTX 4090": 165e12, "RTX 3090": 71e12}
@@ -77,9 +80,7 @@ def peak_flops(device: torch.device | str, dtype: torch.dtype = torch.float32) -
         cache[key] = probe_matmul_flops(str(device), dtype)
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps(cache, indent=1) + "\n")
-            os.replace(tmp, path)
-        except OSError:
+            atomic_write(path, json.dumps(cache, indent=1) + "\n")
+        except (OSError, UserError):
             pass  # a read-only home: measure again next time
     return float(cache[key])

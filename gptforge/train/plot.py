@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 from gptforge.errors import UserError
+from gptforge.io import atomic_write
 
 
 def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
@@ -31,8 +32,20 @@ def read_metrics(run_dir: str | os.PathLike) -> list[dict]:
 
 def plot_runs(run_dirs: list[str], out: str | os.PathLike) -> Path:
     """Plot train loss (thin) and val loss (markers) in nats/token, and val bits/byte, against
-    training tokens for each run; write a PNG to ``out`` and return its path."""
+    training tokens for each run; write a PNG to ``out`` (exactly that path) and return it.
+
+    Raises:
+        UserError: ``out`` does not end in .png, names a directory, or a run has no metrics.
+    """
+    import io
+
     import matplotlib
+
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise UserError(f"{out}: the plot is a PNG; give a file name ending in .png")
+    if out.is_dir():
+        raise UserError(f"{out}: is a directory; give a file name ending in .png")
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -61,8 +74,8 @@ def plot_runs(run_dirs: list[str], out: str | os.PathLike) -> Path:
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
     fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=110)
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
-    return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(out, buf.getvalue())

@@ -30,39 +30,32 @@ from dataclasses import dataclass, field
 
 import torch
 
+from gptforge.config import check, setting
 from gptforge.errors import UserError
 
 
 @dataclass
 class SamplingParams:
-    """Decoding settings.
+    """Decoding settings (each field's bounds are checked on construction).
 
     Attributes:
         max_new_tokens: tokens to generate per row (excluding the prompt).
         temperature: >= 0; 0 means greedy.
-        top_k: keep the k most likely tokens (None: all).
+        top_k: keep the k most likely tokens (None: all; more than the vocabulary: all).
         top_p: nucleus mass in (0, 1] (1: no nucleus filtering).
         seed: seed for the sampler's own torch.Generator (None: nondeterministic).
-        stop_tokens: ids that end a row; the stop token itself is not yielded.
     """
 
-    max_new_tokens: int = 256
-    temperature: float = 1.0
-    top_k: int | None = None
-    top_p: float = 1.0
-    seed: int | None = None
-    stop_tokens: Sequence[int] = field(default_factory=tuple)
+    max_new_tokens: int = setting(256, "tokens to generate per sample", ge=0, le=1_000_000)
+    temperature: float = setting(1.0, "0 = greedy; higher = more random", ge=0, le=1000)
+    top_k: int | None = setting(None, "keep the k most likely tokens; none = all", ge=1, le=1 << 24)
+    top_p: float = setting(1.0, "nucleus: keep the smallest set of tokens with this much probability",
+                           gt=0, le=1)
+    seed: int | None = setting(None, "sampler seed; none = a different sample each run", ge=0,
+                               le=2**63 - 1)
 
-    def validate(self) -> None:
-        """Raises UserError for settings outside their ranges."""
-        if self.max_new_tokens < 0:
-            raise UserError(f"max_new_tokens must be >= 0, not {self.max_new_tokens}")
-        if not self.temperature >= 0:
-            raise UserError(f"temperature must be >= 0 (0 = greedy), not {self.temperature}")
-        if self.top_k is not None and self.top_k < 1:
-            raise UserError(f"top_k must be >= 1, not {self.top_k}")
-        if not 0 < self.top_p <= 1:
-            raise UserError(f"top_p must be in (0, 1], not {self.top_p}")
+    def __post_init__(self):
+        check(self, "sampling")
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
@@ -76,7 +69,9 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     """
     if temperature == 0:
         return logits.argmax(dim=-1)
-    logits = logits.float() / temperature
+    # shift the max to 0 first: a tiny temperature then sends the rest to -inf instead of inf - inf = nan
+    logits = logits.float()
+    logits = (logits - logits.max(dim=-1, keepdim=True).values) / temperature
     if top_k is not None and top_k < logits.size(-1):
         kth = torch.topk(logits, top_k, dim=-1).values[:, -1:]  # (B, 1)
         logits = logits.masked_fill(logits < kth, float("-inf"))
@@ -153,10 +148,9 @@ def generate_stream(model: torch.nn.Module, prompts: Sequence[Sequence[int]], ma
         still reading its prompt or has stopped. Ends when every row has produced
         ``max_new_tokens`` tokens or a stop token.
     Raises:
-        UserError: empty prompt or invalid sampling settings.
+        UserError: empty prompt or sampling settings out of range.
     """
-    params = SamplingParams(max_new_tokens, temperature, top_k, top_p, seed, tuple(stop_tokens))
-    params.validate()
+    SamplingParams(max_new_tokens, temperature, top_k, top_p, seed)  # checks the ranges
     if not prompts or any(len(p) == 0 for p in prompts):
         raise UserError("every prompt needs at least one token")
     device = next(model.parameters()).device
@@ -207,22 +201,50 @@ def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_t
     return out
 
 
-def load_for_inference(ckpt: str, which: str, device: str = "cpu"):
-    """(model in eval mode, tokenizer, trainer_state) from a run or checkpoint directory; ``best``
-    falls back to ``latest`` when the run has not evaluated yet."""
+def load_for_inference(ckpt: str, which: str = "best", device: str = "cpu", verify: bool = True):
+    """(model in eval mode, tokenizer, RunState) from a run or checkpoint directory; ``best``
+    falls back to ``latest`` when the run has not evaluated yet. ``verify``: check the weights'
+    sha256.
+
+    Raises:
+        UserError: no usable checkpoint, a device that does not exist here, or a tokenizer that does
+            not match the model.
+    """
     from pathlib import Path
 
+    from gptforge.checkpoint import load_checkpoint
     from gptforge.tokenizer import load_tokenizer
-    from gptforge.train.checkpoint import load_checkpoint
 
+    device = check_device(device)
     try:
-        model, state = load_checkpoint(ckpt, which, device)
+        model, state = load_checkpoint(ckpt, which, device, verify)
     except UserError as e:
         if which != "best" or "no best checkpoint" not in str(e):
             raise
-        model, state = load_checkpoint(ckpt, "latest", device)
-    tok = load_tokenizer(Path(state["path"]) / "tokenizer.json")
+        model, state = load_checkpoint(ckpt, "latest", device, verify)
+    tok = load_tokenizer(Path(state.path) / "tokenizer.json")
     if tok.vocab_size != model.config.vocab_size:
-        raise UserError(f"{state['path']}: tokenizer has {tok.vocab_size} ids but the model "
+        raise UserError(f"{state.path}: tokenizer has {tok.vocab_size} ids but the model "
                         f"{model.config.vocab_size}; the checkpoint is inconsistent")
     return model, tok, state
+
+
+def check_device(device: str) -> str:
+    """``device`` if this machine has it (cpu, cuda, cuda:N, mps).
+
+    Raises:
+        UserError: an unknown device name, or one this machine lacks.
+    """
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"--device {device}: not a device name (cpu, cuda, cuda:N, mps)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {device}: CUDA is not available on this machine")
+    if dev.type == "cuda" and dev.index is not None and dev.index >= torch.cuda.device_count():
+        raise UserError(f"--device {device}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {device}: this machine has no Apple GPU (MPS)")
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise UserError(f"--device {device}: not supported (cpu, cuda, cuda:N, mps)")
+    return device

@@ -9,8 +9,8 @@ import sys
 from gptforge.errors import UserError
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("data", help="corpora and token shards",
+def register(sub: argparse._SubParsersAction, help: str) -> None:
+    p = sub.add_parser("data", help=help,
                        description="Write the built-in corpus, tokenize corpora into shards.")
     dsub = p.add_subparsers(dest="data_command", metavar="SUBCOMMAND", required=True)
 

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import argparse
-import json
 
+from gptforge.cli.flags import add_model_flag, model_values
 from gptforge.errors import UserError
+from gptforge.models import ARCHS, PRESETS
 
-ARCHS = ("bigram", "mlp", "lstm", "gpt")  # = gptforge.models.ARCHS; repeated so --help does not import torch
 
-
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add this area's subcommands to the top-level parser."""
-    p = sub.add_parser("model", help="model architectures",
+def register(sub: argparse._SubParsersAction, help: str) -> None:
+    p = sub.add_parser("model", help=help,
                        description="Inspect the model zoo: bigram, MLP (Bengio 2003), LSTM, GPT.")
     msub = p.add_subparsers(dest="model_command", metavar="SUBCOMMAND", required=True)
     i = msub.add_parser(
@@ -20,31 +18,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Build the model (without allocating weights) and print its parameters by component "
                     "and its training FLOPs per token (6N + 12 n_layer n_embd block_size, PaLM appendix B).")
     i.add_argument("--arch", choices=ARCHS, default="gpt", help="model family (default gpt)")
-    i.add_argument("--preset", choices=["gpt2", "modern"], default="modern",
+    i.add_argument("--preset", choices=PRESETS, default="modern",
                    help="GPT preset (default modern)")
     i.add_argument("--depth", type=int, default=None,
                    help="GPT n_layer; width and heads follow (gpt2: 64*depth wide, 64 per head; "
                         "modern: 64*depth rounded up to 128s, 128 per head). Default 12")
+    add_model_flag(i)
     i.add_argument("--vocab-size", type=int, default=None,
                    help="default: 50257 (gpt2), 50304 (modern), 256 (bigram/mlp/lstm)")
     i.add_argument("--block-size", type=int, default=None,
                    help="default: 1024 (gpt2), 2048 (modern), 256 (bigram/mlp/lstm)")
-    i.add_argument("--set", dest="overrides", action="append", default=[], metavar="FIELD=VALUE",
-                   help="override a config field, e.g. --set n_kv_head=2 --set mlp=swiglu (repeatable)")
-    i.set_defaults(func=cmd_info)
-
-
-def _parse_overrides(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise UserError(f"--set expects FIELD=VALUE, got {item!r}")
-        try:
-            out[key] = json.loads(value)  # numbers, true/false, null
-        except json.JSONDecodeError:
-            out[key] = value  # a bare string such as swiglu
-    return out
+    i.set_defaults(func=run_info)
 
 
 def build_from_args(args):
@@ -53,18 +37,16 @@ def build_from_args(args):
 
     from gptforge.models import GPT, build_model, gpt_config
 
-    config = _parse_overrides(args.overrides)
+    config = model_values(args.model, args.arch)
     for name in ("vocab_size", "block_size"):
         value = getattr(args, name)
         if value is not None:
-            if value < 1:
-                raise UserError(f"--{name.replace('_', '-')} must be >= 1")
-            config[name] = value
+            config.update(model_values([f"{name}={value}"], args.arch))
     with torch.device("meta"):
         if args.arch == "gpt":
             return GPT(gpt_config(args.preset, args.depth, **config))
         if args.depth is not None:
-            raise UserError("--depth applies to --arch gpt only (use --set n_layer=N for lstm)")
+            raise UserError("--depth applies to --arch gpt only (use --model n_layer=N for lstm)")
         vocab, block = config.pop("vocab_size", 256), config.pop("block_size", 256)
         return build_model(args.arch, vocab, block, **config)
 
@@ -76,7 +58,7 @@ def _si(x: float) -> str:
     return f"{x:.0f}"
 
 
-def cmd_info(args) -> int:
+def run_info(args) -> int:
     """Print the config, parameters by component (summing to num_params()) and FLOPs per token."""
     model = build_from_args(args)
     cfg = model.config

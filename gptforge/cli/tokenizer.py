@@ -19,9 +19,8 @@ from gptforge.errors import UserError
 DEFAULT_REFERENCE_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "tiktoken"
 
 
-def register(sub: argparse._SubParsersAction) -> None:
-    """Add this area's subcommands to the top-level parser."""
-    p = sub.add_parser("tokenizer", help="train, apply and inspect tokenizers",
+def register(sub: argparse._SubParsersAction, help: str) -> None:
+    p = sub.add_parser("tokenizer", help=help,
                        description="Train a byte-level BPE tokenizer; encode, decode and inspect text.")
     tsub = p.add_subparsers(dest="tokenizer_command", metavar="SUBCOMMAND", required=True)
 

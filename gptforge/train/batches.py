@@ -1,4 +1,8 @@
-"""Batches from memory-mapped token shards.
+"""Batch sources for the training loop, and pretraining batches from memory-mapped token shards.
+
+The loop (loop.py) asks a batch source for micro-batch ``(step, micro)`` of this rank and hands
+what it gets to a loss function: ``loss = loss_fn(model, batch)``. Pretraining's source is
+``PretrainBatches`` with ``lm_loss``; SFT conversations and preference pairs plug in the same way.
 
 A training batch is a pure function of ``(seed, index)``, where ``index`` numbers every micro-batch
 of the run: ``(step * accum + micro) * world_size + rank``. So:
@@ -13,6 +17,8 @@ take disjoint, adjacent slices.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -73,3 +79,33 @@ def eval_offsets(n_tokens: int, T: int, eval_tokens: int) -> np.ndarray:
         return np.arange(0, span, T, dtype=np.int64)
     n = max(1, min(-(-eval_tokens // T), span))
     return np.linspace(0, span - 1, n).round().astype(np.int64)
+
+
+@dataclass
+class PretrainBatches:
+    """Windows of a token split: ``get(step, micro, accum, rank, world, device) -> (x, y)``.
+
+    tokens: the split (uint16/uint32 memmap); B, T: windows per micro-batch and their length;
+    seed, sampling: as in ``batch_offsets``. ``tokens_per_batch`` = B * T target tokens.
+    """
+
+    tokens: np.ndarray
+    B: int
+    T: int
+    seed: int
+    sampling: str = "random"
+
+    @property
+    def tokens_per_batch(self) -> int:
+        return self.B * self.T
+
+    def get(self, step: int, micro: int, accum: int, rank: int, world: int, device="cpu"):
+        return train_batch(self.tokens, self.B, self.T, self.seed, self.sampling, step, micro, accum, rank,
+                           world, device)
+
+
+def lm_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Next-token cross-entropy of ``model`` on ``batch = (x, y)``: a scalar, nats per target token."""
+    x, y = batch
+    _, loss = model(x, y)
+    return loss

@@ -3,13 +3,14 @@
 Layout of a run directory::
 
     RUN_DIR/config.json            the resolved config of the first session
-    RUN_DIR/metrics.jsonl          one JSON record per step (see trainer.py)
+    RUN_DIR/metrics.jsonl          one JSON record per step (see gptforge/train/loop.py)
     RUN_DIR/ckpt/step_000500/      a checkpoint:
         model.safetensors          weights (float32 as trained), metadata {"format", "step"}
         optimizer.pt               optimizer state: a dict of tensors, numbers, lists (torch.save),
                                    read back with torch.load(weights_only=True): no pickled code
-        trainer.json               step, tokens, elapsed seconds, RNG states (per rank), data
-                                   position, val/best losses, config, model config, tokenizer identity
+        trainer.json               the run's state (``RunState``): step, tokens, seconds, RNG states
+                                   (per rank), val/best losses, config, model config, tokenizer
+                                   identity, sha256 of model.safetensors
         tokenizer.json             the tokenizer, so the checkpoint alone can sample
     RUN_DIR/ckpt/latest            text file naming the newest checkpoint directory
     RUN_DIR/ckpt/best              text file naming the checkpoint with the lowest val loss
@@ -18,16 +19,22 @@ Saving writes every file into ``ckpt/.tmp-step_N``, fsyncs, renames the director
 only then rewrites the ``latest``/``best`` pointer files (also by rename). A crash or kill at any
 moment leaves the pointers naming a complete checkpoint. Old step checkpoints beyond the last
 ``keep_last`` are deleted, except the best.
+
+Loading: the trainer (resume) and the engine (sampling, serving, evaluation) both read checkpoints
+through ``load_checkpoint``; this module sits below both, so the engine never imports training.
 """
 
 from __future__ import annotations
 
 import base64
-import json
+import dataclasses
+import hashlib
+import math
 import os
 import random
 import re
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,10 +44,78 @@ from safetensors.torch import load_model, save_model
 
 from gptforge import __version__
 from gptforge.errors import UserError
+from gptforge.io import atomic_write, fsync, read_json, write_json
 
 FORMAT = "gptforge.checkpoint"
 FORMAT_VERSION = 1
 STEP_DIR = re.compile(r"^step_(\d+)$")
+
+
+@dataclass
+class RunState:
+    """Where a training run stands. The loop updates it; saved, it *is* ``trainer.json``.
+
+    Units: ``step`` optimizer steps done; ``tokens`` training tokens seen (all processes);
+    ``time_s`` wall seconds since the run began (across resumed sessions); ``train_time_s`` the
+    part of it inside optimizer steps; losses in nats per token, ``val_bpb`` in bits per UTF-8 byte.
+    ``val_step`` is the step ``val_loss`` was measured at; ``best_val_loss`` the lowest val loss of
+    a saved checkpoint (the one ``ckpt/best`` names). ``rng`` holds every process's RNG streams
+    (``rng_state``), ``config`` the TrainConfig as a dict, ``model_config`` what
+    ``models.model_from_config`` rebuilds, ``tokenizer`` the shards' tokenizer identity
+    (kind, vocab_size, sha256). ``path`` is where it was read from (not saved).
+    """
+
+    step: int = 0
+    tokens: int = 0
+    time_s: float = 0.0
+    train_time_s: float = 0.0
+    tokens_per_step: int | None = None
+    world_size: int = 1
+    val_loss: float | None = None
+    val_bpb: float | None = None
+    val_step: int | None = None
+    best_val_loss: float | None = None
+    num_params: int = 0
+    config: dict = field(default_factory=dict)
+    model_config: dict = field(default_factory=dict)
+    tokenizer: dict = field(default_factory=dict)
+    data: dict = field(default_factory=dict)
+    rng: list = field(default_factory=list)
+    weights_sha256: str | None = None
+    path: str | None = None
+
+    def to_json(self) -> dict:
+        """The trainer.json object (without ``path``)."""
+        d = dataclasses.asdict(self)
+        d.pop("path")
+        # JSON has no NaN: an undefined loss (e.g. bpb of a split with no text bytes) is null
+        return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in d.items()}
+
+    @classmethod
+    def from_json(cls, d: dict, where: str) -> RunState:
+        """Check types and ranges of a parsed trainer.json; unknown keys are ignored.
+
+        Raises:
+            UserError: a missing required key or a value of the wrong type (naming ``where``).
+        """
+        hints = {"int": int, "float": float, "dict": dict, "list": list, "str": str}
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            if f.name == "path" or f.name not in d:
+                if f.name in ("step", "tokens", "config", "model_config", "tokenizer"):
+                    raise UserError(f"{where}: corrupt checkpoint metadata (no {f.name!r})")
+                continue
+            v = d[f.name]
+            base = hints[str(f.type).split(" ")[0]]
+            ok = (v is None and "None" in str(f.type)) or (
+                isinstance(v, base) and not isinstance(v, bool)) or (base is float and isinstance(v, int)
+                                                                     and not isinstance(v, bool))
+            if ok and isinstance(v, int | float) and not isinstance(v, bool):
+                ok = math.isfinite(v) and (v >= 0 or f.name.startswith("val_") or f.name == "best_val_loss")
+            if not ok:
+                raise UserError(f"{where}: corrupt checkpoint metadata ({f.name}={str(v)[:40]!r})")
+            kwargs[f.name] = float(v) if base is float and v is not None else v
+        return cls(**kwargs)
 
 
 # --- RNG states as JSON ---------------------------------------------------------------------------
@@ -67,8 +142,19 @@ def rng_state(device: torch.device) -> dict:
     return d
 
 
-def set_rng_state(d: dict, device: torch.device) -> None:
-    """Restore what ``rng_state`` returned."""
+def set_rng_state(d: dict, device: torch.device, where: str | os.PathLike = "trainer.json") -> None:
+    """Restore what ``rng_state`` returned.
+
+    Raises:
+        UserError: ``d`` is not a valid saved state (naming ``where``).
+    """
+    try:
+        _set_rng_state(d, device)
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError, OverflowError) as e:
+        raise UserError(f"{where}: corrupt RNG state ({type(e).__name__})") from None
+
+
+def _set_rng_state(d: dict, device: torch.device) -> None:
     py, n = d["python"], d["numpy"]
     random.setstate((py["version"], tuple(int(v) for v in _unb64(py["state"], np.uint32)), py["gauss"]))
     np.random.set_state((n["kind"], _unb64(n["keys"], np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
@@ -78,40 +164,50 @@ def set_rng_state(d: dict, device: torch.device) -> None:
 
 
 # --- writing --------------------------------------------------------------------------------------
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass  # some filesystems cannot fsync a directory
-    finally:
-        os.close(fd)
-
-
 def _write_pointer(ckpt_root: Path, name: str, target: str) -> None:
-    tmp = ckpt_root / f".{name}.tmp"
-    tmp.write_text(target + "\n")
-    _fsync(tmp)
-    os.replace(tmp, ckpt_root / name)
+    atomic_write(ckpt_root / name, target + "\n")
 
 
 def read_pointer(ckpt_root: Path, name: str) -> str | None:
-    """The checkpoint directory name in ``ckpt/latest`` or ``ckpt/best``, or None."""
+    """The checkpoint directory name in ``ckpt/latest`` or ``ckpt/best``, or None if there is none.
+
+    Raises:
+        UserError: the pointer is a directory, unreadable, or does not hold a ``step_N`` name.
+    """
+    f = ckpt_root / name
     try:
-        return (ckpt_root / name).read_text().strip() or None
+        raw = f.read_bytes()
     except FileNotFoundError:
         return None
+    except IsADirectoryError:
+        raise UserError(f"{f}: is a directory; expected a pointer file naming a checkpoint") from None
+    except OSError as e:
+        raise UserError(f"{f}: cannot read ({e.strerror})") from None
+    text = raw[:64].decode("ascii", errors="replace").strip()
+    if len(raw) > 64 or not STEP_DIR.match(text):
+        raise UserError(f"{f}: corrupt pointer file (expected a name like step_000100)")
+    return text
 
 
-def save_checkpoint(run_dir: str | os.PathLike, step: int, model: torch.nn.Module,
-                    optimizers: list[torch.optim.Optimizer], trainer_state: dict,
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
+
+
+def save_checkpoint(run_dir: str | os.PathLike, model: torch.nn.Module,
+                    optimizers: list[torch.optim.Optimizer], state: RunState,
                     tokenizer_json: str | os.PathLike | None = None, is_best: bool = False,
                     keep_last: int = 2) -> Path:
-    """Write ``RUN_DIR/ckpt/step_{step:06d}`` atomically, update the pointers, prune old ones.
+    """Write ``RUN_DIR/ckpt/step_{state.step:06d}`` atomically, update the pointers, prune old ones.
 
-    ``trainer_state`` is written as ``trainer.json`` (with format keys added). Returns the
-    checkpoint directory.
+    ``state`` is written as ``trainer.json`` (format keys and the weights' sha256 added). Returns
+    the checkpoint directory.
     """
+    step = state.step
     root = Path(run_dir) / "ckpt"
     root.mkdir(parents=True, exist_ok=True)
     name = f"step_{step:06d}"
@@ -120,14 +216,14 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: torch.nn.Modul
     tmp.mkdir()
     save_model(model, str(tmp / "model.safetensors"), metadata={"format": FORMAT, "step": str(step)})
     torch.save({"optimizers": [o.state_dict() for o in optimizers]}, tmp / "optimizer.pt")
-    state = {"format": FORMAT, "version": FORMAT_VERSION, "created_by": f"gptforge {__version__}",
-             **trainer_state}
-    (tmp / "trainer.json").write_text(json.dumps(state, indent=1) + "\n")
+    state.weights_sha256 = file_sha256(tmp / "model.safetensors")
+    write_json(tmp / "trainer.json", {"created_by": f"gptforge {__version__}", **state.to_json()},
+               FORMAT, FORMAT_VERSION)
     if tokenizer_json is not None:
         shutil.copyfile(tokenizer_json, tmp / "tokenizer.json")
     for f in tmp.iterdir():
-        _fsync(f)
-    _fsync(tmp)
+        fsync(f)
+    fsync(tmp)
     final = root / name
     if final.exists():  # an orphan from a crashed session (never the one `latest` names)
         old = root / f".old-{name}"
@@ -135,7 +231,7 @@ def save_checkpoint(run_dir: str | os.PathLike, step: int, model: torch.nn.Modul
         os.replace(final, old)
         shutil.rmtree(old, ignore_errors=True)
     os.replace(tmp, final)
-    _fsync(root)
+    fsync(root)
     _write_pointer(root, "latest", name)
     if is_best:
         _write_pointer(root, "best", name)
@@ -176,38 +272,32 @@ def find_checkpoint(path: str | os.PathLike, which: str = "latest") -> Path:
     return ck
 
 
-def read_trainer_state(ckpt: Path) -> dict:
+def read_trainer_state(ckpt: Path) -> RunState:
     """Parse and check ``trainer.json`` of checkpoint directory ``ckpt``.
 
     Raises:
         UserError: missing, corrupt, not a gptforge checkpoint, or an unsupported version.
     """
     f = ckpt / "trainer.json"
-    try:
-        state = json.loads(f.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{f}: missing; {ckpt} is not a complete checkpoint") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{f}: corrupt checkpoint metadata ({e})") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise UserError(f"{f}: not a gptforge checkpoint")
-    if state.get("version") != FORMAT_VERSION:
-        raise UserError(f"{f}: checkpoint format version {state.get('version')!r} is not supported")
-    for key in ("step", "tokens", "config", "model_config", "tokenizer"):
-        if key not in state:
-            raise UserError(f"{f}: corrupt checkpoint metadata (no {key!r})")
+    state = RunState.from_json(read_json(f, FORMAT, (FORMAT_VERSION,), what="checkpoint metadata"), str(f))
+    state.path = str(ckpt)
     return state
 
 
-def load_weights(model: torch.nn.Module, ckpt: Path, device: str | torch.device = "cpu") -> None:
-    """Load ``ckpt/model.safetensors`` into ``model`` (strict: every tensor, every shape).
+def load_weights(model: torch.nn.Module, ckpt: Path, device: str | torch.device = "cpu",
+                 sha256: str | None = None) -> None:
+    """Load ``ckpt/model.safetensors`` into ``model`` (strict: every tensor, every shape); with
+    ``sha256``, first check the file's bytes hash to it.
 
     Raises:
-        UserError: missing or corrupt file, or weights that do not fit this model.
+        UserError: missing or corrupt file, a checksum mismatch, or weights that do not fit this model.
     """
     f = ckpt / "model.safetensors"
-    if not f.exists():
+    if not f.is_file():
         raise UserError(f"{f}: missing; {ckpt} is not a complete checkpoint")
+    if sha256 is not None and file_sha256(f) != sha256:
+        raise UserError(f"{f}: corrupt weights file (sha256 differs from trainer.json's; pass "
+                        "verify=False / --no-verify to load it anyway)")
     try:
         load_model(model, str(f), strict=True, device=str(device))
     except (SafetensorError, OSError, ValueError) as e:
@@ -229,8 +319,9 @@ def load_optimizer_state(optimizers: list[torch.optim.Optimizer], ckpt: Path,
         d = torch.load(f, map_location=device, weights_only=True)
     except FileNotFoundError:
         raise UserError(f"{f}: missing; {ckpt} is not a complete checkpoint") from None
-    except Exception as e:  # torch raises several types for truncated/foreign files
-        raise UserError(f"{f}: corrupt optimizer state ({type(e).__name__}: {e})") from None
+    except Exception as e:  # torch raises several types for truncated/foreign files (pickled code too)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise UserError(f"{f}: corrupt or unsafe optimizer state ({type(e).__name__}: {first[:120]})") from None
     states = d.get("optimizers") if isinstance(d, dict) else None
     if not isinstance(states, list) or len(states) != len(optimizers):
         raise UserError(f"{f}: optimizer state does not match this run's optimizers")
@@ -241,13 +332,13 @@ def load_optimizer_state(optimizers: list[torch.optim.Optimizer], ckpt: Path,
         raise UserError(f"{f}: optimizer state does not match this run's optimizers ({e})") from None
 
 
-def load_checkpoint(path: str | os.PathLike, which: str = "latest", device: str | torch.device = "cpu"
-                    ) -> tuple[torch.nn.Module, dict]:
-    """Load a model for sampling/evaluation: ``(model in eval mode on device, trainer_state)``.
+def load_checkpoint(path: str | os.PathLike, which: str = "latest", device: str | torch.device = "cpu",
+                    verify: bool = True) -> tuple[torch.nn.Module, RunState]:
+    """Load a model for sampling/evaluation: ``(model in eval mode on device, RunState)``.
 
     ``path`` is a run directory (``which`` picks ``latest`` or ``best``) or a checkpoint
-    directory. ``trainer_state`` is the parsed ``trainer.json`` plus ``"path"`` (the checkpoint
-    directory, str); ``Path(state["path"]) / "tokenizer.json"`` is the tokenizer.
+    directory. ``state.path`` is the checkpoint directory; its ``tokenizer.json`` is the tokenizer.
+    ``verify`` checks the weights file against the sha256 in trainer.json (when it has one).
 
     Raises:
         UserError: missing, incomplete, corrupt or incompatible checkpoint (the message names it).
@@ -257,10 +348,9 @@ def load_checkpoint(path: str | os.PathLike, which: str = "latest", device: str 
     ck = find_checkpoint(path, which)
     state = read_trainer_state(ck)
     try:
-        model = model_from_config(state["model_config"])
-    except (KeyError, TypeError, ValueError, UserError) as e:
+        model = model_from_config(state.model_config)
+    except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{ck / 'trainer.json'}: cannot build the model it describes ({e})") from None
-    load_weights(model, ck, device)
+    load_weights(model, ck, device, state.weights_sha256 if verify else None)
     model.to(device).eval()
-    state["path"] = str(ck)
     return model, state

@@ -1,0 +1,310 @@
+"""A training process's session: everything the loop needs before its first step (the process's
+rank and device, a claimed run directory, the data, the model and optimizers, the run state, fresh
+or resumed), and the two things the loop asks of it on the way: ``evaluate()`` and ``save()``.
+
+``setup(cfg, resume, d)`` returns a ``Session``; loop.py reads top to bottom from there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import signal
+import sys
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from gptforge import checkpoint as ckpt
+from gptforge.checkpoint import RunState
+from gptforge.data.shards import Shards, open_shards
+from gptforge.errors import UserError
+from gptforge.models import build_model, model_config
+from gptforge.train.batches import PretrainBatches, eval_offsets, lm_loss
+from gptforge.train.config import TrainConfig
+from gptforge.train.evaluate import evaluate
+from gptforge.train.mfu import peak_flops
+from gptforge.train.optim import build_optimizers, schedule_steps
+
+
+# --- process ---------------------------------------------------------------------------------------
+class Dist:
+    """This process's place in the job: rank, world size, device. World size 1 without torchrun."""
+
+    def __init__(self, device_pref: str):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(self.world)))
+        kind = device_pref
+        if kind == "auto":
+            kind = ("cuda" if torch.cuda.is_available()
+                    else "mps" if torch.backends.mps.is_available() else "cpu")
+        if kind == "cuda" and not torch.cuda.is_available():
+            raise UserError("device 'cuda' requested but CUDA is not available")
+        if kind == "mps" and not torch.backends.mps.is_available():
+            raise UserError("device 'mps' requested but this machine has no Apple GPU (MPS)")
+        if kind == "mps" and self.world > 1:
+            raise UserError("DDP on 'mps' is not supported; use device cpu")
+        self.device = torch.device(f"cuda:{self.local_rank}" if kind == "cuda" else kind)
+        if kind == "cuda":
+            torch.cuda.set_device(self.device)
+        self.ddp = self.world > 1
+        if self.ddp and not dist.is_initialized():
+            dist.init_process_group(backend="nccl" if kind == "cuda" else "gloo")
+        self.main = self.rank == 0
+
+    def all_sum(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum ``t`` over all ranks in place (NCCL needs it on the GPU: copied there and back)."""
+        if self.ddp:
+            on_device = t.to(self.device)
+            dist.all_reduce(on_device, op=dist.ReduceOp.SUM)
+            t.copy_(on_device)
+        return t
+
+    def broadcast(self, obj):
+        if not self.ddp:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def gather(self, obj) -> list:
+        if not self.ddp:
+            return [obj]
+        out = [None] * self.world
+        dist.all_gather_object(out, obj)
+        return out
+
+    def close(self):
+        if self.ddp and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+class StopSignal:
+    """SIGINT/SIGTERM set ``.received`` (the loop finishes its step and saves); a second signal
+    gets the default behaviour (Ctrl-C raises KeyboardInterrupt, SIGTERM terminates)."""
+
+    def __init__(self):
+        self.received: int | None = None
+        self._old: dict = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.received = signum
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        print(f"\n{signal.Signals(signum).name}: finishing this step, then saving (again to abort)",
+              file=sys.stderr, flush=True)
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+
+# --- run directory -------------------------------------------------------------------------------
+def claim_run_dir(cfg: TrainConfig, resume: bool, d: Dist):
+    """Create (or, resuming, reopen) the run directory and hold an exclusive lock on it for this
+    process's lifetime, so that two runs never write into one folder. Rank 0 only; returns the lock
+    file (keep it open) or None on other ranks.
+
+    Raises:
+        UserError: ``out`` is a file, another live run holds the folder, or (not resuming) it
+            already holds a run.
+    """
+    if not cfg.out:  # a fresh timestamped folder; mkdir without exist_ok makes the name ours alone
+        stamp, n = datetime.now().strftime("%Y%m%d-%H%M%S"), 1
+        if d.main:
+            Path("runs").mkdir(exist_ok=True)
+            while True:
+                name = Path("runs") / (stamp if n == 1 else f"{stamp}-{n}")
+                try:
+                    name.mkdir()
+                    break
+                except FileExistsError:
+                    n += 1
+            cfg.out = str(name)
+        cfg.out = d.broadcast(cfg.out)
+    run_dir = Path(cfg.out)
+    if not d.main:
+        return None
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"{run_dir}: exists and is not a directory; choose another --out")
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = open(run_dir / ".lock", "a")
+    except OSError as e:
+        raise UserError(f"{run_dir}: cannot create the run directory ({e.strerror})") from None
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise UserError(f"{run_dir}: another gptforge run is using this directory; choose another --out"
+                        ) from None
+    if not resume and (ckpt.read_pointer(run_dir / "ckpt", "latest") or (run_dir / "metrics.jsonl").exists()):
+        lock.close()
+        raise UserError(f"{run_dir}: already holds a run; continue it with --resume {run_dir} "
+                        "or choose another --out")
+    return lock
+
+
+# --- the session ---------------------------------------------------------------------------------
+@dataclass
+class Session:
+    """What one training process holds. ``model`` is what the loop calls (compiled and/or DDP);
+    ``raw_model`` the plain module (saved, clipped, counted); ``eval_model`` the model without DDP."""
+
+    cfg: TrainConfig
+    d: Dist
+    run_dir: Path
+    lock: object
+    shards: Shards
+    batches: PretrainBatches
+    loss_fn: object
+    val_tokens: np.ndarray
+    val_offsets: np.ndarray
+    token_bytes: torch.Tensor  # (V,) int64: UTF-8 bytes each token id stands for
+    raw_model: torch.nn.Module
+    model: torch.nn.Module
+    eval_model: torch.nn.Module
+    optimizers: list
+    state: RunState
+    amp: object
+    dtype: str
+    accum: int
+    tokens_per_step: int
+    total_steps: int
+    budget_steps: int
+    flops_per_token: int
+    peak: float | None
+
+    def evaluate(self) -> tuple[float, float]:
+        """Val loss (nats/token) and bpb of the current weights; recorded in the run state."""
+        loss, bpb = evaluate(self.eval_model, self.val_tokens, self.val_offsets, self.cfg.block_size,
+                             self.cfg.batch_size, self.token_bytes, self.amp, self.d)
+        self.state.val_loss, self.state.val_bpb, self.state.val_step = loss, bpb, self.state.step
+        return loss, bpb
+
+    def save(self) -> Path | None:
+        """Checkpoint the current step (every rank calls it: RNG streams are gathered); it becomes
+        ``best`` when evaluated at this step with the lowest val loss so far. Returns the checkpoint
+        directory on rank 0."""
+        st = self.state
+        st.rng = self.d.gather(ckpt.rng_state(self.d.device))  # every rank's streams, for an exact resume
+        if st.val_step == st.step and (st.best_val_loss is None or st.val_loss < st.best_val_loss):
+            st.best_val_loss, is_best = st.val_loss, True
+        else:
+            is_best = False
+        st.data = {"sampling": self.cfg.sampling, "seed": self.cfg.seed, "next_step": st.step,
+                   "batch": "pure function of (seed, (step * accum + micro) * world + rank)"}
+        if not self.d.main:
+            return None
+        return ckpt.save_checkpoint(self.run_dir, self.raw_model, self.optimizers, st,
+                                    self.shards.path / "tokenizer.json", is_best=is_best,
+                                    keep_last=self.cfg.keep_last)
+
+
+def open_data(cfg: TrainConfig) -> tuple[Shards, np.ndarray, np.ndarray]:
+    """(shards, train tokens, val tokens); each split must hold at least block_size + 1 tokens.
+
+    Raises:
+        UserError: no --data, unreadable or invalid shards, or a split too short.
+    """
+    if not cfg.data:
+        raise UserError("no data: pass --data DIR (a shard directory from `gptforge data prepare`)")
+    shards = open_shards(cfg.data)
+    train_tokens, val_tokens = shards.tokens("train"), shards.tokens("val")
+    for split, toks in (("train", train_tokens), ("val", val_tokens)):
+        if len(toks) < cfg.block_size + 1:
+            raise UserError(f"{cfg.data}: the {split} split has {len(toks)} tokens, fewer than "
+                            f"block_size + 1 = {cfg.block_size + 1}; lower --block-size")
+    return shards, train_tokens, val_tokens
+
+
+def setup(cfg: TrainConfig, resume: bool, d: Dist) -> Session:
+    """Build the Session for ``cfg``; with ``resume``, restore weights, optimizer state, RNG streams
+    and the run state from ``cfg.out``'s latest checkpoint.
+
+    Raises:
+        UserError: bad data, an unusable run directory, or a checkpoint that does not match.
+    """
+    cores = os.cpu_count() or 1
+    torch.set_num_threads(min(cfg.threads, cores) if cfg.threads else max(1, cores // d.local_world))
+    if d.device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 for any float32 matmul
+    dtype = cfg.dtype if cfg.dtype != "auto" else (
+        "bfloat16" if d.device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32")
+    amp = (torch.autocast(d.device.type, dtype=torch.bfloat16) if dtype == "bfloat16"
+           else contextlib.nullcontext())
+
+    shards, train_tokens, val_tokens = open_data(cfg)
+    lock = claim_run_dir(cfg, resume, d)
+    run_dir = Path(cfg.out)
+    tok_identity = shards.meta["tokenizer"]
+    B, T = cfg.batch_size, cfg.block_size
+    micro_tokens = B * T * d.world
+    tokens_per_step = cfg.tokens_per_step or micro_tokens
+    if tokens_per_step % micro_tokens:
+        raise UserError(f"config: tokens_per_step ({tokens_per_step}) must be a multiple of "
+                        f"batch_size x block_size x processes = {B} x {T} x {d.world} = {micro_tokens}")
+
+    torch.manual_seed(cfg.seed)
+    if resume:
+        raw_model, state = ckpt.load_checkpoint(run_dir, "latest")
+        raw_model.train()
+        if state.tokenizer.get("sha256") != tok_identity.get("sha256"):
+            raise UserError(f"{cfg.data}: these shards were made with a different tokenizer than the "
+                            f"checkpoint {state.path} was trained on")
+        if state.tokens_per_step not in (None, tokens_per_step):
+            raise UserError(f"--resume: tokens per step would change from {state.tokens_per_step} to "
+                            f"{tokens_per_step} (batch_size, tokens_per_step or the process count differ "
+                            f"from checkpoint {state.path})")
+    else:
+        gpt_dial = {"preset": cfg.preset, "depth": cfg.depth} if cfg.arch == "gpt" else {}
+        raw_model = build_model(cfg.arch, vocab_size=int(tok_identity["vocab_size"]),
+                                block_size=cfg.block_size, **gpt_dial, **cfg.model)
+        state = RunState(tokenizer=tok_identity, model_config=model_config(raw_model),
+                         num_params=raw_model.num_params())
+    state.config, state.tokens_per_step, state.world_size = cfg.to_dict(), tokens_per_step, d.world
+    raw_model.to(d.device)
+    model = eval_model = torch.compile(raw_model) if cfg.compile else raw_model
+    if d.ddp:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
+    optimizers = build_optimizers(raw_model, cfg, d.device.type)
+    if resume:
+        ckpt.load_optimizer_state(optimizers, Path(state.path), d.device)
+        if len(state.rng) == d.world:
+            ckpt.set_rng_state(state.rng[d.rank], d.device, Path(state.path) / "trainer.json")
+        elif d.main:
+            print(f"note: checkpoint saved by {len(state.rng)} processes, resuming with {d.world}: "
+                  "RNG streams (dropout) restart from the seed", file=sys.stderr)
+    else:
+        torch.manual_seed(cfg.seed + d.rank)  # distinct dropout streams per rank; same init on all
+
+    budget_steps = cfg.max_steps
+    if cfg.max_tokens:
+        budget_steps = min(budget_steps, -(-cfg.max_tokens // tokens_per_step))
+    n = raw_model.num_params()
+    return Session(
+        cfg=cfg, d=d, run_dir=run_dir, lock=lock, shards=shards,
+        batches=PretrainBatches(train_tokens, B, T, cfg.seed, cfg.sampling), loss_fn=lm_loss,
+        val_tokens=val_tokens, val_offsets=eval_offsets(len(val_tokens), T, cfg.eval_tokens),
+        token_bytes=torch.from_numpy(shards.tokenizer().token_bytes().astype(np.int64)).to(d.device),
+        raw_model=raw_model, model=model, eval_model=eval_model, optimizers=optimizers, state=state,
+        amp=amp, dtype=dtype, accum=tokens_per_step // micro_tokens, tokens_per_step=tokens_per_step,
+        total_steps=schedule_steps(cfg, tokens_per_step), budget_steps=budget_steps,
+        flops_per_token=raw_model.flops_per_token() if hasattr(raw_model, "flops_per_token") else 6 * n,
+        peak=peak_flops(d.device, torch.bfloat16 if dtype == "bfloat16" else torch.float32) if d.main else None)
