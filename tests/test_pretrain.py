@@ -17,7 +17,8 @@ import torch
 
 from gptforge.cli import main
 from gptforge.errors import UserError
-from gptforge.train import load_checkpoint, make_config, resume_config, train
+from gptforge.checkpoint import load_checkpoint
+from gptforge.train import make_config, resume_config, train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_GPT = {"arch": "gpt", "preset": "modern", "depth": 1, "model": {"n_embd": 32, "n_head": 2}}
@@ -79,8 +80,8 @@ def test_every_model_of_the_zoo_trains(data, tmp_path, arch, extra):
     assert set(r) >= {"step", "tokens", "train_loss", "lr", "tokens_per_s", "mfu", "time_s"}
     assert r["tokens_per_s"] > 0 and 0 < r["mfu"] < 1
     model, st = load_checkpoint(tmp_path / "run")
-    assert st["step"] == 12 and type(model).__name__.lower() == arch
-    assert (Path(st["path"]) / "tokenizer.json").exists()
+    assert st.step == 12 and type(model).__name__.lower() == arch
+    assert (Path(st.path) / "tokenizer.json").exists()
 
 
 @pytest.mark.parametrize("kw", [
@@ -150,7 +151,7 @@ def test_signal_saves_exits_0_and_resumes_exactly(data, tmp_path, sig):
     assert proc.returncode == 0, err
     assert sig.name in err and "--resume" in err
     _, state = load_checkpoint(run)
-    k = state["step"]
+    k = state.step
     assert 3 <= k < 100_000
     # resume for 3 more steps from the command line; compare with an uninterrupted run in process
     _resume_cli(run, k + 3)
@@ -166,7 +167,7 @@ def test_kill_9_leaves_the_last_checkpoint_and_resume_is_exact(data, tmp_path):
     proc.kill()  # SIGKILL: no handler runs, likely mid-step or mid-save
     proc.communicate(timeout=60)
     _, state = load_checkpoint(run)
-    k = state["step"]
+    k = state.step
     assert k >= 2 and k % 2 == 0
     _resume_cli(run, k + 3)  # drops the metrics logged after step k, then continues
     train(cfg_for(data, tmp_path / "ref", **{**kw, "max_steps": k + 3}))
@@ -211,7 +212,7 @@ def test_budgets_and_best_checkpoint(data, tmp_path):
     vals = {r["step"]: r["val_loss"] for r in metrics(tmp_path / "best") if "val_loss" in r and r["step"]}
     best_step = min(vals, key=vals.get)
     _, st = load_checkpoint(tmp_path / "best", which="best")
-    assert st["step"] == best_step and st["val_loss"] == vals[best_step]
+    assert st.step == best_step and st.val_loss == vals[best_step]
     kept = {p.name for p in (tmp_path / "best" / "ckpt").iterdir()}
     assert kept == {"best", "latest", f"step_{best_step:06d}", "step_000008"}
 
@@ -228,8 +229,13 @@ def test_user_errors(data, tmp_path):
         train(cfg_for(tmp_path / "missing", tmp_path / "x"))
     with pytest.raises(UserError, match="multiple of"):
         train(cfg_for(data, tmp_path / "y", tokens_per_step=100))
-    with pytest.raises(UserError, match="unknown GPT config field"):
+    with pytest.raises(UserError, match="unknown key 'n_embdd'; did you mean 'n_embd'"):
         train(cfg_for(data, tmp_path / "z", model={"n_embdd": 8}))
+    # resuming with the model settings it already has is no change (issue 17: it was refused)
+    saved_model = resume_config(tmp_path / "run", {}).model
+    assert resume_config(tmp_path / "run", {"model": dict(saved_model)}).model == saved_model
+    with pytest.raises(UserError, match="model cannot change"):
+        resume_config(tmp_path / "run", {"model": {"n_embd": saved_model.get("n_embd", 0) + 64}})
     # incompatible checkpoints: other shards' tokenizer; a model config that cannot be built
     from gptforge.data.shards import prepare
     from gptforge.tokenizer import CharTokenizer
@@ -248,13 +254,17 @@ def test_user_errors(data, tmp_path):
 
 
 def test_help_lists_every_config_key(capsys):
-    from gptforge.train.config import FIELDS
+    from gptforge.config import specs
+    from gptforge.train.config import TrainConfig
 
     with pytest.raises(SystemExit):
         main(["pretrain", "--help"])
     out = capsys.readouterr().out
-    for name in FIELDS:
-        assert ("--" + name.replace("_", "-")) in out
+    for name, s in specs(TrainConfig).items():
+        flag = "--model KEY=VALUE" if name == "model" else "--" + name.replace("_", "-")
+        assert flag in out
+        if name != "model":
+            assert " ".join(s.help.split()[:3]) in " ".join(out.split())  # the field's own help text
     assert "--resume RUN_DIR" in out and "torchrun" in out and "(default: 'adamw')" in out
 
 
@@ -275,3 +285,62 @@ def test_cli_pretrain_plot_and_errors(data, tmp_path, capsys):
     assert main(["pretrain", "--resume", str(tmp_path / "a")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "nope" in err[0] and "step_000003/trainer.json: corrupt" in err[1]
+
+
+def test_a_second_run_into_a_live_run_dir_is_refused(data, tmp_path):
+    run = tmp_path / "run"
+    proc = _start(data, run, max_steps=100_000, eval_interval=10**6, ckpt_interval=1)
+    try:
+        _wait_for_steps(run, 3)
+        for resume in (False, True):  # neither a fresh run nor a resume may write into a live run
+            cfg = cfg_for(data, run, max_steps=1) if not resume else resume_config(run, {})
+            with pytest.raises(UserError, match="another gptforge run is using this directory"):
+                train(cfg, resume=resume)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)
+    assert proc.returncode == 0
+
+
+def test_default_run_dirs_never_collide(data, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    a = train(cfg_for(data, "", max_steps=1))["run_dir"]
+    b = train(cfg_for(data, "", max_steps=1))["run_dir"]  # the same second, most likely
+    assert a != b and Path(a).parent == Path(b).parent == Path("runs")
+
+
+def test_progress_on_a_pseudo_terminal(data, tmp_path):
+    """Under a terminal (a pty here) the bar is drawn as steps go, not only at the end."""
+    import pty
+
+    leader, follower = pty.openpty()
+    args = _cli_args(data, tmp_path / "run", max_steps=30, eval_interval=10)
+    args[args.index("--progress") + 1] = "auto"
+    proc = subprocess.Popen([sys.executable, "-m", "gptforge", "pretrain", *args], env=_cli_env(),
+                            stdin=follower, stdout=follower, stderr=follower)
+    os.close(follower)
+    seen = b""
+    while True:
+        try:
+            chunk = os.read(leader, 4096)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not chunk:
+            break
+        seen += chunk
+    proc.wait(timeout=60)
+    os.close(leader)
+    text = seen.decode("utf-8", "replace")
+    assert proc.returncode == 0, text[-2000:]
+    assert "30/30" in text and "tok/s" in text and "\r" in text  # a live bar redrawn in place
+    assert "val loss" in text and "stopped by max_steps" in text
+
+
+def test_log_lines_when_not_a_terminal(data, tmp_path):
+    args = _cli_args(data, tmp_path / "run", max_steps=8)
+    args[args.index("--progress") + 1] = "auto"
+    r = subprocess.run([sys.executable, "-m", "gptforge", "pretrain", *args, "--log-interval", "0.001"],
+                       env=_cli_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    lines = [ln for ln in r.stdout.splitlines() if ln.startswith("step ") and "tok/s" in ln]
+    assert len(lines) == 8 and "ETA" in lines[0] and lines[-1].startswith("step 8/8")

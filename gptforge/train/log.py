@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -55,8 +56,15 @@ class Logger:
         self._t0, self._step0, self._total = time.time(), step, total_steps
         self._last_line = self._t0
         if self.mode == "bar":
-            self.bar = tqdm(total=total_steps, initial=step, unit="step", dynamic_ncols=True, miniters=1,
-                            mininterval=0.2, file=sys.stderr)
+            # a terminal that reports its size as 0 x 0 (a fresh pty: `script`, CI runners, some IDEs)
+            # made tqdm draw nothing at all for the whole run; assume 100 x 24 there
+            try:
+                size = os.get_terminal_size(sys.stderr.fileno())
+            except (OSError, ValueError):
+                size = os.terminal_size((0, 0))
+            width = {"dynamic_ncols": True} if size.columns > 0 and size.lines > 0 else {"ncols": 100, "nrows": 24}
+            self.bar = tqdm(total=total_steps, initial=step, unit="step", miniters=1, mininterval=0.2,
+                            file=sys.stderr, **width)
 
     def eta(self, step: int) -> float:
         """Seconds left at this session's average pace (evaluations included)."""
