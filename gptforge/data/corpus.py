@@ -13,8 +13,16 @@ With several documents, document ``i`` (counting from 0 across the corpus) is va
 ``floor((i+1)*f) > floor(i*f)`` for ``f = val_fraction``: every 10th document for f = 0.1,
 deterministic and streamable.
 
-Files are read in chunks of about 4 MiB cut at newlines and decoded as strict UTF-8: invalid bytes
-raise ``UserError`` naming the file and byte offset unless ``errors="replace"``.
+Files are read in pieces of about 4 MiB (``chunk_bytes``) and decoded as strict UTF-8: invalid bytes
+raise ``UserError`` naming the file and byte offset unless ``errors="replace"``. JSONL text that holds
+a lone surrogate (``"\ud800"``, valid JSON but not Unicode) is treated the same way: ``UserError``
+naming the file and line, or U+FFFD with ``errors="replace"``.
+
+Pieces are cut where the split patterns of ``gptforge.tokenizer`` (gpt2, gpt4, o200k) never put a
+chunk across the cut, so encoding the pieces one by one gives the same ids as encoding the whole
+file: after a newline that has a non-space character on each side, else before a space that
+follows a non-space character, else (no such place in ``chunk_bytes``) after any newline, and
+only as a last resort at a character boundary.
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ import glob as globlib
 import hashlib
 import json
 import math
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,6 +40,14 @@ from gptforge.errors import UserError
 
 CHUNK_BYTES = 4 << 20
 BUILTIN = ("shakespeare",)
+_SURROGATE = re.compile("[\ud800-\udfff]")
+# Safe places to cut a piece (see the module docstring); bytes patterns, so \s is ASCII whitespace.
+# "X\nY" with X, Y not whitespace: a whitespace run before or after the cut would be one chunk whole
+# but two chunks cut (gpt2's \s+(?!\S), gpt4's \s*[\r\n]).
+_NEWLINE_CUT = re.compile(rb"[^\s]\n(?=[^\s])")
+# "X Y" with X not whitespace, cut before the space: no split pattern chunk runs on from a
+# non-space character into a following space, and the chunk after starts at the space either way.
+_SPACE_CUT = re.compile(rb"[^\s](?= )")
 
 
 @dataclass
@@ -73,8 +90,18 @@ class Corpus:
         return sum(p.stat().st_size for p in self.sources)
 
     def pieces(self, val_fraction: float = 0.1, errors: str = "strict",
-               on_bytes: Callable[[int], None] | None = None) -> Iterator[Piece]:
-        """Stream the corpus as ``Piece``s. ``on_bytes(n)`` is called as n raw bytes are consumed."""
+               on_bytes: Callable[[int], None] | None = None,
+               chunk_bytes: int | None = None) -> Iterator[Piece]:
+        """Stream the corpus as ``Piece``s. ``on_bytes(n)`` is called as n raw bytes are consumed.
+
+        ``chunk_bytes``: bytes read at a time from a text file (default ``CHUNK_BYTES``, looked up
+        at call time); pieces are at most about this long (more only where no character boundary
+        is near), cut at safe places (module docstring).
+
+        Raises:
+            UserError: bad ``val_fraction``, unreadable file, invalid UTF-8 or JSONL, a lone
+                surrogate in JSONL text (``errors="strict"``).
+        """
         if not 0.0 < val_fraction < 1.0:
             raise UserError(f"--val-fraction must be in (0, 1), not {val_fraction}")
         h = hashlib.sha256()
@@ -97,7 +124,7 @@ class Corpus:
             size = path.stat().st_size
             cut = _char_boundary(path, int(size * (1.0 - val_fraction)))
             first = {"train": True, "val": True}
-            for offset, text in _read_text(path, errors, consumed, cut=cut):
+            for offset, text in _read_text(path, errors, consumed, cut=cut, chunk_bytes=chunk_bytes):
                 split = "train" if offset < cut else "val"
                 yield Piece(split, text, first[split])
                 first[split] = False
@@ -110,7 +137,8 @@ class Corpus:
                         docs += 1
                 else:
                     split = _doc_split(docs, val_fraction)
-                    for i, (_, text) in enumerate(_read_text(path, errors, consumed)):
+                    for i, (_, text) in enumerate(_read_text(path, errors, consumed,
+                                                             chunk_bytes=chunk_bytes)):
                         yield Piece(split, text, i == 0)
                     docs += 1
         self.sha256 = h.hexdigest()
@@ -164,9 +192,30 @@ def _decode(data: bytes, path: Path, offset: int, errors: str) -> str:
                         "(pass --errors replace to substitute U+FFFD)") from None
 
 
+def _safe_cut(data: bytes) -> int:
+    """Where to end a piece of ``data`` (not the end of the file): see the module docstring."""
+    for pat in (_NEWLINE_CUT, _SPACE_CUT):
+        # the last 64 KiB first: in ordinary text a safe place is a few bytes from the end
+        for start in (max(0, len(data) - (64 << 10)), 0):
+            ends = [m.end() for m in pat.finditer(data, start)]
+            if ends:
+                return ends[-1]
+            if start == 0:
+                break
+    nl = data.rfind(b"\n")
+    if nl != -1:
+        return nl + 1
+    # no whitespace at all: back off to a character boundary (a UTF-8 lead byte)
+    nl = len(data) - 1
+    while nl > 0 and data[nl] & 0xC0 == 0x80:
+        nl -= 1
+    return nl
+
+
 def _read_text(path: Path, errors: str, consumed: Callable[[bytes], None],
-               cut: int | None = None) -> Iterator[tuple[int, str]]:
-    """Yield (byte offset, text) chunks of ``path``, cut after newlines and exactly at ``cut``."""
+               cut: int | None = None, chunk_bytes: int | None = None) -> Iterator[tuple[int, str]]:
+    """Yield (byte offset, text) pieces of ``path`` of about ``chunk_bytes``, cut at safe places
+    (``_safe_cut``) and exactly at ``cut``."""
     offset, pending = 0, b""
     try:
         f = open(path, "rb")
@@ -174,21 +223,16 @@ def _read_text(path: Path, errors: str, consumed: Callable[[bytes], None],
         raise UserError(f"{path}: cannot read ({e.strerror})") from None
     with f:
         while True:
-            block = f.read(CHUNK_BYTES)
+            size = chunk_bytes or CHUNK_BYTES
+            block = f.read(size)
             data = pending + block
             if not data:
                 return
             end = len(data)
             if cut is not None and offset < cut < offset + end:
                 end = cut - offset
-            elif block:  # not at EOF: stop after the last newline so no character is split
-                nl = data.rfind(b"\n")
-                if nl == -1:  # one enormous line: back off to a character boundary
-                    nl = len(data) - 1
-                    while nl > 0 and data[nl] & 0xC0 == 0x80:
-                        nl -= 1
-                    nl -= 1
-                end = nl + 1
+            elif len(block) == size:  # maybe more to come: cut where no character or chunk is split
+                end = _safe_cut(data)
             chunk, pending = data[:end], data[end:]
             if chunk:
                 consumed(chunk)
@@ -213,7 +257,25 @@ def _read_jsonl(path: Path, errors: str, consumed: Callable[[bytes], None]) -> I
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
                 raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            except (ValueError, RecursionError) as e:  # an integer too long, nesting too deep
+                raise UserError(f"{path}:{lineno}: not valid JSON ({type(e).__name__})") from None
             if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
                 raise UserError(f"{path}:{lineno}: expected an object with a string \"text\" field")
-            yield obj["text"]
+            yield _no_surrogates(obj["text"], path, lineno, errors)
+
+
+def _no_surrogates(text: str, path: Path, lineno: int, errors: str) -> str:
+    """JSON may escape a lone surrogate ("\\ud800"), which no UTF-8 encoder accepts: raise a
+    UserError naming the line (strict) or substitute U+FFFD (replace). Pairs were already joined
+    into one character by ``json.loads``, so every surrogate left is a lone one."""
+    if text.isascii():  # fast path: the common case needs no search
+        return text
+    m = _SURROGATE.search(text)
+    if m is None:
+        return text
+    if errors != "replace":
+        raise UserError(f"{path}:{lineno}: the \"text\" field holds a lone surrogate "
+                        f"(U+{ord(m.group()):04X}) at character {m.start()}, which is not valid Unicode "
+                        "(pass --errors replace to substitute U+FFFD)")
+    return _SURROGATE.sub("\ufffd", text)
 

@@ -58,6 +58,17 @@ O200K_SPLIT_PATTERN = "|".join([
 #: names accepted wherever a split pattern is (``train(pattern="gpt2")``, ``--pattern gpt2``)
 SPLIT_PATTERNS = {"gpt2": GPT2_SPLIT_PATTERN, "gpt4": GPT4_SPLIT_PATTERN, "o200k": O200K_SPLIT_PATTERN}
 
+#: How many ids below ``vocab_size`` may be unused. OpenAI's encodings leave a few (cl100k_base: 16,
+#: o200k_base: 19) between their ordinary and special tokens; a bound keeps a corrupt file whose
+#: special id is 10**12 from making ``vocab_size`` (and every array sized by it) absurd.
+MAX_UNUSED_IDS = 1024
+#: Bound on the total bytes of the tokens a saved file's merges define, when loading: merges can
+#: double a token's length each (``[[0, 0], [256, 256], [257, 257], ...]``), so 40 of them would
+#: ask for a terabyte. Real vocabularies average under 10 bytes a token; the floor keeps
+#: tokenizers trained on long repeated runs loadable.
+MAX_AVG_TOKEN_BYTES = 64
+MIN_TOKEN_BYTES_BOUND = 16 << 20
+
 #: Special tokens of a tokenizer trained here, in id order after the ordinary tokens. Besides the
 #: document separator they reserve the chat-format markers, so a base model's tokenizer can be
 #: finetuned for chat and tool use later without retraining it (or resizing the embeddings).
@@ -79,9 +90,29 @@ def resolve_pattern(pattern: str) -> str:
     pattern = SPLIT_PATTERNS.get(pattern, pattern)
     try:
         regex.compile(pattern)
-    except regex.error as e:
+    except (regex.error, OverflowError, RecursionError) as e:
         raise UserError(f"invalid split pattern {pattern!r}: {e}") from None
     return pattern
+
+
+def check_training_pattern(pattern: str) -> None:
+    """Refuse a split pattern that would train on something other than the text.
+
+    A capturing group makes ``findall`` return the group, not the match, so training would see
+    only the group (tiktoken's encoder uses the whole match): use ``(?:...)``. Whether the pattern
+    covers the text is checked while splitting (``train.count_chunks``).
+
+    Raises:
+        UserError: the pattern has a capturing group.
+    """
+    if regex.compile(pattern).groups:
+        raise UserError(f"split pattern {pattern!r} has a capturing group: training would see only "
+                        "the group, encoding the whole match; write the group as (?:...)")
+
+
+def _coverage_error(pattern: str, e: ValueError) -> UserError:
+    return UserError(f"split pattern {pattern!r} does not cover the text: {e}; a split pattern "
+                     "must match every character (end it with an alternative such as |\\s+|.)")
 
 
 def bpe_encode_chunk(piece: bytes, ranks: dict[bytes, int]) -> list[int]:
@@ -134,7 +165,8 @@ class BPETokenizer(Tokenizer):
         name: a label (``cl100k_base``, ``bpe``) shown by ``inspect`` and used as tiktoken's name.
 
     Raises:
-        ValueError: duplicate or negative ids, or special ids that collide with ordinary ones.
+        ValueError: duplicate or negative ids, special ids that collide with ordinary ones, or
+            ids so sparse that more than ``MAX_UNUSED_IDS`` below ``vocab_size`` are unused.
 
     If two merges produce the same bytes (possible in principle, not seen on real text), tiktoken
     can hold only one: the lower id is used when encoding, both decode. rustbpe's tiktoken export
@@ -152,6 +184,10 @@ class BPETokenizer(Tokenizer):
             raise ValueError(f"special token ids {sorted(clash)[:5]} are also ordinary token ids")
         if len(set(special_tokens.values())) != len(special_tokens):
             raise ValueError("two special tokens share an id")
+        top = max([*tokens, *special_tokens.values()], default=-1)
+        if top + 1 > len(tokens) + len(special_tokens) + MAX_UNUSED_IDS:
+            raise ValueError(f"id {top} leaves more than {MAX_UNUSED_IDS} of the ids below it unused "
+                             f"({len(tokens)} tokens, {len(special_tokens)} special)")
         self.pattern = pattern
         self.special_tokens = dict(special_tokens)
         self.merges = [tuple(m) for m in merges] if merges is not None else None
@@ -199,9 +235,11 @@ class BPETokenizer(Tokenizer):
 
         Raises:
             UserError: ``vocab_size`` leaves no room for the 256 bytes and special tokens, an
-                invalid pattern, or an unknown ``tie_break``.
+                invalid pattern, one with a capturing group or one that does not match every
+                character of ``texts``, or an unknown ``tie_break``.
         """
         pattern = resolve_pattern(pattern)
+        check_training_pattern(pattern)
         n_merges = vocab_size - 256 - len(special_tokens)
         if n_merges < 0:
             raise UserError(f"vocab size {vocab_size} is too small: it must hold the 256 byte tokens "
@@ -213,7 +251,10 @@ class BPETokenizer(Tokenizer):
         if isinstance(texts, str):
             texts = [texts]
         texts = tqdm(texts, desc="splitting", unit=" texts", disable=not progress, leave=False)
-        counts = count_chunks(texts, pattern)
+        try:
+            counts = count_chunks(texts, pattern)
+        except ValueError as e:
+            raise _coverage_error(pattern, e) from None
         with tqdm(total=n_merges, desc="merging", unit=" merges", disable=not progress, leave=False) as bar:
             merges = train_merges(counts, n_merges, tie_break=tie_break, progress=bar.update)
         return cls.from_merges(merges, pattern, special_tokens, name=f"bpe-{vocab_size}")
@@ -279,7 +320,8 @@ class BPETokenizer(Tokenizer):
     def reference_encode_ordinary(self, text: str) -> list[int]:
         """``encode_ordinary`` in plain Python (``bpe_encode_chunk`` per chunk): slow, for tests."""
         ids: list[int] = []
-        for chunk in self._regex.findall(_fix_surrogates(text)):
+        for m in self._regex.finditer(_fix_surrogates(text)):  # whole matches, as tiktoken
+            chunk = m.group()
             ids.extend(bpe_encode_chunk(chunk.encode("utf-8"), self.ranks))
         return ids
 
@@ -327,24 +369,27 @@ class BPETokenizer(Tokenizer):
     def from_dict(cls, d: dict) -> BPETokenizer:
         """Inverse of ``to_dict``. Raises ValueError/KeyError/TypeError on malformed content."""
         pattern, name, specials = d["pattern"], d.get("name", "bpe"), d["special_tokens"]
-        if not isinstance(pattern, str) or not isinstance(specials, dict):
-            raise TypeError("pattern must be a string and special_tokens an object")
-        if not all(isinstance(s, str) and isinstance(i, int) for s, i in specials.items()):
+        if not isinstance(pattern, str) or not isinstance(specials, dict) or not isinstance(name, str):
+            raise TypeError("pattern and name must be strings and special_tokens an object")
+        if not all(isinstance(s, str) and type(i) is int for s, i in specials.items()):
             raise TypeError("special_tokens must map strings to integer ids")
         try:
             regex.compile(pattern)
-        except regex.error as e:
+        except (regex.error, OverflowError, RecursionError) as e:
             raise ValueError(f"invalid split pattern: {e}") from None
         if "merges" in d:
             merges = d["merges"]
-            if not all(isinstance(m, list) and len(m) == 2 and all(type(x) is int for x in m)
-                       for m in merges):
+            if not isinstance(merges, list) or not all(
+                    isinstance(m, list) and len(m) == 2 and all(type(x) is int for x in m) for m in merges):
                 raise ValueError("merges must be a list of [left_id, right_id] integer pairs")
+            _check_merge_sizes(merges)
             tokens = dict(enumerate(merges_to_tokens(merges)))
             return cls(tokens, pattern, specials, merges=[tuple(m) for m in merges], name=name)
         ranks = d["ranks"]
         if not isinstance(ranks, list):
             raise TypeError("ranks must be a list")
+        if not all(r is None or isinstance(r, str) for r in ranks):
+            raise TypeError("ranks must be base64 strings or null")
         tokens = {i: base64.b64decode(r, validate=True) for i, r in enumerate(ranks) if r is not None}
         return cls(tokens, pattern, specials, name=name)
 
@@ -362,6 +407,22 @@ class BPETokenizer(Tokenizer):
                 f"special_tokens={len(self.special_tokens)})")
 
 
+def _check_merge_sizes(merges: list[list[int]]) -> None:
+    """Raise ValueError before ``merges_to_tokens`` would build tokens of more than
+    ``max(MAX_AVG_TOKEN_BYTES * tokens, MIN_TOKEN_BYTES_BOUND)`` bytes in all (lengths only: O(merges))."""
+    lengths = [1] * 256
+    total, bound = 256, max(MAX_AVG_TOKEN_BYTES * (256 + len(merges)), MIN_TOKEN_BYTES_BOUND)
+    for i, (a, b) in enumerate(merges):
+        n = len(lengths)
+        if not (0 <= a < n and 0 <= b < n):
+            raise ValueError(f"merge {i} ({a}, {b}) refers to a token id not defined before it (< {n})")
+        lengths.append(lengths[a] + lengths[b])
+        total += lengths[-1]
+        if total > bound:
+            raise ValueError(f"the merges define tokens of more than {bound:,} bytes in all "
+                             f"(merge {i} makes a token of {lengths[-1]:,} bytes)")
+
+
 def train_on_corpus(corpus_spec: str, vocab_size: int, pattern: str = "gpt4", tie_break: str = "rustbpe",
                     val_fraction: float = 0.1, errors: str = "strict",
                     progress: bool = False) -> tuple[BPETokenizer, dict]:
@@ -372,8 +433,9 @@ def train_on_corpus(corpus_spec: str, vocab_size: int, pattern: str = "gpt4", ti
     pre-split chunks) and ``seconds``.
 
     Raises:
-        UserError: a vocabulary too small for bytes + special tokens, or an empty train split
-            (and whatever ``open_corpus`` raises for a bad corpus).
+        UserError: a vocabulary too small for bytes + special tokens, a split pattern with a
+            capturing group or one that does not match every character, an empty train split
+            (and whatever ``open_corpus`` and ``Corpus.pieces`` raise for a bad corpus).
     """
     import time
 
@@ -382,6 +444,7 @@ def train_on_corpus(corpus_spec: str, vocab_size: int, pattern: str = "gpt4", ti
     from gptforge.data.corpus import open_corpus
 
     pattern = resolve_pattern(pattern)
+    check_training_pattern(pattern)
     n_merges = vocab_size - 256 - len(SPECIAL_TOKENS)
     if n_merges < 0:
         raise UserError(f"vocab size {vocab_size} is too small: it must hold the 256 byte tokens and "
@@ -401,6 +464,8 @@ def train_on_corpus(corpus_spec: str, vocab_size: int, pattern: str = "gpt4", ti
 
     try:
         counts = count_chunks(train_texts(), pattern)
+    except ValueError as e:
+        raise _coverage_error(pattern, e) from None
     finally:
         bar.close()
     if not counts:

@@ -82,4 +82,12 @@ class CharTokenizer(Tokenizer):
 
     @classmethod
     def from_dict(cls, d: dict) -> CharTokenizer:
-        return cls(d["chars"], d["special_tokens"])
+        """Inverse of ``to_dict``. Raises KeyError/TypeError/ValueError on malformed content."""
+        chars, specials = d["chars"], d["special_tokens"]
+        if not isinstance(chars, str):
+            raise TypeError("chars must be a string")
+        if not isinstance(specials, list) or not all(isinstance(s, str) for s in specials):
+            raise TypeError("special_tokens must be a list of strings")
+        if len(set(specials)) != len(specials):
+            raise ValueError("special tokens must be distinct")
+        return cls(chars, specials)

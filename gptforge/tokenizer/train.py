@@ -49,6 +49,7 @@ from collections.abc import Callable, Iterable, Mapping
 import regex
 
 TIE_BREAKS = ("rustbpe", "hf")
+_SURROGATE = regex.compile("[\ud800-\udfff]")
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -86,19 +87,38 @@ def count_chunks(texts: str | Iterable[str], pattern: str) -> Counter[str]:
     """Pre-split each text with ``pattern`` (``regex`` syntax) and count the distinct chunks.
 
     Each text is split on its own, as rustbpe's ``train_from_iterator`` does, so a chunk never
-    spans two texts. Returns chunk -> number of occurrences.
+    spans two texts. Chunks are whole matches (as tiktoken's encoder splits), even if the pattern
+    has groups. Returns chunk -> number of occurrences.
 
     Raises:
-        ValueError: ``pattern`` is not a valid regex.
+        ValueError: ``pattern`` is not a valid regex, or it does not match every character of a
+            text (the chunks would not re-join to it, so training and encoding would drop text);
+            the message quotes the first text dropped.
     """
     try:
         pat = regex.compile(pattern)
-    except regex.error as e:
+    except (regex.error, OverflowError, RecursionError) as e:
         raise ValueError(f"invalid split pattern {pattern!r}: {e}") from None
     counts: Counter[str] = Counter()
     for t in [texts] if isinstance(texts, str) else texts:
-        counts.update(pat.findall(t))  # C-level counting of ~1M chunks/s; the split dominates
+        # findall returns whole matches (C speed, ~1M chunks/s) unless the pattern has groups
+        chunks = pat.findall(t) if not pat.groups else [m.group() for m in pat.finditer(t)]
+        # matches never overlap, so they re-join to the text exactly when their lengths add up
+        if sum(map(len, chunks)) != len(t):
+            raise ValueError(_first_gap(pat, t))
+        counts.update(chunks)
     return counts
+
+
+def _first_gap(pat: regex.Pattern, text: str) -> str:
+    """Describe the first stretch of ``text`` that no match of ``pat`` covers."""
+    pos, end = 0, len(text)
+    for m in pat.finditer(text):
+        if m.start() > pos:  # matches are in order: text[pos:m.start()] is skipped
+            end = m.start()
+            break
+        pos = max(pos, m.end())
+    return f"it drops {text[pos:end][:40]!r}{'...' if end - pos > 40 else ''} at character {pos}"
 
 
 def train_merges(
@@ -132,7 +152,13 @@ def train_merges(
     pair_counts: dict[tuple[int, int], int] = {}
     where: dict[tuple[int, int], set[int]] = {}  # pair -> chunks that hold (or once held) it
     for chunk, c in chunk_counts.items():
-        b = chunk.encode("utf-8") if isinstance(chunk, str) else chunk
+        if isinstance(chunk, str):
+            try:
+                b = chunk.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate has no UTF-8 form: U+FFFD, as tiktoken does
+                b = _SURROGATE.sub("\ufffd", chunk).encode("utf-8")
+        else:
+            b = chunk
         if len(b) < 2 or c <= 0:
             continue  # holds no pair; never changes
         w = [order[x] for x in b]
