@@ -2,11 +2,14 @@
 """Run a GPT exported by `gptforge export` with nothing but numpy: the "run file" of an LLM.
 
     python run.py model.bin --prompt "ROMEO:" --max-new-tokens 200 --temperature 0.8
+    python -m gptforge.run model.bin ...          # the same, from an installed gptforge
 
 This file is self-contained on purpose: copy it anywhere next to a model.bin. It does not import
-gptforge or torch. It reads the header (see gptforge/export.py for the layout), maps the weights,
-and decodes one token at a time with a KV cache, batch size 1. With ``--temperature 0`` its output is
-the same as `gptforge sample --temperature 0` (tested).
+gptforge or torch. It reads the header (see gptforge/export.py for the layout), checks it against
+the file (`check_header`: a damaged or hostile file is refused with one line, never allowed to
+allocate more than it holds), maps the weights, and decodes one token at a time with a KV cache,
+batch size 1. Bad input of any kind ends with one line on stderr and exit status 2. With
+``--temperature 0`` its output is the same as `gptforge sample --temperature 0` (tested).
 
 Tokenizer: char-level, or byte-level BPE (split with the ``regex`` module when installed; without it
 the split pattern's \\p{L} and \\p{N} classes are approximated with Python's ``re``).
@@ -426,7 +429,7 @@ def generate(model: GPT, ids: list[int], max_new_tokens: int, temperature: float
         logits = model.forward(seq)
     for _ in range(max_new_tokens):
         if not np.isfinite(logits).all():
-            raise SystemExit(f"the model's logits overflow at position {len(seq)}: its weights are too large")
+            raise SystemExit(f"the logits are not finite at position {len(seq)} (the weights overflow)")
         if temperature == 0:
             nxt = int(np.argmax(logits))
         else:
@@ -508,18 +511,21 @@ def run(args) -> int:
         raise SystemExit(f"{args.model}: this tokenizer has no <|endoftext|>; give --prompt")
     stop = {eot} if eot is not None else set()
     gen = generate(model, ids, args.max_new_tokens, args.temperature, args.top_k, args.seed, stop, args.top_p)
-    if args.ids:
-        print(json.dumps(list(gen)))
-        return 0
-    import codecs
+    try:
+        if args.ids:
+            print(json.dumps(list(gen)))
+            return 0
+        import codecs
 
-    dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
-    sys.stdout.write(args.prompt)
-    for i in gen:
-        sys.stdout.write(dec.decode(tok.decode_bytes([i])))
-        sys.stdout.flush()
-    sys.stdout.write(dec.decode(b"", final=True) + "\n")
-    return 0
+        dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        sys.stdout.write(args.prompt)
+        for i in gen:
+            sys.stdout.write(dec.decode(tok.decode_bytes([i])))
+            sys.stdout.flush()
+        sys.stdout.write(dec.decode(b"", final=True) + "\n")
+        return 0
+    except SystemExit as e:  # non-finite logits: name the file whose weights caused them
+        raise SystemExit(f"{args.model}: {e.code}") from None
 
 
 if __name__ == "__main__":
