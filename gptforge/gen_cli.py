@@ -107,5 +107,5 @@ def cmd_export(args) -> int:
     model, tok, _ = load_for_inference(args.ckpt, args.which)
     info = export_model(model, tok, args.out, dtype=args.dtype)
     print(f"wrote {args.out}: {info['bytes']:,} bytes ({info['params']:,} parameters, {args.dtype}); "
-          f"run it with: python gptforge/run.py {args.out} --prompt 'Hello'")
+          f"run it with: python -m gptforge.run {args.out} --prompt 'Hello'")
     return 0
