@@ -34,9 +34,12 @@ import torch
 from gptforge.errors import UserError
 from gptforge.tokenizer import Tokenizer
 
+# run.py repeats these (it imports nothing from gptforge); tests/test_run_hardening.py checks they agree
 MAGIC = b"GPTFORGE"
 VERSION = 1
 ALIGN = 64
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+TOKENIZER_KINDS = ("char", "bpe")
 
 
 def portable_tokenizer(tok: Tokenizer) -> dict:
@@ -58,21 +61,32 @@ def export_model(model: torch.nn.Module, tok: Tokenizer, out: str | os.PathLike,
                  dtype: str = "float32") -> dict:
     """Write ``model`` and ``tok`` to ``out`` in the format above; return {"bytes", "params"}.
 
+    ``out`` is written as ``out.tmp`` and renamed, so a failed export leaves neither a partial ``out``
+    nor ``out.tmp``. dtype: "float32" or "bfloat16" (the weights' storage; bytes = 4 or 2 per param).
+
     Raises:
-        UserError: the model is not a GPT, or the tokenizer cannot be described portably.
+        UserError: the model is not a GPT, the tokenizer cannot be described portably or has more tokens
+            than the model's vocab_size, dtype is unknown, or ``out`` is a directory or cannot be written.
     """
     from gptforge.models import model_config
 
     cfg = model_config(model)
     if cfg.get("arch") != "gpt":
         raise UserError(f"export supports GPT models only, not {cfg.get('arch')!r}")
-    torch_dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[dtype]
+    if dtype not in DTYPES:
+        raise UserError(f"export dtype must be one of {', '.join(DTYPES)}, not {dtype!r}")
+    if tok.vocab_size > cfg["vocab_size"]:  # run.py would reject the file: ids past the embedding
+        raise UserError(f"the tokenizer has {tok.vocab_size} tokens, more than the model's vocab_size "
+                        f"{cfg['vocab_size']}")
+    out = Path(out)
+    if out.is_dir():
+        raise UserError(f"{out}: is a directory; give a file path such as {out / 'model.bin'}")
     tensors, seen = {}, set()
     for name, t in model.state_dict().items():
         if t.data_ptr() in seen:  # tied lm_head
             continue
         seen.add(t.data_ptr())
-        tensors[name] = t.detach().to("cpu", torch_dtype).contiguous()
+        tensors[name] = t.detach().to("cpu", DTYPES[dtype]).contiguous()
     index, offset = {}, 0
     for name, t in tensors.items():
         nbytes = t.numel() * t.element_size()
@@ -81,13 +95,19 @@ def export_model(model: torch.nn.Module, tok: Tokenizer, out: str | os.PathLike,
     header = json.dumps({"model": cfg, "dtype": dtype, "tensors": index,
                          "tokenizer": portable_tokenizer(tok)}).encode("utf-8")
     prefix = MAGIC + struct.pack("<IIQ", VERSION, 0, len(header)) + header
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(prefix + b"\0" * (-len(prefix) % ALIGN))
-        for t in tensors.values():
-            raw = (t.view(torch.int16) if dtype == "bfloat16" else t).numpy().tobytes()
-            f.write(raw + b"\0" * (-len(raw) % ALIGN))
-    os.replace(tmp, out)
+    tmp, f = out.with_name(out.name + ".tmp"), None
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(prefix + b"\0" * (-len(prefix) % ALIGN))
+            for t in tensors.values():
+                raw = (t.view(torch.int16) if dtype == "bfloat16" else t).numpy().tobytes()
+                f.write(raw + b"\0" * (-len(raw) % ALIGN))
+        os.replace(tmp, out)
+    except BaseException as e:  # Ctrl-C and full disks too: never leave a partial out.tmp behind
+        if f is not None:  # only a tmp file this call opened, never someone else's
+            tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise UserError(f"{out}: cannot write ({e.strerror or e})") from None
+        raise
     return {"bytes": out.stat().st_size, "params": sum(t.numel() for t in tensors.values())}
