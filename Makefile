@@ -18,10 +18,11 @@ demo: $(STAMP)
 	$(BIN)/gptforge speedrun --preset cpu --corpus shakespeare
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -rs
 
 lint: $(STAMP)
 	$(BIN)/ruff check gptforge tests bench
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf runs out .pytest_cache

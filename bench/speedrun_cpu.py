@@ -20,7 +20,6 @@ and after 600 s of training, median tokens/s, and MFU against the measured matmu
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import shutil
@@ -46,8 +45,7 @@ def run(name: str, recipe: str, shards: Path, out: Path, budget: float | None, e
         steps, per_step = calibrate_steps(cfg, budget)
         cfg = dataclasses.replace(cfg, max_steps=steps)
         print(f"{name}: {per_step * 1000:.1f} ms/step -> {steps} steps for {budget:.0f} s", file=sys.stderr)
-    with contextlib.redirect_stdout(sys.stderr):  # the trainer's config printout; stdout is the result
-        summary = train(cfg)
+    summary = train(cfg)  # progress "none": silent, so stdout stays the JSON result
     metrics = read_metrics(cfg.out)
     evals = [r for r in metrics if r.get("val_bpb") is not None]
     steps = [r for r in metrics if r.get("train_loss") is not None]

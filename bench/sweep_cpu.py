@@ -74,21 +74,22 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--budget", type=float, default=20.0, help="seconds of training per variant")
     ap.add_argument("--only", nargs="*", help="variants to run (default all)")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
-                    help="override for every variant, e.g. --set depth=6 --set 'model={\"n_embd\": 256}'")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="pretraining setting for every variant, e.g. --set depth=6 --set lr=0.01")
     ap.add_argument("--out", default="runs/sweep-cpu")
     ap.add_argument("--json", help="also write results here")
     args = ap.parse_args()
     if not TINY.exists():
         print(f"needs {TINY}", file=sys.stderr)
         return 2
+    from gptforge.config import overrides
     from gptforge.data.shards import prepare
+    from gptforge.data.train_bpe import train_on_corpus
     from gptforge.speedrun import RECIPES, calibrate_steps
-    from gptforge.tokenizer.bpe import train_on_corpus
-    from gptforge.train import make_config, train
+    from gptforge.train import TrainConfig, make_config, train
     from gptforge.train.plot import read_metrics
 
-    common = {k: json.loads(v) for k, v in (s.split("=", 1) for s in args.set)}
+    common = overrides(TrainConfig, args.set, where="--set")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     shards: dict[int, Path] = {}

@@ -321,7 +321,8 @@ def load_optimizer_state(optimizers: list[torch.optim.Optimizer], ckpt: Path,
         raise UserError(f"{f}: missing; {ckpt} is not a complete checkpoint") from None
     except Exception as e:  # torch raises several types for truncated/foreign files (pickled code too)
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise UserError(f"{f}: corrupt or unsafe optimizer state ({type(e).__name__}: {first[:120]})") from None
+        raise UserError(f"{f}: corrupt or unsafe optimizer state ({type(e).__name__}: {first[:120]})"
+                        ) from None
     states = d.get("optimizers") if isinstance(d, dict) else None
     if not isinstance(states, list) or len(states) != len(optimizers):
         raise UserError(f"{f}: optimizer state does not match this run's optimizers")

@@ -26,7 +26,7 @@ set of tokens whose probability mass reaches top_p, then sample; temperature 0 i
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from gptforge.errors import UserError
+from gptforge.io import atomic_open
 from gptforge.tokenizer import Tokenizer
 
 # run.py repeats these (it imports nothing from gptforge); tests/test_run_hardening.py checks they agree
@@ -61,8 +62,8 @@ def export_model(model: torch.nn.Module, tok: Tokenizer, out: str | os.PathLike,
                  dtype: str = "float32") -> dict:
     """Write ``model`` and ``tok`` to ``out`` in the format above; return {"bytes", "params"}.
 
-    ``out`` is written as ``out.tmp`` and renamed, so a failed export leaves neither a partial ``out``
-    nor ``out.tmp``. dtype: "float32" or "bfloat16" (the weights' storage; bytes = 4 or 2 per param).
+    ``out`` is written atomically (gptforge.io), so a failed export leaves neither a partial ``out``
+    nor a temporary file. dtype: "float32" or "bfloat16" (the weights' storage; bytes = 4 or 2 per param).
 
     Raises:
         UserError: the model is not a GPT, the tokenizer cannot be described portably or has more tokens
@@ -95,19 +96,13 @@ def export_model(model: torch.nn.Module, tok: Tokenizer, out: str | os.PathLike,
     header = json.dumps({"model": cfg, "dtype": dtype, "tensors": index,
                          "tokenizer": portable_tokenizer(tok)}).encode("utf-8")
     prefix = MAGIC + struct.pack("<IIQ", VERSION, 0, len(header)) + header
-    tmp, f = out.with_name(out.name + ".tmp"), None
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as f:
+        with atomic_open(out, "wb") as f:
             f.write(prefix + b"\0" * (-len(prefix) % ALIGN))
             for t in tensors.values():
                 raw = (t.view(torch.int16) if dtype == "bfloat16" else t).numpy().tobytes()
                 f.write(raw + b"\0" * (-len(raw) % ALIGN))
-        os.replace(tmp, out)
-    except BaseException as e:  # Ctrl-C and full disks too: never leave a partial out.tmp behind
-        if f is not None:  # only a tmp file this call opened, never someone else's
-            tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise UserError(f"{out}: cannot write ({e.strerror or e})") from None
-        raise
+    except OSError as e:  # a full disk, a read-only folder
+        raise UserError(f"{out}: cannot write ({e.strerror or e})") from None
     return {"bytes": out.stat().st_size, "params": sum(t.numel() for t in tensors.values())}

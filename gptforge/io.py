@@ -70,7 +70,8 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
     return Path(path)
 
 
-def write_json(path: str | os.PathLike, obj: dict, fmt: str | None = None, version: int | None = None) -> Path:
+def write_json(path: str | os.PathLike, obj: dict, fmt: str | None = None,
+               version: int | None = None) -> Path:
     """Write ``obj`` as indented JSON atomically, with ``{"format": fmt, "version": version}`` first.
 
     Raises:

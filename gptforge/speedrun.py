@@ -16,7 +16,6 @@ when the time does; the run stays deterministic for that step count.
 
 from __future__ import annotations
 
-import json
 import math
 import sys
 import time
@@ -109,7 +108,7 @@ def _say(msg: str) -> None:
 def build_tokenizer(spec: str, corpus: str, progress: bool):
     """(tokenizer, info) for a recipe's tokenizer spec ("char" or "bpe:N") on ``corpus``."""
     from gptforge.data.shards import resolve_tokenizer
-    from gptforge.tokenizer.bpe import train_on_corpus
+    from gptforge.data.train_bpe import train_on_corpus
 
     t0 = time.perf_counter()
     if spec == "char":
@@ -144,7 +143,8 @@ class SpeedrunConfig:
     """The settings of `gptforge speedrun` (besides pretraining and model overrides)."""
 
     preset: str = setting("cpu", "recipe", choices=tuple(RECIPES))
-    corpus: str = setting("shakespeare", "'shakespeare' (built in), a .txt/.jsonl file, a directory or a glob")
+    corpus: str = setting("shakespeare",
+                          "'shakespeare' (built in), a .txt/.jsonl file, a directory or a glob")
     time: float | None = setting(None, "training budget in seconds; none -> the preset's (cpu: 300)",
                                  gt=0, le=7 * 86400)
     out: str = setting("", "run folder; empty -> runs/speedrun-<preset>-<YYYYmmdd-HHMMSS>", metavar="DIR")
@@ -166,6 +166,7 @@ def plan(sr: SpeedrunConfig, train_overrides: dict | None = None, progress: bool
     """
     import torch
 
+    from gptforge.data.corpus import open_corpus
     from gptforge.train import make_config
 
     recipe = RECIPES[sr.preset]
@@ -176,6 +177,7 @@ def plan(sr: SpeedrunConfig, train_overrides: dict | None = None, progress: bool
                       train_overrides or {})
     if cfg.device == "cuda" and not torch.cuda.is_available():
         raise UserError(f"preset {sr.preset} needs a CUDA GPU; none is available (try --preset cpu)")
+    open_corpus(sr.corpus)  # a missing corpus fails here, not after a stage
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: exists and is not a directory; choose another --out")
     if (out_dir / "pretrain").exists():
@@ -240,7 +242,8 @@ def speedrun(sr: SpeedrunConfig, train_overrides: dict | None = None, progress: 
     summary.pop("step_times_s")
     write_json(out_dir / "summary.json", _finite(
         {"recipe": recipe_name, "corpus": corpus, **summary, "best_checkpoint": state.path,
-         "best_val_loss": state.val_loss, "best_val_bpb": state.val_bpb, "total_time_s": time.time() - t_all}))
+         "best_val_loss": state.val_loss, "best_val_bpb": state.val_bpb,
+         "total_time_s": time.time() - t_all}))
     return path
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from gptforge.cli import main
+from gptforge.engine import _Context, generate, generate_stream, sample_next
 from gptforge.errors import UserError
 from gptforge.export import export_model
-from gptforge.engine import _Context, generate, generate_stream, sample_next
 from gptforge.models import build_model, model_config
 from gptforge.tokenizer import CharTokenizer
 

@@ -4,7 +4,6 @@ import pytest
 import torch
 from helpers import randomize
 
-from gptforge.errors import UserError
 from gptforge.models import GPT, build_model, gpt_config
 
 V = 71

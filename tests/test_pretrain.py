@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from gptforge.checkpoint import load_checkpoint
 from gptforge.cli import main
 from gptforge.errors import UserError
-from gptforge.checkpoint import load_checkpoint
 from gptforge.train import make_config, resume_config, train
 
 ROOT = Path(__file__).resolve().parents[1]

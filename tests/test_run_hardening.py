@@ -330,12 +330,11 @@ def test_random_bytes_load_cleanly_or_fail_in_one_line(scratch, blob, hlen, magi
 
 # --- export --------------------------------------------------------------------------------------
 def _checkpoint(tmp_path, model) -> Path:
-    from gptforge.train.checkpoint import save_checkpoint
+    from gptforge.checkpoint import RunState, save_checkpoint
 
     tok_file = TOK.save(tmp_path / "tok")
-    state = {"step": 1, "tokens": 0, "config": {}, "model_config": model_config(model),
-             "tokenizer": TOK.identity()}
-    save_checkpoint(tmp_path / "run", 1, model, [], state, tokenizer_json=tok_file)
+    state = RunState(step=1, model_config=model_config(model), tokenizer=TOK.identity())
+    save_checkpoint(tmp_path / "run", model, [], state, tokenizer_json=tok_file)
     return tmp_path / "run"
 
 

@@ -16,7 +16,7 @@ def test_speedrun_end_to_end(tmp_path, tinyshakespeare, capsys):
     out = tmp_path / "run"
     # a fixed step budget keeps the test independent of machine load (calibration is tested below)
     assert main(["speedrun", "--preset", "nanogpt-cpu", "--corpus", str(corpus), "--out", str(out),
-                 "--samples", "2", "--set", "max_steps=60", "--set", "eval_interval=20"]) == 0
+                 "--samples", "2", "--train", "max_steps=60", "--train", "eval_interval=20"]) == 0
     stdout = capsys.readouterr().out
     assert stdout.splitlines()[-1] == f"report: {out / 'report.md'}"
     report = (out / "report.md").read_text()
@@ -70,8 +70,12 @@ def test_cpu_recipe_scales_with_the_budget():
 
 
 @pytest.mark.parametrize("args,msg", [(["--preset", "gpu-small"], "needs a CUDA GPU"),
-                                      (["--time", "0"], "--time must be > 0"),
-                                      (["--set", "nonsense=1"], "unknown config key"),
+                                      (["--time", "0"], "--time 0: expected a finite number > 0"),
+                                      (["--time", "nan"], "--time nan: expected a finite number > 0"),
+                                      (["--samples", "-1"], "--samples -1: expected an integer >= 0"),
+                                      (["--train", "nonsense=1"], "--train: unknown key 'nonsense'"),
+                                      (["--train", "lr=inf"], "--train: lr='inf': expected a finite number"),
+                                      (["--model", "bias=maybe"], "--model: bias='maybe': expected a boolean"),
                                       (["--corpus", "/nonexistent/x.txt"], "no such file")])
 def test_speedrun_errors(tmp_path, args, msg, capsys, monkeypatch):
     import torch
@@ -80,4 +84,6 @@ def test_speedrun_errors(tmp_path, args, msg, capsys, monkeypatch):
     (tmp_path / "c.txt").write_text("to be or not to be\n" * 500)
     base = ["speedrun", "--corpus", str(tmp_path / "c.txt"), "--out", str(tmp_path / "o"), "--time", "1"]
     assert main(base + args) == 2
-    assert msg in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert msg in err and err.count("\n") == 1
+    assert not (tmp_path / "o" / "tokenizer.json").exists()  # refused before any stage ran

@@ -9,9 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from gptforge.data.shards import prepare
+from gptforge.data.train_bpe import train_on_corpus
 from gptforge.errors import UserError
 from gptforge.tokenizer import BPETokenizer, CharTokenizer, load_tokenizer
-from gptforge.tokenizer.bpe import train_on_corpus
 
 TEXT = "".join(f"First Citizen {i}:\nBefore we proceed any further, hear me speak.\n\n" for i in range(200))
 

@@ -9,13 +9,12 @@ import numpy as np
 import pytest
 import torch
 
-from gptforge.errors import UserError
-from gptforge.models import build_model
 from gptforge import checkpoint as ckpt
 from gptforge.config import load_toml, overrides
-from gptforge.models import GPTConfig
-from gptforge.train.config import make_config
+from gptforge.errors import UserError
+from gptforge.models import GPTConfig, build_model
 from gptforge.train.batches import batch_offsets, eval_offsets, get_batch, train_batch
+from gptforge.train.config import make_config
 from gptforge.train.optim import build_optimizers, lr_multiplier, split_params
 
 

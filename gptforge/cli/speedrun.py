@@ -33,7 +33,8 @@ def run(args) -> int:
     train = overrides(TrainConfig, args.train, where="--train")
     if "model" in train or "data" in train or "out" in train:
         raise UserError(
-            "--train: set data and out through the speedrun's own --corpus and --out, model fields with --model")
+            "--train: set data and out through the speedrun's own --corpus and --out, model fields "
+            "with --model")
     arch = train.get("arch") or RECIPES[sr.preset].train.get("arch", "gpt")
     train["model"] = model_values(args.model, arch)
     report = speedrun(sr, train, progress=sys.stderr.isatty())

@@ -75,7 +75,8 @@ def register(sub: argparse._SubParsersAction, help: str) -> None:
 
 
 def cmd_train(args) -> int:
-    from gptforge.tokenizer.bpe import SPECIAL_TOKENS, train_on_corpus
+    from gptforge.data.train_bpe import train_on_corpus
+    from gptforge.tokenizer.bpe import SPECIAL_TOKENS
 
     tok, info = train_on_corpus(args.corpus, args.vocab_size, args.pattern, args.tie_break, args.val_fraction,
                                 args.errors, progress=not args.no_progress)

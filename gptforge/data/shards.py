@@ -34,6 +34,7 @@ from tqdm import tqdm
 from gptforge import __version__
 from gptforge.data.corpus import Piece, open_corpus
 from gptforge.errors import UserError
+from gptforge.io import write_json
 from gptforge.tokenizer import CharTokenizer, Tokenizer, load_tokenizer
 
 FORMAT = "gptforge.shards"
@@ -232,7 +233,7 @@ def _write_shards(corpus, corpus_spec: str, tokenizer: Tokenizer, out: Path, val
                    "val_fraction": None if corpus.builtin else val_fraction, "errors": errors},
         "splits": stats,
     }
-    (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    write_json(out / "meta.json", meta)
     return meta
 
 

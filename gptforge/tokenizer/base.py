@@ -20,6 +20,7 @@ from typing import Literal
 import numpy as np
 
 from gptforge.errors import UserError
+from gptforge.io import atomic_write
 
 FORMAT = "gptforge.tokenizer"
 FORMAT_VERSION = 1
@@ -155,10 +156,7 @@ class Tokenizer:
             path = path / "tokenizer.json"
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(self.to_json(), encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        return atomic_write(path, self.to_json())
 
 
 def read_tokenizer_json(path: Path) -> dict:

@@ -62,7 +62,8 @@ class Logger:
                 size = os.get_terminal_size(sys.stderr.fileno())
             except (OSError, ValueError):
                 size = os.terminal_size((0, 0))
-            width = {"dynamic_ncols": True} if size.columns > 0 and size.lines > 0 else {"ncols": 100, "nrows": 24}
+            known = size.columns > 0 and size.lines > 0
+            width = {"dynamic_ncols": True} if known else {"ncols": 100, "nrows": 24}
             self.bar = tqdm(total=total_steps, initial=step, unit="step", miniters=1, mininterval=0.2,
                             file=sys.stderr, **width)
 
@@ -79,7 +80,8 @@ class Logger:
             self.bar.set_postfix_str(f"loss {r['train_loss']:.4f}, {r['tokens_per_s']:,.0f} tok/s, MFU {mfu}")
         elif self.mode == "log":
             now = time.time()
-            if now - self._last_line >= self.interval or r["step"] == self._step0 + 1 or r["step"] == self._total:
+            if (now - self._last_line >= self.interval or r["step"] == self._step0 + 1
+                    or r["step"] == self._total):
                 self._last_line = now
                 print(f"step {r['step']}/{self._total} | loss {r['train_loss']:.4f} | lr {r['lr']:.2e} | "
                       f"{r['tokens_per_s']:,.0f} tok/s | MFU {mfu} | {_fmt_s(r['time_s'])} elapsed | "

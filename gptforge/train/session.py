@@ -307,4 +307,5 @@ def setup(cfg: TrainConfig, resume: bool, d: Dist) -> Session:
         amp=amp, dtype=dtype, accum=tokens_per_step // micro_tokens, tokens_per_step=tokens_per_step,
         total_steps=schedule_steps(cfg, tokens_per_step), budget_steps=budget_steps,
         flops_per_token=raw_model.flops_per_token() if hasattr(raw_model, "flops_per_token") else 6 * n,
-        peak=peak_flops(d.device, torch.bfloat16 if dtype == "bfloat16" else torch.float32) if d.main else None)
+        peak=(peak_flops(d.device, torch.bfloat16 if dtype == "bfloat16" else torch.float32)
+              if d.main else None))

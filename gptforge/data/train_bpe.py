@@ -1,0 +1,71 @@
+"""Train a byte-level BPE tokenizer on a corpus: the train split of what ``open_corpus`` reads.
+
+This sits in the data layer (it reads corpora) on top of the tokenizer layer (it trains BPE), so
+the tokenizer package never imports the data package.
+"""
+
+from __future__ import annotations
+
+from gptforge.errors import UserError
+from gptforge.tokenizer.bpe import (
+    SPECIAL_TOKENS,
+    BPETokenizer,
+    check_training_pattern,
+    coverage_error,
+    resolve_pattern,
+)
+from gptforge.tokenizer.train import count_chunks, train_merges
+
+
+def train_on_corpus(corpus_spec: str, vocab_size: int, pattern: str = "gpt4", tie_break: str = "rustbpe",
+                    val_fraction: float = 0.1, errors: str = "strict",
+                    progress: bool = False) -> tuple[BPETokenizer, dict]:
+    """Train a BPE tokenizer on the *train* split of a corpus (see ``gptforge.data.corpus``).
+
+    ``vocab_size`` counts the 256 byte tokens, the merges and the special tokens.
+    Returns ``(tokenizer, info)``; info has ``merges``, ``train_bytes``, ``chunks`` (distinct
+    pre-split chunks) and ``seconds``.
+
+    Raises:
+        UserError: a vocabulary too small for bytes + special tokens, a split pattern with a
+            capturing group or one that does not match every character, an empty train split
+            (and whatever ``open_corpus`` and ``Corpus.pieces`` raise for a bad corpus).
+    """
+    import time
+
+    from tqdm import tqdm
+
+    from gptforge.data.corpus import open_corpus
+
+    pattern = resolve_pattern(pattern)
+    check_training_pattern(pattern)
+    n_merges = vocab_size - 256 - len(SPECIAL_TOKENS)
+    if n_merges < 0:
+        raise UserError(f"vocab size {vocab_size} is too small: it must hold the 256 byte tokens and "
+                        f"{len(SPECIAL_TOKENS)} special tokens (at least {256 + len(SPECIAL_TOKENS)})")
+    t0 = time.perf_counter()
+    corpus = open_corpus(corpus_spec)
+    bar = tqdm(total=corpus.total_bytes(), unit="B", unit_scale=True, desc="splitting",
+               disable=not progress, leave=False)
+    trained = 0
+
+    def train_texts():
+        nonlocal trained
+        for piece in corpus.pieces(val_fraction, errors, on_bytes=bar.update):
+            if piece.split == "train":
+                trained += len(piece.text.encode("utf-8"))
+                yield piece.text
+
+    try:
+        counts = count_chunks(train_texts(), pattern)
+    except ValueError as e:
+        raise coverage_error(pattern, e) from None
+    finally:
+        bar.close()
+    if not counts:
+        raise UserError(f"{corpus_spec}: the train split is empty")
+    with tqdm(total=n_merges, desc="merging", unit=" merges", disable=not progress, leave=False) as mbar:
+        merges = train_merges(counts, n_merges, tie_break=tie_break, progress=mbar.update)
+    tok = BPETokenizer.from_merges(merges, pattern, SPECIAL_TOKENS, name=f"bpe-{vocab_size}")
+    return tok, {"merges": len(merges), "train_bytes": trained, "chunks": len(counts),
+                 "seconds": time.perf_counter() - t0}
