@@ -189,6 +189,8 @@ def speedrun(sr: SpeedrunConfig, train_overrides: dict | None = None, progress: 
     """Run every stage of ``sr.preset`` on ``sr.corpus`` into folder ``sr.out``; return the report's path.
 
     ``train_overrides``: TrainConfig fields (``model`` for the model's) over the recipe's.
+    ``progress``: show progress (bars on a terminal, log lines otherwise); False is silent but for
+    the stage headers.
 
     Raises:
         UserError: bad settings, a bad corpus, or an ``out`` folder that already holds a run.
@@ -206,11 +208,12 @@ def speedrun(sr: SpeedrunConfig, train_overrides: dict | None = None, progress: 
     t_all = time.time()
 
     _say(f"[1/5] tokenizer ({recipe.tokenizer}) on {corpus}")
-    tok, tok_info = build_tokenizer(recipe.tokenizer, corpus, progress)
+    bars = progress and sys.stderr.isatty()  # tokenizer and shard bars; pretraining logs lines otherwise
+    tok, tok_info = build_tokenizer(recipe.tokenizer, corpus, bars)
     tok.save(out_dir / "tokenizer.json")
 
     _say(f"[2/5] token shards -> {out_dir / 'data'}")
-    meta = prepare(corpus, tok, out_dir / "data", progress=progress)
+    meta = prepare(corpus, tok, out_dir / "data", progress=bars)
 
     per_step = None
     if budget:

@@ -4,17 +4,7 @@ from pathlib import Path
 
 import pytest
 import torch
-
-ROOT = Path(__file__).resolve().parents[1]
-SHARED = ROOT.parent / "shared" / "data"
-
-
-def shared_file(*parts: str) -> Path:
-    """Path to a reference file, or skip the test with the reason if it is absent."""
-    p = SHARED.joinpath(*parts)
-    if not p.exists():
-        pytest.skip(f"reference file {p} absent (only on developer machines and in CI)")
-    return p
+from helpers import shared_file
 
 
 @pytest.fixture

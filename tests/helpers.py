@@ -1,6 +1,22 @@
-"""Helpers shared by the test modules (pytest puts this folder on sys.path)."""
+"""Helpers shared by the test modules (pytest puts this folder on sys.path): the one place that
+knows where the reference data lives, and the one weight randomiser."""
 
+from pathlib import Path
+
+import pytest
 import torch
+
+# ../shared/data beside the repository: reference files (developer machines and CI have it)
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"reference data not found at {SHARED}")
+
+
+def shared_file(*parts: str) -> Path:
+    """Path to a reference file, or skip the test with the reason if it is absent."""
+    p = SHARED.joinpath(*parts)
+    if not p.exists():
+        pytest.skip(f"reference file {p} absent (only on developer machines and in CI)")
+    return p
 
 
 def randomize(model, seed: int = 0):

@@ -75,7 +75,7 @@ def test_cpu_recipe_scales_with_the_budget():
                                       (["--samples", "-1"], "--samples -1: expected an integer >= 0"),
                                       (["--train", "nonsense=1"], "--train: unknown key 'nonsense'"),
                                       (["--train", "lr=inf"], "--train: lr='inf': expected a finite number"),
-                                      (["--model", "bias=maybe"], "--model: bias='maybe': expected a boolean"),
+                                      (["--model", "bias=maybe"], "bias='maybe': expected a boolean"),
                                       (["--corpus", "/nonexistent/x.txt"], "no such file")])
 def test_speedrun_errors(tmp_path, args, msg, capsys, monkeypatch):
     import torch

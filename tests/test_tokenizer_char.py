@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from helpers import SHARED, needs_shared  # noqa: E402
 
 from gptforge.errors import UserError
 from gptforge.tokenizer import EOT, CharTokenizer, load_tokenizer
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
-
-@pytest.mark.skipif(not SHARED.is_dir(), reason=f"reference data not found at {SHARED}")
+@needs_shared
 def test_matches_nanogpt_shakespeare_char():
     # nanoGPT data/shakespeare_char/prepare.py: chars = sorted(set(data)), vocab_size 65, and
     # "Let's build GPT" encodes "hii there" as [46, 47, 47, 1, 58, 46, 43, 56, 43]

@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 import rustbpe
+from helpers import SHARED, needs_shared  # noqa: E402
 
 from gptforge.cli import main
 from gptforge.data.corpus import open_corpus
 from gptforge.tokenizer import SPECIAL_TOKENS, load_tokenizer
 from gptforge.tokenizer.bpe import GPT2_SPLIT_PATTERN
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +61,7 @@ def test_encode_decode_roundtrip(trained, monkeypatch, capsys):
     assert capsys.readouterr().out == text
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason=f"reference data not found at {SHARED}")
+@needs_shared
 def test_encode_with_rank_file(capsys):
     assert main(["tokenizer", "encode", "--tokenizer", str(SHARED / "tiktoken" / "cl100k_base.tiktoken"),
                  "--text", "hello world"]) == 0

@@ -9,11 +9,11 @@ gpt2 it reads OpenAI's original encoder.json/vocab.bpe, an independent source fo
 from __future__ import annotations
 
 import gzip
-from pathlib import Path
 
 import pytest
 import tiktoken
 import tiktoken.load
+from helpers import SHARED, needs_shared  # noqa: E402
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -21,8 +21,7 @@ from gptforge.errors import UserError
 from gptforge.tokenizer import EOT, BPETokenizer, load_tokenizer
 from gptforge.tokenizer.openai import ENCODINGS, load_rank_file, openai_tokenizer, read_rank_file
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"reference data not found at {SHARED}")
+pytestmark = needs_shared
 
 NAMES = ["gpt2", "r50k_base", "p50k_base", "cl100k_base", "o200k_base"]
 RANK_FILE = {n: SHARED / "tiktoken" / f"{'r50k_base' if n == 'gpt2' else n}.tiktoken" for n in NAMES}

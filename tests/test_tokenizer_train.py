@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from pathlib import Path
 
 import pytest
 import rustbpe
+from helpers import SHARED, needs_shared  # noqa: E402
 from tokenizers import Regex, models, pre_tokenizers, trainers
 from tokenizers import Tokenizer as HFTokenizer
 
@@ -19,9 +19,6 @@ from gptforge.errors import UserError
 from gptforge.tokenizer import BPETokenizer
 from gptforge.tokenizer.bpe import GPT2_SPLIT_PATTERN, GPT4_SPLIT_PATTERN, O200K_SPLIT_PATTERN
 from gptforge.tokenizer.train import bytes_to_unicode, count_chunks, merges_to_tokens, train_merges
-
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason=f"reference data not found at {SHARED}")
 
 # Multilingual, emoji, digit- and whitespace-heavy text: multi-byte characters, ZWJ sequences,
 # long digit runs (split in threes by the GPT-4 pattern), tabs/CRLF/space runs, contractions.

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 from gptforge.cli.flags import add_config_flags, add_model_flag, flag_values, model_values
 from gptforge.config import overrides
@@ -37,6 +36,6 @@ def run(args) -> int:
             "with --model")
     arch = train.get("arch") or RECIPES[sr.preset].train.get("arch", "gpt")
     train["model"] = model_values(args.model, arch)
-    report = speedrun(sr, train, progress=sys.stderr.isatty())
+    report = speedrun(sr, train)
     print(f"report: {report}")
     return 0
