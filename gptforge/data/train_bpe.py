@@ -58,6 +58,8 @@ def train_on_corpus(corpus_spec: str, vocab_size: int, pattern: str = "gpt4", ti
 
     try:
         counts = count_chunks(train_texts(), pattern)
+    except UserError:  # a bad corpus or setting, raised while reading: already says what is wrong
+        raise
     except ValueError as e:
         raise coverage_error(pattern, e) from None
     finally:

@@ -254,6 +254,8 @@ class BPETokenizer(Tokenizer):
         texts = tqdm(texts, desc="splitting", unit=" texts", disable=not progress, leave=False)
         try:
             counts = count_chunks(texts, pattern)
+        except UserError:
+            raise
         except ValueError as e:
             raise coverage_error(pattern, e) from None
         with tqdm(total=n_merges, desc="merging", unit=" merges", disable=not progress, leave=False) as bar:
