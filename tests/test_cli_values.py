@@ -21,8 +21,8 @@ PREFIXES = {
     "tokenizer train": ["tokenizer", "train", "--corpus", "{corpus}", "--vocab-size", "300", "--no-progress"],
     "model info": ["model", "info", "--depth", "1"],
     "pretrain": ["pretrain", "--data", "{data}", "--depth", "1", "--model", "n_embd=16",
-                 "--model", "n_head=1", "--batch-size", "2", "--block-size", "8", "--max-steps", "2", "--eval-tokens", "16",
-                 "--threads", "1", "--progress", "none"],
+                 "--model", "n_head=1", "--batch-size", "2", "--block-size", "8", "--max-steps", "2",
+                 "--eval-tokens", "16", "--threads", "1", "--progress", "none"],
     "sample": ["sample", "--ckpt", "{ckpt}", "--max-new-tokens", "2", "--num-samples", "1"],
 }
 WRITES = ("speedrun", "data prepare", "tokenizer train", "pretrain")  # these get a fresh --out each
