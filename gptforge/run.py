@@ -479,6 +479,9 @@ def main(argv=None) -> int:
     ap = _Parser(description="Generate text from a gptforge model.bin using only numpy.")
     ap.add_argument("model", help="model.bin written by `gptforge export`")
     ap.add_argument("--prompt", default="", help="prompt text (default: start a new document)")
+    ap.add_argument("--special", choices=["ordinary", "allow"], default="ordinary",
+                    help="special-token strings in the prompt (e.g. <|endoftext|>): plain text (default) "
+                         "or special tokens")
     ap.add_argument("--max-new-tokens", type=_number(int, lambda v: v >= 0, "an integer >= 0"), default=200)
     ap.add_argument("--temperature", type=_number(float, lambda v: 0 <= v < math.inf, "a finite number >= 0"),
                     default=0.8, help="0 = greedy (default 0.8)")
@@ -504,7 +507,8 @@ def run(args) -> int:
     model = GPT(header["model"], weights)
     eot = tok.special.get("<|endoftext|>")
     try:
-        ids = tok.encode(args.prompt) if args.prompt else [eot] if eot is not None else None
+        encode = tok.encode if args.special == "allow" else tok.encode_ordinary
+        ids = encode(args.prompt) if args.prompt else [eot] if eot is not None else None
     except ValueError as e:  # a character outside a char vocabulary; text that is not UTF-8
         raise SystemExit(f"{args.model}: cannot encode the prompt: {e}") from None
     if not ids:

@@ -29,3 +29,14 @@ def randomize(model, seed: int = 0):
             noise = torch.randn(p.shape, generator=g)
             p.copy_(1.0 + 0.1 * noise if p.ndim == 1 else 0.3 * noise)
     return model.eval()
+
+
+def save_checkpoint_dir(tmp_path: Path, model, tok, step: int = 1) -> Path:
+    """A run directory holding one checkpoint of ``model`` with tokenizer ``tok``; returns the run dir."""
+    from gptforge.checkpoint import RunState, save_checkpoint
+    from gptforge.models import model_config
+
+    tok_file = tok.save(tmp_path / "tok")
+    state = RunState(step=step, model_config=model_config(model), tokenizer=tok.identity())
+    save_checkpoint(tmp_path / "run", model, [], state, tokenizer_json=tok_file)
+    return tmp_path / "run"

@@ -7,12 +7,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import randomize, save_checkpoint_dir
 
 from gptforge.cli import main
 from gptforge.engine import _Context, generate, generate_stream, sample_next
 from gptforge.errors import UserError
 from gptforge.export import export_model
-from gptforge.models import build_model, model_config
+from gptforge.models import build_model
 from gptforge.tokenizer import CharTokenizer
 
 RUN_PY = Path(__file__).resolve().parents[1] / "gptforge" / "run.py"
@@ -22,13 +23,9 @@ PRESETS = [("gpt2", {}), ("modern", {}), ("modern", {"n_kv_head": 1, "mlp": "swi
 
 
 def gpt(preset, block_size=24, **kw):
-    """A small GPT with weights perturbed away from init, so outputs are not degenerate."""
-    torch.manual_seed(0)
-    m = build_model("gpt", vocab_size=TOK.vocab_size, block_size=block_size, preset=preset, depth=2, **kw)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(torch.randn_like(p) * 0.1)
-    return m.eval()
+    """A small GPT with random weights (init would zero some paths), so outputs are not degenerate."""
+    return randomize(build_model("gpt", vocab_size=TOK.vocab_size, block_size=block_size, preset=preset,
+                                 depth=2, **kw))
 
 
 @pytest.mark.parametrize("preset,kw", PRESETS)
@@ -154,12 +151,7 @@ def test_export_rejects_non_gpt(tmp_path):
 
 
 def _checkpoint(tmp_path, model):
-    from gptforge.checkpoint import RunState, save_checkpoint
-
-    tok_file = TOK.save(tmp_path / "tok")
-    state = RunState(step=1, model_config=model_config(model), tokenizer=TOK.identity())
-    save_checkpoint(tmp_path / "run", model, [], state, tokenizer_json=tok_file)
-    return tmp_path / "run"
+    return save_checkpoint_dir(tmp_path, model, TOK)
 
 
 def test_sample_cli_streams_and_validates(tmp_path, capsys):

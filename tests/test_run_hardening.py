@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import randomize
+from helpers import randomize, save_checkpoint_dir
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -29,7 +29,7 @@ from gptforge import run as runner
 from gptforge.cli import main as gptforge_main
 from gptforge.errors import UserError
 from gptforge.export import export_model
-from gptforge.models import build_model, model_config
+from gptforge.models import build_model
 from gptforge.models.gpt import MLPS, NORMS, POSITIONALS
 from gptforge.tokenizer import CharTokenizer
 
@@ -329,13 +329,8 @@ def test_random_bytes_load_cleanly_or_fail_in_one_line(scratch, blob, hlen, magi
 
 
 # --- export --------------------------------------------------------------------------------------
-def _checkpoint(tmp_path, model) -> Path:
-    from gptforge.checkpoint import RunState, save_checkpoint
-
-    tok_file = TOK.save(tmp_path / "tok")
-    state = RunState(step=1, model_config=model_config(model), tokenizer=TOK.identity())
-    save_checkpoint(tmp_path / "run", model, [], state, tokenizer_json=tok_file)
-    return tmp_path / "run"
+def _checkpoint(tmp_path, model):
+    return save_checkpoint_dir(tmp_path, model, TOK)
 
 
 def test_export_to_a_directory_is_a_clear_error_and_leaves_no_tmp(tmp_path, capsys):

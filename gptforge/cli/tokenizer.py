@@ -78,6 +78,9 @@ def cmd_train(args) -> int:
     from gptforge.data.train_bpe import train_on_corpus
     from gptforge.tokenizer.bpe import SPECIAL_TOKENS
 
+    out = Path(args.out)
+    if out.exists() and not out.is_dir() and out.suffix != ".json":  # checked before minutes of training
+        raise UserError(f"{out}: exists and is not a directory; --out names the directory for tokenizer.json")
     tok, info = train_on_corpus(args.corpus, args.vocab_size, args.pattern, args.tie_break, args.val_fraction,
                                 args.errors, progress=not args.no_progress)
     path = tok.save(args.out)
@@ -102,7 +105,9 @@ def cmd_encode(args) -> int:
         else:
             ids = tok.encode(text, allowed_special="all" if args.special == "allow" else ())
     except ValueError as e:
-        raise UserError(f"{e} (use --special allow or --special ordinary)") from None
+        special = any(sp in text for sp in tok.special_tokens)  # the hint fits special-token text only
+        hint = " (use --special allow or --special ordinary)" if special else ""
+        raise UserError(f"{e}{hint}") from None
     print(json.dumps(ids))
     return 0
 
@@ -124,6 +129,11 @@ def cmd_decode(args) -> int:
         raise UserError(str(e)) from None
     sys.stdout.buffer.write(data)
     sys.stdout.flush()
+    hidden = [c for c in data.decode("utf-8", errors="replace") if not c.isprintable() and c not in "\n\t"]
+    if hidden:  # e.g. ids 1, 2, 3 of a byte-level BPE are the bytes \x01 \x02 \x03: nothing shows
+        print(f"gptforge: note: the text holds {len(hidden)} invisible control character(s), such as "
+              f"U+{ord(hidden[0]):04X}; `gptforge tokenizer inspect --text` or `cat -v` shows them",
+              file=sys.stderr)
     return 0
 
 
@@ -181,7 +191,10 @@ def show_tokens(tok, text: str, color: bool) -> str:
     Special-token strings are shown as their special token (bold). Control characters are
     escaped (``\\n``), and bytes of a character split across tokens are shown as ``\\xNN``.
     """
-    ids = tok.encode(text, allowed_special="all")
+    try:
+        ids = tok.encode(text, allowed_special="all")
+    except ValueError as e:  # a character outside a char tokenizer's vocabulary
+        raise UserError(f"--text: {e}") from None
     special_ids = set(tok.special_tokens.values())
     out = []
     for k, i in enumerate(ids):

@@ -152,6 +152,8 @@ class Tokenizer:
         """
         path = Path(path)
         if path.suffix != ".json":
+            if path.exists() and not path.is_dir():
+                raise UserError(f"{path}: exists and is not a directory")
             path.mkdir(parents=True, exist_ok=True)
             path = path / "tokenizer.json"
         else:
