@@ -349,6 +349,12 @@ def load_checkpoint(path: str | os.PathLike, which: str = "latest", device: str 
     ck = find_checkpoint(path, which)
     state = read_trainer_state(ck)
     try:
+        with torch.device("meta"):  # sizes first: a hostile trainer.json must not allocate terabytes
+            n = sum(p.numel() * p.element_size() for p in model_from_config(state.model_config).parameters())
+        weights = ck / "model.safetensors"
+        if weights.is_file() and n > weights.stat().st_size:
+            raise UserError(f"trainer.json describes a model of {n:,} bytes of weights, but {weights} "
+                            f"holds {weights.stat().st_size:,}")
         model = model_from_config(state.model_config)
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{ck / 'trainer.json'}: cannot build the model it describes ({e})") from None
