@@ -209,3 +209,24 @@ def test_a_trainer_json_asking_for_a_huge_model_allocates_nothing(tmp_path):
     with pytest.raises(UserError, match=r"trainer.json: cannot build the model it describes \(trainer.json "
                                         r"describes a model of [\d,]+ bytes of weights"):
         ckpt.load_checkpoint(run)
+
+
+def test_run_py_treats_prompt_special_tokens_like_sample(tmp_path):
+    import subprocess
+    import sys
+
+    from gptforge.engine import generate
+    from gptforge.export import export_model
+
+    _, m = _run(tmp_path)
+    export_model(m, TOK, tmp_path / "m.bin")
+    prompt = "ab<|endoftext|>"
+    plain, special_ids = TOK.encode_ordinary(prompt), TOK.encode(prompt, allowed_special="all")
+    assert plain != special_ids
+    for special, ids in (("ordinary", plain), ("allow", special_ids)):
+        r = subprocess.run([sys.executable, "-m", "gptforge.run", str(tmp_path / "m.bin"), "--prompt", prompt,
+                            "--temperature", "0", "--max-new-tokens", "4", "--special", special],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        want = generate(m, [ids], 4, temperature=0, stop_tokens=[TOK.eot_id])[0]
+        assert r.stdout == prompt + TOK.decode(want) + "\n", special

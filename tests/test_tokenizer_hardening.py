@@ -174,3 +174,54 @@ def test_random_tokenizer_json_bytes_load_cleanly_or_raise_user_error(tmp_path, 
     p = tmp_path / "tokenizer.json"
     p.write_bytes(raw)
     _check_load(p, len(raw))
+
+
+# --- the tokenizer commands: one line, and hints only where they fit ----------------------------
+def _cli(capsys, *argv, stdin: str | None = None, monkeypatch=None):
+    import io
+    import sys
+
+    from gptforge.cli import main
+
+    if stdin is not None:
+        monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(stdin.encode())))
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_tokenizer_train_refuses_an_out_file_before_training(tmp_path, corpus, capsys):
+    (tmp_path / "afile").write_text("x")
+    code, _, err = _cli(capsys, "tokenizer", "train", "--corpus", str(corpus), "--vocab-size", "300",
+                        "--out", str(tmp_path / "afile"), "--no-progress")
+    assert code == 2 and "afile: exists and is not a directory" in err and err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+def test_encode_hints_at_special_only_for_special_token_text(tmp_path, capsys):
+    tok = CharTokenizer.train("abc <|endoftext>\n")
+    tok.save(tmp_path / "t")
+    code, _, err = _cli(capsys, "tokenizer", "encode", "--tokenizer", str(tmp_path / "t"), "--text", "abz")
+    assert code == 2 and "'z'" in err and "--special" not in err  # an unknown character: no such hint
+    code, _, err = _cli(capsys, "tokenizer", "encode", "--tokenizer", str(tmp_path / "t"), "--text",
+                        "ab<|endoftext|>")
+    assert code == 2 and "--special allow or --special ordinary" in err
+
+
+def test_inspect_text_outside_a_char_vocab_is_one_line(tmp_path, corpus, capsys):
+    tok = CharTokenizer.train(TEXT)
+    tok.save(tmp_path / "t")
+    code, _, err = _cli(capsys, "tokenizer", "inspect", "--tokenizer", str(tmp_path / "t"), "--corpus",
+                        str(corpus), "--text", "Z\u20ac", "--reference-dir", str(tmp_path))
+    assert code == 2 and "--text: character 'Z'" in err and err.count("\n") == 1
+
+
+def test_decode_says_when_the_text_is_invisible(tmp_path, corpus, capsys, monkeypatch):
+    tok, _ = train_on_corpus(str(corpus), 300)
+    tok.save(tmp_path / "t")
+    code, out, err = _cli(capsys, "tokenizer", "decode", "--tokenizer", str(tmp_path / "t"),
+                          stdin="[1, 2, 3]", monkeypatch=monkeypatch)
+    assert code == 0 and "3 invisible control character(s), such as U+0001" in err
+    code, out, err = _cli(capsys, "tokenizer", "decode", "--tokenizer", str(tmp_path / "t"),
+                          stdin=json.dumps(tok.encode("Before we")), monkeypatch=monkeypatch)
+    assert code == 0 and err == ""
