@@ -25,7 +25,9 @@ def register(sub: argparse._SubParsersAction, help: str) -> None:
     pr = dsub.add_parser(
         "prepare", help="tokenize a corpus into memory-mappable shards",
         description="Tokenize a corpus into train.bin / val.bin (flat uint16 or uint32 token ids) "
-                    "plus meta.json and a copy of the tokenizer.")
+                    "plus meta.json and a copy of the tokenizer. Special-token strings in the corpus "
+                    "(such as '<|endoftext|>') are encoded as plain text; documents are separated by the "
+                    "real <|endoftext|> token.")
     pr.add_argument("--corpus", required=True,
                     help="'shakespeare', a .txt or .jsonl file (\"text\" field), a directory of .txt "
                          "files, or a quoted glob")
