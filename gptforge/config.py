@@ -36,6 +36,7 @@ import typing
 from pathlib import Path
 
 from gptforge.errors import UserError
+from gptforge.io import read_file
 
 _TRUE = ("true", "yes", "on", "1")
 _FALSE = ("false", "no", "off", "0")
@@ -214,15 +215,8 @@ def load_toml(path: str | Path) -> dict:
     Raises:
         UserError: missing, unreadable, not UTF-8 or not TOML; the message names the path.
     """
-    p = Path(path)
+    raw = read_file(path, "TOML config file")
     try:
-        text = p.read_bytes().decode("utf-8")
-        return tomllib.loads(text)
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such config file") from None
-    except IsADirectoryError:
-        raise UserError(f"{path}: is a directory, not a TOML config file") from None
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror})") from None
+        return tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: not a valid TOML file ({e})") from None

@@ -81,6 +81,23 @@ def write_json(path: str | os.PathLike, obj: dict, fmt: str | None = None,
     return atomic_write(path, json.dumps({**head, **obj}, indent=1, allow_nan=False) + "\n")
 
 
+def read_file(path: str | os.PathLike, what: str = "file") -> bytes:
+    """The bytes of ``path``.
+
+    Raises:
+        UserError: missing, a directory or unreadable; the message names the path and ``what``.
+    """
+    p = Path(path)
+    try:
+        return p.read_bytes()
+    except FileNotFoundError:
+        raise UserError(f"{p}: missing ({what} expected here)") from None
+    except IsADirectoryError:
+        raise UserError(f"{p}: is a directory, not a {what}") from None
+    except OSError as e:
+        raise UserError(f"{p}: cannot read ({e.strerror})") from None
+
+
 def read_json(path: str | os.PathLike, fmt: str | None = None, versions: tuple[int, ...] = (1,),
               what: str = "file") -> dict:
     """A JSON object from ``path``; with ``fmt``, its "format" must be ``fmt`` and "version" one of
@@ -91,14 +108,9 @@ def read_json(path: str | os.PathLike, fmt: str | None = None, versions: tuple[i
             format or version; the message names the path.
     """
     p = Path(path)
+    raw = read_file(p, what)
     try:
-        obj = json.loads(p.read_bytes().decode("utf-8"))
-    except FileNotFoundError:
-        raise UserError(f"{p}: missing ({what} expected here)") from None
-    except IsADirectoryError:
-        raise UserError(f"{p}: is a directory, not a {what}") from None
-    except OSError as e:
-        raise UserError(f"{p}: cannot read ({e.strerror})") from None
+        obj = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
         raise UserError(f"{p}: corrupt {what} (not JSON: {str(e)[:80]})") from None
     if not isinstance(obj, dict):

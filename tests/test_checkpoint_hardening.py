@@ -61,7 +61,7 @@ def test_a_pickle_in_optimizer_pt_is_refused_in_one_line(tmp_path):
         def __reduce__(self):
             return (print, ("pwned",))
 
-    (ck / "optimizer.pt").write_bytes(pickle.dumps({"optimizers": [Evil()]}))
+    (ck / "optimizer.pt").write_bytes(pickle.dumps({"optimizers": [Evil()]}, protocol=2))
     opt = torch.optim.AdamW(m.parameters())
     with pytest.raises(UserError) as e:
         ckpt.load_optimizer_state([opt], ck)
