@@ -264,7 +264,7 @@ def test_incompatible_weights_and_missing_checkpoints(tmp_path):
 
 # --- evaluation: known losses -----------------------------------------------------------------------
 def test_uniform_model_has_loss_ln_v_and_bpb_from_bytes():
-    from gptforge.train.evaluate import evaluate
+    from gptforge.train.evaluate import evaluate, window_batches
     from gptforge.train.session import Dist
 
     V, T = 10, 8
@@ -273,7 +273,8 @@ def test_uniform_model_has_loss_ln_v_and_bpb_from_bytes():
     toks = np.random.default_rng(0).integers(0, V, 500).astype(np.uint16)
     token_bytes = torch.tensor([0, 1, 1, 1, 2, 2, 3, 3, 4, 1])  # token 0 is "special"
     off = eval_offsets(len(toks), T, 200)
-    loss, bpb = evaluate(m, toks, off, T, 4, token_bytes, torch.autocast("cpu", enabled=False), Dist("cpu"))
+    batches = window_batches(toks, off, T, 4, "cpu")
+    loss, bpb = evaluate(m, batches, token_bytes, torch.autocast("cpu", enabled=False), Dist("cpu"))
     assert loss == pytest.approx(math.log(V), rel=1e-6)
     y = np.concatenate([toks[o + 1:o + T + 1] for o in off])
     text = y[y != 0]

@@ -34,8 +34,13 @@ BIG = 1 << 62  # upper bound of counts that only need to fit in an int64
 class TrainConfig:
     """Every setting of a pretraining run. Units: tokens, steps (optimizer steps), seconds."""
 
-    # data and output
-    data: str = setting("", "shard directory (made by `gptforge data prepare`)", metavar="DIR")
+    # task, data and output
+    task: str = setting("pretrain", "pretrain on token shards, or sft: finetune on conversations",
+                        choices=("pretrain", "sft"))
+    data: str = setting("", "pretrain: shard directory (`gptforge data prepare`); sft: conversations",
+                        metavar="DIR")
+    init_from: str = setting("", "start from this checkpoint's weights (a run or checkpoint directory); "
+                                 "empty -> a new model", metavar="DIR")
     out: str = setting("", "run directory; empty -> runs/<YYYYmmdd-HHMMSS-pid>", metavar="DIR")
     # model
     arch: str = setting("gpt", "model family", choices=ARCHS)
@@ -100,7 +105,7 @@ class TrainConfig:
 
 
 # keys that change the model's shape or the data it was trained on: fixed once a run exists
-FIXED_ON_RESUME = ("arch", "preset", "depth", "model", "block_size")
+FIXED_ON_RESUME = ("task", "init_from", "arch", "preset", "depth", "model", "block_size")
 
 
 def model_overrides(arch: str, model: dict, where: str = "model") -> dict:

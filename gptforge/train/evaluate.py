@@ -1,8 +1,9 @@
-"""Validation loss and bits per byte on a fixed set of windows of the val split."""
+"""Validation loss and bits per byte on fixed batches: windows of a val split, or masked SFT rows."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 import torch
@@ -12,32 +13,38 @@ from gptforge.train.batches import get_batch
 
 
 @torch.no_grad()
-def evaluate(model: torch.nn.Module, tokens: np.ndarray, offsets: np.ndarray, T: int, B: int,
+def evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
              token_bytes: torch.Tensor, amp, d) -> tuple[float, float]:
-    """``(val_loss, val_bpb)`` on the windows at ``offsets`` (split over ranks, summed over all).
+    """``(val_loss, val_bpb)`` over this rank's ``batches`` of (x, y), summed over all ranks.
 
-    tokens: the val split; offsets: (n,) int64 window starts (``eval_offsets``); T, B: window
-    length and windows per forward pass; token_bytes: (V,) int64 UTF-8 bytes per id; amp: an
-    autocast context (or nullcontext); d: the process's ``Dist``.
+    batches: (x, y) int64 pairs of shape (B, T), targets -1 where nothing is scored (SFT masks);
+    token_bytes: (V,) int64 UTF-8 bytes per id; amp: an autocast context (or nullcontext);
+    d: the process's ``Dist``.
 
-    val_loss: mean cross-entropy over all target tokens, nats/token. val_bpb: bits per UTF-8 byte,
-    ``sum(nats) / ln 2 / sum(bytes)`` over targets that stand for text; special tokens such as
-    ``<|endoftext|>`` (0 bytes) are left out of both sums (nanochat's convention), so bpb compares
-    across tokenizers.
+    val_loss: mean cross-entropy over all scored targets, nats/token. val_bpb: bits per UTF-8 byte,
+    ``sum(nats) / ln 2 / sum(bytes)`` over scored targets that stand for text; special tokens such
+    as ``<|endoftext|>`` (0 bytes) are left out of both sums (nanochat's convention), so bpb
+    compares across tokenizers. NaN when nothing (or no text) was scored.
     """
     was_training = model.training
     model.eval()
     sums = torch.zeros(4, dtype=torch.float64)  # nats, tokens, nats on text tokens, bytes
-    mine = offsets[d.rank::d.world]
-    for i in range(0, len(mine), B):
-        x, y = get_batch(tokens, mine[i:i + B], T, d.device)
+    for x, y in batches:
         with amp:
             logits, _ = model(x, y)
-        nats = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), reduction="none")
-        nbytes = token_bytes[y.flatten()]
-        sums += torch.stack([nats.sum(), torch.tensor(nats.numel(), device=nats.device),
-                             nats[nbytes > 0].sum(), nbytes.sum()]).double().cpu()
+        y = y.flatten()
+        nats = F.cross_entropy(logits.float().flatten(0, 1), y, reduction="none", ignore_index=-1)
+        scored = y != -1
+        nbytes = token_bytes[y.clamp(min=0)] * scored
+        sums += torch.stack([nats.sum(), scored.sum(), nats[nbytes > 0].sum(), nbytes.sum()]).double().cpu()
     d.all_sum(sums)
     model.train(was_training)
     nats, n, text_nats, nbytes = sums.tolist()
-    return nats / n, (text_nats / math.log(2) / nbytes) if nbytes else float("nan")
+    return (nats / n if n else float("nan")), (text_nats / math.log(2) / nbytes if nbytes else float("nan"))
+
+
+def window_batches(tokens: np.ndarray, offsets: np.ndarray, T: int, B: int, device
+                   ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(x, y) batches of up to B windows of T tokens starting at ``offsets`` (see ``eval_offsets``)."""
+    for i in range(0, len(offsets), B):
+        yield get_batch(tokens, offsets[i:i + B], T, device)

@@ -37,17 +37,19 @@ from gptforge.io import write_json
 from gptforge.train.config import FIXED_ON_RESUME, TrainConfig, format_config, make_config
 from gptforge.train.log import Logger, MetricsFile
 from gptforge.train.optim import lr_multiplier, set_lr
-from gptforge.train.session import Dist, StopSignal, setup
+from gptforge.train.session import Dist, StopSignal, TrainData, setup
 
 
-def train(cfg: TrainConfig, resume: bool = False, logger: Logger | None = None) -> dict:
+def train(cfg: TrainConfig, resume: bool = False, logger: Logger | None = None,
+          data: TrainData | None = None) -> dict:
     """Train as ``cfg`` says; return a summary dict.
 
     With ``resume=True``, continue the run in ``cfg.out`` from its latest checkpoint (weights,
     optimizer state, step, RNG states, data position), so the losses continue exactly as if the
     run had never stopped (bit for bit on CPU with the same world size and settings).
     ``logger``: where progress goes (default ``Logger(cfg.progress, cfg.log_interval)``;
-    ``Logger("none")`` is silent).
+    ``Logger("none")`` is silent). ``data``: what to train on (default: the pretraining shards in
+    ``cfg.data``; SFT passes conversations, see gptforge.chat.sft).
 
     Summary keys: run_dir, checkpoint (path of the last save), step, tokens, train_loss, val_loss,
     val_bpb (nats/token, nats/token, bits/byte), best_val_loss (the lowest val loss of a saved
@@ -61,7 +63,7 @@ def train(cfg: TrainConfig, resume: bool = False, logger: Logger | None = None) 
     """
     d = Dist(cfg.device)
     try:
-        s = setup(cfg, resume, d)
+        s = setup(cfg, resume, d, data)
         log = logger or Logger(cfg.progress, cfg.log_interval)
         if not d.main:
             log = Logger("none")
@@ -84,7 +86,7 @@ def _loop(s, log: Logger, resume: bool) -> dict:
              f"{s.flops_per_token:,} FLOPs/token) in {s.run_dir}\n{format_config(cfg)}\n"
              f"  -> {d.world} process(es) on {d.device.type}, {s.dtype}, B={cfg.batch_size} "
              f"T={cfg.block_size} accum={s.accum}: {s.tokens_per_step:,} tokens/step, {s.total_steps} steps "
-             f"in the schedule; {len(s.batches.tokens):,} train / {len(s.val_offsets) * cfg.block_size:,} "
+             f"in the schedule; {s.data.train_tokens:,} train / {s.data.eval_tokens:,} "
              f"eval tokens; MFU against a peak of {s.peak / 1e12 if s.peak else float('nan'):.2f} TFLOP/s")
     t_start, time_offset, saved_at, last_ckpt = time.time(), st.time_s, None, st.path
     if resume:
@@ -111,11 +113,11 @@ def _loop(s, log: Logger, resume: bool) -> dict:
             set_lr(s.optimizers, lr_mult)
             loss_sum = torch.zeros((), device=d.device)
             for micro in range(s.accum):
-                batch = s.batches.get(st.step, micro, s.accum, d.rank, d.world, d.device)
+                batch = s.data.batches.get(st.step, micro, s.accum, d.rank, d.world, d.device)
                 last = micro == s.accum - 1
                 with s.model.no_sync() if d.ddp and not last else contextlib.nullcontext():
                     with s.amp:
-                        loss = s.loss_fn(s.model, batch)
+                        loss = s.data.loss_fn(s.model, batch)
                     (loss / s.accum).backward()
                 loss_sum += loss.detach().float()
             grad_norm = (torch.nn.utils.clip_grad_norm_(s.raw_model.parameters(), cfg.grad_clip)
@@ -169,7 +171,7 @@ def _loop(s, log: Logger, resume: bool) -> dict:
 
 def _evaluate(s, log: Logger) -> dict:
     """Val loss and bpb now, printed, as a metrics-record fragment."""
-    log.evaluating(len(s.val_offsets) * s.cfg.block_size)
+    log.evaluating(s.data.eval_tokens)
     loss, bpb = s.evaluate()
     log.info(f"step {s.state.step}: val loss {loss:.4f} nats/token, {bpb:.4f} bits/byte")
     return {"val_loss": loss, "val_bpb": bpb}

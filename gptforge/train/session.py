@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -23,12 +24,12 @@ import torch.distributed as dist
 
 from gptforge import checkpoint as ckpt
 from gptforge.checkpoint import RunState
-from gptforge.data.shards import Shards, open_shards
+from gptforge.data.shards import open_shards
 from gptforge.errors import UserError
 from gptforge.models import build_model, model_config
 from gptforge.train.batches import PretrainBatches, eval_offsets, lm_loss
 from gptforge.train.config import TrainConfig
-from gptforge.train.evaluate import evaluate
+from gptforge.train.evaluate import evaluate, window_batches
 from gptforge.train.mfu import peak_flops
 from gptforge.train.optim import build_optimizers, schedule_steps
 
@@ -159,6 +160,54 @@ def claim_run_dir(cfg: TrainConfig, resume: bool, d: Dist):
     return lock
 
 
+# --- the data ------------------------------------------------------------------------------------
+@dataclass
+class TrainData:
+    """What a run trains and evaluates on, whatever the task.
+
+    batches: ``get(step, micro, accum, rank, world, device) -> batch`` (a pure function of its
+        arguments, so a resumed run sees the same data); loss_fn: ``(model, batch) -> scalar loss``
+        in nats per scored token; val_batches: ``(rank, world, device) -> iterable of (x, y)``, the
+        same fixed set every time; train_tokens / eval_tokens: sizes for the log (tokens);
+    tokenizer_json: the tokenizer file copied into every checkpoint; tokenizer: its identity
+        (kind, vocab_size, sha256); token_bytes: (V,) int64 UTF-8 bytes per id, for bits per byte.
+    """
+
+    batches: object
+    loss_fn: Callable
+    val_batches: Callable
+    train_tokens: int
+    eval_tokens: int
+    tokenizer_json: Path
+    tokenizer: dict
+    token_bytes: np.ndarray
+
+
+def shard_data(cfg: TrainConfig) -> TrainData:
+    """Pretraining data: windows of the shards in ``cfg.data``.
+
+    Raises:
+        UserError: no --data, unreadable or invalid shards, or a split shorter than block_size + 1.
+    """
+    if not cfg.data:
+        raise UserError("no data: pass --data DIR (a shard directory from `gptforge data prepare`)")
+    shards = open_shards(cfg.data)
+    train_tokens, val_tokens = shards.tokens("train"), shards.tokens("val")
+    for split, toks in (("train", train_tokens), ("val", val_tokens)):
+        if len(toks) < cfg.block_size + 1:
+            raise UserError(f"{cfg.data}: the {split} split has {len(toks)} tokens, fewer than "
+                            f"block_size + 1 = {cfg.block_size + 1}; lower --block-size")
+    T = cfg.block_size
+    offsets = eval_offsets(len(val_tokens), T, cfg.eval_tokens)
+    return TrainData(
+        batches=PretrainBatches(train_tokens, cfg.batch_size, T, cfg.seed, cfg.sampling), loss_fn=lm_loss,
+        val_batches=lambda rank, world, device: window_batches(val_tokens, offsets[rank::world], T,
+                                                               cfg.batch_size, device),
+        train_tokens=len(train_tokens), eval_tokens=len(offsets) * T,
+        tokenizer_json=shards.path / "tokenizer.json", tokenizer=shards.meta["tokenizer"],
+        token_bytes=shards.tokenizer().token_bytes())
+
+
 # --- the session ---------------------------------------------------------------------------------
 @dataclass
 class Session:
@@ -169,12 +218,8 @@ class Session:
     d: Dist
     run_dir: Path
     lock: object
-    shards: Shards
-    batches: PretrainBatches
-    loss_fn: object
-    val_tokens: np.ndarray
-    val_offsets: np.ndarray
-    token_bytes: torch.Tensor  # (V,) int64: UTF-8 bytes each token id stands for
+    data: TrainData
+    token_bytes: torch.Tensor  # (V,) int64 on the device: UTF-8 bytes each token id stands for
     raw_model: torch.nn.Module
     model: torch.nn.Module
     eval_model: torch.nn.Module
@@ -191,8 +236,8 @@ class Session:
 
     def evaluate(self) -> tuple[float, float]:
         """Val loss (nats/token) and bpb of the current weights; recorded in the run state."""
-        loss, bpb = evaluate(self.eval_model, self.val_tokens, self.val_offsets, self.cfg.block_size,
-                             self.cfg.batch_size, self.token_bytes, self.amp, self.d)
+        batches = self.data.val_batches(self.d.rank, self.d.world, self.d.device)
+        loss, bpb = evaluate(self.eval_model, batches, self.token_bytes, self.amp, self.d)
         self.state.val_loss, self.state.val_bpb, self.state.val_step = loss, bpb, self.state.step
         return loss, bpb
 
@@ -211,30 +256,15 @@ class Session:
         if not self.d.main:
             return None
         return ckpt.save_checkpoint(self.run_dir, self.raw_model, self.optimizers, st,
-                                    self.shards.path / "tokenizer.json", is_best=is_best,
+                                    self.data.tokenizer_json, is_best=is_best,
                                     keep_last=self.cfg.keep_last)
 
 
-def open_data(cfg: TrainConfig) -> tuple[Shards, np.ndarray, np.ndarray]:
-    """(shards, train tokens, val tokens); each split must hold at least block_size + 1 tokens.
-
-    Raises:
-        UserError: no --data, unreadable or invalid shards, or a split too short.
-    """
-    if not cfg.data:
-        raise UserError("no data: pass --data DIR (a shard directory from `gptforge data prepare`)")
-    shards = open_shards(cfg.data)
-    train_tokens, val_tokens = shards.tokens("train"), shards.tokens("val")
-    for split, toks in (("train", train_tokens), ("val", val_tokens)):
-        if len(toks) < cfg.block_size + 1:
-            raise UserError(f"{cfg.data}: the {split} split has {len(toks)} tokens, fewer than "
-                            f"block_size + 1 = {cfg.block_size + 1}; lower --block-size")
-    return shards, train_tokens, val_tokens
-
-
-def setup(cfg: TrainConfig, resume: bool, d: Dist) -> Session:
-    """Build the Session for ``cfg``; with ``resume``, restore weights, optimizer state, RNG streams
-    and the run state from ``cfg.out``'s latest checkpoint.
+def setup(cfg: TrainConfig, resume: bool, d: Dist, data: TrainData | None = None) -> Session:
+    """Build the Session for ``cfg`` (``data`` defaults to the pretraining shards of ``cfg.data``).
+    A fresh run starts from ``cfg.init_from``'s weights when it is set (finetuning), else from a
+    new model; with ``resume``, weights, optimizer state, RNG streams and the run state come from
+    ``cfg.out``'s latest checkpoint.
 
     Raises:
         UserError: bad data, an unusable run directory, or a checkpoint that does not match.
@@ -248,10 +278,10 @@ def setup(cfg: TrainConfig, resume: bool, d: Dist) -> Session:
     amp = (torch.autocast(d.device.type, dtype=torch.bfloat16) if dtype == "bfloat16"
            else contextlib.nullcontext())
 
-    shards, train_tokens, val_tokens = open_data(cfg)
+    data = data or shard_data(cfg)
     lock = claim_run_dir(cfg, resume, d)
     run_dir = Path(cfg.out)
-    tok_identity = shards.meta["tokenizer"]
+    tok_identity = data.tokenizer
     B, T = cfg.batch_size, cfg.block_size
     micro_tokens = B * T * d.world
     tokens_per_step = cfg.tokens_per_step or micro_tokens
@@ -264,12 +294,23 @@ def setup(cfg: TrainConfig, resume: bool, d: Dist) -> Session:
         raw_model, state = ckpt.load_checkpoint(run_dir, "latest")
         raw_model.train()
         if state.tokenizer.get("sha256") != tok_identity.get("sha256"):
-            raise UserError(f"{cfg.data}: these shards were made with a different tokenizer than the "
+            raise UserError(f"{cfg.data}: this data was made with a different tokenizer than the "
                             f"checkpoint {state.path} was trained on")
         if state.tokens_per_step not in (None, tokens_per_step):
             raise UserError(f"--resume: tokens per step would change from {state.tokens_per_step} to "
                             f"{tokens_per_step} (batch_size, tokens_per_step or the process count differ "
                             f"from checkpoint {state.path})")
+    elif cfg.init_from:
+        raw_model, base = ckpt.load_checkpoint(cfg.init_from, "latest")
+        raw_model.train()
+        if base.tokenizer.get("sha256") != tok_identity.get("sha256"):
+            raise UserError(f"{cfg.data}: this data was made with a different tokenizer than "
+                            f"{base.path} was trained on")
+        if cfg.block_size > raw_model.config.block_size:
+            raise UserError(f"--block-size {cfg.block_size} is longer than the context of {base.path} "
+                            f"({raw_model.config.block_size})")
+        state = RunState(tokenizer=tok_identity, model_config=model_config(raw_model),
+                         num_params=raw_model.num_params())
     else:
         gpt_dial = {"preset": cfg.preset, "depth": cfg.depth} if cfg.arch == "gpt" else {}
         raw_model = build_model(cfg.arch, vocab_size=int(tok_identity["vocab_size"]),
@@ -299,10 +340,8 @@ def setup(cfg: TrainConfig, resume: bool, d: Dist) -> Session:
         budget_steps = min(budget_steps, -(-cfg.max_tokens // tokens_per_step))
     n = raw_model.num_params()
     return Session(
-        cfg=cfg, d=d, run_dir=run_dir, lock=lock, shards=shards,
-        batches=PretrainBatches(train_tokens, B, T, cfg.seed, cfg.sampling), loss_fn=lm_loss,
-        val_tokens=val_tokens, val_offsets=eval_offsets(len(val_tokens), T, cfg.eval_tokens),
-        token_bytes=torch.from_numpy(shards.tokenizer().token_bytes().astype(np.int64)).to(d.device),
+        cfg=cfg, d=d, run_dir=run_dir, lock=lock, data=data,
+        token_bytes=torch.from_numpy(data.token_bytes.astype(np.int64)).to(d.device),
         raw_model=raw_model, model=model, eval_model=eval_model, optimizers=optimizers, state=state,
         amp=amp, dtype=dtype, accum=tokens_per_step // micro_tokens, tokens_per_step=tokens_per_step,
         total_steps=schedule_steps(cfg, tokens_per_step), budget_steps=budget_steps,

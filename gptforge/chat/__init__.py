@@ -1,0 +1,1 @@
+"""Chat: conversations rendered into tokens and loss masks, conversation data, and SFT."""
