@@ -23,6 +23,8 @@ COMMANDS = {
     "pretrain": "pretrain a language model on token shards",
     "plot": "plot loss curves of one or more runs",
     "sample": "generate text from a checkpoint",
+    "sft": "finetune a base model on conversations (SFT) with tool use",
+    "chat": "talk to a finetuned model in the terminal (or answer one prompt)",
     "export": "write model + tokenizer as one file for the numpy-only run.py",
 }
 

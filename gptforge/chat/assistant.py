@@ -1,0 +1,115 @@
+"""Talking to a chat model: fit a conversation into its context, then generate the next assistant
+turn with the calculator tool, as a stream of typed pieces.
+
+    for piece in respond(model, tok, conversation, temperature=0):
+        print(piece.kind, piece.text)    # "text" pieces as they come; "tool_call" / "tool_output" whole
+
+``fit_context`` drops the oldest turns (never the system message, never the newest user turn)
+until the prompt leaves room for the reply, and says how many it dropped, so a long chat goes on
+instead of failing at the context limit.
+"""
+
+from __future__ import annotations
+
+import codecs
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from gptforge.chat.render import ChatTokens, render_for_completion
+from gptforge.engine import ToolUse, generate_stream
+from gptforge.errors import UserError
+from gptforge.tokenizer import Tokenizer
+from gptforge.tools import calculator
+
+
+@dataclass
+class Piece:
+    """A piece of an assistant turn: ``kind`` is "text" (a chunk of streamed text), "tool_call"
+    (the whole expression) or "tool_output" (the tool's whole result)."""
+
+    kind: str
+    text: str
+
+
+def fit_context(conversation: list[dict], tok: Tokenizer, budget: int) -> tuple[list[dict], int]:
+    """``(conversation, dropped)``: the newest turns whose completion prompt is at most ``budget``
+    tokens; ``dropped`` counts the user and assistant messages left out from the start. A system
+    message is kept.
+
+    Raises:
+        UserError: even the newest user turn alone (with the system message) is over ``budget``.
+    """
+    system = [m for m in conversation[:1] if m["role"] == "system"]
+    rest = conversation[len(system):]
+    for start in range(len(rest)):
+        if rest[start]["role"] != "user":
+            continue
+        kept = system + rest[start:]
+        if len(render_for_completion(kept, tok)) <= budget:
+            return kept, start
+    n = len(render_for_completion(system + rest[-1:], tok)) if rest else 0
+    raise UserError(f"the message is {n} tokens with the chat tokens, more than the {budget} the model's "
+                    "context leaves for it; shorten it")
+
+
+def tool_use(tok: Tokenizer) -> ToolUse:
+    """The engine's tool settings for ``tok``'s chat tokens and the calculator."""
+    t = ChatTokens(tok)
+    return ToolUse(call_start=t.tool_call_start, call_end=t.tool_call_end,
+                   output_start=t.tool_output_start, output_end=t.tool_output_end,
+                   decode=tok.decode, encode=tok.encode_ordinary, run=calculator)
+
+
+def respond(model: torch.nn.Module, tok: Tokenizer, conversation: list[dict], max_new_tokens: int = 256,
+            *, temperature: float = 0.6, top_k: int | None = 50, top_p: float = 1.0, seed: int | None = None,
+            tools: bool = True, use_cache: bool = True) -> Iterator[Piece]:
+    """Generate the next assistant turn of ``conversation`` (which ends with a user turn and must
+    already fit the context: see ``fit_context``). Yields Pieces until ``<|assistant_end|>`` or
+    ``max_new_tokens``; with ``tools`` the engine runs tool calls and forces their output.
+
+    Raises:
+        UserError: the tokenizer has no chat tokens, or sampling settings out of range.
+    """
+    t = ChatTokens(tok)
+    prompt = render_for_completion(conversation, tok)
+    mode, buf = "text", []
+    dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    for step in generate_stream(model, [prompt], max_new_tokens, temperature=temperature, top_k=top_k,
+                                top_p=top_p, seed=seed, stop_tokens=[t.assistant_end, t.eot],
+                                use_cache=use_cache, tool=tool_use(tok) if tools else None):
+        i = step[0]
+        if i is None:
+            continue
+        if i in (t.tool_call_start, t.tool_output_start):
+            tail = dec.decode(b"", final=True)
+            if tail:
+                yield Piece("text", tail)
+            mode, buf = ("tool_call" if i == t.tool_call_start else "tool_output"), []
+        elif i in (t.tool_call_end, t.tool_output_end):
+            yield Piece(mode, tok.decode(buf))
+            mode, buf = "text", []
+        elif mode == "text":
+            text = dec.decode(tok.decode_bytes([i]))
+            if text:
+                yield Piece("text", text)
+        else:
+            buf.append(i)
+    tail = dec.decode(b"", final=True)
+    if tail:
+        yield Piece("text", tail)
+
+
+def as_message(pieces: list[Piece]) -> dict:
+    """The assistant message for the history: a str when it is all text, else a list of parts
+    (consecutive text pieces joined)."""
+    parts: list[dict] = []
+    for p in pieces:
+        if p.kind == "text" and parts and parts[-1]["type"] == "text":
+            parts[-1]["text"] += p.text
+        else:
+            parts.append({"type": p.kind, "text": p.text})
+    if all(p["type"] == "text" for p in parts):
+        return {"role": "assistant", "content": "".join(p["text"] for p in parts)}
+    return {"role": "assistant", "content": parts}

@@ -1,0 +1,138 @@
+"""SFT: finetune a base model on conversations, with the pretraining loop (gptforge.train).
+
+Conversations are rendered (``render``: ids and loss masks), then packed whole into rows of
+``block_size + 1`` tokens: a row takes conversations in order while they fit, and is padded with
+``<|endoftext|>`` (not trained on). A conversation longer than a row is cropped to it and counted
+(``PackStats.cropped``), never silently. Targets are the next tokens with -1 where the mask is 0,
+so the loss (mean cross-entropy over scored targets, nats/token) and its gradient come only from
+what the assistant says.
+
+    data = sft_data(cfg, tok, train_convs, test_convs)     # a TrainData
+    train(cfg, data=data)                                  # the same loop, checkpoints, resume
+
+Batches are a pure function of (seed, micro-batch index), as in pretraining, so a resumed SFT
+run continues bit for bit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gptforge.chat.render import ChatTokens, render
+from gptforge.errors import UserError
+from gptforge.tokenizer import Tokenizer
+from gptforge.train.batches import lm_loss
+from gptforge.train.config import TrainConfig
+from gptforge.train.session import TrainData
+
+
+@dataclass
+class PackStats:
+    """What packing did: conversations in, rows out, conversations cropped to a row, and the
+    tokens: all of them and the trained (mask 1) ones."""
+
+    conversations: int = 0
+    rows: int = 0
+    cropped: int = 0
+    tokens: int = 0
+    trained_tokens: int = 0
+
+
+def pack(conversations: Iterable[list[dict]], tok: Tokenizer, T: int
+         ) -> tuple[np.ndarray, np.ndarray, PackStats]:
+    """Render and pack ``conversations`` into rows of T + 1 tokens.
+
+    Returns ``(rows, masks, stats)``: rows (N, T + 1) int32 token ids, masks (N, T + 1) uint8
+    (1 = trained on). Padding is ``<|endoftext|>`` with mask 0.
+
+    Raises:
+        UserError: the tokenizer has no chat tokens, or there is no conversation at all.
+    """
+    pad = ChatTokens(tok).eot
+    rows, masks, stats = [], [], PackStats()
+    cur_ids: list[int] = []
+    cur_mask: list[int] = []
+
+    def flush():
+        if cur_ids:
+            n = T + 1 - len(cur_ids)
+            rows.append(cur_ids + [pad] * n)
+            masks.append(cur_mask + [0] * n)
+            cur_ids.clear()
+            cur_mask.clear()
+
+    for conv in conversations:
+        ids, mask = render(conv, tok)
+        stats.conversations += 1
+        if len(ids) > T + 1:
+            stats.cropped += 1
+            ids, mask = ids[:T + 1], mask[:T + 1]
+        if len(cur_ids) + len(ids) > T + 1:
+            flush()
+        cur_ids += ids
+        cur_mask += mask
+        stats.tokens += len(ids)
+        stats.trained_tokens += sum(mask)
+    flush()
+    if not rows:
+        raise UserError("no conversations to train on")
+    stats.rows = len(rows)
+    return np.asarray(rows, dtype=np.int32), np.asarray(masks, dtype=np.uint8), stats
+
+
+def targets(rows: np.ndarray, masks: np.ndarray, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """(x, y) int64 (B, T) from rows and masks (B, T + 1): y is -1 where the target is not trained on."""
+    r = torch.from_numpy(rows.astype(np.int64))
+    m = torch.from_numpy(masks[:, 1:].astype(bool))
+    x, y = r[:, :-1], r[:, 1:].masked_fill(~m, -1)
+    return x.to(device), y.to(device)
+
+
+@dataclass
+class SFTBatches:
+    """B random packed rows per micro-batch: ``get(step, micro, accum, rank, world, device) -> (x, y)``,
+    a pure function of (seed, index) with index = (step * accum + micro) * world + rank."""
+
+    rows: np.ndarray
+    masks: np.ndarray
+    B: int
+    seed: int
+
+    def get(self, step: int, micro: int, accum: int, rank: int, world: int, device="cpu"):
+        index = (step * accum + micro) * world + rank
+        pick = np.random.default_rng([self.seed, index]).integers(0, len(self.rows), size=self.B)
+        return targets(self.rows[pick], self.masks[pick], device)
+
+
+def sft_data(cfg: TrainConfig, tok: Tokenizer, tokenizer_json: str | Path, train: Iterable[list[dict]],
+             test: Iterable[list[dict]]) -> tuple[TrainData, PackStats, PackStats]:
+    """The TrainData of an SFT run: ``train`` conversations packed into rows of
+    ``cfg.block_size + 1``, ``test`` ones packed the same way for validation (the first
+    ceil(eval_tokens / T) rows, or all with eval_tokens 0). Returns (data, train stats, test stats).
+
+    Raises:
+        UserError: no chat tokens in ``tok``, or no train or no test conversation.
+    """
+    T = cfg.block_size
+    rows, masks, stats = pack(train, tok, T)
+    vrows, vmasks, vstats = pack(test, tok, T)
+    if cfg.eval_tokens:
+        keep = -(-cfg.eval_tokens // T)
+        vrows, vmasks = vrows[:keep], vmasks[:keep]
+
+    def val_batches(rank: int, world: int, device):
+        mine = np.arange(len(vrows))[rank::world]
+        for i in range(0, len(mine), cfg.batch_size):
+            sel = mine[i:i + cfg.batch_size]
+            yield targets(vrows[sel], vmasks[sel], device)
+
+    data = TrainData(batches=SFTBatches(rows, masks, cfg.batch_size, cfg.seed), loss_fn=lm_loss,
+                     val_batches=val_batches, train_tokens=int(rows.size), eval_tokens=int(vrows.size),
+                     tokenizer_json=Path(tokenizer_json), tokenizer=tok.identity(),
+                     token_bytes=tok.token_bytes())
+    return data, stats, vstats

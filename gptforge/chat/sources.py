@@ -1,0 +1,64 @@
+"""Where SFT conversations come from: a spec of built-in mixtures and files, split into train and test.
+
+A spec is a comma-separated list; each item is a built-in mixture (``arithmetic``, ``spelling``,
+``identity``, ``smalltalk``, ``gsm8k``; see gptforge.chat.mixtures), optionally with a count
+(``arithmetic:2000``), or conversation files (JSONL with ``messages``, Parquet in the Hugging Face
+layout; a file, directory or glob; see gptforge.chat.data). Mixtures have their own disjoint
+train/test splits; a file's test split is every 20th valid conversation (deterministic).
+
+    >>> train = conversations("arithmetic:100,identity", "train", seed=0)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from gptforge.chat.data import ReadStats, read_conversations
+from gptforge.chat.mixtures import MIXTURES, mixture
+from gptforge.errors import UserError
+
+FILE_TEST_EVERY = 20  # a file's test split: every 20th valid conversation
+DEFAULT_COUNTS = {"arithmetic": 4000, "spelling": 4000}  # per split "train"; test gets a tenth
+
+
+def parse_spec(spec: str) -> list[tuple[str, int | None]]:
+    """``"arithmetic:2000,chats.jsonl"`` -> ``[("arithmetic", 2000), ("chats.jsonl", None)]``.
+
+    Raises:
+        UserError: an empty spec or item, or a count that is not a positive integer.
+    """
+    items = []
+    for item in spec.split(","):
+        item = item.strip()
+        name, sep, count = item.rpartition(":") if item.split(":")[0] in MIXTURES else (item, "", "")
+        if not item:
+            raise UserError(f"--data {spec!r}: an empty item; give mixtures and files separated by commas")
+        if sep and not (count.isdigit() and int(count) > 0):
+            raise UserError(f"--data: {item!r}: the count after ':' must be a positive integer")
+        items.append((name, int(count) if sep else None))
+    return items
+
+
+def conversations(spec: str, split: str, seed: int = 0, strict: bool = False,
+                  stats: list[ReadStats] | None = None) -> Iterator[list[dict]]:
+    """The conversations of ``spec``'s ``split`` ("train" or "test"), item by item. File read
+    statistics (rows read and skipped, with file:line) are appended to ``stats`` when given.
+
+    Raises:
+        UserError: a bad spec, a missing file, or (``strict``) a bad row.
+    """
+    for name, n in parse_spec(spec):
+        if name in MIXTURES:
+            if n is None and name in DEFAULT_COUNTS:
+                n = DEFAULT_COUNTS[name] if split == "train" else DEFAULT_COUNTS[name] // 10
+            yield from mixture(name, split, n, seed)
+            continue
+        convs, st = read_conversations(name, strict=strict)
+        if stats is not None:
+            stats.append(st)
+        want_test = split == "test"
+        for i, c in enumerate(convs):
+            if n is not None and i >= n:
+                break
+            if (i % FILE_TEST_EVERY == 0) == want_test:
+                yield c

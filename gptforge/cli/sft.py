@@ -1,0 +1,96 @@
+"""`gptforge sft`: finetune a base model on conversations (supervised finetuning).
+
+The run is a training run like `gptforge pretrain` (same flags, checkpoints, Ctrl-C and exact
+--resume); its config starts from the base run's (learning rates, optimizer, schedule), with the
+budgets reset, then the flags given here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from gptforge.cli.flags import add_config_flags, flag_values
+from gptforge.errors import UserError
+from gptforge.train.config import TrainConfig
+
+# what an SFT run changes from the base run's config unless flags say otherwise
+SFT_DEFAULTS = {"max_steps": 300, "max_time": 0.0, "max_tokens": 0, "decay_steps": 0, "warmup_steps": 10,
+                "eval_interval": 50, "eval_tokens": 0, "ckpt_interval": 0, "keep_last": 1,
+                "tokens_per_step": 0, "progress": "auto"}
+
+EPILOG = """\
+data: a comma-separated list of built-in mixtures (arithmetic, spelling, identity, smalltalk, gsm8k),
+each optionally with a count (arithmetic:2000), and conversation files (JSONL with a "messages"
+field, or Parquet in the Hugging Face layout; a file, directory or glob).
+
+examples:
+  gptforge sft --ckpt runs/speedrun/pretrain --data arithmetic,spelling,identity,smalltalk --out runs/sft
+  gptforge sft --ckpt runs/base --data chats.jsonl,identity --out runs/sft2 --max-time 180 --lr 0.003
+  gptforge sft --resume runs/sft --max-steps 600
+  gptforge chat --ckpt runs/sft
+"""
+
+
+def register(sub: argparse._SubParsersAction, help: str) -> None:
+    p = sub.add_parser("sft", help=help, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Finetune a pretrained GPT on conversations: loss on what the assistant "
+                                   "says (text, tool calls, <|assistant_end|>), none on the rest.")
+    p.add_argument("--ckpt", help="the base model: a run or checkpoint directory (best, else latest)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue an SFT run from its latest checkpoint")
+    p.add_argument("--strict", action="store_true", help="stop at the first bad conversation in a file "
+                                                         "(default: skip it and report file:line)")
+    add_config_flags(p, TrainConfig, skip=("task", "init_from", "arch", "preset", "depth"))
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from gptforge import checkpoint as ckpt
+    from gptforge.chat.sft import sft_data
+    from gptforge.chat.sources import conversations
+    from gptforge.tokenizer import load_tokenizer
+    from gptforge.train import make_config, resume_config, train
+
+    flags = flag_values(args, TrainConfig, skip=("task", "init_from", "arch", "preset", "depth"))
+    if args.resume:
+        if args.ckpt or (args.out and args.out != args.resume):
+            raise UserError("--resume continues an SFT run from its own checkpoint; "
+                            "leave out --ckpt and --out")
+        cfg = resume_config(args.resume, flags)
+        if cfg.task != "sft":
+            raise UserError(f"{args.resume}: not an SFT run (task {cfg.task!r}); "
+                            "use `gptforge pretrain --resume`")
+    else:
+        if not args.ckpt:
+            raise UserError("--ckpt: which base model to finetune? (a run or checkpoint directory)")
+        try:
+            base = ckpt.find_checkpoint(args.ckpt, "best")
+        except UserError:
+            base = ckpt.find_checkpoint(args.ckpt, "latest")
+        state = ckpt.read_trainer_state(base)
+        if state.model_config.get("arch") != "gpt":
+            raise UserError(f"{base}: SFT finetunes GPT models; this one is "
+                            f"{state.model_config.get('arch')!r}")
+        if not flags.get("data"):
+            raise UserError("--data: what to finetune on? e.g. --data arithmetic,spelling,identity,smalltalk")
+        cfg = make_config(state.config, SFT_DEFAULTS, flags,
+                          {"task": "sft", "init_from": str(base), "out": flags.get("out", "")}, where="sft")
+    tok_file = ckpt.find_checkpoint(cfg.init_from) / "tokenizer.json"
+    tok = load_tokenizer(tok_file)
+    read_stats: list = []
+    train_convs = conversations(cfg.data, "train", cfg.seed, args.strict, read_stats)
+    test_convs = conversations(cfg.data, "test", cfg.seed, args.strict)
+    data, tr, te = sft_data(cfg, tok, tok_file, train_convs, test_convs)
+    for st in read_stats:
+        print(f"{st}", file=sys.stderr)
+    print(f"sft data: {tr.conversations:,} train conversations in {tr.rows:,} rows of {cfg.block_size + 1} "
+          f"tokens ({tr.trained_tokens:,} of {tr.tokens:,} tokens trained on), {te.conversations:,} test "
+          f"conversations; cropped to a row: {tr.cropped:,} train, {te.cropped:,} test", file=sys.stderr)
+    if tr.cropped:
+        print(f"gptforge: warning: {tr.cropped} train conversation(s) longer than block_size + 1 = "
+              f"{cfg.block_size + 1} tokens were cropped", file=sys.stderr)
+    summary = train(cfg, resume=bool(args.resume), data=data)
+    if summary["stopped_by"] == "signal":
+        print("interrupted: saved; continue with gptforge sft --resume " + summary["run_dir"],
+              file=sys.stderr)
+    return 0
