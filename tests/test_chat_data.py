@@ -390,7 +390,8 @@ def test_mix_by_weights():
 def test_calculate():
     assert M.calculate("123*456") == "56088"
     assert M.calculate("1234/2") == "617" and M.calculate("12/60") == "0.2"
-    assert M.calculate("0.1+0.2") == "0.3" and M.calculate("1/3") == "0.333333"
+    assert M.calculate("0.1+0.2") == "0.3" and M.calculate("1/3") == "0.333333333333"
+    assert M.calculate("-0.0*1") == "0" and M.calculate("0.2*50") == "10"
     assert M.calculate('"strawberry".count("r")') == "3" and M.calculate('len("word")') == "4"
     assert M.calculate("-(7//2) % 5 ** 2") == str(-(7 // 2) % 5**2)
     for bad in ("__import__('os')", "x+1", "True+1", "+3", "9**9**9", "1/0", "'a'", "abs(-1)",

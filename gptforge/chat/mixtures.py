@@ -113,8 +113,11 @@ def _is_str(node: ast.AST) -> bool:
 
 
 def format_number(value: int | float) -> str:
-    """A result as the calculator prints it: integers plainly, floats rounded to 6 decimals with
-    no trailing ``.0`` (``617.0 -> "617"``, ``0.1 + 0.2 -> "0.3"``, ``1/3 -> "0.333333"``).
+    """A result as the calculator prints it: ints in full, floats to 12 significant digits with
+    ``format(x, ".12g")`` (``617.0 -> "617"``, ``0.1 + 0.2 -> "0.3"``, ``1/3 -> "0.333333333333"``),
+    -0 as 0. The same rule as the engine's calculator on the chat-tools branch
+    (``gptforge.tools.calculator``), so a tool_output in the training data is what the model
+    will see at inference.
 
     Raises:
         ValueError: the value is infinite or NaN.
@@ -123,8 +126,7 @@ def format_number(value: int | float) -> str:
         return str(value)
     if not math.isfinite(value):
         raise ValueError("result is not a finite number")
-    r = round(value, 6)
-    return str(int(r)) if r == int(r) else repr(r)
+    return format(value + 0.0, ".12g")  # + 0.0 turns -0.0 into 0.0
 
 
 # ---------------------------------------------------------------------------------------------
