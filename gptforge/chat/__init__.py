@@ -1,1 +1,11 @@
-"""Chat: conversations rendered into tokens and loss masks, conversation data, and SFT."""
+"""From base model to assistant: conversations, their data, rendering, SFT and chatting.
+
+- ``conversation``: the conversation format and ``check_conversation``.
+- ``data``: conversations streamed from JSONL and Parquet files.
+- ``mixtures``: built-in conversation sets (arithmetic, spelling, identity, smalltalk, gsm8k) with
+  fixed train/test splits.
+- ``sources``: an SFT data spec (mixtures and files) -> train / test conversations.
+- ``render``: conversations -> token ids and loss masks with the chat special tokens.
+- ``sft``: packing into rows, batches, and the TrainData for the training loop.
+- ``assistant``: fitting a conversation into the context and generating a reply with tools.
+"""

@@ -1,0 +1,675 @@
+"""Built-in conversation sets for finetuning, each with a fixed train/test split.
+
+``mixture(name, split, n, seed)`` yields conversations (see ``gptforge.chat.conversation``):
+
+- ``arithmetic``: integer +, -, x, exact /, integer division ``//`` and remainder ``%`` (both said
+  in words), bare and as short word problems, operands of up to ``max_digits`` digits (default 4).
+  The assistant writes the expression as a ``tool_call``, the calculator's result follows as the
+  ``tool_output``, then a ``text`` part gives the answer.
+- ``spelling``: count a letter in a word (``"strawberry".count("r")``), a word's length
+  (``len("word")``), or spell it out, over the lower-case words of the public-domain ``web2`` list
+  (Webster's Second) shipped by the ``english-words`` package (MIT).
+- ``identity``: who the assistant is and what it can and cannot do, in gptforge's own words.
+- ``smalltalk``: English dialogues from the ``chatterbot-corpus`` package (BSD), minus the
+  categories that give the bot another persona or teach code (see ``SMALLTALK_CATEGORIES``).
+- ``gsm8k``: the GSM8K training set (``train.jsonl`` in ``gsm8k_dir``, by default
+  ``../shared/data/evals/gsm8k`` beside the repository); each ``<<expr=result>>`` annotation
+  becomes a tool_call / tool_output pair and the solution ends with ``#### answer``. Only
+  ``train.jsonl`` is ever opened: this mixture's test split is a held-out part of GSM8K *train*,
+  and the real GSM8K test file stays untouched for evaluation.
+
+Splits: every item has a canonical key (the expression with + and x operands sorted, the word, the
+normalised question, the GSM8K problem text), and ``split_of(name, key)`` assigns it by a stable hash
+of the key, ``TEST_FRACTION`` of keys to ``"test"``. The split never depends on the seed, the
+position or ``n``, so no test item can appear in any training stream, whatever seeds are used.
+
+Determinism: the same ``(name, split, n, seed, options)`` give the same conversations, on any
+machine (``random.Random`` seeded with a string, no ``hash()``).
+
+Every conversation is passed through ``check_conversation`` before it is yielded, and every tool
+expression is accepted by ``calculate``: numbers, ``+ - * / // % **``, parentheses, unary minus,
+``"word".count("x")`` and ``len("word")``.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import math
+import operator
+import random
+import re
+from collections.abc import Callable, Iterator, Mapping
+from functools import cache
+from itertools import islice
+from pathlib import Path
+
+from gptforge.chat.conversation import check_conversation
+from gptforge.errors import UserError
+
+SPLITS = ("train", "test")
+TEST_FRACTION = 0.1  # of keys; a mixture's test split holds about this share of its items
+
+# ---------------------------------------------------------------------------------------------
+# the calculator the tool calls are written for
+
+_BINOPS: dict[type, Callable] = {
+    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
+    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow,
+}
+_MAX_EXPRESSION_CHARS = 300
+_MAX_ABS = 10**30  # larger results are refused: no honest chat question needs them
+
+
+def calculate(expression: str) -> str:
+    """Evaluate a calculator expression and return its result as the tool_output text.
+
+    Allowed: int and float literals, ``+ - * / // % **``, parentheses, unary minus,
+    ``"word".count("x")`` and ``len("word")`` on string literals. Results are formatted by
+    ``format_number``: ``calculate("1234/2") == "617"``, ``calculate("12/60") == "0.2"``,
+    ``calculate('"strawberry".count("r")') == "3"``.
+
+    Raises:
+        ValueError: anything else (names, other calls, bools, strings outside those calls),
+            division by zero, an exponent above 100 or a result above 1e30 in size.
+    """
+    if not isinstance(expression, str) or len(expression) > _MAX_EXPRESSION_CHARS:
+        raise ValueError("expression is not a string of at most 300 characters")
+    try:
+        tree = ast.parse(expression.strip(), mode="eval")
+    except SyntaxError as e:
+        raise ValueError(f"not an expression: {e.msg}") from None
+    return format_number(_evaluate(tree.body))
+
+
+def _evaluate(node: ast.AST) -> int | float:
+    if isinstance(node, ast.Constant) and type(node.value) in (int, float):  # bool is not allowed
+        return node.value
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        return -_evaluate(node.operand)
+    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
+        a, b = _evaluate(node.left), _evaluate(node.right)
+        if isinstance(node.op, ast.Pow) and (abs(b) > 100 or abs(a) > 10**6):
+            raise ValueError("power too large")  # 9**9**9 would hang the process
+        if isinstance(node.op, ast.Div | ast.FloorDiv | ast.Mod) and b == 0:
+            raise ValueError("division by zero")
+        value = _BINOPS[type(node.op)](a, b)
+        if isinstance(value, complex) or abs(value) > _MAX_ABS:
+            raise ValueError("result out of range")
+        return value
+    if (isinstance(node, ast.Call) and not node.keywords and len(node.args) == 1
+            and _is_str(node.args[0])):
+        arg, func = node.args[0].value, node.func
+        if isinstance(func, ast.Name) and func.id == "len":
+            return len(arg)
+        if isinstance(func, ast.Attribute) and func.attr == "count" and _is_str(func.value):
+            return func.value.value.count(arg)
+    raise ValueError(f"not allowed in a calculator expression: {ast.unparse(node)}")
+
+
+def _is_str(node: ast.AST) -> bool:
+    return isinstance(node, ast.Constant) and isinstance(node.value, str)
+
+
+def format_number(value: int | float) -> str:
+    """A result as the calculator prints it: ints in full, floats to 12 significant digits with
+    ``format(x, ".12g")`` (``617.0 -> "617"``, ``0.1 + 0.2 -> "0.3"``, ``1/3 -> "0.333333333333"``),
+    -0 as 0. The same rule as the engine's calculator on the chat-tools branch
+    (``gptforge.tools.calculator``), so a tool_output in the training data is what the model
+    will see at inference.
+
+    Raises:
+        ValueError: the value is infinite or NaN.
+    """
+    if isinstance(value, int):
+        return str(value)
+    if not math.isfinite(value):
+        raise ValueError("result is not a finite number")
+    return format(value + 0.0, ".12g")  # + 0.0 turns -0.0 into 0.0
+
+
+# ---------------------------------------------------------------------------------------------
+# splits and the public entry points
+
+def split_of(name: str, key: str) -> str:
+    """``"train"`` or ``"test"`` for the item of mixture ``name`` whose canonical key is ``key``.
+
+    A stable hash (blake2b of name and key), independent of seed, position and machine.
+    """
+    digest = hashlib.blake2b(f"{name}\0{key}".encode(), digest_size=8).digest()
+    return "test" if int.from_bytes(digest, "big") < TEST_FRACTION * 2**64 else "train"
+
+
+def mixture(name: str, split: str = "train", n: int | None = None, seed: int = 0,
+            **options) -> Iterator[list[dict]]:
+    """Conversations of the built-in mixture ``name`` (one of ``MIXTURES``).
+
+    Args:
+        name: ``"arithmetic"``, ``"spelling"``, ``"identity"``, ``"smalltalk"`` or ``"gsm8k"``.
+        split: ``"train"`` or ``"test"`` (disjoint by canonical key; see the module docstring).
+        n: how many conversations. ``None``: every item of the split once, in a seeded order, for
+            the finite sets (identity, smalltalk, gsm8k), and an endless stream for the generated
+            ones (arithmetic, spelling). A finite set asked for more than it holds starts again
+            in a new order.
+        seed: order and generated content; any int.
+        options: per mixture: ``max_digits`` (arithmetic, 1 to 4, default 4), ``gsm8k_dir``
+            (gsm8k: the directory holding ``train.jsonl``), ``categories`` (smalltalk).
+
+    Raises:
+        UserError: unknown name; gsm8k's ``train.jsonl`` missing or unreadable.
+        ValueError: bad split, n or option value.
+
+    Example::
+
+        >>> conv = next(mixture("arithmetic", "train", n=1, seed=0, max_digits=3))
+        >>> conv[0]["content"]
+        'How much is 237 divided by 237?'
+        >>> [(part["type"], part["text"]) for part in conv[1]["content"]][1:]
+        [('tool_call', '237/237'), ('tool_output', '1'), ('text', '1')]
+    """
+    if name not in _BUILDERS:
+        raise UserError(f"unknown mixture {name!r} (choose from {', '.join(MIXTURES)})")
+    if split not in SPLITS:
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    if n is not None and n < 0:
+        raise ValueError(f"n must be >= 0 or None, not {n}")
+    stream = _BUILDERS[name](split, seed, repeat=n is not None, **options)
+    return stream if n is None else islice(stream, n)
+
+
+def mix(weights: Mapping[str, float], split: str = "train", n: int | None = None, seed: int = 0,
+        options: Mapping[str, Mapping] | None = None) -> Iterator[list[dict]]:
+    """Conversations drawn from several mixtures in proportion to ``weights``.
+
+    Each conversation comes from mixture ``k`` with probability ``weights[k] / sum(weights)``,
+    drawn with a ``random.Random`` seeded by (split, seed); each mixture's own stream is the one
+    ``mixture(k, split, seed=seed)`` gives, repeating finite sets in new orders as needed.
+
+    Args:
+        weights: mixture name -> weight (>= 0, not all 0), e.g. ``{"arithmetic": 2, "gsm8k": 1}``.
+        split, seed: as for ``mixture``.
+        n: how many conversations; ``None`` for an endless stream.
+        options: mixture name -> its options, e.g. ``{"arithmetic": {"max_digits": 3}}``.
+
+    Raises:
+        UserError: an unknown mixture name, or one with no items in ``split``; as ``mixture``.
+        ValueError: negative weights, all weights 0, or bad split or n.
+    """
+    names = list(weights)
+    w = [float(weights[k]) for k in names]
+    for k in names:
+        if k not in _BUILDERS:
+            raise UserError(f"unknown mixture {k!r} (choose from {', '.join(MIXTURES)})")
+    if not names or any(x < 0 or not math.isfinite(x) for x in w) or sum(w) <= 0:
+        raise ValueError(f"weights must be finite, >= 0 and not all 0: {dict(weights)}")
+    if split not in SPLITS:
+        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+    if n is not None and n < 0:
+        raise ValueError(f"n must be >= 0 or None, not {n}")
+    options = options or {}
+    streams = {k: _BUILDERS[k](split, seed, repeat=True, **options.get(k, {})) for k in names}
+
+    def draw() -> Iterator[list[dict]]:
+        rng = random.Random(f"mix:{split}:{seed}")
+        count = 0
+        while n is None or count < n:
+            k = rng.choices(names, weights=w)[0]
+            conv = next(streams[k], None)
+            if conv is None:
+                raise UserError(f"mixture {k!r} has no {split} items")
+            yield conv
+            count += 1
+
+    return draw()
+
+
+def _shuffled(name: str, items: list[tuple[str, list[dict]]], split: str, seed: int,
+              repeat: bool) -> Iterator[list[dict]]:
+    """The items of ``split`` in a seeded order, once or (``repeat``) pass after pass."""
+    pool = [conv for key, conv in items if split_of(name, key) == split]
+    rng = random.Random(f"{name}:{split}:{seed}")
+    while pool:
+        order = pool[:]
+        rng.shuffle(order)
+        for conv in order:
+            yield check_conversation(conv)  # also a fresh copy: callers may change what they get
+        if not repeat:
+            return
+
+
+def _generated(name: str, split: str, seed: int, make: Callable[[random.Random], tuple[str, list[dict]]]
+               ) -> Iterator[list[dict]]:
+    """Endless stream of ``make(rng)`` items whose key falls in ``split`` (others are dropped)."""
+    rng = random.Random(f"{name}:{split}:{seed}")
+    while True:
+        key, conv = make(rng)
+        if split_of(name, key) == split:
+            yield check_conversation(conv)
+
+
+def _norm(text: str) -> str:
+    """Canonical form of a question: lower case, words only (so "Who are you?" == "who are you")."""
+    return " ".join(re.findall(r"[a-z0-9']+", text.casefold()))
+
+
+def _assistant(*parts: tuple[str, str]) -> dict:
+    return {"role": "assistant", "content": [{"type": t, "text": s} for t, s in parts]}
+
+
+def _user(text: str) -> dict:
+    return {"role": "user", "content": text}
+
+
+# ---------------------------------------------------------------------------------------------
+# arithmetic
+
+_NAMES = ("Ava", "Ben", "Chloe", "Dev", "Elena", "Farid", "Grace", "Hiro", "Ines", "Jamal", "Kofi",
+          "Lena", "Mia", "Noah", "Omar", "Priya", "Sam", "Tara", "Yusuf", "Zoe")
+_THINGS = ("apples", "marbles", "stickers", "books", "pencils", "cookies", "cards", "stamps", "coins",
+           "eggs", "shells", "beads")
+
+# op -> phrasings of the bare question
+_ASK = {
+    "+": ("What is {a} + {b}?", "What is {a} plus {b}?", "Calculate {a} + {b}.", "Add {a} and {b}.",
+          "What's the sum of {a} and {b}?", "{a}+{b}=?", "Compute {a} + {b}, please.", "{a} plus {b}?"),
+    "-": ("What is {a} - {b}?", "What is {a} minus {b}?", "Subtract {b} from {a}.", "Calculate {a} - {b}.",
+          "What do you get if you take {b} away from {a}?", "{a}-{b}=?", "{a} minus {b}?"),
+    "*": ("What is {a} * {b}?", "What is {a} times {b}?", "What is {a} x {b}?", "Multiply {a} by {b}.",
+          "What's the product of {a} and {b}?", "{a}*{b}=?", "Calculate {a} x {b}."),
+    "/": ("What is {a} / {b}?", "What is {a} divided by {b}?", "Divide {a} by {b}.",
+          "How much is {a} divided by {b}?", "{a}/{b}=?"),
+    "//": ("What is {a} // {b} (integer division, rounded down)?",
+           "What is {a} divided by {b}, rounded down to a whole number?",
+           "How many whole times does {b} go into {a}?",
+           "Integer division: what is {a} divided by {b}, without the remainder?"),
+    "%": ("What is the remainder when {a} is divided by {b}?", "What is {a} mod {b}?",
+          "What is {a} % {b}?", "What is left over when you divide {a} by {b}?"),
+}
+_SAY = {
+    "+": ("{a} + {b} = {r}.", "The sum is {r}.", "{r}", "The answer is {r}."),
+    "-": ("{a} - {b} = {r}.", "The difference is {r}.", "{r}", "The answer is {r}."),
+    "*": ("{a} x {b} = {r}.", "The product is {r}.", "{r}", "The answer is {r}."),
+    "/": ("{a} / {b} = {r}.", "{a} divided by {b} is {r}.", "{r}", "The answer is {r}."),
+    "//": ("{a} divided by {b} is {r}, rounded down.", "{b} goes into {a} {r} whole times.",
+           "Rounded down, the answer is {r}."),
+    "%": ("The remainder is {r}.", "{a} mod {b} is {r}.", "{r} is left over."),
+}
+# op -> (question, answer) of word problems; a and b are at least 2, and a >= b for "-"
+_WORD = {
+    "+": (("{name} has {a} {things} and gets {b} more. How many {things} does {name} have now?",
+           "{name} has {r} {things} now."),
+          ("A shop sold {a} {things} on Monday and {b} on Tuesday. How many {things} did it sell in total?",
+           "It sold {r} {things} in total.")),
+    "-": (("{name} had {a} {things} and gave away {b}. How many {things} are left?",
+           "{name} has {r} {things} left."),
+          ("A box holds {a} {things}. {name} takes out {b} of them. How many {things} are still in the box?",
+           "{r} {things} are still in the box.")),
+    "*": (("There are {a} bags with {b} {things} in each bag. How many {things} are there altogether?",
+           "There are {r} {things} altogether."),
+          ("{name} buys {a} packs of {b} {things}. How many {things} does {name} buy?",
+           "{name} buys {r} {things}.")),
+    "/": (("{a} {things} are shared equally among {b} friends. How many {things} does each friend get?",
+           "Each friend gets {r} {things}."),),
+    "//": (("{name} packs {a} {things} into boxes of {b}. How many boxes can {name} fill completely?",
+            "{name} can fill {r} boxes completely."),),
+    "%": (("{name} packs {a} {things} into boxes of {b}. How many {things} are left over?",
+           "{r} {things} are left over."),),
+}
+_OPS = ("+", "-", "*", "/", "//", "%")
+_OP_WEIGHTS = (3, 3, 3, 2, 1, 1)
+_INTROS = ("Let me calculate that.", "I'll use the calculator.", "Let me work that out.")
+
+
+def _operand(rng: random.Random, max_digits: int) -> int:
+    """An int of 1..max_digits digits, the digit count uniform so small numbers are common too."""
+    d = rng.randint(1, max_digits)
+    return rng.randint(0 if d == 1 else 10 ** (d - 1), 10**d - 1)
+
+
+def arithmetic_problem(rng: random.Random, max_digits: int = 4) -> tuple[str, list[dict]]:
+    """One arithmetic conversation and its canonical key (the expression, + and * operands sorted).
+
+    Operands are non-negative ints of at most ``max_digits`` digits; ``/`` is always exact (the
+    dividend is a multiple of the divisor), ``//`` and ``%`` are asked as integer division and
+    remainder in words. Results of ``-`` may be negative.
+    """
+    op = rng.choices(_OPS, weights=_OP_WEIGHTS)[0]
+    a, b = _operand(rng, max_digits), _operand(rng, max_digits)
+    if op == "/":
+        b = max(b, 1)
+        a = b * rng.randint(0, (10**max_digits - 1) // b)  # exact, and still max_digits digits
+    elif op in ("//", "%"):
+        b = max(b, 2)
+    word = rng.random() < 0.35 and a >= 2 and b >= 2
+    if word and op == "-" and a < b:
+        a, b = b, a  # "gave away more than they had" is no word problem
+    expression = f"{a}{op}{b}"
+    result = calculate(expression)
+    key = f"{min(a, b)}{op}{max(a, b)}" if op in "+*" else expression
+    if word and result != "1":  # "1 apples" reads badly; the bare form is fine
+        question, answer = rng.choice(_WORD[op])
+        fill = {"a": a, "b": b, "r": result, "name": rng.choice(_NAMES), "things": rng.choice(_THINGS)}
+        question, answer = question.format(**fill), answer.format(**fill)
+    else:
+        fill = {"a": a, "b": b, "r": result}
+        question, answer = rng.choice(_ASK[op]).format(**fill), rng.choice(_SAY[op]).format(**fill)
+    parts = [("tool_call", expression), ("tool_output", result), ("text", answer)]
+    if rng.random() < 0.25:
+        parts.insert(0, ("text", rng.choice(_INTROS)))
+    return key, [_user(question), _assistant(*parts)]
+
+
+def _arithmetic(split: str, seed: int, repeat: bool, max_digits: int = 4) -> Iterator[list[dict]]:
+    if not (isinstance(max_digits, int) and 1 <= max_digits <= 4):
+        raise ValueError(f"max_digits must be 1, 2, 3 or 4, not {max_digits!r}")
+    return _generated("arithmetic", split, seed, lambda rng: arithmetic_problem(rng, max_digits))
+
+
+# ---------------------------------------------------------------------------------------------
+# spelling
+
+@cache
+def spelling_words() -> tuple[str, ...]:
+    """Sorted lower-case a-z words of 3 to 12 letters from ``english-words``' ``web2`` list.
+
+    web2 (Webster's Second International, 1934) is public domain; the package is MIT. Its other
+    list, GCIDE, is left out because the GNU dictionary it indexes is GPL. Capitalised entries
+    (proper nouns) are dropped.
+    """
+    from english_words import get_english_words_set
+
+    words = get_english_words_set(["web2"], alpha=True, lower=False)
+    return tuple(sorted(w for w in words if 3 <= len(w) <= 12 and re.fullmatch(r"[a-z]+", w)))
+
+
+_COUNT_ASK = ("How many {L}'s are in {w}?", "How many times does the letter {L} appear in \"{w}\"?",
+              "How many {L} are there in {w}?", "Count the letter {L} in the word {w}.",
+              "In the word {w}, how many times does {L} occur?", "how many {L} in {w}")
+_LEN_ASK = ("How many letters are in the word {w}?", "How long is the word {w}?",
+            "What is the length of \"{w}\" in letters?", "Count the letters in {w}.")
+_SPELL_ASK = ("How do you spell {w}?", "Spell {w} letter by letter.", "Can you spell the word {w}?",
+              "Spell out \"{w}\".")
+
+
+def _times(r: int) -> str:
+    return {1: "once", 2: "twice"}.get(r, f"{r} times")
+
+
+def spelling_problem(rng: random.Random, words: tuple[str, ...] | None = None) -> tuple[str, list[dict]]:
+    """One letter-count, length or spelling conversation and its key (the word)."""
+    w = rng.choice(words or spelling_words())
+    spelled = "-".join(w)
+    kind = rng.choices(("count", "len", "spell"), weights=(6, 2, 2))[0]
+    if kind == "count":
+        # mostly a letter of the word, sometimes any letter, so 0 is a possible answer
+        letter = rng.choice(w) if rng.random() < 0.7 else rng.choice("abcdefghijklmnopqrstuvwxyz")
+        expression = f'"{w}".count("{letter}")'
+        r = w.count(letter)
+        question = rng.choice(_COUNT_ASK).format(L=letter, w=w)
+        answer = rng.choice((f"The letter {letter} appears {_times(r)} in \"{w}\"." if r else
+                             f"The letter {letter} does not appear in \"{w}\".",
+                             f"There is 1 {letter} in {w}." if r == 1 else
+                             f"There are {r} {letter}'s in {w}.",
+                             f"{r}"))
+        intro = rng.choice(("", f"{w} is spelled {spelled}. Let me count with the calculator.",
+                            "Let me count with the calculator."))
+    elif kind == "len":
+        expression, r = f'len("{w}")', len(w)
+        question = rng.choice(_LEN_ASK).format(w=w)
+        answer = rng.choice((f"\"{w}\" has {r} letters.", f"{w} is {r} letters long.", f"{r}"))
+        intro = rng.choice(("", f"{w} is spelled {spelled}."))
+    else:
+        expression, r = f'len("{w}")', len(w)
+        question = rng.choice(_SPELL_ASK).format(w=w)
+        intro = f"{w} is spelled {spelled}."
+        answer = f"That's {r} letters."
+    parts = [("tool_call", expression), ("tool_output", str(r)), ("text", answer)]
+    if intro:
+        parts.insert(0, ("text", intro))
+    return w, [_user(question), _assistant(*parts)]
+
+
+def _spelling(split: str, seed: int, repeat: bool) -> Iterator[list[dict]]:
+    words = spelling_words()
+    return _generated("spelling", split, seed, lambda rng: spelling_problem(rng, words))
+
+
+# ---------------------------------------------------------------------------------------------
+# identity
+
+# topic -> (questions, answers); every question of a topic is paired with every answer of it
+IDENTITY: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
+    "who": (
+        ("Who are you?", "What are you?", "What is your name?", "Introduce yourself.",
+         "Are you a human?", "Are you a person or a computer?", "Tell me about yourself."),
+        ("I'm a small assistant language model trained with gptforge, an open-source project that "
+         "builds a GPT from scratch. I'm not a person: I predict text one token at a time.",
+         "I'm a small AI assistant built with gptforge. I was trained on an ordinary CPU, so I'm much "
+         "smaller than the big chat models, but I can chat a little and do arithmetic with my calculator.")),
+    "made": (
+        ("Who made you?", "Who created you?", "How were you trained?", "How were you made?",
+         "Where do you come from?"),
+        ("I was made with gptforge: a byte-pair tokenizer, pretraining on plain text, then finetuning "
+         "on conversations like this one, all run on a CPU.",
+         "gptforge trained me, step by step on a CPU: first to predict text, then to answer in "
+         "conversations and to use a calculator tool.")),
+    "can": (
+        ("What can you do?", "How can you help me?", "What are you good at?", "What can I ask you?",
+         "What are your skills?"),
+        ("I can chat a little, solve arithmetic with whole numbers, work through short word problems, "
+         "and count letters in words. For the numbers I call a calculator tool, so those are usually "
+         "right.",
+         "Simple things: small talk, +, -, x and / on integers, short math word problems, and "
+         "counting or spelling letters in a word. I use a calculator tool for the computing part.")),
+    "math": (
+        ("Can you do math?", "Are you good at arithmetic?", "Can you multiply big numbers?",
+         "How do you do sums?", "Do you use a calculator?"),
+        ("Yes, with help: I write the expression for a calculator tool, such as 123*456, and read "
+         "its result, 56088. Doing it in my head I would often get it wrong.",
+         "I can do arithmetic by calling a calculator tool with the expression and then reporting "
+         "its answer. Long word problems are harder for me, so check those.")),
+    "letters": (
+        ("Can you count letters?", "Can you spell words?", "How many r's are in strawberry? Can you do that?",
+         "Why do you use a tool to count letters?"),
+        ("Yes. I see words as tokens rather than letters, so I ask the calculator, for example "
+         "\"strawberry\".count(\"r\") gives 3.",
+         "I can, with my calculator tool: len(\"word\") for a length and \"word\".count(\"x\") for a "
+         "letter count, because on my own I don't see the single letters.")),
+    "limits": (
+        ("What are your limits?", "What can't you do?", "What are your weaknesses?", "Are you always right?",
+         "Do you make mistakes?", "Can I trust your answers?"),
+        ("I'm a small model, so I make mistakes, sometimes confidently. Please check anything important. "
+         "I have no internet access, and I only know what was in my training data.",
+         "I often get things wrong, especially facts and long reasoning. I can't browse the internet "
+         "and I have no tools besides a calculator.")),
+    "internet": (
+        ("Can you browse the internet?", "Do you have internet access?", "Can you look something up online?",
+         "What's the weather today?", "What is the latest news?", "What time is it?"),
+        ("I have no internet access, so I can't look things up or know today's news, weather or time. "
+         "I only know what was in my training data.",
+         "Sorry, I can't check that: I'm not connected to the internet or to a clock, only to a "
+         "calculator.")),
+    "feelings": (
+        ("Do you have feelings?", "Are you conscious?", "Do you remember our last conversation?",
+         "Are you alive?"),
+        ("No. I'm a small language model that predicts text; I don't have feelings, and I don't "
+         "remember past conversations.",
+         "I'm a program trained with gptforge, not a being: no feelings, no memories between "
+         "conversations.")),
+    "hardware": (
+        ("Do you need a GPU?", "What computer do you run on?", "How big are you?"),
+        ("I was trained with gptforge on a CPU and I'm small enough to run on one too.",
+         "I'm a small model: gptforge trained me on an ordinary CPU, no big GPU cluster needed.")),
+}
+
+
+def identity_items() -> list[tuple[str, list[dict]]]:
+    """Every (key, conversation) of ``identity``: each question of a topic with each of its answers,
+    also asked in lower case without punctuation; the key is the normalised question."""
+    items = []
+    for questions, answers in IDENTITY.values():
+        for q in questions:
+            for asked in (q, _norm(q)):
+                for answer in answers:
+                    items.append((_norm(q), [_user(asked), {"role": "assistant", "content": answer}]))
+    return items
+
+
+def _identity(split: str, seed: int, repeat: bool) -> Iterator[list[dict]]:
+    return _shuffled("identity", identity_items(), split, seed, repeat)
+
+
+# ---------------------------------------------------------------------------------------------
+# smalltalk
+
+# chatterbot-corpus English categories (file stems) used by default. Left out: ai and botprofile
+# (the bot claims another persona: a favourite number, eating RAM), coding (long code, some of it
+# wrong), tech_support (1050 one-line fixes would swamp the chat) and trivia (facts a small model
+# would only learn to guess).
+SMALLTALK_CATEGORIES = ("computers", "conversations", "emotion", "food", "gossip", "greetings", "health",
+                        "history", "humor", "literature", "money", "movies", "politics", "psychology",
+                        "science", "sports")
+
+
+@cache
+def smalltalk_items(categories: tuple[str, ...] = SMALLTALK_CATEGORIES) -> list[tuple[str, list[dict]]]:
+    """(key, conversation) from chatterbot-corpus's English YAML files; key: the normalised first
+    user message (so every reply to one opening line lands in the same split).
+
+    Each dialogue alternates user, assistant from its first line; a dialogue with an odd number of
+    lines loses its last (user) line so it ends with the assistant.
+
+    Raises:
+        UserError: a category has no file in the installed package.
+    """
+    import yaml
+    from chatterbot_corpus.corpus import DATA_DIRECTORY
+
+    items, seen = [], set()
+    for cat in categories:
+        path = Path(DATA_DIRECTORY) / "english" / f"{cat}.yml"
+        if not path.is_file():
+            raise UserError(f"smalltalk category {cat!r}: no file {path} in chatterbot-corpus")
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        for lines in data.get("conversations", []):
+            lines = [s.strip() for s in lines if isinstance(s, str) and s.strip()]
+            lines = lines[: len(lines) // 2 * 2]
+            if not lines:
+                continue
+            if tuple(lines) in seen:  # a few dialogues appear in two categories
+                continue
+            seen.add(tuple(lines))
+            conv = [{"role": ("user", "assistant")[i % 2], "content": s} for i, s in enumerate(lines)]
+            items.append((_norm(lines[0]), conv))
+    return items
+
+
+def _smalltalk(split: str, seed: int, repeat: bool, categories=SMALLTALK_CATEGORIES) -> Iterator[list[dict]]:
+    return _shuffled("smalltalk", smalltalk_items(tuple(categories)), split, seed, repeat)
+
+
+# ---------------------------------------------------------------------------------------------
+# gsm8k
+
+def default_gsm8k_dir() -> Path:
+    """``../shared/data/evals/gsm8k`` beside the repository (where developers and CI keep it)."""
+    import gptforge
+
+    return Path(gptforge.__file__).resolve().parents[1].parent / "shared" / "data" / "evals" / "gsm8k"
+
+
+_ANNOTATION = re.compile(r"<<([^<>]*)>>")
+
+
+def gsm8k_conversation(question: str, answer: str) -> list[dict] | None:
+    """A GSM8K problem as a conversation, or None when an annotation is not a calculator expression
+    or its stated result disagrees with the calculator (the problem is then left out).
+
+    ``"48/2 = <<48/2=24>>24 clips.\\n#### 24"`` becomes the parts text ``"48/2 = "``, tool_call
+    ``"48/2"``, tool_output ``"24"``, text ``"24 clips.\\n#### 24"``: the prose keeps the number
+    after the annotation, so it reads whole even with the tool parts hidden. Commas are removed from
+    the final answer (``#### 1,200`` -> ``#### 1200``).
+    """
+    body, sep, final = answer.rpartition("#### ")
+    if not sep:
+        return None
+    parts: list[tuple[str, str]] = []
+
+    def text(s: str) -> None:
+        if not s.strip():
+            return
+        if parts and parts[-1][0] == "text":
+            parts[-1] = ("text", parts[-1][1] + s)
+        else:
+            parts.append(("text", s))
+
+    pos = 0
+    for m in _ANNOTATION.finditer(body):
+        text(body[pos:m.start()])
+        expression, eq, stated = m.group(1).rpartition("=")
+        if not eq:
+            return None
+        try:
+            result = calculate(expression)
+            if not math.isclose(float(result), float(stated.replace(",", "")), rel_tol=1e-6, abs_tol=1e-6):
+                return None
+        except ValueError:  # also float() of a stated result that is no number
+            return None
+        parts += [("tool_call", expression.strip()), ("tool_output", result)]
+        pos = m.end()
+    text(body[pos:] + "#### " + final.strip().replace(",", ""))
+    return [_user(question.strip()), _assistant(*parts)]
+
+
+@cache
+def _gsm8k_items_cached(path: str, mtime_ns: int, size: int) -> list[tuple[str, list[dict]]]:
+    items = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                question, answer = row["question"], row["answer"]
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise UserError(f"{path}:{lineno}: not a GSM8K row (a JSON object with "
+                                "\"question\" and \"answer\")") from None
+            conv = gsm8k_conversation(question, answer)
+            if conv is not None:
+                items.append((" ".join(question.split()), conv))
+    return items
+
+
+def gsm8k_items(gsm8k_dir: str | Path | None = None) -> list[tuple[str, list[dict]]]:
+    """(key, conversation) for the GSM8K training problems in ``gsm8k_dir/train.jsonl``; the key is
+    the question with its whitespace collapsed. Problems ``gsm8k_conversation`` refuses are left
+    out (none in the usual copy, bar a dozen with a unary plus). Never opens ``test.jsonl``.
+
+    Raises:
+        UserError: ``train.jsonl`` is missing or a line is not a GSM8K row.
+    """
+    path = Path(gsm8k_dir) if gsm8k_dir is not None else default_gsm8k_dir()
+    train = path / "train.jsonl"
+    try:
+        st = train.stat()
+    except OSError:
+        raise UserError(f"{train}: GSM8K training set not found (grade-school math problems, one JSON "
+                        "object with \"question\" and \"answer\" per line; pass gsm8k_dir=... to "
+                        "give its directory)") from None
+    return _gsm8k_items_cached(str(train), st.st_mtime_ns, st.st_size)
+
+
+def _gsm8k(split: str, seed: int, repeat: bool, gsm8k_dir: str | Path | None = None) -> Iterator[list[dict]]:
+    return _shuffled("gsm8k", gsm8k_items(gsm8k_dir), split, seed, repeat)
+
+
+# name -> builder(split, seed, repeat, **options); the order is MIXTURES'
+_BUILDERS: dict[str, Callable[..., Iterator[list[dict]]]] = {
+    "arithmetic": _arithmetic,
+    "spelling": _spelling,
+    "identity": _identity,
+    "smalltalk": _smalltalk,
+    "gsm8k": _gsm8k,
+}
+MIXTURES: tuple[str, ...] = tuple(_BUILDERS)
