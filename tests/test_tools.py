@@ -14,6 +14,21 @@ from gptforge.tools import MAX_OUTPUT, calculator
 FAST_S = 0.050  # every call, good or hostile, must return within this
 SMALL_BYTES = 1 << 20  # peak memory of one call
 
+
+def timed(expr) -> tuple[str, float]:
+    """calculator(expr) and its time in seconds, the best of up to 3 calls: on a shared machine a
+    single call can be preempted or meet a garbage collection of the test process, which is not the
+    calculator's time (each call is a few hundred microseconds at most)."""
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        out = calculator(expr)
+        best = min(best, time.perf_counter() - t0)
+        if best < FAST_S:
+            break
+    return out, best
+
+
 # (expression text, the value Python computes for the same literals here in the test)
 ARITHMETIC = [
     ("1+2", 1 + 2), ("12*3", 12 * 3), ("7-10", 7 - 10), ("-5", -5), ("+5", +5), ("--5", 5),
@@ -120,9 +135,8 @@ HOSTILE = {
 
 @pytest.mark.parametrize("expr", HOSTILE.values(), ids=HOSTILE.keys())
 def test_hostile_input_gets_an_error_string_fast(expr):
-    t0 = time.perf_counter()
-    out = calculator(expr)
-    assert time.perf_counter() - t0 < FAST_S
+    out, elapsed = timed(expr)
+    assert elapsed < FAST_S
     assert isinstance(out, str) and out.startswith("error: ") and len(out) <= MAX_OUTPUT
 
 
@@ -139,9 +153,7 @@ def test_error_messages(expr, message):
 
 def check_call(expr):
     """One call: a str of bounded length, under FAST_S, with a small peak allocation."""
-    t0 = time.perf_counter()
-    out = calculator(expr)
-    elapsed = time.perf_counter() - t0
+    out, elapsed = timed(expr)
     assert isinstance(out, str) and 0 < len(out) <= MAX_OUTPUT
     assert elapsed < FAST_S, (expr, elapsed)
     tracemalloc.start()  # separately: tracing slows the call down and would distort the timing
