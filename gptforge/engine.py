@@ -19,19 +19,30 @@ the cache that means refilling it from the cropped window, so the two modes stay
 Batched prompts may differ in length: every row starts at position 0; while a row is still inside
 its prompt, its prompt token is fed instead of a sampled one (and nothing is yielded for it).
 
+Tool use (``tool=ToolUse(...)``): when a row samples ``<|tool_call_start|>``, the engine collects the
+row's next tokens until it samples ``<|tool_call_end|>``, decodes them to an expression, runs the tool
+(by default ``gptforge.tools.calculator``) and queues ``<|tool_output_start|> result
+<|tool_output_end|>`` for that row. Queued tokens are fed one per step instead of the sampled token,
+as prompt tokens are, but they *are* yielded and count towards ``max_new_tokens``; then the model
+samples again. Each row has its own call and queue.
+
 Sampling (Holtzman et al. 2019 for top-p): logits / temperature, keep the top-k, keep the smallest
 set of tokens whose probability mass reaches top_p, then sample; temperature 0 is greedy (argmax).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from gptforge.config import check, setting
 from gptforge.errors import UserError
+from gptforge.tools import calculator
+
+TOOL_TOKENS = ("<|tool_call_start|>", "<|tool_call_end|>", "<|tool_output_start|>", "<|tool_output_end|>")
 
 
 @dataclass
@@ -56,6 +67,74 @@ class SamplingParams:
 
     def __post_init__(self):
         check(self, "sampling")
+
+
+@dataclass(frozen=True)
+class ToolUse:
+    """How the engine runs a tool the model calls (see the module docstring).
+
+    Attributes:
+        call_start, call_end: ids of the tokens the model writes around a call.
+        output_start, output_end: ids of the tokens the engine writes around the tool's answer.
+        decode: the call's token ids (between call_start and call_end, both excluded) to its text.
+        encode: the tool's answer to token ids. It must accept every string ``run`` can return: a
+            byte-level BPE does; a char tokenizer needs the digits and the letters of the error texts.
+        run: the tool, text to text. It must return (not raise, not hang) on any text: the text is
+            whatever the model wrote. ``calculator`` does.
+    """
+
+    call_start: int
+    call_end: int
+    output_start: int
+    output_end: int
+    decode: Callable[[list[int]], str]
+    encode: Callable[[str], list[int]]
+    run: Callable[[str], str] = calculator
+
+    @classmethod
+    def from_tokenizer(cls, tok, run: Callable[[str], str] = calculator) -> ToolUse:
+        """The four ids from ``tok.special_tokens`` (``TOOL_TOKENS``), with ``tok.decode`` and
+        ``tok.encode`` (answer text is ordinary text: a special-token string in it is refused).
+
+        Raises:
+            UserError: the tokenizer lacks one of the tool tokens.
+        """
+        missing = [s for s in TOOL_TOKENS if s not in tok.special_tokens]
+        if missing:
+            raise UserError(f"this tokenizer has no {', '.join(missing)} special token(s); tool use needs "
+                            f"all of {', '.join(TOOL_TOKENS)}")
+        ids = [tok.special_tokens[s] for s in TOOL_TOKENS]
+        return cls(*ids, decode=tok.decode, encode=tok.encode, run=run)
+
+
+class _ToolCalls:
+    """Per-row tool-call state: the tokens of an open call, and the answer tokens still to force."""
+
+    def __init__(self, tool: ToolUse, batch_size: int):
+        self.tool = tool
+        self.open: list[list[int] | None] = [None] * batch_size  # a call's tokens so far; None: no call
+        self.queue: list[deque[int]] = [deque() for _ in range(batch_size)]
+
+    def pending(self) -> bool:
+        return any(self.queue)
+
+    def pop(self, row: int) -> int | None:
+        """The next token to force into ``row``, or None when nothing is queued."""
+        return self.queue[row].popleft() if self.queue[row] else None
+
+    def observe(self, row: int, tok: int) -> None:
+        """Track a token the model sampled for ``row``; on a call's end, run the tool and queue its answer."""
+        t = self.tool
+        call = self.open[row]
+        if call is None:
+            if tok == t.call_start:
+                self.open[row] = []
+        elif tok == t.call_end:
+            self.open[row] = None
+            result = t.run(t.decode(call))
+            self.queue[row].extend([t.output_start, *t.encode(result), t.output_end])
+        else:
+            call.append(tok)
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
@@ -137,16 +216,21 @@ class _Context:
 def generate_stream(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int = 256,
                     *, temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0,
                     seed: int | None = None, stop_tokens: Sequence[int] = (),
-                    use_cache: bool = True) -> Iterator[list[int | None]]:
+                    use_cache: bool = True, tool: ToolUse | None = None) -> Iterator[list[int | None]]:
     """Generate from a batch of prompts, yielding after every decoding step.
 
     Args:
         model: any gptforge model (``forward(idx) -> (logits, loss)``), in eval mode.
         prompts: B lists of token ids, each non-empty; lengths may differ.
+        stop_tokens: a row that samples one of these stops (the stop token is not yielded).
+        tool: run the tool calls the model makes (module docstring); None: tool tokens are ordinary
+            tokens. Forced answer tokens are yielded, count towards ``max_new_tokens`` and are never
+            taken as stop tokens; calls are recognised in sampled tokens only, not in the prompt.
     Yields:
-        a list of B entries per step: the new token id of each row, or None for a row that is
-        still reading its prompt or has stopped. Ends when every row has produced
-        ``max_new_tokens`` tokens or a stop token.
+        a list of B entries per step: the new token id of each row (sampled, or forced by a tool
+        answer), or None for a row that is still reading its prompt or has stopped. Ends when every
+        row has produced ``max_new_tokens`` tokens or a stop token; a call or answer still open
+        then is cut off.
     Raises:
         UserError: empty prompt or sampling settings out of range.
     """
@@ -169,6 +253,7 @@ def generate_stream(model: torch.nn.Module, prompts: Sequence[Sequence[int]], ma
     produced = [0] * B
     done = [False] * B
     ctx = _Context(model, B, use_cache)
+    calls = _ToolCalls(tool, B) if tool is not None else None
     longest = max(lens)
     for t in range(start, total):
         if all(done) or max_new_tokens == 0:
@@ -177,17 +262,34 @@ def generate_stream(model: torch.nn.Module, prompts: Sequence[Sequence[int]], ma
         nxt = sample_next(logits, temperature, top_k, top_p, gen)
         if t < longest:  # rows still inside their prompt take the prompt's token
             nxt = torch.where(t < torch.tensor(lens, device=device), seq[:, t], nxt)
+        forced = [False] * B
+        if calls is not None and calls.pending():  # rows answering a tool call take the answer's token
+            nxt, forced = _force(nxt, calls, done)
         seq[:, t] = nxt
         out: list[int | None] = nxt.tolist()
         for i, tok in enumerate(out):
             if t < lens[i] or done[i]:
                 out[i] = None
-            elif tok in stops:
+            elif tok in stops and not forced[i]:
                 out[i], done[i] = None, True
             else:
                 produced[i] += 1
                 done[i] = produced[i] >= max_new_tokens
+                if calls is not None and not forced[i] and not done[i]:
+                    calls.observe(i, tok)
         yield out
+
+
+def _force(nxt: torch.Tensor, calls: _ToolCalls, done: list[bool]) -> tuple[torch.Tensor, list[bool]]:
+    """nxt (B,) with each live row's next queued tool-answer token in place of its sample, and which
+    rows were forced. (A row with a queue has finished its prompt: calls open only after it.)"""
+    tokens = nxt.tolist()
+    forced = [False] * len(tokens)
+    for i in range(len(tokens)):
+        tok = calls.pop(i)  # a stopped row's queue drains unused, so pending() turns False again
+        if tok is not None and not done[i]:
+            tokens[i], forced[i] = tok, True
+    return torch.tensor(tokens, dtype=nxt.dtype, device=nxt.device), forced
 
 
 def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int = 256,
