@@ -219,8 +219,8 @@ def test_parquet_is_read_in_bounded_row_batches(tmp_path, monkeypatch):
 # mixtures
 
 # what a tool expression may hold, checked here independently of gptforge's calculator
-_ALLOWED = (ast.Expression, ast.Constant, ast.BinOp, ast.UnaryOp, ast.USub, ast.Add, ast.Sub, ast.Mult,
-            ast.Div, ast.FloorDiv, ast.Mod, ast.Pow, ast.Call, ast.Attribute, ast.Name, ast.Load)
+_ALLOWED = (ast.Expression, ast.Constant, ast.BinOp, ast.UnaryOp, ast.USub, ast.UAdd, ast.Add, ast.Sub,
+            ast.Mult, ast.Div, ast.FloorDiv, ast.Mod, ast.Pow, ast.Call, ast.Attribute, ast.Name, ast.Load)
 
 
 def tool_value(expression):
@@ -342,7 +342,7 @@ def test_gsm8k_annotations_become_tool_parts(tmp_path, monkeypatch):
              "answer": "Sold 48/2 = <<48/2=24>>24 in May.\nIn all <<48+24=72>>72.\n#### 72"},
             {"question": "Q2?", "answer": "Pay 12/60 = $<<12/60=0.2>>0.2.\n#### 1,200"},
             {"question": "Q3 wrong?", "answer": "It is <<2*3=7>>7.\n#### 7"},  # refused: 2*3 is not 7
-            {"question": "Q4 plus?", "answer": "It is <<+3=3>>3.\n#### 3"}]   # refused: unary plus
+            {"question": "Q4 plus?", "answer": "It is <<+3=3>>3.\n#### 3"}]   # unary plus: accepted
     write_jsonl(tmp_path / "train.jsonl", [json.dumps(r) for r in rows])
     (tmp_path / "test.jsonl").write_text("the evaluation split: must never be opened\n")
     opened = []
@@ -350,7 +350,7 @@ def test_gsm8k_annotations_become_tool_parts(tmp_path, monkeypatch):
     monkeypatch.setattr("builtins.open", lambda f, *a, **k: opened.append(str(f)) or real_open(f, *a, **k))
     items = dict(M.gsm8k_items(tmp_path))
     assert not any(p.endswith("test.jsonl") for p in opened)
-    assert set(items) == {"Q1 clips?", "Q2?"}
+    assert set(items) == {"Q1 clips?", "Q2?", "Q4 plus?"}
     assert items["Q1 clips?"][1]["content"] == [
         P("text", "Sold 48/2 = "), P("tool_call", "48/2"), P("tool_output", "24"),
         P("text", "24 in May.\nIn all "), P("tool_call", "48+24"), P("tool_output", "72"),
@@ -394,7 +394,7 @@ def test_calculate():
     assert M.calculate("-0.0*1") == "0" and M.calculate("0.2*50") == "10"
     assert M.calculate('"strawberry".count("r")') == "3" and M.calculate('len("word")') == "4"
     assert M.calculate("-(7//2) % 5 ** 2") == str(-(7 // 2) % 5**2)
-    for bad in ("__import__('os')", "x+1", "True+1", "+3", "9**9**9", "1/0", "'a'", "abs(-1)",
+    for bad in ("__import__('os')", "x+1", "True+1", "9**9**9", "1/0", "'a'", "abs(-1)",
                 "'ab'.upper()", "1 +"):
         with pytest.raises(ValueError):
             M.calculate(bad)

@@ -21,7 +21,6 @@ from gptforge.chat.render import ChatTokens, render_for_completion
 from gptforge.engine import ToolUse, generate_stream
 from gptforge.errors import UserError
 from gptforge.tokenizer import Tokenizer
-from gptforge.tools import calculator
 
 
 @dataclass
@@ -54,14 +53,6 @@ def fit_context(conversation: list[dict], tok: Tokenizer, budget: int) -> tuple[
                     "context leaves for it; shorten it")
 
 
-def tool_use(tok: Tokenizer) -> ToolUse:
-    """The engine's tool settings for ``tok``'s chat tokens and the calculator."""
-    t = ChatTokens(tok)
-    return ToolUse(call_start=t.tool_call_start, call_end=t.tool_call_end,
-                   output_start=t.tool_output_start, output_end=t.tool_output_end,
-                   decode=tok.decode, encode=tok.encode_ordinary, run=calculator)
-
-
 def respond(model: torch.nn.Module, tok: Tokenizer, conversation: list[dict], max_new_tokens: int = 256,
             *, temperature: float = 0.6, top_k: int | None = 50, top_p: float = 1.0, seed: int | None = None,
             tools: bool = True, use_cache: bool = True) -> Iterator[Piece]:
@@ -78,7 +69,7 @@ def respond(model: torch.nn.Module, tok: Tokenizer, conversation: list[dict], ma
     dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
     for step in generate_stream(model, [prompt], max_new_tokens, temperature=temperature, top_k=top_k,
                                 top_p=top_p, seed=seed, stop_tokens=[t.assistant_end, t.eot],
-                                use_cache=use_cache, tool=tool_use(tok) if tools else None):
+                                use_cache=use_cache, tool=ToolUse.from_tokenizer(tok) if tools else None):
         i = step[0]
         if i is None:
             continue

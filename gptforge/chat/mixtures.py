@@ -33,11 +33,9 @@ expression is accepted by ``calculate``: numbers, ``+ - * / // % **``, parenthes
 
 from __future__ import annotations
 
-import ast
 import hashlib
 import json
 import math
-import operator
 import random
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -47,6 +45,7 @@ from pathlib import Path
 
 from gptforge.chat.conversation import check_conversation
 from gptforge.errors import UserError
+from gptforge.tools import calculator
 
 SPLITS = ("train", "test")
 TEST_FRACTION = 0.1  # of keys; a mixture's test split holds about this share of its items
@@ -54,79 +53,17 @@ TEST_FRACTION = 0.1  # of keys; a mixture's test split holds about this share of
 # ---------------------------------------------------------------------------------------------
 # the calculator the tool calls are written for
 
-_BINOPS: dict[type, Callable] = {
-    ast.Add: operator.add, ast.Sub: operator.sub, ast.Mult: operator.mul, ast.Div: operator.truediv,
-    ast.FloorDiv: operator.floordiv, ast.Mod: operator.mod, ast.Pow: operator.pow,
-}
-_MAX_EXPRESSION_CHARS = 300
-_MAX_ABS = 10**30  # larger results are refused: no honest chat question needs them
-
-
 def calculate(expression: str) -> str:
-    """Evaluate a calculator expression and return its result as the tool_output text.
-
-    Allowed: int and float literals, ``+ - * / // % **``, parentheses, unary minus,
-    ``"word".count("x")`` and ``len("word")`` on string literals. Results are formatted by
-    ``format_number``: ``calculate("1234/2") == "617"``, ``calculate("12/60") == "0.2"``,
-    ``calculate('"strawberry".count("r")') == "3"``.
+    """The calculator tool's answer to ``expression`` (gptforge.tools.calculator), as the tool_output
+    text: the training data shows the model exactly what the engine will force in at inference.
 
     Raises:
-        ValueError: anything else (names, other calls, bools, strings outside those calls),
-            division by zero, an exponent above 100 or a result above 1e30 in size.
+        ValueError: the calculator refuses the expression (its "error: ..." text).
     """
-    if not isinstance(expression, str) or len(expression) > _MAX_EXPRESSION_CHARS:
-        raise ValueError("expression is not a string of at most 300 characters")
-    try:
-        tree = ast.parse(expression.strip(), mode="eval")
-    except SyntaxError as e:
-        raise ValueError(f"not an expression: {e.msg}") from None
-    return format_number(_evaluate(tree.body))
-
-
-def _evaluate(node: ast.AST) -> int | float:
-    if isinstance(node, ast.Constant) and type(node.value) in (int, float):  # bool is not allowed
-        return node.value
-    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
-        return -_evaluate(node.operand)
-    if isinstance(node, ast.BinOp) and type(node.op) in _BINOPS:
-        a, b = _evaluate(node.left), _evaluate(node.right)
-        if isinstance(node.op, ast.Pow) and (abs(b) > 100 or abs(a) > 10**6):
-            raise ValueError("power too large")  # 9**9**9 would hang the process
-        if isinstance(node.op, ast.Div | ast.FloorDiv | ast.Mod) and b == 0:
-            raise ValueError("division by zero")
-        value = _BINOPS[type(node.op)](a, b)
-        if isinstance(value, complex) or abs(value) > _MAX_ABS:
-            raise ValueError("result out of range")
-        return value
-    if (isinstance(node, ast.Call) and not node.keywords and len(node.args) == 1
-            and _is_str(node.args[0])):
-        arg, func = node.args[0].value, node.func
-        if isinstance(func, ast.Name) and func.id == "len":
-            return len(arg)
-        if isinstance(func, ast.Attribute) and func.attr == "count" and _is_str(func.value):
-            return func.value.value.count(arg)
-    raise ValueError(f"not allowed in a calculator expression: {ast.unparse(node)}")
-
-
-def _is_str(node: ast.AST) -> bool:
-    return isinstance(node, ast.Constant) and isinstance(node.value, str)
-
-
-def format_number(value: int | float) -> str:
-    """A result as the calculator prints it: ints in full, floats to 12 significant digits with
-    ``format(x, ".12g")`` (``617.0 -> "617"``, ``0.1 + 0.2 -> "0.3"``, ``1/3 -> "0.333333333333"``),
-    -0 as 0. The same rule as the engine's calculator on the chat-tools branch
-    (``gptforge.tools.calculator``), so a tool_output in the training data is what the model
-    will see at inference.
-
-    Raises:
-        ValueError: the value is infinite or NaN.
-    """
-    if isinstance(value, int):
-        return str(value)
-    if not math.isfinite(value):
-        raise ValueError("result is not a finite number")
-    return format(value + 0.0, ".12g")  # + 0.0 turns -0.0 into 0.0
+    result = calculator(expression)
+    if result.startswith("error:"):
+        raise ValueError(result)
+    return result
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,0 +1,114 @@
+"""SFT: whole conversations packed into rows, masked targets, the pretraining loop reused (loss goes
+down, resume is bit-exact), and the command's errors."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gptforge.chat.render import render
+from gptforge.chat.sft import pack, sft_data
+from gptforge.errors import UserError
+from gptforge.tokenizer import BPETokenizer
+from gptforge.train import Logger, make_config, resume_config, train
+
+TEXT = "The cat sat on the mat. What is two and two? Four. Hello, how are you today? Fine. " * 40
+
+
+def convs(n: int, seed: int = 0) -> list[list[dict]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        a, b = rng.integers(1, 50, size=2)
+        out.append([{"role": "user", "content": f"What is {a} and {b}?"},
+                    {"role": "assistant", "content": [{"type": "tool_call", "text": f"{a}+{b}"},
+                                                      {"type": "tool_output", "text": str(a + b)},
+                                                      {"type": "text", "text": f"It is {a + b}."}]}])
+    return out
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory) -> tuple[Path, BPETokenizer]:
+    """A tiny pretrained GPT with a BPE tokenizer that has the chat tokens."""
+    from gptforge.data.shards import prepare
+
+    d = tmp_path_factory.mktemp("base")
+    tok = BPETokenizer.train(TEXT, vocab_size=320)
+    (d / "c.txt").write_text(TEXT * 3)
+    prepare(str(d / "c.txt"), tok, d / "data", workers=1, progress=False)
+    train(make_config({"data": str(d / "data"), "out": str(d / "run"), "depth": 1, "block_size": 64,
+                       "batch_size": 4, "max_steps": 2, "eval_tokens": 64, "threads": 1,
+                       "model": {"n_embd": 32, "n_head": 1}}), logger=Logger("none"))
+    return d / "run", tok
+
+
+def test_packing_keeps_conversations_whole_and_counts_crops():
+    tok = BPETokenizer.train(TEXT, vocab_size=320)
+    cs = convs(30)
+    lens = [len(render(c, tok)[0]) for c in cs]
+    T = max(lens) * 3
+    rows, masks, st = pack(cs, tok, T)
+    assert rows.shape == masks.shape == (st.rows, T + 1) and st.cropped == 0 and st.conversations == 30
+    flat = [r.tolist() for r in rows]
+    # every conversation appears whole, in order, inside one row
+    k = 0
+    for row in flat:
+        pos = 0
+        while k < len(cs):
+            ids, _ = render(cs[k], tok)
+            if row[pos:pos + len(ids)] != ids:
+                break
+            pos += len(ids)
+            k += 1
+        assert set(row[pos:]) <= {tok.eot_id}  # the rest is padding
+    assert k == 30
+    assert masks.sum() == st.trained_tokens == sum(sum(render(c, tok)[1]) for c in cs)
+    _, _, st2 = pack(cs, tok, min(lens) - 2)
+    assert st2.cropped == 30  # too long for a row: cropped and counted, never dropped silently
+
+
+def test_sft_learns_and_resumes_bit_exactly(base, tmp_path):
+    run, tok = base
+    cfg = make_config({"task": "sft", "data": "inline", "init_from": str(run), "out": str(tmp_path / "a"),
+                       "depth": 1, "block_size": 64, "batch_size": 4, "max_steps": 12, "eval_interval": 6,
+                       "eval_tokens": 0, "threads": 1, "lr": 3e-3, "warmup_steps": 2, "decay_steps": 12,
+                       "model": {"n_embd": 32, "n_head": 1}})
+    tok_json = Path(run) / "ckpt" / "step_000002" / "tokenizer.json"
+
+    def data(c):
+        return sft_data(c, tok, tok_json, convs(200), convs(20, seed=1))[0]
+
+    full = train(cfg, data=data(cfg), logger=Logger("none"))
+    recs = [json.loads(x) for x in (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()]
+    vals = [r["val_loss"] for r in recs if "val_loss" in r]
+    assert vals[-1] < vals[0] - 0.5  # it learned the format
+
+    half = make_config({**cfg.to_dict(), "out": str(tmp_path / "b"), "max_steps": 5})
+    train(half, data=data(half), logger=Logger("none"))
+    again = resume_config(tmp_path / "b", {"max_steps": 12})
+    train(again, resume=True, data=data(again), logger=Logger("none"))
+
+    def losses(d):
+        return [r.get("train_loss") for r in map(json.loads, (tmp_path / d / "metrics.jsonl").read_text()
+                                                  .splitlines()) if "train_loss" in r]
+
+    assert losses("a") == losses("b") and full["step"] == 12
+
+
+def test_sft_refuses_tokenizers_and_models_that_cannot_chat(base, tmp_path, capsys):
+    from gptforge.cli import main
+    from gptforge.data.shards import prepare
+    from gptforge.tokenizer import CharTokenizer
+
+    tok = CharTokenizer.train(TEXT)
+    prepare_dir = tmp_path / "cdata"
+    (tmp_path / "c.txt").write_text(TEXT)
+    prepare(str(tmp_path / "c.txt"), tok, prepare_dir, workers=1, progress=False)
+    train(make_config({"data": str(prepare_dir), "out": str(tmp_path / "bigram"), "arch": "bigram",
+                       "block_size": 16, "max_steps": 1, "eval_tokens": 16, "threads": 1}),
+          logger=Logger("none"))
+    assert main(["sft", "--ckpt", str(tmp_path / "bigram"), "--data", "identity"]) == 2
+    assert "SFT finetunes GPT models; this one is 'bigram'" in capsys.readouterr().err
+    with pytest.raises(UserError, match="char tokenizer has no chat tokens"):
+        pack(convs(1), tok, 64)
