@@ -2,8 +2,9 @@
 README, given nan, inf, -1, 0 and 1e20, either works or is refused in one line with exit 2.
 
 Each command runs on real, tiny inputs (a small corpus, shards, a checkpoint), so a value that is
-accepted really reaches the code that uses it; only speedrun gets a corpus that does not exist (an
-accepted value would start a whole speedrun), which it checks after all its arguments.
+accepted really reaches the code that uses it; speedrun, sft and chat get a path that does not exist
+(an accepted value would start real training, or needs a chat model), which they check after all
+their arguments.
 """
 
 import argparse
@@ -24,6 +25,8 @@ PREFIXES = {
                  "--model", "n_head=1", "--batch-size", "2", "--block-size", "8", "--max-steps", "2",
                  "--eval-tokens", "16", "--threads", "1", "--progress", "none"],
     "sample": ["sample", "--ckpt", "{ckpt}", "--max-new-tokens", "2", "--num-samples", "1"],
+    "sft": ["sft", "--ckpt", MISSING, "--data", "identity"],  # an accepted value would start training
+    "chat": ["chat", "--ckpt", MISSING, "-p", "hi"],
 }
 WRITES = ("speedrun", "data prepare", "tokenizer train", "pretrain")  # these get a fresh --out each
 VALUES = ["nan", "inf", "-1", "0", "1e20"]

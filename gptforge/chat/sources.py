@@ -30,12 +30,15 @@ def parse_spec(spec: str) -> list[tuple[str, int | None]]:
     items = []
     for item in spec.split(","):
         item = item.strip()
-        name, sep, count = item.rpartition(":") if item.split(":")[0] in MIXTURES else (item, "", "")
         if not item:
             raise UserError(f"--data {spec!r}: an empty item; give mixtures and files separated by commas")
-        if sep and not (count.isdigit() and int(count) > 0):
+        name, _, count = item.partition(":")
+        if name not in MIXTURES:  # a path (which may hold a ':')
+            items.append((item, None))
+            continue
+        if count and not (count.isdigit() and int(count) > 0):
             raise UserError(f"--data: {item!r}: the count after ':' must be a positive integer")
-        items.append((name, int(count) if sep else None))
+        items.append((name, int(count) if count else None))
     return items
 
 
