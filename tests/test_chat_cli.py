@@ -55,7 +55,8 @@ def test_sft_resume_and_errors(sft_run, capsys):
 
 
 def test_chat_one_shot_prints_the_reply_only(sft_run):
-    r = subprocess.run([sys.executable, "-m", "gptforge", "chat", "--ckpt", str(sft_run), "-p", "What is 2 + 3?",
+    r = subprocess.run([sys.executable, "-m", "gptforge", "chat", "--ckpt", str(sft_run),
+                        "-p", "What is 2 + 3?",
                         "--temperature", "0", "--max-new-tokens", "12"], capture_output=True, text=True,
                        timeout=120, cwd=ROOT)
     assert r.returncode == 0, r.stderr
@@ -100,7 +101,8 @@ def test_chat_session_survives_the_context_limit(sft_run):
     lines = ["/help", "/temperature 0", "/system Be brief."]
     lines += [f"Hello there, this is message number {i}, how are you today?" for i in range(12)]
     lines += ["/temperature abc", "/clear", "What is 2 + 3?", "/quit"]
-    r = subprocess.run([sys.executable, "-m", "gptforge", "chat", "--ckpt", str(sft_run), "--max-new-tokens", "8"],
+    r = subprocess.run([sys.executable, "-m", "gptforge", "chat", "--ckpt", str(sft_run),
+                        "--max-new-tokens", "8"],
                        input="\n".join(lines) + "\n", capture_output=True, text=True, timeout=300, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     assert "Traceback" not in r.stderr
