@@ -216,7 +216,8 @@ class _Context:
 def generate_stream(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int = 256,
                     *, temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0,
                     seed: int | None = None, stop_tokens: Sequence[int] = (),
-                    use_cache: bool = True, tool: ToolUse | None = None) -> Iterator[list[int | None]]:
+                    use_cache: bool = True, tool: ToolUse | None = None,
+                    banned: Sequence[int] = ()) -> Iterator[list[int | None]]:
     """Generate from a batch of prompts, yielding after every decoding step.
 
     Args:
@@ -226,6 +227,8 @@ def generate_stream(model: torch.nn.Module, prompts: Sequence[Sequence[int]], ma
         tool: run the tool calls the model makes (module docstring); None: tool tokens are ordinary
             tokens. Forced answer tokens are yielded, count towards ``max_new_tokens`` and are never
             taken as stop tokens; calls are recognised in sampled tokens only, not in the prompt.
+        banned: ids never sampled (their logits are set to -inf), e.g. ``<|tool_call_start|>`` to
+            make a chat model answer directly.
     Yields:
         a list of B entries per step: the new token id of each row (sampled, or forced by a tool
         answer), or None for a row that is still reading its prompt or has stopped. Ends when every
@@ -259,6 +262,8 @@ def generate_stream(model: torch.nn.Module, prompts: Sequence[Sequence[int]], ma
         if all(done) or max_new_tokens == 0:
             return
         logits = ctx.logits(seq[:, :t])
+        if banned:  # tokens the caller never wants sampled (e.g. a tool call, to force a direct answer)
+            logits[:, list(banned)] = float("-inf")
         nxt = sample_next(logits, temperature, top_k, top_p, gen)
         if t < longest:  # rows still inside their prompt take the prompt's token
             nxt = torch.where(t < torch.tensor(lens, device=device), seq[:, t], nxt)

@@ -119,10 +119,10 @@ def build_tokenizer(spec: str, corpus: str, progress: bool):
     return train_on_corpus(corpus, int(n), progress=progress)
 
 
-def calibrate_steps(cfg, seconds: float, probe_steps: int = 12) -> tuple[int, float]:
+def calibrate_steps(cfg, seconds: float, probe_steps: int = 12, data=None) -> tuple[int, float]:
     """Steps that fit in ``seconds`` of training: time ``probe_steps`` real optimizer steps of this
-    config (in a scratch run folder, silently) and divide; over SHORT_BUDGET, plan for
-    SUSTAINED_SLOWDOWN. Returns (steps, planned seconds per step)."""
+    config (in a scratch run folder, silently; ``data`` as for ``train``) and divide; over
+    SHORT_BUDGET, plan for SUSTAINED_SLOWDOWN. Returns (steps, planned seconds per step)."""
     import dataclasses
     import tempfile
 
@@ -131,7 +131,7 @@ def calibrate_steps(cfg, seconds: float, probe_steps: int = 12) -> tuple[int, fl
     with tempfile.TemporaryDirectory(prefix="gptforge-calib-") as tmp:
         probe = dataclasses.replace(cfg, out=str(Path(tmp) / "run"), max_steps=probe_steps, max_time=0.0,
                                     eval_interval=10**9, eval_tokens=cfg.block_size, compile=False)
-        times = train(probe, logger=Logger("none"))["step_times_s"]
+        times = train(probe, logger=Logger("none"), data=data)["step_times_s"]
     per_step = sorted(times[2:])[len(times[2:]) // 2]  # median; skip warm-up steps
     if seconds > SHORT_BUDGET:
         per_step *= SUSTAINED_SLOWDOWN

@@ -55,24 +55,32 @@ def fit_context(conversation: list[dict], tok: Tokenizer, budget: int) -> tuple[
 
 def respond(model: torch.nn.Module, tok: Tokenizer, conversation: list[dict], max_new_tokens: int = 256,
             *, temperature: float = 0.6, top_k: int | None = 50, top_p: float = 1.0, seed: int | None = None,
-            tools: bool = True, use_cache: bool = True) -> Iterator[Piece]:
+            tools: bool = True, use_cache: bool = True, direct: bool = False,
+            ended: list | None = None) -> Iterator[Piece]:
     """Generate the next assistant turn of ``conversation`` (which ends with a user turn and must
     already fit the context: see ``fit_context``). Yields Pieces until ``<|assistant_end|>`` or
-    ``max_new_tokens``; with ``tools`` the engine runs tool calls and forces their output.
+    ``max_new_tokens``; with ``tools`` the engine runs tool calls and forces their output;
+    ``direct`` never lets the model call a tool (it must answer by itself). ``ended``, when
+    given, gets True appended if the turn ended with ``<|assistant_end|>``, else False.
 
     Raises:
         UserError: the tokenizer has no chat tokens, or sampling settings out of range.
     """
     t = ChatTokens(tok)
     prompt = render_for_completion(conversation, tok)
-    mode, buf = "text", []
+    mode, buf, produced, stopped = "text", [], 0, False
     dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
     for step in generate_stream(model, [prompt], max_new_tokens, temperature=temperature, top_k=top_k,
-                                top_p=top_p, seed=seed, stop_tokens=[t.assistant_end, t.eot],
-                                use_cache=use_cache, tool=ToolUse.from_tokenizer(tok) if tools else None):
+                                top_p=top_p, seed=seed, stop_tokens=[t.assistant_end],
+                                use_cache=use_cache, tool=ToolUse.from_tokenizer(tok) if tools else None,
+                                banned=[t.tool_call_start] if direct else ()):
         i = step[0]
-        if i is None:
+        if i is None:  # the stop token (<|assistant_end|>) is not yielded: the turn is complete
+            stopped = produced < max_new_tokens
             continue
+        produced += 1
+        if i == t.eot:  # a document boundary: not a proper end of a turn, but the end of this one
+            break
         if i in (t.tool_call_start, t.tool_output_start):
             tail = dec.decode(b"", final=True)
             if tail:
@@ -90,6 +98,8 @@ def respond(model: torch.nn.Module, tok: Tokenizer, conversation: list[dict], ma
     tail = dec.decode(b"", final=True)
     if tail:
         yield Piece("text", tail)
+    if ended is not None:
+        ended.append(stopped)
 
 
 def as_message(pieces: list[Piece]) -> dict:
