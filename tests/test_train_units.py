@@ -139,7 +139,8 @@ def test_muon_gets_hidden_matrices_adamw_the_rest():
     assert hidden and all(p.dim() == 2 for p in hidden)
     assert len(hidden) + len(io) + len(rest) == len(list(m.parameters()))
     opts = build_optimizers(m, make_config({"optimizer": "muon"}))
-    assert [type(o).__name__ for o in opts] == ["AdamW", "Muon"]
+    assert [type(o).__name__ for o in opts] == ["AdamW", "MuonFloat32"]  # on the CPU; torch's on CUDA
+    assert isinstance(opts[1], torch.optim.Muon)
     assert {id(p) for p in opts[1].param_groups[0]["params"]} == {id(p) for p in hidden}
 
 
@@ -279,3 +280,26 @@ def test_uniform_model_has_loss_ln_v_and_bpb_from_bytes():
     y = np.concatenate([toks[o + 1:o + T + 1] for o in off])
     text = y[y != 0]
     assert bpb == pytest.approx(len(text) * math.log2(V) / token_bytes.numpy()[text].sum(), rel=1e-6)
+
+
+def test_muon_float32_matches_torch_muon():
+    """Our CPU Muon (Newton-Schulz in float32) takes torch.optim.Muon's step up to bf16 rounding,
+    with the same state, so a checkpoint's optimizer state loads into either."""
+    from gptforge.train.optim import MuonFloat32
+
+    torch.manual_seed(0)
+    for shape in ((64, 32), (32, 96)):
+        w0 = torch.randn(shape)
+        ours, ref = torch.nn.Parameter(w0.clone()), torch.nn.Parameter(w0.clone())
+        o = MuonFloat32([ours], lr=0.02, weight_decay=0.1, momentum=0.95)
+        r = torch.optim.Muon([ref], lr=0.02, weight_decay=0.1, momentum=0.95)
+        for _ in range(3):
+            g = torch.randn(shape)
+            ours.grad, ref.grad = g.clone(), g.clone()
+            o.step()
+            r.step()
+        d_ours, d_ref = ours.detach() - w0, ref.detach() - w0
+        cos = torch.nn.functional.cosine_similarity(d_ours.flatten(), d_ref.flatten(), dim=0)
+        assert cos > 0.999 and (d_ours - d_ref).norm() / d_ref.norm() < 0.02
+        assert torch.equal(o.state[ours]["momentum_buffer"], r.state[ref]["momentum_buffer"])
+        r.load_state_dict(o.state_dict())  # the same state layout
