@@ -20,8 +20,8 @@ HELP = """commands:
 def register(sub: argparse._SubParsersAction, help: str) -> None:
     p = sub.add_parser(
         "chat", help=help, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Chat with a model finetuned by `gptforge sft`. Replies stream as they are generated; "
-                    "calculator calls are shown in brackets. When the conversation outgrows the model's "
+        description="Chat with a model finetuned by `gptforge sft`. Replies stream as they are generated;\n"
+                    "calculator calls are shown in brackets. When the conversation outgrows the model's\n"
                     "context, the oldest turns are dropped (and you are told).",
         epilog=HELP + "\n\nexample:\n  gptforge chat --ckpt runs/sft\n  gptforge chat --ckpt runs/sft -p "
                       "'What is 123 * 45?'   # prints the reply only")

@@ -34,8 +34,10 @@ examples:
 
 def register(sub: argparse._SubParsersAction, help: str) -> None:
     p = sub.add_parser("sft", help=help, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Finetune a pretrained GPT on conversations: loss on what the assistant "
-                                   "says (text, tool calls, <|assistant_end|>), none on the rest.")
+                       description="Finetune a pretrained GPT on conversations: loss on what the assistant\n"
+                                   "says (text, tool calls, <|assistant_end|>), none on the rest. Settings not\n"
+                                   "given come from the base run (learning rates, optimizer, schedule), with\n"
+                                   "the budgets reset (--max-steps 300); the defaults below are gptforge's.")
     p.add_argument("--ckpt", help="the base model: a run or checkpoint directory (best, else latest)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an SFT run from its latest checkpoint")
     p.add_argument("--strict", action="store_true", help="stop at the first bad conversation in a file "

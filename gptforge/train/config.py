@@ -1,4 +1,4 @@
-"""The pretraining config: one dataclass, filled from defaults < a TOML file < command-line flags.
+"""The training config (pretraining and SFT): one dataclass, filled from defaults < a TOML file < flags.
 
 Each field declares its help text, choices and bounds once (``gptforge.config.setting``); the
 flags of ``gptforge pretrain`` and their ``--help`` are generated from them. A TOML file uses the
