@@ -19,6 +19,12 @@ SFT_DEFAULTS = {"max_steps": 300, "max_time": 0.0, "max_tokens": 0, "decay_steps
                 "eval_interval": 50, "eval_tokens": 0, "ckpt_interval": 0, "keep_last": 1,
                 "tokens_per_step": 0, "progress": "auto"}
 
+DESCRIPTION = """\
+Finetune a pretrained GPT on conversations: loss on what the assistant says (text, tool calls,
+<|assistant_end|>), none on the rest. Settings not given come from the base run (learning rates,
+optimizer, schedule), with the budgets reset (--max-steps 300); the defaults below are gptforge's.
+"""
+
 EPILOG = """\
 data: a comma-separated list of built-in mixtures (arithmetic, spelling, identity, smalltalk, gsm8k),
 each optionally with a count (arithmetic:2000), and conversation files (JSONL with a "messages"
@@ -34,10 +40,7 @@ examples:
 
 def register(sub: argparse._SubParsersAction, help: str) -> None:
     p = sub.add_parser("sft", help=help, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Finetune a pretrained GPT on conversations: loss on what the assistant\n"
-                                   "says (text, tool calls, <|assistant_end|>), none on the rest. Settings not\n"
-                                   "given come from the base run (learning rates, optimizer, schedule), with\n"
-                                   "the budgets reset (--max-steps 300); the defaults below are gptforge's.")
+                       description=DESCRIPTION)
     p.add_argument("--ckpt", help="the base model: a run or checkpoint directory (best, else latest)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an SFT run from its latest checkpoint")
     p.add_argument("--strict", action="store_true", help="stop at the first bad conversation in a file "
