@@ -127,7 +127,7 @@ def main() -> int:
     sft_dir = out / f"sft-{int(time.time())}"
     cfg = make_config(state.config, SFT_DEFAULTS, {
         "task": "sft", "init_from": str(base_ck), "data": args.data, "out": str(sft_dir), "progress": "log",
-        "eval_interval": 100})
+        "eval_interval": 50, "eval_tokens": 32768})
     def data_for(c):
         return sft_data(c, tok, tok_file, conversations(c.data, "train", c.seed),
                         conversations(c.data, "test", c.seed))

@@ -223,6 +223,10 @@ def speedrun(sr: SpeedrunConfig, train_overrides: dict | None = None, progress: 
         _say(f"      {per_step * 1000:.1f} ms/step -> {steps} steps")
     _say(f"[3/5] pretraining -> {cfg.out}")
     summary = train(cfg)
+    if summary["stopped_by"] == "signal":  # Ctrl-C / SIGTERM: the run is saved; stop here, not at the end
+        _say(f"interrupted: pretraining saved at step {summary['step']} in {cfg.out}; "
+             f"continue it with gptforge pretrain --resume {cfg.out}")
+        raise KeyboardInterrupt
 
     _say("[4/5] loss curves and samples")
     plot_runs([cfg.out], out_dir / "loss.png")

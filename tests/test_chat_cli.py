@@ -131,3 +131,13 @@ def test_data_spec_items():
     for bad in ("identity,,x", "spelling:0", "spelling:-1", ""):
         with pytest.raises(UserError):
             parse_spec(bad)
+
+
+def test_a_mixture_count_sizes_train_and_a_tenth_for_test():
+    from gptforge.chat.sources import conversations
+
+    assert len(list(conversations("arithmetic:50", "train"))) == 50
+    assert len(list(conversations("arithmetic:50", "test"))) == 5
+    train = {c[0]["content"] for c in conversations("arithmetic:300", "train")}
+    test = {c[0]["content"] for c in conversations("arithmetic:300", "test")}
+    assert not train & test

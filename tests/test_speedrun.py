@@ -2,6 +2,7 @@
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +88,28 @@ def test_speedrun_errors(tmp_path, args, msg, capsys, monkeypatch):
     err = capsys.readouterr().err
     assert msg in err and err.count("\n") == 1
     assert not (tmp_path / "o" / "tokenizer.json").exists()  # refused before any stage ran
+
+
+def test_ctrl_c_stops_the_speedrun_after_saving(tmp_path, tinyshakespeare):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    corpus = tmp_path / "small.txt"
+    corpus.write_bytes(tinyshakespeare.read_bytes()[:100_000])
+    out = tmp_path / "run"
+    env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    proc = subprocess.Popen([sys.executable, "-m", "gptforge", "speedrun", "--preset", "nanogpt-cpu",
+                             "--corpus", str(corpus), "--out", str(out), "--train", "eval_interval=100000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    metrics = out / "pretrain" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and len(metrics.read_text().splitlines()) > 3):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    assert "interrupted: pretraining saved at step" in err and "--resume" in err
+    assert (out / "pretrain" / "ckpt" / "latest").exists() and not (out / "report.md").exists()

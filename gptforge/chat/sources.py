@@ -1,10 +1,11 @@
 """Where SFT conversations come from: a spec of built-in mixtures and files, split into train and test.
 
 A spec is a comma-separated list; each item is a built-in mixture (``arithmetic``, ``spelling``,
-``identity``, ``smalltalk``, ``gsm8k``; see gptforge.chat.mixtures), optionally with a count
-(``arithmetic:2000``), or conversation files (JSONL with ``messages``, Parquet in the Hugging Face
-layout; a file, directory or glob; see gptforge.chat.data). Mixtures have their own disjoint
-train/test splits; a file's test split is every 20th valid conversation (deterministic).
+``identity``, ``smalltalk``, ``gsm8k``; see gptforge.chat.mixtures), optionally with a count of
+train conversations (``arithmetic:2000``; its test split gets a tenth of that), or conversation
+files (JSONL with ``messages``, Parquet in the Hugging Face layout; a file, directory or glob; see
+gptforge.chat.data). Mixtures have their own disjoint train/test splits; a file's test split is
+every 20th valid conversation (deterministic).
 
     >>> train = conversations("arithmetic:100,identity", "train", seed=0)
 """
@@ -18,7 +19,7 @@ from gptforge.chat.mixtures import MIXTURES, mixture
 from gptforge.errors import UserError
 
 FILE_TEST_EVERY = 20  # a file's test split: every 20th valid conversation
-DEFAULT_COUNTS = {"arithmetic": 4000, "spelling": 4000}  # per split "train"; test gets a tenth
+DEFAULT_COUNTS = {"arithmetic": 4000, "spelling": 4000}  # generated mixtures' train size by default
 
 
 def parse_spec(spec: str) -> list[tuple[str, int | None]]:
@@ -52,8 +53,9 @@ def conversations(spec: str, split: str, seed: int = 0, strict: bool = False,
     """
     for name, n in parse_spec(spec):
         if name in MIXTURES:
-            if n is None and name in DEFAULT_COUNTS:
-                n = DEFAULT_COUNTS[name] if split == "train" else DEFAULT_COUNTS[name] // 10
+            n = DEFAULT_COUNTS.get(name) if n is None else n
+            if n is not None and split == "test":  # the test split is a tenth of the train size
+                n = max(1, n // 10)
             yield from mixture(name, split, n, seed)
             continue
         convs, st = read_conversations(name, strict=strict)

@@ -16,7 +16,7 @@ from gptforge.train.config import TrainConfig
 
 # what an SFT run changes from the base run's config unless flags say otherwise
 SFT_DEFAULTS = {"max_steps": 300, "max_time": 0.0, "max_tokens": 0, "decay_steps": 0, "warmup_steps": 10,
-                "eval_interval": 50, "eval_tokens": 0, "ckpt_interval": 0, "keep_last": 1,
+                "eval_interval": 50, "eval_tokens": 65536, "ckpt_interval": 0, "keep_last": 1,
                 "tokens_per_step": 0, "progress": "auto"}
 
 DESCRIPTION = """\
