@@ -40,3 +40,22 @@ def save_checkpoint_dir(tmp_path: Path, model, tok, step: int = 1) -> Path:
     state = RunState(step=step, model_config=model_config(model), tokenizer=tok.identity())
     save_checkpoint(tmp_path / "run", model, [], state, tokenizer_json=tok_file)
     return tmp_path / "run"
+
+
+CHAT_TEXT = "The cat sat on the mat. What is two and two? Four. Hello, how are you today? Fine. " * 40
+
+
+def tiny_chat_base(d: Path, block_size: int):
+    """A tiny GPT pretrained for 2 steps in ``d / "base"``, with a 320-id BPE that has the chat
+    tokens; returns (run dir, tokenizer)."""
+    from gptforge.data.shards import prepare
+    from gptforge.tokenizer import BPETokenizer
+    from gptforge.train import Logger, make_config, train
+
+    tok = BPETokenizer.train(CHAT_TEXT, vocab_size=320)
+    (d / "c.txt").write_text(CHAT_TEXT * 3)
+    prepare(str(d / "c.txt"), tok, d / "data", workers=1, progress=False)
+    train(make_config({"data": str(d / "data"), "out": str(d / "base"), "depth": 1, "block_size": block_size,
+                       "batch_size": 4, "max_steps": 2, "eval_tokens": block_size, "threads": 1,
+                       "model": {"n_embd": 32, "n_head": 1}}), logger=Logger("none"))
+    return d / "base", tok

@@ -8,28 +8,21 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import CHAT_TEXT as TEXT
+from helpers import tiny_chat_base
 
 from gptforge.chat.assistant import as_message, fit_context, respond
 from gptforge.cli import main
 from gptforge.engine import load_for_inference
 from gptforge.tokenizer import BPETokenizer
-from gptforge.train import Logger, make_config, train
 
 ROOT = Path(__file__).resolve().parents[1]
-TEXT = "The cat sat on the mat. What is two and two? Four. Hello, how are you today? Fine. " * 40
 
 
 @pytest.fixture(scope="module")
 def sft_run(tmp_path_factory) -> Path:
-    from gptforge.data.shards import prepare
-
     d = tmp_path_factory.mktemp("chat")
-    tok = BPETokenizer.train(TEXT, vocab_size=320)
-    (d / "c.txt").write_text(TEXT * 3)
-    prepare(str(d / "c.txt"), tok, d / "data", workers=1, progress=False)
-    train(make_config({"data": str(d / "data"), "out": str(d / "base"), "depth": 1, "block_size": 96,
-                       "batch_size": 4, "max_steps": 2, "eval_tokens": 96, "threads": 1,
-                       "model": {"n_embd": 32, "n_head": 1}}), logger=Logger("none"))
+    tiny_chat_base(d, 96)
     assert main(["sft", "--ckpt", str(d / "base"), "--data", "arithmetic:40,identity,spelling:40",
                  "--out", str(d / "sft"), "--max-steps", "4", "--eval-interval", "2", "--progress", "none",
                  "--threads", "1"]) == 0

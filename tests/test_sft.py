@@ -6,14 +6,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import CHAT_TEXT as TEXT
+from helpers import tiny_chat_base
 
 from gptforge.chat.render import render
 from gptforge.chat.sft import pack, sft_data
 from gptforge.errors import UserError
 from gptforge.tokenizer import BPETokenizer
 from gptforge.train import Logger, make_config, resume_config, train
-
-TEXT = "The cat sat on the mat. What is two and two? Four. Hello, how are you today? Fine. " * 40
 
 
 def convs(n: int, seed: int = 0) -> list[list[dict]]:
@@ -31,16 +31,7 @@ def convs(n: int, seed: int = 0) -> list[list[dict]]:
 @pytest.fixture(scope="module")
 def base(tmp_path_factory) -> tuple[Path, BPETokenizer]:
     """A tiny pretrained GPT with a BPE tokenizer that has the chat tokens."""
-    from gptforge.data.shards import prepare
-
-    d = tmp_path_factory.mktemp("base")
-    tok = BPETokenizer.train(TEXT, vocab_size=320)
-    (d / "c.txt").write_text(TEXT * 3)
-    prepare(str(d / "c.txt"), tok, d / "data", workers=1, progress=False)
-    train(make_config({"data": str(d / "data"), "out": str(d / "run"), "depth": 1, "block_size": 64,
-                       "batch_size": 4, "max_steps": 2, "eval_tokens": 64, "threads": 1,
-                       "model": {"n_embd": 32, "n_head": 1}}), logger=Logger("none"))
-    return d / "run", tok
+    return tiny_chat_base(tmp_path_factory.mktemp("base"), 64)
 
 
 def test_packing_keeps_conversations_whole_and_counts_crops():
