@@ -46,8 +46,11 @@ def probe_matmul_flops(device: str = "cpu", dtype: torch.dtype = torch.float32, 
                        seconds: float = 1.0) -> float:
     """Best achieved FLOP/s of one n x n matmul on ``device`` over about ``seconds`` of repeats
     (the best single multiply, so that a moment of contention from other processes is skipped)."""
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
+    # its own generator: probing (the first run on a machine) must not move the global RNG that
+    # seeds dropout, or a run would differ from a rerun with a cached peak
+    g = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, generator=g).to(dtype)
+    b = torch.randn(n, n, device=device, generator=g).to(dtype)
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     a @ b  # warm up
     sync()
