@@ -290,31 +290,26 @@ def setup(cfg: TrainConfig, resume: bool, d: Dist, data: TrainData | None = None
                         f"batch_size x block_size x processes = {B} x {T} x {d.world} = {micro_tokens}")
 
     torch.manual_seed(cfg.seed)
-    if resume:
-        raw_model, state = ckpt.load_checkpoint(run_dir, "latest")
+    if resume or cfg.init_from:  # weights from a checkpoint: this run's own, or the one it starts from
+        raw_model, loaded = ckpt.load_checkpoint(run_dir if resume else cfg.init_from, "latest")
         raw_model.train()
-        if state.tokenizer.get("sha256") != tok_identity.get("sha256"):
+        if loaded.tokenizer.get("sha256") != tok_identity.get("sha256"):
             raise UserError(f"{cfg.data}: this data was made with a different tokenizer than the "
-                            f"checkpoint {state.path} was trained on")
+                            f"checkpoint {loaded.path} was trained on")
+    if resume:
+        state = loaded
         if state.tokens_per_step not in (None, tokens_per_step):
             raise UserError(f"--resume: tokens per step would change from {state.tokens_per_step} to "
                             f"{tokens_per_step} (batch_size, tokens_per_step or the process count differ "
                             f"from checkpoint {state.path})")
-    elif cfg.init_from:
-        raw_model, base = ckpt.load_checkpoint(cfg.init_from, "latest")
-        raw_model.train()
-        if base.tokenizer.get("sha256") != tok_identity.get("sha256"):
-            raise UserError(f"{cfg.data}: this data was made with a different tokenizer than "
-                            f"{base.path} was trained on")
-        if cfg.block_size > raw_model.config.block_size:
-            raise UserError(f"--block-size {cfg.block_size} is longer than the context of {base.path} "
-                            f"({raw_model.config.block_size})")
-        state = RunState(tokenizer=tok_identity, model_config=model_config(raw_model),
-                         num_params=raw_model.num_params())
     else:
-        gpt_dial = {"preset": cfg.preset, "depth": cfg.depth} if cfg.arch == "gpt" else {}
-        raw_model = build_model(cfg.arch, vocab_size=int(tok_identity["vocab_size"]),
-                                block_size=cfg.block_size, **gpt_dial, **cfg.model)
+        if not cfg.init_from:
+            gpt_dial = {"preset": cfg.preset, "depth": cfg.depth} if cfg.arch == "gpt" else {}
+            raw_model = build_model(cfg.arch, vocab_size=int(tok_identity["vocab_size"]),
+                                    block_size=cfg.block_size, **gpt_dial, **cfg.model)
+        elif cfg.block_size > raw_model.config.block_size:
+            raise UserError(f"--block-size {cfg.block_size} is longer than the context of {loaded.path} "
+                            f"({raw_model.config.block_size})")
         state = RunState(tokenizer=tok_identity, model_config=model_config(raw_model),
                          num_params=raw_model.num_params())
     state.config, state.tokens_per_step, state.world_size = cfg.to_dict(), tokens_per_step, d.world
