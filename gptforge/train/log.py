@@ -32,12 +32,12 @@ def _fmt_s(seconds: float) -> str:
 
 class Logger:
     """Console progress of a run. ``mode``: auto | bar | log | none; ``interval``: seconds between
-    log lines in ``log`` mode; ``enabled=False`` (ranks other than 0) silences everything."""
+    log lines in ``log`` mode."""
 
-    def __init__(self, mode: str = "auto", interval: float = 10.0, enabled: bool = True):
+    def __init__(self, mode: str = "auto", interval: float = 10.0):
         if mode == "auto":
             mode = "bar" if sys.stderr.isatty() else "log"
-        self.mode = mode if enabled else "none"
+        self.mode = mode
         self.interval = interval
         self.bar = None
         self._last_line = 0.0

@@ -64,9 +64,7 @@ def train(cfg: TrainConfig, resume: bool = False, logger: Logger | None = None,
     d = Dist(cfg.device)
     try:
         s = setup(cfg, resume, d, data)
-        log = logger or Logger(cfg.progress, cfg.log_interval)
-        if not d.main:
-            log = Logger("none")
+        log = (logger or Logger(cfg.progress, cfg.log_interval)) if d.main else Logger("none")
         try:
             return _loop(s, log, resume)
         finally:
