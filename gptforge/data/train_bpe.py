@@ -7,13 +7,7 @@ the tokenizer package never imports the data package.
 from __future__ import annotations
 
 from gptforge.errors import UserError
-from gptforge.tokenizer.bpe import (
-    SPECIAL_TOKENS,
-    BPETokenizer,
-    check_training_pattern,
-    coverage_error,
-    resolve_pattern,
-)
+from gptforge.tokenizer.bpe import SPECIAL_TOKENS, BPETokenizer, coverage_error, training_settings
 from gptforge.tokenizer.train import count_chunks, train_merges
 
 
@@ -37,12 +31,7 @@ def train_on_corpus(corpus_spec: str, vocab_size: int, pattern: str = "gpt4", ti
 
     from gptforge.data.corpus import open_corpus
 
-    pattern = resolve_pattern(pattern)
-    check_training_pattern(pattern)
-    n_merges = vocab_size - 256 - len(SPECIAL_TOKENS)
-    if n_merges < 0:
-        raise UserError(f"vocab size {vocab_size} is too small: it must hold the 256 byte tokens and "
-                        f"{len(SPECIAL_TOKENS)} special tokens (at least {256 + len(SPECIAL_TOKENS)})")
+    pattern, n_merges = training_settings(vocab_size, pattern, len(SPECIAL_TOKENS))
     t0 = time.perf_counter()
     corpus = open_corpus(corpus_spec)
     bar = tqdm(total=corpus.total_bytes(), unit="B", unit_scale=True, desc="splitting",

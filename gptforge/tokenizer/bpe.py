@@ -110,6 +110,23 @@ def check_training_pattern(pattern: str) -> None:
                         "the group, encoding the whole match; write the group as (?:...)")
 
 
+def training_settings(vocab_size: int, pattern: str, n_special: int) -> tuple[str, int]:
+    """``(split regex, number of merges)`` for training a vocabulary of ``vocab_size`` ids with
+    ``n_special`` special tokens on ``pattern`` (a name such as "gpt4", or a regex).
+
+    Raises:
+        UserError: no room for the 256 bytes and the special tokens, or a pattern that cannot train
+            (see ``check_training_pattern``).
+    """
+    pattern = resolve_pattern(pattern)
+    check_training_pattern(pattern)
+    n_merges = vocab_size - 256 - n_special
+    if n_merges < 0:
+        raise UserError(f"vocab size {vocab_size} is too small: it must hold the 256 byte tokens and "
+                        f"{n_special} special tokens (at least {256 + n_special})")
+    return pattern, n_merges
+
+
 def coverage_error(pattern: str, e: ValueError) -> UserError:
     """The UserError for a split ``pattern`` whose matches skip text (``e`` says where)."""
     return UserError(f"split pattern {pattern!r} does not cover the text: {e}; a split pattern "
@@ -239,12 +256,7 @@ class BPETokenizer(Tokenizer):
                 invalid pattern, one with a capturing group or one that does not match every
                 character of ``texts``, or an unknown ``tie_break``.
         """
-        pattern = resolve_pattern(pattern)
-        check_training_pattern(pattern)
-        n_merges = vocab_size - 256 - len(special_tokens)
-        if n_merges < 0:
-            raise UserError(f"vocab size {vocab_size} is too small: it must hold the 256 byte tokens "
-                            f"and {len(special_tokens)} special tokens")
+        pattern, n_merges = training_settings(vocab_size, pattern, len(special_tokens))
         if tie_break not in ("rustbpe", "hf"):
             raise UserError(f"tie_break must be 'rustbpe' or 'hf', not {tie_break!r}")
         from tqdm import tqdm
