@@ -12,7 +12,8 @@ import pytest
 
 from gptforge.eval.sandbox import protections, run_python
 
-pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the sandbox's fences are Linux ones")
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"),
+                                reason="the sandbox's fences are Linux ones")
 
 
 def needs(fence: str):
@@ -41,7 +42,8 @@ def test_sleeping_child_in_its_own_session_is_killed_too():
     # a process that leaves the program's process group (setsid) would escape a killpg alone;
     # the pid namespace takes it down with the program. Here forking is refused outright as well.
     needs("processes")
-    r = run_python("import os, time\ntry:\n    os.fork()\nexcept OSError as e:\n    print('refused', e.errno, flush=True)\n"
+    r = run_python("import os, time\ntry:\n    os.fork()\n"
+                   "except OSError as e:\n    print('refused', e.errno, flush=True)\n"
                    "time.sleep(60)", timeout=1.0)
     assert r.status == "timeout" and r.stdout == "refused 1\n"
 
@@ -55,7 +57,8 @@ def test_fork_bomb_is_contained():
     before = _process_count()
     t0 = time.perf_counter()
     r = run_python("import os, subprocess\n"
-                   "try:\n    subprocess.run(['/bin/true'])\nexcept OSError as e:\n    print('subprocess', e.errno, flush=True)\n"
+                   "try:\n    subprocess.run(['/bin/true'])\n"
+                   "except OSError as e:\n    print('subprocess', e.errno, flush=True)\n"
                    "while True:\n    try:\n        os.fork()\n    except OSError:\n        pass", timeout=1.0)
     assert r.status == "timeout" and time.perf_counter() - t0 < 4.0
     assert r.stdout == "subprocess 1\n"  # EPERM: no new process of any kind

@@ -61,7 +61,8 @@ from gptforge.tokenizer import Tokenizer
 
 TASKS = ("arc_easy", "arc_challenge", "gsm8k", "humaneval", "arithmetic", "letter_count", "mt_bench")
 SCORED = TASKS[:-1]  # mt_bench is answered, not scored
-FILES = {"arc_easy": "icl/world_knowledge/arc_easy.jsonl", "arc_challenge": "icl/world_knowledge/arc_challenge.jsonl",
+FILES = {"arc_easy": "icl/world_knowledge/arc_easy.jsonl",
+         "arc_challenge": "icl/world_knowledge/arc_challenge.jsonl",
          "gsm8k": "gsm8k/test.jsonl", "humaneval": "humaneval/HumanEval.jsonl.gz",
          "mt_bench": "mt_bench/question.jsonl"}
 MAX_NEW = {"gsm8k": 256, "humaneval": 256, "arithmetic": 48, "letter_count": 48, "mt_bench": 256}
@@ -162,8 +163,8 @@ def _device(model: torch.nn.Module) -> torch.device:
 
 
 @torch.inference_mode()
-def choose_letters(model: torch.nn.Module, prompts: Sequence[Sequence[int]], letter_ids: Sequence[Sequence[int]]
-                   ) -> list[int]:
+def choose_letters(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
+                   letter_ids: Sequence[Sequence[int]]) -> list[int]:
     """For each prompt, the index of the option whose letter token has the highest next-token logit,
     among that prompt's ``letter_ids`` only.
 
@@ -296,7 +297,8 @@ def _run_generation(model, tok, task, items, max_new, batch_size, tick) -> list[
 
 def _run_humaneval(model, tok, problems, max_new, batch_size, tick, timeout: float = 10.0) -> list[dict]:
     prompts = [render_for_completion(_user(humaneval_question(p["prompt"])), tok) for p in problems]
-    replies = generate_replies(model, tok, prompts, max_new, tools=False, batch_size=batch_size, on_batch=tick)
+    replies = generate_replies(model, tok, prompts, max_new, tools=False, batch_size=batch_size,
+                               on_batch=tick)
     programs = [humaneval_program(p, text_of(parts)) for p, (parts, _) in zip(problems, replies, strict=True)]
     with ThreadPoolExecutor(max_workers=4) as pool:  # each run is its own process; threads only wait
         results = list(pool.map(lambda prog: run_python(prog, timeout), programs))
@@ -390,7 +392,8 @@ def _evaluate_task(model, tok, task, rows, limit, progress, out_dir, batch_size,
         records = _run_mc(model, tok, items, batch_size, tick)
         baseline = sum(1 / r["options"] for r in records) / len(records) if records else 0.25
     elif task == "gsm8k":
-        pairs = [(r["question"].strip(), r["answer"].rpartition("#### ")[2].strip().replace(",", "")) for r in items]
+        pairs = [(r["question"].strip(), r["answer"].rpartition("#### ")[2].strip().replace(",", ""))
+                 for r in items]
         records, baseline = _run_generation(model, tok, task, pairs, max_new, batch_size, tick), 0.0
     elif task in ("arithmetic", "letter_count"):
         records, baseline = _run_generation(model, tok, task, items, max_new, batch_size, tick), 0.0
@@ -404,7 +407,8 @@ def _evaluate_task(model, tok, task, rows, limit, progress, out_dir, batch_size,
             path.parent.mkdir(parents=True, exist_ok=True)
             with open(path, "w", encoding="utf-8") as f:
                 for r in records:
-                    f.write(json.dumps({k: r[k] for k in ("question_id", "category", "turns", "answers")}) + "\n")
+                    keep = ("question_id", "category", "turns", "answers")
+                    f.write(json.dumps({k: r[k] for k in keep}) + "\n")
             res["answers_file"] = str(path)
         res.update(n=len(records), accuracy=None, centered=None, baseline=None,
                    seconds=round(time.perf_counter() - t0, 3))
