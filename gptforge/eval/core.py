@@ -332,10 +332,14 @@ def evaluate_task(model: torch.nn.Module, tok, spec: TaskSpec, rows: Sequence[di
     for idx in range(n):
         examples = [rows[i] for i in fewshot_indices(len(rows), idx, k, seed)]
         options = render_options(spec, rows[idx], examples)
-        if split == "core":
-            reqs = core_requests(tok, options, spec.kind, bos)
-        else:
-            reqs = lmeval_requests(tok, options, bos)
+        try:
+            if split == "core":
+                reqs = core_requests(tok, options, spec.kind, bos)
+            else:
+                reqs = lmeval_requests(tok, options, bos)
+        except ValueError as e:  # a char tokenizer meeting a character it lacks, or an empty prompt
+            raise UserError(f"{spec.label}, item {idx}: the tokenizer cannot encode the prompt ({e})"
+                            ) from None
         spans.append((len(requests), len(requests) + len(reqs)))
         requests += reqs
     report = None if progress is None else (lambda done, total: progress(spec.label, done, total))
@@ -375,9 +379,13 @@ def evaluate_core(model: torch.nn.Module, tok, data_dir: str | Path, tasks: Sequ
 
     Raises:
         UserError: an unknown task name, a missing data directory, a missing file of a task named
-            explicitly, or a corrupt task file.
+            explicitly, a corrupt task file, a prompt the tokenizer cannot encode, or a tokenizer with
+            more ids than the model.
     """
     root = task_dir(data_dir)
+    if tok.vocab_size > model.config.vocab_size:
+        raise UserError(f"the tokenizer has {tok.vocab_size} ids but the model only "
+                        f"{model.config.vocab_size}; evaluate with the tokenizer the model was trained with")
     specs = list(CORE_TASKS) if tasks is None else [get_task(t) for t in tasks]
     bos_id = tok.eot_id if bos else None
     results, missing = {}, []
