@@ -25,6 +25,7 @@ COMMANDS = {
     "sample": "generate text from a checkpoint",
     "sft": "finetune a base model on conversations (SFT) with tool use",
     "chat": "talk to a finetuned model in the terminal (or answer one prompt)",
+    "eval": "evaluate a model: CORE tasks, chat and tool tasks, bits per byte",
     "export": "write model + tokenizer as one file for the numpy-only run.py",
 }
 

@@ -110,10 +110,12 @@ def get_task(name: str) -> TaskSpec:
 
 def task_dir(data_dir: str | Path) -> Path:
     """The directory that holds the task sub-folders (``world_knowledge/`` ...): ``data_dir`` itself,
-    or ``data_dir/evals/icl`` when given the shared data root. Raises UserError if neither exists."""
+    ``data_dir/icl`` when given the evals folder, or ``data_dir/evals/icl`` when given the shared
+    data root. Raises UserError if none exists."""
     p = Path(data_dir)
-    if (p / "evals" / "icl").is_dir():
-        return p / "evals" / "icl"
+    for sub in (p / "icl", p / "evals" / "icl"):
+        if sub.is_dir():
+            return sub
     if not p.is_dir():
         raise UserError(f"{p}: no such task directory (expected the CORE task files, e.g. "
                         "../shared/data/evals/icl)")

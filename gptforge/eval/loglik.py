@@ -22,6 +22,7 @@ final one, are the input). A continuation longer than ``block_size`` keeps only 
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -85,6 +86,7 @@ def score_requests(model: torch.nn.Module, requests: Sequence[Request], max_toke
         windows.append(seq)
         n_scored.append(min(len(r.continuation), len(seq) - 1))
     order = sorted(range(len(requests)), key=lambda i: -len(windows[i]))
+    selects = "select" in inspect.signature(model.forward).parameters  # GPT can skip unscored logits
     device = _device(model)
     was_training = model.training
     model.eval()
@@ -106,8 +108,12 @@ def score_requests(model: torch.nn.Module, requests: Sequence[Request], max_toke
                 rows += [b] * n
                 cols += range(L - n, L)
                 targets += seq[L + 1 - n:]
-            logits, _ = model(x.to(device))  # (B, longest, V)
-            picked = logits[torch.tensor(rows, device=device), torch.tensor(cols, device=device)]  # (N, V)
+            select = (torch.tensor(rows, device=device), torch.tensor(cols, device=device))
+            if selects:  # the lm_head only where a token is scored
+                picked, _ = model(x.to(device), select=select)  # (N, V)
+            else:
+                logits, _ = model(x.to(device))  # (B, longest, V)
+                picked = logits[select]  # (N, V)
             logp = F.log_softmax(picked.float(), dim=-1)
             tgt = torch.tensor(targets, device=device)
             tok_logp = logp.gather(1, tgt[:, None])[:, 0].double().cpu()  # (N,) nats per token
