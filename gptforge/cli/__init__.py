@@ -26,6 +26,7 @@ COMMANDS = {
     "sft": "finetune a base model on conversations (SFT) with tool use",
     "chat": "talk to a finetuned model in the terminal (or answer one prompt)",
     "eval": "evaluate a model: CORE tasks, chat and tool tasks, bits per byte",
+    "report": "compare runs side by side (markdown and a PNG)",
     "export": "write model + tokenizer as one file for the numpy-only run.py",
 }
 
