@@ -26,6 +26,7 @@ COMMANDS = {
     "sft": "finetune a base model on conversations (SFT) with tool use",
     "chat": "talk to a finetuned model in the terminal (or answer one prompt)",
     "export": "write model + tokenizer as one file for the numpy-only run.py",
+    "serve": "serve models over an OpenAI-compatible HTTP API, with a web chat page",
 }
 
 
