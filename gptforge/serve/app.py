@@ -395,14 +395,17 @@ async def collect(request: Request, job: Job, events: asyncio.Queue, meta: dict,
     """The whole response of a non-streamed request."""
     n = len(job.rows)
     texts, parts, finish, tokens = [""] * n, [[] for _ in range(n)], [None] * n, 0
+    checked = time.monotonic()
     while any(f is None for f in finish):
         try:
-            evs = await asyncio.wait_for(events.get(), 1.0)
-        except TimeoutError:  # check now and then that the client is still there
+            evs = await asyncio.wait_for(events.get(), 0.25)
+        except TimeoutError:
+            evs = []
+        if time.monotonic() - checked > 0.25:  # now and then: is the client still there?
+            checked = time.monotonic()
             if await request.is_disconnected():
                 job.cancelled = True
-                raise APIError(499, "client closed the request") from None
-            continue
+                raise APIError(499, "client closed the request")
         for e in evs:
             texts[e.index] += e.text
             add_part(parts[e.index], e)
