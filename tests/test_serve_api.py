@@ -21,6 +21,7 @@ from gptforge.serve.app import Limits, create_app
 from gptforge.serve.batcher import StopStrings
 
 USER = [{"role": "user", "content": "What is two and two?"}]
+ASSISTANT = {"role": "assistant", "content": "Fine."}
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,8 @@ def test_chat_greedy_is_the_engines_reply_streamed_or_not(client, models):
     assert r.object == "chat.completion" and r.id.startswith("chatcmpl-") and r.model == "chat"
     assert r.choices[0].message.role == "assistant" and r.choices[0].message.content == want
     assert r.choices[0].finish_reason in ("stop", "length")
-    assert r.usage.completion_tokens <= 40 and r.usage.total_tokens == r.usage.prompt_tokens + r.usage.completion_tokens
+    u = r.usage
+    assert u.completion_tokens <= 40 and u.total_tokens == u.prompt_tokens + u.completion_tokens
     s = client.chat.completions.create(model="chat", messages=USER, temperature=0, max_tokens=40, stream=True,
                                        stream_options={"include_usage": True})
     text, finish, usage = stream_text(s)
@@ -129,10 +131,9 @@ def error_of(exc) -> dict:
     (dict(messages=[]), 400, "messages"),
     (dict(messages=[{"role": "user", "content": ""}]), 400, "messages"),
     (dict(messages=[{"role": "bot", "content": "hi"}]), 400, "messages"),
-    (dict(messages=[{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]), 400, "messages"),
+    (dict(messages=[{"role": "user", "content": "a"}, ASSISTANT]), 400, "messages"),  # ends with assistant
     (dict(messages=[{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]), 400, "messages"),
-    (dict(messages=[{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}] * 4
-          + USER), 400, "messages"),  # 9 messages, over max_messages=8
+    (dict(messages=[{"role": "user", "content": "a"}, ASSISTANT] * 4 + USER), 400, "messages"),  # 9 > 8
     (dict(messages=[{"role": "user", "content": "x" * 2001}]), 400, "messages"),  # over max_chars
     (dict(max_tokens=250), 400, "max_tokens"),  # the context is 256
     (dict(max_tokens=0), 400, "max_tokens"),
@@ -160,7 +161,7 @@ def test_prompt_longer_than_the_context(client):
         client.chat.completions.create(model="chat", messages=[long], max_tokens=10)
     assert error_of(e)["code"] == "context_length_exceeded"
     # an older turn that does not fit is dropped instead, and the header says so
-    old = [{"role": "user", "content": "The cat sat on the mat. " * 60}, {"role": "assistant", "content": "Fine."}]
+    old = [{"role": "user", "content": "The cat sat on the mat. " * 60}, ASSISTANT]
     r = client.chat.completions.with_raw_response.create(model="chat", messages=old + USER, max_tokens=10)
     assert r.headers["x-gptforge-dropped-messages"] == "2"
 
@@ -203,7 +204,7 @@ def test_api_key(models):
         assert httpx.post(url + "/v1/chat/completions", json={}).status_code == 401  # no header at all
         assert httpx.get(url + "/v1/models", headers={"Authorization": "s3cret"}).status_code == 401
         c = openai.OpenAI(base_url=url + "/v1", api_key="s3cret", max_retries=0)
-        assert c.chat.completions.create(model="chat", messages=USER, max_tokens=3).usage.completion_tokens > 0
+        assert c.chat.completions.create(model="chat", messages=USER, max_tokens=3).usage.prompt_tokens > 0
         assert httpx.get(url + "/health").status_code == 200 and httpx.get(url + "/").status_code == 200
 
 
@@ -215,7 +216,8 @@ def test_turn_decoder_and_stop_strings_never_split_characters(models):
     assert "".join(pieces) == text and all("\ufffd" not in p for p in pieces)
     assert pieces[:3] == ["é", "日", "本"]
     s = StopStrings(("日本", "END"))
-    assert [s.feed(x) for x in ("aé", "日", "x", "E", "N", "日", "本z")] == ["aé", "", "日x", "", "", "EN", ""]
+    sent = [s.feed(x) for x in ("aé", "日", "x", "E", "N", "日", "本z")]
+    assert sent == ["aé", "", "日x", "", "", "EN", ""]
     assert s.hit
 
 

@@ -286,6 +286,8 @@ def check_messages(messages, limits: Limits) -> list[dict]:
                 raise APIError(400, f"messages: message {i}: only text content parts are supported",
                                param="messages")
             m["content"] = c = "".join(p["text"] for p in c)
+        elif m["role"] == "assistant" and isinstance(c, list):  # gptforge_parts sent back: drop blank text
+            m["content"] = c = [p for p in c if not is_blank_text(p)]
         chars += len(c) if isinstance(c, str) else sum(len(str(p.get("text", ""))) for p in c
                                                        if isinstance(p, dict)) if isinstance(c, list) else 0
         out.append(m)
@@ -299,6 +301,12 @@ def check_messages(messages, limits: Limits) -> list[dict]:
     if out[-1]["role"] != "user":
         raise APIError(400, "messages: the last message must be the user's", param="messages")
     return out
+
+
+def is_blank_text(part) -> bool:
+    """A text part holding only whitespace (a reply can have one; the conversation check refuses it)."""
+    return isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str) \
+        and not part["text"].strip()
 
 
 def number(body: dict, name: str, default, lo, hi, *, integer: bool = False, lo_open: bool = False):
