@@ -208,7 +208,10 @@ def create_app(models: dict, api_key: str | None = None, limits: Limits | None =
             raise APIError(400, f"prompt: {len(text)} characters, more than the {limits.max_chars} allowed",
                            param="prompt")
         tok = s.batcher.tok
-        prompt = tok.encode_ordinary(text) if text else ([tok.eot_id] if tok.eot_id is not None else [])
+        try:
+            prompt = tok.encode_ordinary(text) if text else ([tok.eot_id] if tok.eot_id is not None else [])
+        except ValueError as e:  # a char tokenizer meets a character it lacks
+            raise APIError(400, f"prompt: cannot tokenize: {e}", param="prompt") from None
         if not prompt:
             raise APIError(400, "prompt: empty, and this tokenizer has no <|endoftext|> to start from",
                            param="prompt")
