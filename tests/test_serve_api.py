@@ -318,3 +318,12 @@ def test_full_queue_answers_429(models):
         for t in threads:
             t.join(30)
         assert holders == [200, 200]
+
+
+def test_serve_command_refuses_a_bad_checkpoint_in_one_line(capsys, tmp_path):
+    from gptforge.cli import main
+
+    assert main(["serve", "--ckpt", str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err == f"gptforge: error: --ckpt {tmp_path / 'nope'}: no such directory\n"
+    assert main(["serve", "--ckpt", str(tmp_path), "--max-batch", "0"]) == 2
+    assert "max-batch" in capsys.readouterr().err
