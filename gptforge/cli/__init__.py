@@ -28,6 +28,7 @@ COMMANDS = {
     "eval": "evaluate a model: CORE tasks, chat and tool tasks, bits per byte",
     "report": "compare runs side by side (markdown and a PNG)",
     "export": "write model + tokenizer as one file for the numpy-only run.py",
+    "serve": "serve models over an OpenAI-compatible HTTP API, with a web chat page",
 }
 
 
