@@ -80,7 +80,7 @@ def test_chat_greedy_is_the_engines_reply_streamed_or_not(client, models):
 
 
 def test_sse_wire_format(server):
-    body = {"model": "chat", "messages": USER, "max_tokens": 5, "stream": True}
+    body = {"model": "chat", "messages": USER, "max_tokens": 5, "stream": True, "temperature": 0}
     with httpx.stream("POST", server[0] + "/v1/chat/completions", json=body, timeout=60) as r:
         assert r.headers["content-type"].startswith("text/event-stream")
         raw = "".join(r.iter_text())

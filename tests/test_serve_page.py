@@ -1,6 +1,7 @@
 """The chat page at / in a real headless Chromium (Debian's chromium + chromium-driver, via selenium):
 send a message, watch the reply stream in, regenerate it, see a tool call shown distinctly, and see
-an XSS payload in the model's reply shown as text. Saves the screenshot docs/serve.png.
+an XSS payload in the model's reply shown as text. Saves the README's screenshot docs/serve.png
+when GPTFORGE_SCREENSHOTS=1.
 
 The model is real, not a stub: a 2-layer GPT trained in the test (about 300 AdamW steps, a few
 seconds) until it has memorised two conversations, so its greedy reply to "Show me some HTML" is
@@ -8,6 +9,7 @@ exactly ``PAYLOAD`` and to "What is 12*34?" a calculator call (the server runs t
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
@@ -137,8 +139,12 @@ def test_chat_page_streams_regenerates_and_shows_html_as_text(browser, tmp_path)
         assert (call.text, out.text) == ("calculator: 12*34", "= 408")
         assert replies()[1].endswith("12 times 34 is 408.")
         assert d.execute_script("return window.xss") is None
-        (ROOT / "docs").mkdir(exist_ok=True)
-        d.save_screenshot(str(ROOT / "docs" / "serve.png"))
+        # the README's screenshot: refreshed on request only, so a test run leaves the tree clean
+        shot = tmp_path / "serve.png"
+        if os.environ.get("GPTFORGE_SCREENSHOTS"):
+            shot = ROOT / "docs" / "serve.png"
+        shot.parent.mkdir(exist_ok=True)
+        assert d.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
 
         # edit-and-resend: the first question, edited, drops everything after it
         d.find_element(By.CSS_SELECTOR, ".msg.user .edit").click()

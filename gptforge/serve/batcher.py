@@ -17,7 +17,7 @@ requests that arrive after its batch started (head-of-line blocking): that is th
 cache position; per-row positions in the cache would lift it (future work).
 
 Within a batch every row has its own sampling settings (temperature, top-k, top-p, seed, stop
-strings, max tokens), its own tool calls (the engine's per-row ``_ToolCalls``) and its own
+strings, max tokens), its own tool calls (the engine's per-row ``ToolCalls``) and its own
 incremental UTF-8 decoding (``TurnDecoder``), so a multi-byte character is never split across
 events. As in ``gptforge.engine.generate_stream``, all rows start at position 0 and a row still
 inside its prompt is fed its prompt token (the KV cache is filled once for the shortest prompt).
@@ -39,7 +39,7 @@ import torch
 
 from gptforge.chat.assistant import Piece, TurnDecoder
 from gptforge.chat.render import ChatTokens
-from gptforge.engine import ToolUse, _Context, _ToolCalls, sample_next
+from gptforge.engine import DecodeContext, ToolCalls, ToolUse, sample_next
 
 
 class QueueFull(Exception):
@@ -280,8 +280,8 @@ class Batcher:
         seq = torch.zeros((B, total), dtype=torch.long, device=self.device)
         for i, r in enumerate(rows):
             seq[i, :lens[i]] = torch.tensor(r.job.prompt, dtype=torch.long)
-        ctx = _Context(self.model, B, use_cache=True)
-        calls = _ToolCalls(self.tool, B) if self.tool is not None else None
+        ctx = DecodeContext(self.model, B, use_cache=True)
+        calls = ToolCalls(self.tool, B) if self.tool is not None else None
         eot = self.tok.special_tokens.get("<|endoftext|>")
         end_turn = self.chat_tokens.assistant_end if self.chat_tokens else None
         for t in range(min(lens), total):
