@@ -1,17 +1,24 @@
-"""`gptforge speedrun`: raw text to a model that writes, in one command, with a report.
+"""`gptforge speedrun`: raw text to an assistant that uses a calculator, in one command, with a report.
 
 Stages, each writing into the run folder ``OUT``::
 
-    OUT/tokenizer.json   1. tokenizer: a byte-level BPE trained on the train split (or char-level)
-    OUT/data/            2. token shards (train.bin, val.bin, meta.json)
-    OUT/pretrain/        3. pretraining run: metrics.jsonl, ckpt/, config.json
-    OUT/loss.png         4. loss curves
-    OUT/samples.txt      5. samples from the best checkpoint
-    OUT/report.md        6. the report: config, data, tokens seen, wall time, loss, bpb, MFU, samples
+    data      OUT/tokenizer.json, OUT/data/   a tokenizer trained on the train split, token shards
+    pretrain  OUT/pretrain/                   the base model (metrics.jsonl, ckpt/, config.json)
+    sft       OUT/sft/                        the base finetuned on conversations with tool calls
+    eval      OUT/pretrain/eval.json, OUT/sft/eval.json
+                                              bits per byte, a CORE subset, chat and tool tasks
+    report    OUT/report.md                   base vs SFT, loss curves, samples, a chat transcript
+              (+ loss.png, compare.png, samples.txt, chat.txt, summary.json)
 
-A recipe is a tokenizer plus a pretraining config (``RECIPES``). With a time budget the number of
-steps is set from a short calibration run, so the learning-rate schedule (and its warmdown) ends
-when the time does; the run stays deterministic for that step count.
+Each stage can be skipped (``skip``) or run alone (``only``) on what earlier stages left in OUT.
+The SFT stage needs a tokenizer with the chat special tokens (the BPE recipes have them; a
+char-level recipe skips it, and says so).
+
+A recipe is a tokenizer plus a pretraining config (``RECIPES``). Budgets (``time``, ``sft_time``)
+are the *wall-clock* seconds of their stage, evaluation and checkpoints included: the number of
+steps comes from a short calibration run (so the learning-rate schedule and its warmdown end in
+time), planned with room for the evaluations, and the stage stops at its budget in any case. The
+report gives both the wall time and the time in optimizer steps (what the benchmarks compare).
 """
 
 from __future__ import annotations
@@ -35,7 +42,8 @@ class Recipe:
     tokenizer: "char" (nanoGPT's: every character of the corpus, no special tokens) or "bpe:N"
         (byte-level BPE with vocabulary N trained on the train split).
     train: TrainConfig fields (see gptforge.train.config).
-    time: default training budget in seconds (None: the config's max_steps decides).
+    time: default pretraining budget in wall-clock seconds (None: the config's max_steps decides).
+    sft_time: default SFT budget in wall-clock seconds (None: SFT_DEFAULTS' max_steps).
     short: overrides of ``train`` for budgets of at most SHORT_BUDGET seconds.
     """
 
@@ -43,6 +51,7 @@ class Recipe:
     tokenizer: str
     train: dict
     time: float | None = None
+    sft_time: float | None = None
     sample_tokens: int = 300
     short: dict = field(default_factory=dict)
 
@@ -70,7 +79,7 @@ CPU = dict(
     arch="gpt", preset="modern", depth=4, model={"n_embd": 256, "n_head": 4, "dropout": 0.2}, block_size=128,
     batch_size=16, optimizer="muon", lr=1e-2, muon_lr=0.02, weight_decay=0.0, beta1=0.9, beta2=0.95,
     grad_clip=1.0, schedule="wsd", warmdown_frac=0.4, min_lr_frac=0.0, warmup_steps=20,
-    dtype="float32", eval_interval=100, eval_tokens=0)
+    dtype="float32", eval_interval=100, eval_tokens=65536)  # the eval stage scores the whole val split
 # Under a minute, a shallower, narrower model on smaller batches takes more steps and wins.
 CPU_SHORT = dict(depth=2, model={"n_embd": 128, "n_head": 2, "dropout": 0.0}, batch_size=8)
 SHORT_BUDGET = 60.0  # seconds
@@ -81,7 +90,7 @@ SUSTAINED_SLOWDOWN = 1.2
 
 RECIPES: dict[str, Recipe] = {
     "cpu": Recipe("small modern GPT (RoPE, RMSNorm, ReLU^2, QK-norm) with Muon, BPE tokens; minutes on a "
-                  "laptop CPU", "bpe:2048", CPU, time=300, short=CPU_SHORT),
+                  "laptop CPU", "bpe:2048", CPU, time=240, sft_time=120, short=CPU_SHORT),
     "nanogpt-cpu": Recipe("nanoGPT's CPU shakespeare_char recipe, reproduced (char-level, 4x128, 2000 "
                           "iterations of AdamW)", "char", NANOGPT_CPU),
     "gpu-small": Recipe("nanochat-style d12 modern GPT on one GPU, bf16 autocast, torch.compile",
@@ -119,10 +128,10 @@ def build_tokenizer(spec: str, corpus: str, progress: bool):
     return train_on_corpus(corpus, int(n), progress=progress)
 
 
-def calibrate_steps(cfg, seconds: float, probe_steps: int = 12, data=None) -> tuple[int, float]:
-    """Steps that fit in ``seconds`` of training: time ``probe_steps`` real optimizer steps of this
-    config (in a scratch run folder, silently; ``data`` as for ``train``) and divide; over
-    SHORT_BUDGET, plan for SUSTAINED_SLOWDOWN. Returns (steps, planned seconds per step)."""
+def probe_step_time(cfg, probe_steps: int = 12, data=None, sustained: bool = False) -> tuple[float, int]:
+    """(seconds per optimizer step, tokens per step) of this config: the median of ``probe_steps`` real
+    steps, warm-up left out, run in a scratch folder silently (``data`` as for ``train``);
+    ``sustained`` plans for SUSTAINED_SLOWDOWN."""
     import dataclasses
     import tempfile
 
@@ -131,11 +140,47 @@ def calibrate_steps(cfg, seconds: float, probe_steps: int = 12, data=None) -> tu
     with tempfile.TemporaryDirectory(prefix="gptforge-calib-") as tmp:
         probe = dataclasses.replace(cfg, out=str(Path(tmp) / "run"), max_steps=probe_steps, max_time=0.0,
                                     eval_interval=10**9, eval_tokens=cfg.block_size, compile=False)
-        times = train(probe, logger=Logger("none"), data=data)["step_times_s"]
-    per_step = sorted(times[2:])[len(times[2:]) // 2]  # median; skip warm-up steps
-    if seconds > SHORT_BUDGET:
-        per_step *= SUSTAINED_SLOWDOWN
+        summary = train(probe, logger=Logger("none"), data=data)
+    times = summary["step_times_s"][2:]
+    per_step = sorted(times)[len(times) // 2] * (SUSTAINED_SLOWDOWN if sustained else 1.0)
+    return per_step, summary["tokens"] // max(summary["step"], 1)
+
+
+def calibrate_steps(cfg, seconds: float, probe_steps: int = 12, data=None) -> tuple[int, float]:
+    """Steps whose optimizer time is ``seconds`` (training time only, what the benchmarks compare;
+    `plan_wall_clock` plans a stage's wall time): over SHORT_BUDGET, planned at SUSTAINED_SLOWDOWN.
+    Returns (steps, planned seconds per step)."""
+    per_step, _ = probe_step_time(cfg, probe_steps, data, sustained=seconds > SHORT_BUDGET)
     return max(1, int(seconds / per_step)), per_step
+
+
+def fit_budget(seconds: float, per_step: float, tokens_per_step: int, eval_tokens: int,
+               eval_interval: int) -> tuple[int, int]:
+    """(steps, eval tokens) for ``seconds`` of wall time: evaluations (at step 0, every
+    ``eval_interval`` steps and at the end, each a forward pass at a third of a training step's
+    cost per token) get at most 10% of the budget, their size cut to fit (never under one step's
+    tokens); 5% is left for starting up and saving; the steps take the rest (at least 1)."""
+    per_token_eval = per_step / max(tokens_per_step, 1) / 3
+    n_evals = 2 + int(seconds / per_step) // eval_interval
+    eval_tokens = max(tokens_per_step, min(eval_tokens, int(0.10 * seconds / n_evals / per_token_eval)))
+    eval_s = eval_tokens * per_token_eval
+    steps = int((0.95 * seconds - 2 * eval_s) / (per_step + eval_s / eval_interval))
+    return max(1, steps), eval_tokens
+
+
+def plan_wall_clock(cfg, seconds: float, data=None) -> tuple[int, float, int]:
+    """(steps, seconds per step, eval tokens) for a stage of ``seconds`` wall time (`fit_budget`)."""
+    per_step, tokens_per_step = probe_step_time(cfg, data=data, sustained=seconds > SHORT_BUDGET)
+    eval_tokens = cfg.eval_tokens or (data.eval_tokens if data is not None else 10**9)
+    steps, eval_tokens = fit_budget(seconds, per_step, tokens_per_step, eval_tokens, cfg.eval_interval)
+    return steps, per_step, eval_tokens
+
+
+STAGES = ("data", "pretrain", "sft", "eval", "report")
+SFT_DATA = "arithmetic:20000,spelling:10000,identity,smalltalk"
+CORE_SUBSET = "arc_easy,piqa,winogrande,copa,lambada_openai"  # quick, and the ones small models move on
+CHAT_TASKS = "arithmetic,letter_count,chat:arc_easy"
+TRANSCRIPT = "What is 123 + 456?"
 
 
 @dataclass
@@ -145,16 +190,38 @@ class SpeedrunConfig:
     preset: str = setting("cpu", "recipe", choices=tuple(RECIPES))
     corpus: str = setting("shakespeare",
                           "'shakespeare' (built in), a .txt/.jsonl file, a directory or a glob")
-    time: float | None = setting(None, "training budget in seconds; none -> the preset's (cpu: 300)",
-                                 gt=0, le=7 * 86400)
+    time: float | None = setting(None, "pretraining budget in wall-clock seconds (evaluation and checkpoints "
+                                       "included); none -> the preset's (cpu: 240)", gt=0, le=7 * 86400)
+    sft_time: float | None = setting(None, "SFT budget in wall-clock seconds; none -> the preset's "
+                                           "(cpu: 120)",
+                                     gt=0, le=7 * 86400)
+    sft_data: str = setting(SFT_DATA, "SFT conversations (as gptforge sft --data)")
+    eval_limit: int = setting(50, "items per task in the eval stage", ge=1, le=100_000)
     out: str = setting("", "run folder; empty -> runs/speedrun-<preset>-<YYYYmmdd-HHMMSS>", metavar="DIR")
+    only: str = setting("", "run this stage alone on what OUT holds: " + ", ".join(STAGES), metavar="STAGE")
+    skip: str = setting("", "comma-separated stages to leave out", metavar="STAGES")
     samples: int = setting(3, "samples in the report", ge=0, le=100)
     seed: int = setting(1337, "seed of the model init, batches and samples", ge=0, le=2**32 - 1)
 
     def __post_init__(self):
         check(self, "speedrun")
+        skip = [x.strip() for x in self.skip.split(",") if x.strip()]
+        for name in skip + ([self.only] if self.only else []):
+            if name not in STAGES:
+                raise UserError(f"unknown stage {name!r}; stages: {', '.join(STAGES)}")
+        if self.only and skip:
+            raise UserError("--only runs one stage; leave out --skip")
+        if self.only and not self.out:
+            raise UserError(f"--only {self.only}: which run? give its folder with --out")
         if not self.out:
             self.out = str(Path("runs") / f"speedrun-{self.preset}-{datetime.now():%Y%m%d-%H%M%S}")
+
+    def stages(self) -> list[str]:
+        """The stages to run, in order."""
+        if self.only:
+            return [self.only]
+        skip = {x.strip() for x in self.skip.split(",")}
+        return [s for s in STAGES if s not in skip]
 
 
 def plan(sr: SpeedrunConfig, train_overrides: dict | None = None, progress: bool = True):
@@ -162,7 +229,8 @@ def plan(sr: SpeedrunConfig, train_overrides: dict | None = None, progress: bool
     bad setting fails before any stage runs.
 
     Raises:
-        UserError: a bad override, or a GPU preset on a machine without CUDA.
+        UserError: a bad override, a GPU preset on a machine without CUDA, a stage whose output
+            exists already, or one whose input is missing.
     """
     import torch
 
@@ -175,95 +243,261 @@ def plan(sr: SpeedrunConfig, train_overrides: dict | None = None, progress: bool
     cfg = make_config(recipe.config(budget), {"data": str(out_dir / "data"), "out": str(out_dir / "pretrain"),
                                               "seed": sr.seed, "progress": "auto" if progress else "none"},
                       train_overrides or {})
-    if cfg.device == "cuda" and not torch.cuda.is_available():
+    stages = sr.stages()
+    if "pretrain" in stages and cfg.device == "cuda" and not torch.cuda.is_available():
         raise UserError(f"preset {sr.preset} needs a CUDA GPU; none is available (try --preset cpu)")
-    open_corpus(sr.corpus)  # a missing corpus fails here, not after a stage
+    if "data" in stages:
+        open_corpus(sr.corpus)  # a missing corpus fails here, not after a stage
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: exists and is not a directory; choose another --out")
-    if (out_dir / "pretrain").exists():
-        raise UserError(f"{out_dir} already holds a speedrun; choose another --out or delete it")
+    made = {"data": out_dir / "data", "pretrain": out_dir / "pretrain", "sft": out_dir / "sft"}
+    for stage, path in made.items():
+        if stage in stages and path.exists():
+            raise UserError(f"{out_dir} already holds a speedrun's {stage} stage ({path}); choose another "
+                            "--out, delete it, or run the later stages with --only")
+    needed = (("pretrain", "data"), ("sft", "pretrain"), ("eval", "pretrain"), ("report", "pretrain"))
+    for stage, needs in needed:
+        if stage in stages and needs not in stages and not made[needs].exists():
+            raise UserError(f"the {stage} stage needs {made[needs]}; run the {needs} stage first")
     return cfg, budget
 
 
 def speedrun(sr: SpeedrunConfig, train_overrides: dict | None = None, progress: bool = True) -> Path:
-    """Run every stage of ``sr.preset`` on ``sr.corpus`` into folder ``sr.out``; return the report's path.
+    """Run the stages of ``sr`` (module docstring) on ``sr.corpus`` into folder ``sr.out``; return the
+    report's path (the report may be from an earlier run when the report stage is skipped).
 
     ``train_overrides``: TrainConfig fields (``model`` for the model's) over the recipe's.
     ``progress``: show progress (bars on a terminal, log lines otherwise); False is silent but for
     the stage headers.
 
     Raises:
-        UserError: bad settings, a bad corpus, or an ``out`` folder that already holds a run.
+        UserError: bad settings, a bad corpus, or an ``out`` folder that already holds a stage.
+        KeyboardInterrupt: Ctrl-C / SIGTERM during training (the run is saved first).
     """
-    from gptforge.data.shards import prepare
-    from gptforge.engine import generate, load_for_inference
-    from gptforge.train import make_config, train
-    from gptforge.train.plot import plot_runs, read_metrics
-
     cfg, budget = plan(sr, train_overrides, progress)
-    recipe_name, corpus, seed, samples = sr.preset, sr.corpus, sr.seed, sr.samples
-    recipe = RECIPES[recipe_name]
+    recipe = RECIPES[sr.preset]
     out_dir = Path(sr.out)
     out_dir.mkdir(parents=True, exist_ok=True)
+    stages = sr.stages()
     t_all = time.time()
+    info = _read_info(out_dir)
+    n = len(stages)
+    for i, stage in enumerate(stages, 1):
+        t0 = time.time()
+        _say(f"[{i}/{n}] {stage}")
+        if stage == "data":
+            info["data"] = _stage_data(sr, recipe, out_dir, progress)
+        elif stage == "pretrain":
+            info["pretrain"] = _stage_pretrain(cfg, budget)
+        elif stage == "sft":
+            info["sft"] = _stage_sft(sr, recipe, out_dir, progress)
+        elif stage == "eval":
+            info["eval"] = _stage_eval(sr, out_dir, progress)
+        else:
+            info["report"] = _stage_report(sr, recipe, out_dir, info)
+        info.setdefault("stage_s", {})[stage] = time.time() - t0
+        write_json(out_dir / "speedrun.json", _finite_tree(info))
+    total = time.time() - t_all
+    _say(f"done in {total:.0f} s")
+    sft_dir = out_dir / "sft"
+    talk = sft_dir if (sft_dir / "ckpt").exists() else out_dir / "pretrain"
+    if talk == sft_dir:
+        _say(f"talk to it:  gptforge chat --ckpt {talk}\n"
+             f"serve it:    gptforge serve --ckpt {talk}   (OpenAI API and a chat page on http://127.0.0.1:8000)")
+    else:
+        _say(f"sample from it:  gptforge sample --ckpt {talk} --prompt 'ROMEO:'")
+    return out_dir / "report.md"
 
-    _say(f"[1/5] tokenizer ({recipe.tokenizer}) on {corpus}")
+
+def _read_info(out_dir: Path) -> dict:
+    """What earlier runs of stages recorded in OUT/speedrun.json (for --only)."""
+    import json
+
+    f = out_dir / "speedrun.json"
+    try:
+        return json.loads(f.read_text()) if f.is_file() else {}
+    except ValueError:
+        raise UserError(f"{f}: not valid JSON; delete it to start the record afresh") from None
+
+
+def _stage_data(sr: SpeedrunConfig, recipe: Recipe, out_dir: Path, progress: bool) -> dict:
+    from gptforge.data.shards import prepare
+
     bars = progress and sys.stderr.isatty()  # tokenizer and shard bars; pretraining logs lines otherwise
-    tok, tok_info = build_tokenizer(recipe.tokenizer, corpus, bars)
+    _say(f"      tokenizer ({recipe.tokenizer}) on {sr.corpus}")
+    tok, tok_info = build_tokenizer(recipe.tokenizer, sr.corpus, bars)
     tok.save(out_dir / "tokenizer.json")
+    _say(f"      token shards -> {out_dir / 'data'}")
+    meta = prepare(sr.corpus, tok, out_dir / "data", progress=bars)
+    return {"corpus": sr.corpus, "tokenizer_s": tok_info["seconds"], "meta": meta}
 
-    _say(f"[2/5] token shards -> {out_dir / 'data'}")
-    meta = prepare(corpus, tok, out_dir / "data", progress=bars)
 
-    per_step = None
-    if budget:
-        _say(f"[3/5] calibrating: how many steps fit in {budget:.0f} s of training")
-        steps, per_step = calibrate_steps(cfg, budget)
-        cfg = make_config(cfg.to_dict(), {"max_steps": steps, "max_time": budget * 1.5 + 30})
-        _say(f"      {per_step * 1000:.1f} ms/step -> {steps} steps")
-    _say(f"[3/5] pretraining -> {cfg.out}")
+def _budgeted(cfg, budget: float | None, data=None, what: str = "training"):
+    """``cfg`` with max_steps planned for a wall-clock ``budget`` and max_time set to it (None: as is)."""
+    from gptforge.train import make_config
+
+    if not budget:
+        return cfg, None
+    _say(f"      calibrating: how many {what} steps fit in {budget:.0f} s")
+    steps, per_step, eval_tokens = plan_wall_clock(cfg, budget, data=data)
+    _say(f"      {per_step * 1000:.1f} ms/step -> {steps} steps (evaluating {eval_tokens:,} tokens "
+         f"every {cfg.eval_interval} steps)")
+    cfg = make_config(cfg.to_dict(), {"max_steps": steps, "max_time": budget, "eval_tokens": eval_tokens})
+    return cfg, per_step
+
+
+def _stage_pretrain(cfg, budget: float | None) -> dict:
+    from gptforge.train import train
+
+    cfg, per_step = _budgeted(cfg, budget)
+    _say(f"      pretraining -> {cfg.out}")
+    t0 = time.time()
     summary = train(cfg)
     if summary["stopped_by"] == "signal":  # Ctrl-C / SIGTERM: the run is saved; stop here, not at the end
         _say(f"interrupted: pretraining saved at step {summary['step']} in {cfg.out}; "
              f"continue it with gptforge pretrain --resume {cfg.out}")
         raise KeyboardInterrupt
-
-    _say("[4/5] loss curves and samples")
-    plot_runs([cfg.out], out_dir / "loss.png")
-    model, tok2, state = load_for_inference(cfg.out, "best")
-    # start where documents start: after <|endoftext|> if the data has separators, else a newline
-    multi_doc = meta["splits"]["train"]["documents"] > 1 and tok2.eot_id is not None
-    start = [tok2.eot_id] if multi_doc else tok2.encode("\n")
-    stops = [tok2.eot_id] if tok2.eot_id is not None else []
-    rows = generate(model, [start] * samples, recipe.sample_tokens, temperature=0.8, top_k=50, seed=seed,
-                    stop_tokens=stops)
-    texts = [tok2.decode(r) for r in rows]
-    atomic_write(out_dir / "samples.txt",
-        "".join(f"--- sample {i + 1} ---\n{t}\n\n" for i, t in enumerate(texts)))
-
-    _say("[5/5] report")
-    metrics = read_metrics(cfg.out)
-    report = _report(recipe_name, recipe, corpus, tok, tok_info, meta, cfg, summary, state, metrics, texts,
-                     per_step, budget, time.time() - t_all)
-    path = atomic_write(out_dir / "report.md", report)
     summary.pop("step_times_s")
-    write_json(out_dir / "summary.json", _finite(
-        {"recipe": recipe_name, "corpus": corpus, **summary, "best_checkpoint": state.path,
-         "best_val_loss": state.val_loss, "best_val_bpb": state.val_bpb,
-         "total_time_s": time.time() - t_all}))
-    return path
+    return {**summary, "budget_s": budget, "per_step_s": per_step, "wall_s": time.time() - t0}
 
 
-def _finite(d: dict) -> dict:
-    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in d.items()}
+def _stage_sft(sr: SpeedrunConfig, recipe: Recipe, out_dir: Path, progress: bool) -> dict:
+    from gptforge.chat.render import ChatTokens
+    from gptforge.chat.sft import sft_config, sft_run_data
+    from gptforge.tokenizer import load_tokenizer
+    from gptforge.train import train
+
+    try:
+        ChatTokens(load_tokenizer(out_dir / "tokenizer.json"))
+    except UserError:
+        _say(f"      skipped: the {recipe.tokenizer} tokenizer has no chat special tokens")
+        return {"skipped": "the tokenizer has no chat tokens"}
+    cfg = sft_config(out_dir / "pretrain", {"data": sr.sft_data, "out": str(out_dir / "sft"),
+                                            "eval_tokens": 16384, "progress": "auto" if progress else "none"})
+    data, tr, te = sft_run_data(cfg)
+    _say(f"      {tr.conversations:,} conversations ({sr.sft_data}) in {tr.rows:,} rows, "
+         f"{tr.cropped} cropped")
+    budget = sr.sft_time if sr.sft_time is not None else recipe.sft_time
+    cfg, per_step = _budgeted(cfg, budget, data, "SFT")
+    _say(f"      SFT -> {cfg.out}")
+    t0 = time.time()
+    summary = train(cfg, data=data)
+    if summary["stopped_by"] == "signal":
+        _say(f"interrupted: SFT saved at step {summary['step']} in {cfg.out}; "
+             f"continue it with gptforge sft --resume {cfg.out}")
+        raise KeyboardInterrupt
+    summary.pop("step_times_s")
+    return {**summary, "budget_s": budget, "per_step_s": per_step, "wall_s": time.time() - t0,
+            "conversations": tr.conversations, "cropped": tr.cropped}
+
+
+def _stage_eval(sr: SpeedrunConfig, out_dir: Path, progress: bool) -> dict:
+    """Both models on the same tasks: bits per byte on the whole val split, a CORE subset, and the
+    chat and tool tasks (a base model has never seen a conversation: its chat scores show what SFT
+    buys)."""
+    from gptforge.chat.render import ChatTokens
+    from gptforge.engine import load_for_inference
+    from gptforge.eval.chat import default_data_dir
+    from gptforge.eval.suite import evaluate, format_table, resolve_tasks
+
+    out = {}
+    for name in ("pretrain", "sft"):
+        run = out_dir / name
+        if not (run / "ckpt").exists():
+            continue
+        model, tok, _ = load_for_inference(str(run), "best")
+        spec = CORE_SUBSET
+        try:
+            ChatTokens(tok)
+            spec += "," + CHAT_TASKS
+        except UserError:
+            pass
+        if tok.kind == "char":  # its table holds the corpus's characters only: task prompts need more
+            _say("      a char-level tokenizer cannot encode the tasks' prompts: bits per byte only")
+            plan_ = resolve_tasks("bpb")
+        elif not default_data_dir().is_dir():  # a user's clone without ../shared/data
+            _say(f"      no evaluation data at {default_data_dir()}: bits per byte only")
+            plan_ = resolve_tasks("bpb")
+        else:
+            plan_ = resolve_tasks(spec + ",bpb")
+        _say(f"      {name}: {spec if plan_.core else 'bpb'} (up to {sr.eval_limit} items per task)")
+        res = evaluate(model, tok, plan_, bpb_data=out_dir / "data", limit=sr.eval_limit, out_dir=run)
+        write_json(run / "eval.json", _finite_tree(res))
+        if progress:
+            _say("\n".join("      " + line for line in format_table(res).splitlines()))
+        out[name] = {"core": res["core"], "chatcore": res["chatcore"], "bpb": res["bpb"]["bpb"],
+                     "seconds": res["seconds"]}
+    return out
+
+
+def _stage_report(sr: SpeedrunConfig, recipe: Recipe, out_dir: Path, info: dict) -> dict:
+    from gptforge.chat.assistant import respond
+    from gptforge.engine import generate, load_for_inference
+    from gptforge.eval.report import compare_markdown, compare_png, run_card
+    from gptforge.train.config import TrainConfig
+    from gptforge.train.plot import plot_runs, read_metrics
+
+    runs = [out_dir / n for n in ("pretrain", "sft") if (out_dir / n / "metrics.jsonl").exists()]
+    plot_runs([str(r) for r in runs], out_dir / "loss.png")
+    cards = [run_card(r) for r in runs]
+    compare_png(cards, out_dir / "compare.png")
+    model, tok, state = load_for_inference(str(out_dir / "pretrain"), "best")
+    meta = (info.get("data") or {}).get("meta") or _shard_meta(out_dir / "data")
+    multi_doc = meta["splits"]["train"]["documents"] > 1 and tok.eot_id is not None
+    start = [tok.eot_id] if multi_doc else tok.encode("\n")  # where documents start
+    stops = [tok.eot_id] if tok.eot_id is not None else []
+    rows = generate(model, [start] * sr.samples, recipe.sample_tokens, temperature=0.8, top_k=50,
+                    seed=sr.seed, stop_tokens=stops) if sr.samples else []
+    texts = [tok.decode(r) for r in rows]
+    atomic_write(out_dir / "samples.txt",
+                 "".join(f"--- sample {i + 1} ---\n{t}\n\n" for i, t in enumerate(texts)))
+    transcript = None
+    if (out_dir / "sft" / "ckpt").exists():
+        chat_model, chat_tok, _ = load_for_inference(str(out_dir / "sft"), "best")
+        pieces = respond(chat_model, chat_tok, [{"role": "user", "content": TRANSCRIPT}], 64, temperature=0)
+        reply = "".join(f"[calculator: {p.text}" if p.kind == "tool_call" else f" = {p.text}]"
+                        if p.kind == "tool_output" else p.text for p in pieces)
+        transcript = f"you> {TRANSCRIPT}\nassistant> {reply}\n"
+        atomic_write(out_dir / "chat.txt", transcript)
+    cfg = TrainConfig(**_json_config(out_dir / "pretrain"))
+    pre = info.get("pretrain") or {}
+    text = _report(sr.preset, recipe, meta, cfg, pre, state, read_metrics(out_dir / "pretrain"), texts,
+                   compare_markdown(cards), transcript, info)
+    atomic_write(out_dir / "report.md", text)
+    write_json(out_dir / "summary.json", _finite_tree(
+        {"recipe": sr.preset, "corpus": (info.get("data") or {}).get("corpus", sr.corpus), **pre,
+         "best_checkpoint": state.path, "best_val_loss": state.val_loss, "best_val_bpb": state.val_bpb,
+         "sft": info.get("sft"), "eval": info.get("eval"), "stage_s": info.get("stage_s")}))
+    return {"path": str(out_dir / "report.md")}
+
+
+def _json_config(run_dir: Path) -> dict:
+    """A run's config.json as a dict."""
+    import json
+
+    return json.loads((run_dir / "config.json").read_text())
+
+
+def _shard_meta(data_dir: Path) -> dict:
+    import json
+
+    return json.loads((data_dir / "meta.json").read_text())
+
+
+def _finite_tree(x):
+    """``x`` with every non-finite float replaced by None (JSON has no NaN), recursively."""
+    if isinstance(x, dict):
+        return {k: _finite_tree(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite_tree(v) for v in x]
+    return None if isinstance(x, float) and not math.isfinite(x) else x
 
 
 def _fmt(x, spec=".4f", none="-"):
     return none if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
-def _report(name, recipe, corpus, tok, tok_info, meta, cfg, summary, state, metrics, texts, per_step,
-            budget, total_s) -> str:
+def _report(name, recipe, meta, cfg, pre, state, metrics, texts, comparison, transcript, info) -> str:
     from gptforge.train.config import format_config
 
     tr, va = meta["splits"]["train"], meta["splits"]["val"]
@@ -271,6 +505,9 @@ def _report(name, recipe, corpus, tok, tok_info, meta, cfg, summary, state, metr
     mfus = [r["mfu"] for r in metrics if r.get("mfu") is not None]
     tok_s = [r["tokens_per_s"] for r in metrics if r.get("tokens_per_s")]
     median = lambda xs: sorted(xs)[len(xs) // 2] if xs else None
+    last = metrics[-1] if metrics else {}
+    stage_s = info.get("stage_s", {})
+    data = info.get("data") or {}
     lines = [
         f"# gptforge speedrun: `{name}`",
         "",
@@ -278,36 +515,48 @@ def _report(name, recipe, corpus, tok, tok_info, meta, cfg, summary, state, metr
         "",
         "| | |",
         "|---|---|",
-        f"| corpus | `{corpus}` ({meta['corpus']['bytes']:,} bytes, "
+        f"| corpus | `{data.get('corpus', meta['corpus']['spec'])}` ({meta['corpus']['bytes']:,} bytes, "
         f"sha256 `{meta['corpus']['sha256'][:16]}…`) |",
-        f"| tokenizer | {tok.kind}, vocab {tok.vocab_size:,}, trained in {tok_info['seconds']:.1f} s |",
+        f"| tokenizer | {meta['tokenizer']['kind']}, vocab {meta['tokenizer']['vocab_size']:,}"
+        + (f", trained in {data['tokenizer_s']:.1f} s |" if "tokenizer_s" in data else " |"),
         f"| train split | {tr['tokens']:,} tokens, {tr['bytes']:,} bytes "
         f"({tr['bytes'] / tr['tokens']:.2f} bytes/token) |",
         f"| val split | {va['tokens']:,} tokens, {va['bytes']:,} bytes |",
-        f"| model | {cfg.arch} ({cfg.preset}), depth {cfg.depth}, {summary['num_params']:,} parameters |",
-        f"| steps | {summary['step']:,} ({summary['stopped_by']}), B={cfg.batch_size}, T={cfg.block_size} |",
-        f"| tokens seen | {summary['tokens']:,} |",
-        f"| training time | {summary['train_time_s']:.1f} s in optimizer steps, "
-        f"{summary['time_s']:.1f} s with "
-        f"evaluation and checkpoints |",
-        f"| whole speedrun | {total_s:.1f} s |",
+        f"| model | {cfg.arch} ({cfg.preset}), depth {cfg.depth}"
+        + (f", {pre['num_params']:,} parameters |" if "num_params" in pre else " |"),
+        f"| steps | {last.get('step', 0):,}" + (f" ({pre['stopped_by']})" if "stopped_by" in pre else "")
+        + f", B={cfg.batch_size}, T={cfg.block_size} |",
+        f"| tokens seen | {last.get('tokens', 0):,} |",
+        f"| pretraining time | {last.get('train_time_s', 0):.1f} s in optimizer steps (what benchmarks "
+        "compare), "
+        f"{_fmt(pre.get('wall_s'), '.1f')} s wall clock with evaluation and checkpoints"
+        + (f" (budget {pre['budget_s']:.0f} s wall clock)" if pre.get("budget_s") else "") + " |",
+        "| stages (wall clock) | " + ", ".join(f"{k} {v:.0f} s" for k, v in stage_s.items()) + " |",
         f"| throughput | {_fmt(median(tok_s), ',.0f')} tokens/s (median step), "
         f"MFU {_fmt(median(mfus), '.1%')} |",
-        f"| final val loss | {_fmt(summary['val_loss'])} nats/token |",
-        f"| final val bpb | {_fmt(summary['val_bpb'])} bits/byte |",
         f"| best checkpoint | `{state.path}` (val loss {_fmt(state.val_loss)}, "
         f"bpb {_fmt(state.val_bpb)}) |",
         "",
+        "Loss in nats per token; bits per byte = nats per token / ln 2 / (bytes per token), so it",
+        "compares across tokenizers. Intermediate validation uses part of the val split; the",
+        "evaluation below scores all of it.",
+        "",
     ]
-    if budget:
-        lines += [f"Time budget {budget:.0f} s: calibrated at {per_step * 1000:.0f} ms/step.", ""]
-    lines += ["## Loss", "", "![loss curves](loss.png)", "",
+    if pre.get("per_step_s"):
+        lines += [f"Pretraining calibrated at {pre['per_step_s'] * 1000:.0f} ms/step.", ""]
+    lines += ["## Base vs SFT", "", "![loss and accuracy](compare.png)", "",
+              comparison.replace("## ", "### "), ""]
+    if transcript:
+        lines += ["## A chat with the SFT model", "",
+                  "Greedy, with the calculator tool: the engine runs the call and forces its output into "
+                  "the reply.", "", "```text", transcript.rstrip("\n"), "```", ""]
+    lines += ["## Pretraining loss", "", "![loss curves](loss.png)", "",
               "| step | tokens | train time (s) | val loss | val bpb |",
               "|---:|---:|---:|---:|---:|"]
     lines += [f"| {r['step']} | {r['tokens']:,} | {r.get('train_time_s', 0):.1f} | {r['val_loss']:.4f} | "
               f"{_fmt(r.get('val_bpb'))} |" for r in evals]
-    lines += ["", "## Samples", "", "Temperature 0.8, top-k 50, from the best checkpoint.", ""]
+    lines += ["", "## Samples", "", "Temperature 0.8, top-k 50, from the best base checkpoint.", ""]
     for i, t in enumerate(texts):
         lines += [f"### Sample {i + 1}", "", "```text", t.rstrip("\n"), "```", ""]
-    lines += ["## Config", "", "```text", format_config(cfg), "```", ""]
+    lines += ["## Pretraining config", "", "```text", format_config(cfg), "```", ""]
     return "\n".join(lines)

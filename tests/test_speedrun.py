@@ -2,13 +2,15 @@
 
 import json
 import re
+import time
 from pathlib import Path
 
 import pytest
+from helpers import CHAT_TEXT
 
 from gptforge.cli import main
 from gptforge.models import build_model
-from gptforge.speedrun import RECIPES, SHORT_BUDGET
+from gptforge.speedrun import RECIPES, SHORT_BUDGET, fit_budget
 
 
 def test_speedrun_end_to_end(tmp_path, tinyshakespeare, capsys):
@@ -18,34 +20,81 @@ def test_speedrun_end_to_end(tmp_path, tinyshakespeare, capsys):
     # a fixed step budget keeps the test independent of machine load (calibration is tested below)
     assert main(["speedrun", "--preset", "nanogpt-cpu", "--corpus", str(corpus), "--out", str(out),
                  "--samples", "2", "--train", "max_steps=60", "--train", "eval_interval=20"]) == 0
-    stdout = capsys.readouterr().out
-    assert stdout.splitlines()[-1] == f"report: {out / 'report.md'}"
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[-1] == f"report: {out / 'report.md'}"
+    # a char-level tokenizer has no chat tokens: the SFT stage says so and the rest goes on
+    assert "skipped: the char tokenizer has no chat special tokens" in captured.err
+    assert "gptforge sample --ckpt" in captured.err and not (out / "sft").exists()
     report = (out / "report.md").read_text()
-    for section in ("## Loss", "## Samples", "### Sample 2", "## Config", "final val bpb", "MFU"):
+    for section in ("## Base vs SFT", "## Pretraining loss", "## Samples", "### Sample 2",
+                    "## Pretraining config", "bits per byte (eval)", "MFU", "wall clock"):
         assert section in report
     summary = json.loads((out / "summary.json").read_text())
     assert summary["stopped_by"] == "max_steps" and summary["step"] == 60
     metrics = [json.loads(line) for line in (out / "pretrain" / "metrics.jsonl").read_text().splitlines()]
     evals = [r["val_bpb"] for r in metrics if "val_bpb" in r]
     assert len(evals) == 4 and evals[-1] < evals[0] - 1.0  # it learned something
+    # the eval stage scores the whole val split: the same figure as the run's last (whole-split) eval
+    ev = json.loads((out / "pretrain" / "eval.json").read_text())
+    assert ev["bpb"]["bpb"] == pytest.approx(evals[-1], rel=1e-3)  # windows of the tail differ slightly
     assert (out / "loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert (out / "samples.txt").read_text().count("--- sample") == 2
     # a second speedrun into the same folder refuses instead of mixing runs
     assert main(["speedrun", "--corpus", str(corpus), "--time", "3", "--out", str(out)]) == 2
     assert "already holds a speedrun" in capsys.readouterr().err
+    # ... but a stage can run again alone on what the folder holds
+    (out / "report.md").unlink()
+    assert main(["speedrun", "--preset", "nanogpt-cpu", "--out", str(out), "--only", "report"]) == 0
+    assert "## Base vs SFT" in (out / "report.md").read_text()
 
 
-def test_time_budget_sets_the_step_count(tmp_path, tinyshakespeare, capsys):
+def test_speedrun_to_an_assistant(tmp_path, capsys):
+    """The cpu recipe's whole path on a small corpus: SFT runs, both models are evaluated on the same
+    tasks, and the report has base and SFT columns and a transcript with a calculator call forced in."""
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(CHAT_TEXT * 20)
+    out = tmp_path / "run"
+    assert main(["speedrun", "--corpus", str(corpus), "--out", str(out), "--samples", "1",
+                 "--eval-limit", "3", "--train", "max_steps=4", "--train", "eval_interval=2",
+                 "--model", "n_embd=32", "--train", "depth=1", "--sft-data", "arithmetic:40,identity"]) == 0
+    err = capsys.readouterr().err
+    assert "gptforge chat --ckpt" in err and "gptforge serve --ckpt" in err
+    report = (out / "report.md").read_text()
+    assert "| | pretrain | sft |" in report and "chat:arithmetic" in report and "core:piqa" in report
+    assert "## A chat with the SFT model" in report and "you> What is 123 + 456?" in report
+    for name in ("pretrain", "sft"):
+        ev = json.loads((out / name / "eval.json").read_text())
+        assert ev["tasks"]["chat:arithmetic"]["n"] == 3 and ev["bpb"]["bpb"] > 0
+    info = json.loads((out / "speedrun.json").read_text())
+    assert list(info["stage_s"]) == ["data", "pretrain", "sft", "eval", "report"]
+
+
+def test_wall_clock_budget_plans_steps_and_evaluations(tmp_path, tinyshakespeare, capsys):
     corpus = tmp_path / "small.txt"
     corpus.write_bytes(tinyshakespeare.read_bytes()[:100_000])
     out = tmp_path / "run"
-    assert main(["speedrun", "--corpus", str(corpus), "--time", "2", "--out", str(out),
-                 "--samples", "1"]) == 0
+    t0 = time.time()
+    assert main(["speedrun", "--corpus", str(corpus), "--time", "4", "--out", str(out),
+                 "--samples", "1", "--skip", "sft,eval,report"]) == 0
     err = capsys.readouterr().err
-    per_step_ms, steps = re.search(r"([\d.]+) ms/step -> (\d+) steps", err).groups()
-    # steps = floor(budget / measured step time); the run then takes exactly that many steps
-    assert int(steps) == pytest.approx(2000 / float(per_step_ms), rel=0.02, abs=1)
-    assert json.loads((out / "summary.json").read_text())["step"] == int(steps)
+    found = re.search(r"([\d.]+) ms/step -> (\d+) steps \(evaluating ([\d,]+) tokens", err)
+    per_step_ms, steps, eval_tokens = found.groups()
+    info = json.loads((out / "speedrun.json").read_text())
+    # the run takes the planned steps, unless the wall-clock budget (a hard stop) ends it first
+    assert info["pretrain"]["step"] == int(steps) or info["pretrain"]["stopped_by"] == "max_time"
+    assert info["pretrain"]["time_s"] < 4 * 1.5 + 2 and time.time() - t0 < 120
+    cfg = json.loads((out / "pretrain" / "config.json").read_text())
+    assert cfg["max_time"] == 4 and cfg["eval_tokens"] == int(eval_tokens.replace(",", ""))
+
+
+def test_fit_budget_leaves_room_for_evaluation():
+    # 0.1 s steps of 1,000 tokens, evaluations of 30,000 tokens (1 s each) every 100 steps, 100 s budget
+    steps, eval_tokens = fit_budget(100, 0.1, 1000, 30_000, 100)
+    assert eval_tokens == 30_000 and steps == int((95 - 2) / (0.1 + 1 / 100))
+    # a tiny budget shrinks the evaluations to 10% of it instead of spending it all on them
+    steps, eval_tokens = fit_budget(2, 0.1, 1000, 30_000, 100)
+    assert eval_tokens == 3000 and steps == int((1.9 - 0.2) / (0.1 + 0.1 / 100))
+    assert fit_budget(0.01, 0.1, 1000, 30_000, 100)[0] == 1
 
 
 def test_nanogpt_cpu_recipe_is_nanogpts_model():

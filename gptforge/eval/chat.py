@@ -28,7 +28,8 @@ the model answers greedily. Tasks (data under ``data_dir``, default ``../shared/
   (test split, seed 1, never trained on): arithmetic with operands of up to 3 digits, and the
   letter-count questions of the spelling mixture; 200 items each unless ``limit`` says otherwise.
   The answer is the last number of the reply's text, right when it equals the reference's tool
-  output, exactly as ``bench/chat_cpu.py`` scores them. Baseline 0.
+  output, exactly as ``bench/chat_cpu.py`` scores them. Baseline: the share of the commonest answer
+  among the items (always answering "1" gets about 40% of letter counts).
 - ``mt_bench`` (``mt_bench/question.jsonl``, 80 two-turn questions, LMSYS): both turns answered and
   saved to ``out_dir/mt_bench_answers.jsonl`` for reading; no score (there is no judge model
   offline), so it has no accuracy and is left out of the mean.
@@ -396,7 +397,11 @@ def _evaluate_task(model, tok, task, rows, limit, progress, out_dir, batch_size,
                  for r in items]
         records, baseline = _run_generation(model, tok, task, pairs, max_new, batch_size, tick), 0.0
     elif task in ("arithmetic", "letter_count"):
-        records, baseline = _run_generation(model, tok, task, items, max_new, batch_size, tick), 0.0
+        records = _run_generation(model, tok, task, items, max_new, batch_size, tick)
+        # a model that always writes the commonest answer scores this much (letter counts are
+        # mostly 0, 1 or 2: "1" alone is right about 40% of the time)
+        answers = [a for _, a in items]
+        baseline = max(answers.count(a) for a in set(answers)) / len(answers) if answers else 0.0
     elif task == "humaneval":
         records, baseline = _run_humaneval(model, tok, items, max_new, batch_size, tick), 0.0
         res["sandbox"] = list(protections())
