@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_votes_refusals_visibility_and_exports(tmp_path):
     s = VoteStore(tmp_path / "a.db")
-    b1 = s.create_battle("alice", "2+3?", "sft", "dpo", "5", [{"type": "text", "text": "6"}], {"temperature": 0.7})
+    six = [{"type": "text", "text": "6"}]
+    b1 = s.create_battle("alice", "2+3?", "sft", "dpo", "5", six, {"temperature": 0.7})
     b2 = s.create_battle("bob", "hi", "dpo", "sft", "hello", "hey")
     assert len(b1) >= 22 and b1 != b2
     with pytest.raises(BattleError, match="belongs to another session") as e:
@@ -43,7 +44,7 @@ def test_votes_refusals_visibility_and_exports(tmp_path):
     for i, b in enumerate(fc):
         check_battle(b, f"row {i}")
     assert s.preference_pairs() == [{"prompt": [{"role": "user", "content": "2+3?"}],
-                                     "chosen": [{"role": "assistant", "content": [{"type": "text", "text": "6"}]}],
+                                     "chosen": [{"role": "assistant", "content": six}],
                                      "rejected": [{"role": "assistant", "content": "5"}]}]
     (tmp_path / "junk.db").write_text("not a database at all, not even close......")
     with pytest.raises(Exception, match="not usable as an arena database"):

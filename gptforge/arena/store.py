@@ -1,7 +1,7 @@
 """Arena battles and votes in one SQLite file (Python's sqlite3), safe for concurrent writers.
 
     >>> store = VoteStore("arena.db")
-    >>> bid = store.create_battle(session, "What is 2+3?", "sft", "dpo", reply_a, reply_b, {"temperature": 0.7})
+    >>> bid = store.create_battle(session, "2+3?", "sft", "dpo", reply_a, reply_b, {"temperature": 0.7})
     >>> store.record_vote(bid, session, "a")          # A better; or "b", "tie", "bothbad"
     >>> store.fastchat_battles()                      # for gptforge.arena.ratings
     >>> store.preference_pairs()                      # for gptforge.arena.dpo

@@ -25,6 +25,8 @@ COMMANDS = {
     "sample": "generate text from a checkpoint",
     "sft": "finetune a base model on conversations (SFT) with tool use",
     "chat": "talk to a finetuned model in the terminal (or answer one prompt)",
+    "dpo": "preference-tune a chat model on chosen/rejected pairs (Direct Preference Optimization)",
+    "arena": "arena ratings (Bradley-Terry, bootstrap intervals) and an offline arena judged by answers",
     "export": "write model + tokenizer as one file for the numpy-only run.py",
 }
 
