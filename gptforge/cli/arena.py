@@ -63,6 +63,17 @@ def _rating_flags(p):
     p.add_argument("--ci-seed", type=int, default=0, help="bootstrap seed (default: 0)")
 
 
+def _check_numbers(args) -> None:
+    """The numeric flags, before any work: one line naming the flag when a value is out of range."""
+    checks = [("--rounds", args.rounds, 1, 1_000_000), ("--ci-seed", args.ci_seed, 0, 2**63 - 1)]
+    if hasattr(args, "n"):
+        checks += [("--n", args.n, 1, 10_000_000), ("--seed", args.seed, 0, 2**63 - 1),
+                   ("--temperature", args.temperature, 0, 1000)]
+    for flag, v, lo, hi in checks:
+        if not (lo <= v <= hi):  # False for nan too
+            raise UserError(f"{flag} {v}: expected a number >= {lo} and <= {hi}")
+
+
 def _report(battles, args, extra: dict | None = None) -> None:
     from gptforge.arena.ratings import format_table, leaderboard, plot_ratings
 
@@ -86,6 +97,7 @@ def run_ratings(args) -> int:
     from gptforge.arena.ratings import check_battle, read_battles
     from gptforge.arena.store import VoteStore, is_sqlite
 
+    _check_numbers(args)
     if args.db:
         if not Path(args.db).is_file() or not is_sqlite(args.db):
             raise UserError(f"{args.db}: not an arena vote database (SQLite file)")
@@ -124,9 +136,8 @@ def run_auto_cmd(args) -> int:
     from gptforge.arena.store import VoteStore
     from gptforge.engine import load_for_inference
 
+    _check_numbers(args)
     specs = model_specs(args.ckpt)
-    if args.n < 1:
-        raise UserError(f"--n must be >= 1, not {args.n}")
     models = {}
     for name, path in specs.items():
         model, tok, _ = load_for_inference(path, "best", args.device)

@@ -11,6 +11,7 @@ import argparse
 import sys
 
 from gptforge.cli.flags import add_config_flags, flag_values
+from gptforge.config import convert
 from gptforge.errors import UserError
 from gptforge.train.config import TrainConfig
 
@@ -41,7 +42,8 @@ def register(sub: argparse._SubParsersAction, help: str) -> None:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--prefs", metavar="FILE", help="preference pairs (JSONL, messages or hh-rlhf format)")
     src.add_argument("--db", metavar="FILE", help="an arena vote database: battles voted A or B")
-    p.add_argument("--beta", type=float, default=None, help="DPO beta (default: 0.1)")
+    p.add_argument("--beta", default=None, metavar="X",
+                   help="DPO beta: how strongly the policy is held to the reference (default: 0.1)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a DPO run from its latest checkpoint")
     add_config_flags(p, TrainConfig, skip=SKIP)
     p.set_defaults(func=run)
@@ -55,9 +57,7 @@ def run(args) -> int:
 
     flags = flag_values(args, TrainConfig, skip=SKIP)
     if args.beta is not None:
-        if not args.beta > 0:
-            raise UserError(f"--beta {args.beta}: expected a number > 0")
-        flags["dpo_beta"] = args.beta
+        flags["dpo_beta"] = convert(TrainConfig, "dpo_beta", args.beta, as_flag=True)
     if args.resume:
         if args.ckpt or args.prefs or args.db or (args.out and args.out != args.resume):
             raise UserError("--resume continues a DPO run with its own checkpoint and data; "
