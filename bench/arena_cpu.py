@@ -70,6 +70,7 @@ def main() -> int:
     p.add_argument("--sft", required=True, help="the SFT run (DPO starts here)")
     p.add_argument("--out", default="runs/bench-arena")
     p.add_argument("--pair-questions", type=int, default=150, help="train questions per task for pairs")
+    p.add_argument("--prefs", help="reuse the pairs of an earlier run (its OUT/prefs.jsonl); no sampling")
     p.add_argument("--samples", type=int, default=4)
     p.add_argument("--temperature", type=float, default=0.8)
     p.add_argument("--dpo-time", type=float, default=120.0)
@@ -93,10 +94,16 @@ def main() -> int:
         print(f"[{time.time() - t0:6.1f}s] {s}", file=sys.stderr, flush=True)
 
     sft, tok, _ = load_for_inference(args.sft, "best")
-    pairs, pair_stats = oracle_pairs(sft, tok, args.pair_questions, args.samples, args.temperature,
-                                     1000 + args.seed, log)
     prefs = out / "prefs.jsonl"
-    prefs.write_text("".join(json.dumps(r) + "\n" for r in pairs))
+    if args.prefs:
+        pairs = [json.loads(x) for x in Path(args.prefs).read_text().splitlines()]
+        pair_stats = {"reused": args.prefs}
+        if Path(args.prefs).resolve() != prefs.resolve():
+            prefs.write_text(Path(args.prefs).read_text())
+    else:
+        pairs, pair_stats = oracle_pairs(sft, tok, args.pair_questions, args.samples, args.temperature,
+                                         1000 + args.seed, log)
+        prefs.write_text("".join(json.dumps(r) + "\n" for r in pairs))
     t_pairs = time.time() - t0
 
     dpo_dir = out / f"dpo-{int(time.time())}"

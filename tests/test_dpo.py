@@ -111,6 +111,31 @@ def test_reply_only_mask(base):
     assert cropped and len(ids) == 9 and mask[-1] == 1
 
 
+def test_policy_runs_without_dropout(base):
+    """At the start the policy is the reference: the loss must be exactly log 2 even for a model
+    trained with dropout (which the DPO step turns off)."""
+    from gptforge.arena.dpo import DPOBatches, dpo_step_loss, encode_pairs, reference_logprobs
+    from gptforge.models import build_model
+
+    _, tok = base
+    torch.manual_seed(0)
+    model = build_model("gpt", vocab_size=tok.vocab_size, block_size=64, depth=1, n_embd=32, n_head=1,
+                        dropout=0.5)
+    pairs = [pair for pair in read_preferences_rows(toy_pairs(6))]
+    rows, masks, _ = encode_pairs(pairs, tok, 64)
+    ref = reference_logprobs(model, rows, masks)
+    model.train()
+    loss, stats = dpo_step_loss(0.1)(model, DPOBatches(rows, masks, ref, 4, 0).get(0, 0, 1, 0, 1))
+    assert loss.item() == pytest.approx(math.log(2), abs=1e-5) and model.training
+    loss.backward()  # gradients flow through the eval-mode forward
+
+
+def read_preferences_rows(rows):
+    from gptforge.arena.dpo import pair_from_row
+
+    return [pair_from_row(r, f"row {i}") for i, r in enumerate(rows)]
+
+
 def dpo_cfg(run, out, **kw):
     return make_config({"task": "dpo", "data": "inline", "init_from": str(run), "out": str(out), "depth": 1,
                         "block_size": 64, "batch_size": 4, "max_steps": 8, "eval_interval": 4,

@@ -261,11 +261,22 @@ class DPOBatches:
 
 def dpo_step_loss(beta: float):
     """The loop's loss_fn: ``(model, (x, y, ref)) -> (loss, stats)`` (one forward pass over the
-    chosen and rejected rows together)."""
+    chosen and rejected rows together).
+
+    The policy runs without dropout (eval mode; gradients flow as usual), as TRL's DPOTrainer
+    does by default: the reference log-probabilities were computed without it, and with dropout
+    the policy would differ from the reference at step 0 by noise, so the margin would start as
+    noise rather than 0.
+    """
 
     def loss_fn(model, batch):
         x, y, ref = batch
-        pi = sequence_logprobs(model, x, y)
+        was = model.training
+        model.eval()
+        try:
+            pi = sequence_logprobs(model, x, y)
+        finally:
+            model.train(was)
         B = len(pi) // 2
         return dpo_loss(pi[:B], pi[B:], ref[:B], ref[B:], beta)
 
