@@ -87,8 +87,12 @@ def run(args) -> int:
     pairs = read_preferences(cfg.data, skipped)
     if skipped:
         print(f"gptforge: warning: {len(skipped)} row(s) skipped, e.g. {skipped[0]}", file=sys.stderr)
-    reference, _ = ckpt.load_checkpoint(start, "latest")
-    data, st, n_val = dpo_data(cfg, tok, start / "tokenizer.json", pairs, reference)
+    import torch
+
+    # the reference pass runs where training will (cuda/mps when asked for or, with auto, present)
+    device = cfg.device if cfg.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    reference, _ = ckpt.load_checkpoint(start, "latest", device)
+    data, st, n_val = dpo_data(cfg, tok, start / "tokenizer.json", pairs, reference, device)
     del reference
     print(f"dpo data: {st.pairs:,} pairs ({st.pairs - n_val:,} train, {n_val:,} held out), "
           f"beta {cfg.dpo_beta}; "
