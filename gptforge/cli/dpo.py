@@ -35,7 +35,11 @@ examples:
 
 
 def register(sub: argparse._SubParsersAction, help: str) -> None:
-    p = sub.add_parser("dpo", help=help, description=__doc__.split("\n\n")[1], epilog=EPILOG,
+    defaults = ", ".join(f"{k}={v}" for k, v in DPO_DEFAULTS.items()
+                         if k not in ("progress", "tokens_per_step"))
+    p = sub.add_parser("dpo", help=help, epilog=EPILOG,
+                       description=f"{__doc__.split(chr(10) * 2)[1]}\nDPO_DEFAULTS: {defaults}. The "
+                                   "defaults shown below are gptforge's pretraining ones.",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", help="the SFT model to start from (and the frozen reference): a run or "
                                   "checkpoint directory")
