@@ -104,9 +104,8 @@ def main() -> int:
 
     from gptforge import checkpoint as ckpt
     from gptforge.chat.mixtures import mixture
-    from gptforge.chat.sft import sft_data
+    from gptforge.chat.sft import SFT_DEFAULTS, sft_data
     from gptforge.chat.sources import conversations
-    from gptforge.cli.sft import SFT_DEFAULTS
     from gptforge.engine import load_for_inference
     from gptforge.speedrun import SpeedrunConfig, calibrate_steps, speedrun
     from gptforge.tokenizer import load_tokenizer

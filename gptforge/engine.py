@@ -107,7 +107,7 @@ class ToolUse:
         return cls(*ids, decode=tok.decode, encode=tok.encode, run=run)
 
 
-class _ToolCalls:
+class ToolCalls:
     """Per-row tool-call state: the tokens of an open call, and the answer tokens still to force."""
 
     def __init__(self, tool: ToolUse, batch_size: int):
@@ -165,7 +165,7 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-class _Context:
+class DecodeContext:
     """Feeds tokens to a model and returns next-token logits, keeping whatever state it can."""
 
     def __init__(self, model: torch.nn.Module, batch_size: int, use_cache: bool):
@@ -255,8 +255,8 @@ def generate_stream(model: torch.nn.Module, prompts: Sequence[Sequence[int]], ma
     stops = set(stop_tokens)
     produced = [0] * B
     done = [False] * B
-    ctx = _Context(model, B, use_cache)
-    calls = _ToolCalls(tool, B) if tool is not None else None
+    ctx = DecodeContext(model, B, use_cache)
+    calls = ToolCalls(tool, B) if tool is not None else None
     longest = max(lens)
     for t in range(start, total):
         if all(done) or max_new_tokens == 0:
@@ -285,7 +285,7 @@ def generate_stream(model: torch.nn.Module, prompts: Sequence[Sequence[int]], ma
         yield out
 
 
-def _force(nxt: torch.Tensor, calls: _ToolCalls, done: list[bool]) -> tuple[torch.Tensor, list[bool]]:
+def _force(nxt: torch.Tensor, calls: ToolCalls, done: list[bool]) -> tuple[torch.Tensor, list[bool]]:
     """nxt (B,) with each live row's next queued tool-answer token in place of its sample, and which
     rows were forced. (A row with a queue has finished its prompt: calls open only after it.)"""
     tokens = nxt.tolist()

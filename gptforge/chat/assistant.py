@@ -68,8 +68,7 @@ def respond(model: torch.nn.Module, tok: Tokenizer, conversation: list[dict], ma
     """
     t = ChatTokens(tok)
     prompt = render_for_completion(conversation, tok)
-    mode, buf, produced, stopped = "text", [], 0, False
-    dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    turn, produced, stopped = TurnDecoder(tok), 0, False
     for step in generate_stream(model, [prompt], max_new_tokens, temperature=temperature, top_k=top_k,
                                 top_p=top_p, seed=seed, stop_tokens=[t.assistant_end],
                                 use_cache=use_cache, tool=ToolUse.from_tokenizer(tok) if tools else None,
@@ -81,25 +80,44 @@ def respond(model: torch.nn.Module, tok: Tokenizer, conversation: list[dict], ma
         produced += 1
         if i == t.eot:  # a document boundary: not a proper end of a turn, but the end of this one
             break
-        if i in (t.tool_call_start, t.tool_output_start):
-            tail = dec.decode(b"", final=True)
-            if tail:
-                yield Piece("text", tail)
-            mode, buf = ("tool_call" if i == t.tool_call_start else "tool_output"), []
-        elif i in (t.tool_call_end, t.tool_output_end):
-            yield Piece(mode, tok.decode(buf))
-            mode, buf = "text", []
-        elif mode == "text":
-            text = dec.decode(tok.decode_bytes([i]))
-            if text:
-                yield Piece("text", text)
-        else:
-            buf.append(i)
-    tail = dec.decode(b"", final=True)
-    if tail:
-        yield Piece("text", tail)
+        yield from turn.feed(i)
+    yield from turn.finish()
     if ended is not None:
         ended.append(stopped)
+
+
+class TurnDecoder:
+    """Token ids of an assistant turn -> Pieces, one token at a time: text as soon as it is whole
+    UTF-8 (an incremental decoder holds back a partial multi-byte character, so a character is
+    never split across pieces), a tool call or output whole at its end token. ``respond`` and the
+    server's batcher (one per row) share it."""
+
+    def __init__(self, tok: Tokenizer):
+        self.tok, self.t = tok, ChatTokens(tok)
+        self.mode, self.buf = "text", []
+        self.dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def feed(self, i: int) -> list[Piece]:
+        """The pieces completed by token ``i`` (often none, at most two)."""
+        t, out = self.t, []
+        if i in (t.tool_call_start, t.tool_output_start):
+            out = self.finish()
+            self.mode, self.buf = ("tool_call" if i == t.tool_call_start else "tool_output"), []
+        elif i in (t.tool_call_end, t.tool_output_end):
+            out = [Piece(self.mode, self.tok.decode(self.buf))]
+            self.mode, self.buf = "text", []
+        elif self.mode == "text":
+            text = self.dec.decode(self.tok.decode_bytes([i]))
+            if text:
+                out = [Piece("text", text)]
+        else:
+            self.buf.append(i)
+        return out
+
+    def finish(self) -> list[Piece]:
+        """The text held back at the end of the turn (an incomplete character becomes U+FFFD)."""
+        tail = self.dec.decode(b"", final=True)
+        return [Piece("text", tail)] if tail else []
 
 
 def as_message(pieces: list[Piece]) -> dict:

@@ -27,8 +27,14 @@ from gptforge.chat.render import ChatTokens, render
 from gptforge.errors import UserError
 from gptforge.tokenizer import Tokenizer
 from gptforge.train.batches import lm_loss
-from gptforge.train.config import TrainConfig
+from gptforge.train.config import TrainConfig, make_config
 from gptforge.train.session import TrainData
+
+# what an SFT run changes from the base run's config unless told otherwise: fresh budgets and a
+# short warmup (the base's schedule shape and learning rates stay)
+SFT_DEFAULTS = {"max_steps": 300, "max_time": 0.0, "max_tokens": 0, "decay_steps": 0, "warmup_steps": 10,
+                "eval_interval": 50, "eval_tokens": 65536, "ckpt_interval": 0, "keep_last": 1,
+                "tokens_per_step": 0, "progress": "auto"}
 
 
 @dataclass
@@ -136,3 +142,46 @@ def sft_data(cfg: TrainConfig, tok: Tokenizer, tokenizer_json: str | Path, train
                      tokenizer_json=Path(tokenizer_json), tokenizer=tok.identity(),
                      token_bytes=tok.token_bytes())
     return data, stats, vstats
+
+
+def sft_config(base: str | Path, *layers: dict) -> TrainConfig:
+    """The config of an SFT run from base run or checkpoint ``base`` (its best checkpoint, else its
+    latest): the base run's config, then SFT_DEFAULTS, then ``layers`` (flags), with task "sft" and
+    init_from set.
+
+    Raises:
+        UserError: no checkpoint at ``base``, a base model that is not a GPT, or a bad setting.
+    """
+    from gptforge import checkpoint as ckpt
+
+    try:
+        found = ckpt.find_checkpoint(base, "best")
+    except UserError:
+        found = ckpt.find_checkpoint(base, "latest")
+    state = ckpt.read_trainer_state(found)
+    if state.model_config.get("arch") != "gpt":
+        raise UserError(f"{found}: SFT finetunes GPT models; this one is {state.model_config.get('arch')!r}")
+    merged: dict = {}
+    for layer in layers:
+        merged.update(layer)
+    return make_config(state.config, SFT_DEFAULTS, merged, {"task": "sft", "init_from": str(found),
+                                                            "out": merged.get("out", "")}, where="sft")
+
+
+def sft_run_data(cfg: TrainConfig, strict: bool = False, read_stats: list | None = None
+                 ) -> tuple[TrainData, PackStats, PackStats]:
+    """``sft_data`` for ``cfg``: its ``data`` spec's train and test conversations (gptforge.chat.sources),
+    the tokenizer of its ``init_from`` checkpoint. ``read_stats`` gets each file's reading stats.
+
+    Raises:
+        UserError: a bad data spec or file (``strict``: any bad row), or no chat tokens.
+    """
+    from gptforge import checkpoint as ckpt
+    from gptforge.chat.sources import conversations
+    from gptforge.tokenizer import load_tokenizer
+
+    tok_file = ckpt.find_checkpoint(cfg.init_from) / "tokenizer.json"
+    tok = load_tokenizer(tok_file)
+    train_convs = conversations(cfg.data, "train", cfg.seed, strict, read_stats)
+    test_convs = conversations(cfg.data, "test", cfg.seed, strict)
+    return sft_data(cfg, tok, tok_file, train_convs, test_convs)

@@ -14,11 +14,6 @@ from gptforge.cli.flags import add_config_flags, flag_values
 from gptforge.errors import UserError
 from gptforge.train.config import TrainConfig
 
-# what an SFT run changes from the base run's config unless flags say otherwise
-SFT_DEFAULTS = {"max_steps": 300, "max_time": 0.0, "max_tokens": 0, "decay_steps": 0, "warmup_steps": 10,
-                "eval_interval": 50, "eval_tokens": 65536, "ckpt_interval": 0, "keep_last": 1,
-                "tokens_per_step": 0, "progress": "auto"}
-
 DESCRIPTION = """\
 Finetune a pretrained GPT on conversations: loss on what the assistant says (text, tool calls,
 <|assistant_end|>), none on the rest. Settings not given come from the base run (learning rates,
@@ -50,11 +45,8 @@ def register(sub: argparse._SubParsersAction, help: str) -> None:
 
 
 def run(args) -> int:
-    from gptforge import checkpoint as ckpt
-    from gptforge.chat.sft import sft_data
-    from gptforge.chat.sources import conversations
-    from gptforge.tokenizer import load_tokenizer
-    from gptforge.train import make_config, resume_config, train
+    from gptforge.chat.sft import sft_config, sft_run_data
+    from gptforge.train import resume_config, train
 
     flags = flag_values(args, TrainConfig, skip=("task", "init_from", "arch", "preset", "depth"))
     if args.resume:
@@ -68,24 +60,11 @@ def run(args) -> int:
     else:
         if not args.ckpt:
             raise UserError("--ckpt: which base model to finetune? (a run or checkpoint directory)")
-        try:
-            base = ckpt.find_checkpoint(args.ckpt, "best")
-        except UserError:
-            base = ckpt.find_checkpoint(args.ckpt, "latest")
-        state = ckpt.read_trainer_state(base)
-        if state.model_config.get("arch") != "gpt":
-            raise UserError(f"{base}: SFT finetunes GPT models; this one is "
-                            f"{state.model_config.get('arch')!r}")
         if not flags.get("data"):
             raise UserError("--data: what to finetune on? e.g. --data arithmetic,spelling,identity,smalltalk")
-        cfg = make_config(state.config, SFT_DEFAULTS, flags,
-                          {"task": "sft", "init_from": str(base), "out": flags.get("out", "")}, where="sft")
-    tok_file = ckpt.find_checkpoint(cfg.init_from) / "tokenizer.json"
-    tok = load_tokenizer(tok_file)
+        cfg = sft_config(args.ckpt, flags)
     read_stats: list = []
-    train_convs = conversations(cfg.data, "train", cfg.seed, args.strict, read_stats)
-    test_convs = conversations(cfg.data, "test", cfg.seed, args.strict)
-    data, tr, te = sft_data(cfg, tok, tok_file, train_convs, test_convs)
+    data, tr, te = sft_run_data(cfg, args.strict, read_stats)
     for st in read_stats:
         print(f"{st}", file=sys.stderr)
     print(f"sft data: {tr.conversations:,} train conversations in {tr.rows:,} rows of {cfg.block_size + 1} "

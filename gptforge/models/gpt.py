@@ -323,6 +323,8 @@ class GPT(nn.Module):
     forward(idx: LongTensor (B, T), targets: LongTensor (B, T) | None = None, kv_cache: KVCache | None = None)
       -> (logits: float32 (B, T, vocab_size), loss: scalar float32 tensor | None)
     loss: mean cross-entropy in nats per token over targets != -1 (-1 masks a position out).
+    select=(rows, cols), two LongTensors (N,): logits only at those positions, float32 (N, vocab_size)
+    (log-likelihood scoring: the lm_head over every position dominates with a large vocabulary).
     With kv_cache, idx holds only the new tokens; they sit at positions kv_cache.pos.. and attend to
     everything cached; the cache advances by T. Positions must stay below block_size.
 
@@ -382,7 +384,7 @@ class GPT(nn.Module):
                 nn.init.normal_(p, mean=0.0, std=1.0)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                kv_cache: KVCache | None = None):
+                kv_cache: KVCache | None = None, select: tuple[torch.Tensor, torch.Tensor] | None = None):
         cfg = self.config
         B, T = idx.size()
         pos = kv_cache.pos if kv_cache is not None else 0
@@ -400,7 +402,9 @@ class GPT(nn.Module):
         for block in self.transformer.h:
             x = block(x, cos, sin, kv_cache)
         x = self.transformer.ln_f(x)
-        logits = self.lm_head(x).float()  # (B, T, V)
+        if select is not None:
+            x = x[select]  # (N, C)
+        logits = self.lm_head(x).float()  # (B, T, V), or (N, V) with select
         if cfg.logit_softcap is not None:
             logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
         if kv_cache is not None:

@@ -1,0 +1,139 @@
+"""`gptforge eval`: CORE tasks for base models, chat and tool tasks for SFT models, bits per byte."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from gptforge.errors import UserError
+
+EPILOG = """\
+tasks (comma-separated):
+  core            the CORE tasks present offline (missing ones are named in the output)
+  chat            arc_easy, arc_challenge (lettered), gsm8k and humaneval (generation, the
+                  calculator; code runs in a sandboxed process), arithmetic, letter_count, mt_bench
+  bpb             bits per byte on --data (a shard directory or a text file; default: the run's
+                  own val shards)
+  NAME            a CORE task (arc_easy, piqa, lambada_openai, ...) or a chat task (gsm8k, ...);
+                  core:NAME / chat:NAME pick one form of a name both have (chat:arc_easy)
+
+examples:
+  gptforge eval --ckpt runs/speedrun/pretrain --tasks core --limit 200
+  gptforge eval --ckpt runs/speedrun/sft --tasks chat,bpb --limit 100
+  gptforge eval --ckpt hf-folder --tokenizer r50k_base.tiktoken --tasks arc_easy,piqa --shots 0
+"""
+
+
+def register(sub: argparse._SubParsersAction, help: str) -> None:
+    e = sub.add_parser(
+        "eval", help=help, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Evaluate a checkpoint: multiple-choice, schema and language-modelling tasks scored "
+                    "by log-likelihood (CORE), chat tasks by the model's replies, bits per byte. Prints "
+                    "a table and writes every figure to a JSON file.")
+    e.add_argument("--ckpt", required=True,
+                   help="run or checkpoint directory, or a Hugging Face folder "
+                        "(config.json + model.safetensors)")
+    e.add_argument("--which", choices=["latest", "best"], default="best",
+                   help="checkpoint of a run directory (default best, falling back to latest)")
+    e.add_argument("--tokenizer", help="for a Hugging Face folder: a gptforge tokenizer.json, an OpenAI rank "
+                                       "file (.tiktoken) or an encoding name (cl100k_base, o200k_base)")
+    e.add_argument("--tasks", default="core", help="what to run (see below; default core)")
+    e.add_argument("--limit", type=int, metavar="N", help="items per task (default: all)")
+    e.add_argument("--shots", type=int, metavar="K", help="few-shot examples for every CORE task "
+                                                         "(default: each task's own count)")
+    e.add_argument("--data", help="bpb: a shard directory (its val split) or a UTF-8 text file")
+    e.add_argument("--eval-data", metavar="DIR",
+                   help="evaluation data folder (default ../shared/data/evals beside the repository)")
+    e.add_argument("--out", help="JSON file to write (default: eval.json in the run directory)")
+    e.add_argument("--examples", action="store_true", help="also write per-example records to the JSON")
+    e.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.set_defaults(func=run)
+
+
+def load_model(ckpt: str, which: str, tokenizer: str | None, device: str):
+    """(model, tokenizer, run directory or None) from a gptforge run/checkpoint or an HF folder."""
+    from gptforge.engine import check_device, load_for_inference
+
+    p = Path(ckpt)
+    if (p / "model.safetensors").is_file() and (p / "config.json").is_file():  # gptforge's have trainer.json
+        from gptforge.models.hf import from_hf
+        from gptforge.tokenizer import load_tokenizer
+        from gptforge.tokenizer.openai import load_rank_file, openai_tokenizer
+
+        if tokenizer is None:
+            raise UserError(f"{p} is a Hugging Face folder: say which tokenizer it uses with --tokenizer "
+                            "(a tokenizer.json or an encoding name such as gpt2)")
+        if tokenizer.endswith(".tiktoken"):  # an OpenAI rank file
+            tok = load_rank_file(tokenizer)
+        elif Path(tokenizer).is_file():
+            tok = load_tokenizer(tokenizer)
+        else:
+            tok = openai_tokenizer(tokenizer)
+        model = from_hf(p).to(check_device(device)).eval()
+        return model, tok, None
+    if tokenizer is not None:
+        raise UserError("--tokenizer is for Hugging Face folders; a gptforge checkpoint carries its own")
+    model, tok, state = load_for_inference(ckpt, which, device)
+    run_dir = Path(state.path).parent.parent if Path(state.path).parent.name == "ckpt" else None
+    return model, tok, run_dir
+
+
+def run(args) -> int:
+    from gptforge.eval.suite import evaluate, format_table, resolve_tasks
+    from gptforge.io import write_json
+
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit {args.limit}: expected an integer >= 1")
+    if args.shots is not None and args.shots < 0:
+        raise UserError(f"--shots {args.shots}: expected an integer >= 0")
+    plan = resolve_tasks(args.tasks)  # before loading: a typo fails fast
+    model, tok, run_dir = load_model(args.ckpt, args.which, args.tokenizer, args.device)
+    bpb_data = args.data
+    if plan.bpb and bpb_data is None and run_dir is not None:
+        cfg = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
+        if cfg.get("task", "pretrain") == "pretrain" and cfg.get("data"):
+            bpb_data = cfg["data"]
+    if plan.bpb and bpb_data is None:
+        raise UserError("task bpb needs --data: a shard directory or a text file")
+    out = Path(args.out) if args.out else (run_dir or Path(args.ckpt)) / "eval.json"
+    bar = None if args.no_progress else _Progress()
+    try:
+        result = evaluate(model, tok, plan, data_dir=args.eval_data, bpb_data=bpb_data, limit=args.limit,
+                          shots=args.shots, examples=args.examples, out_dir=out.parent,
+                          progress=bar.update if bar else None)
+    finally:
+        if bar:
+            bar.close()
+    result["ckpt"] = str(args.ckpt)
+    print(format_table(result))
+    write_json(out, result)
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+class _Progress:
+    """One tqdm bar per task (items done / total, with ETA) on stderr."""
+
+    def __init__(self):
+        self.task, self.bar = None, None
+
+    def update(self, task: str, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        if task != self.task:
+            self.close()
+            # initial=done: the first report comes after the first batch, and tqdm's rate and ETA
+            # count only what follows it
+            self.task, self.bar = task, tqdm(total=total, initial=done, desc=task, unit="req",
+                                             file=sys.stderr, dynamic_ncols=True, leave=False)
+            return
+        self.bar.total = total
+        self.bar.update(done - self.bar.n)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+        self.bar = None

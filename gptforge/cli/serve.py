@@ -1,0 +1,78 @@
+"""`gptforge serve`: an OpenAI-compatible API and a web chat page over one or more checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from gptforge.cli.flags import add_config_flags, flag_values
+from gptforge.errors import UserError
+
+
+def register(sub: argparse._SubParsersAction, help: str) -> None:
+    from gptforge.serve.app import Limits
+
+    p = sub.add_parser(
+        "serve", help=help, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Serve models over HTTP with OpenAI's Chat Completions and Completions protocols\n"
+                    "(POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health) and a\n"
+                    "chat page at /. Concurrent requests to a model are decoded together in batches.",
+        epilog="examples:\n  gptforge serve --ckpt runs/sft                      # model name: sft\n"
+               "  gptforge serve --ckpt chat=runs/sft --ckpt base=runs/pretrain --port 8080\n"
+               "then open http://127.0.0.1:8000/ or point an OpenAI client at http://127.0.0.1:8000/v1")
+    p.add_argument("--ckpt", action="append", required=True, metavar="[NAME=]DIR",
+                   help="run or checkpoint directory to serve, optionally named (default name: the "
+                        "directory's name); repeatable")
+    p.add_argument("--which", choices=["latest", "best"], default="best",
+                   help="checkpoint of a run directory (default best, falling back to latest)")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
+    p.add_argument("--api-key", default=None, help="require the header Authorization: Bearer KEY on /v1")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
+    add_config_flags(p, Limits)
+    p.set_defaults(func=run)
+
+
+def parse_ckpts(items: list[str]) -> dict[str, str]:
+    """``["chat=runs/sft", "runs/base"]`` -> ``{"chat": "runs/sft", "base": "runs/base"}``.
+
+    Raises:
+        UserError: a directory that does not exist, or two models with one name.
+    """
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, path = item.partition("=")
+        if not sep or "/" in name or not name:  # a bare path (which may itself contain '=' after a '/')
+            name, path = Path(item).resolve().name, item
+        if not Path(path).is_dir():
+            raise UserError(f"--ckpt {item}: no such directory")
+        if name in out:
+            raise UserError(f"--ckpt {item}: a model named {name!r} is already served; name them NAME=DIR")
+        out[name] = path
+    return out
+
+
+def run(args) -> int:
+    import uvicorn
+
+    from gptforge.engine import load_for_inference
+    from gptforge.serve.app import Limits, create_app
+
+    limits = Limits(**flag_values(args, Limits))
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port {args.port}: expected 1..65535")
+    models = {}
+    for name, path in parse_ckpts(args.ckpt).items():
+        model, tok, _ = load_for_inference(path, args.which, args.device)
+        models[name] = (model, tok)
+        print(f"serving {name!r} from {path} ({model.config.block_size}-token context)", file=sys.stderr)
+    app = create_app(models, api_key=args.api_key, limits=limits)
+    print(f"open http://{args.host}:{args.port}/  (OpenAI base_url http://{args.host}:{args.port}/v1)",
+          file=sys.stderr)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    except OSError as e:  # e.g. the port is taken
+        raise UserError(f"cannot listen on {args.host}:{args.port}: {e}") from None
+    return 0

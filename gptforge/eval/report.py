@@ -1,0 +1,150 @@
+"""Report cards: runs side by side (training figures, bits per byte, CORE and chat-task accuracies).
+
+    >>> cards = [run_card(d) for d in ["runs/x/pretrain", "runs/x/sft"]]
+    >>> print(compare_markdown(cards))
+    >>> compare_png(cards, "compare.png")
+
+A run card reads what a run directory already holds: ``config.json`` (task, model), ``metrics.jsonl``
+(steps, tokens, training seconds, the last validation loss and bits per byte) and, when
+``gptforge eval`` has written one, ``eval.json`` (task accuracies, CORE, ChatCORE). Nothing is
+recomputed, so a report takes well under a second.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from gptforge.errors import UserError
+from gptforge.io import atomic_write
+from gptforge.train.plot import read_metrics
+
+
+def run_card(run_dir: str | os.PathLike, eval_file: str | os.PathLike | None = None) -> dict:
+    """The figures of one run directory as a dict (module docstring). ``eval_file``: an evaluation
+    JSON other than ``RUN/eval.json``.
+
+    Raises:
+        UserError: not a run directory (no metrics.jsonl), or an unreadable eval JSON.
+    """
+    d = Path(run_dir)
+    recs = read_metrics(d)
+    cfg = {}
+    if (d / "config.json").is_file():
+        try:
+            cfg = json.loads((d / "config.json").read_text())
+        except ValueError:
+            raise UserError(f"{d / 'config.json'}: not valid JSON") from None
+    train = [r for r in recs if "train_loss" in r]
+    val = [r for r in recs if r.get("val_loss") is not None]
+    card = {"run": str(d), "name": d.name if d.name not in ("", ".") else str(d),
+            "task": cfg.get("task", "pretrain"),
+            "model": f"{cfg.get('arch', '?')} {cfg.get('preset', '')} depth {cfg.get('depth', '?')}".strip(),
+            "steps": train[-1]["step"] if train else 0, "tokens": train[-1]["tokens"] if train else 0,
+            "train_s": train[-1].get("train_time_s") if train else None,
+            "val_loss": val[-1]["val_loss"] if val else None,
+            "val_bpb": val[-1].get("val_bpb") if val else None,
+            "curve": [(r["tokens"], r["val_loss"]) for r in val], "eval": None}
+    f = Path(eval_file) if eval_file else d / "eval.json"
+    if f.is_file():
+        try:
+            card["eval"] = json.loads(f.read_text())
+        except ValueError:
+            raise UserError(f"{f}: not valid JSON (an interrupted gptforge eval?)") from None
+    elif eval_file:
+        raise UserError(f"{f}: no such evaluation file")
+    return card
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{x:.1%}"
+
+
+def _num(x, spec=".4f") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def compare_markdown(cards: list[dict]) -> str:
+    """A markdown report: one table of training figures (a column per run), one of task accuracies
+    (a row per task that any run was evaluated on; "-" where a run was not)."""
+    head = "| | " + " | ".join(c["name"] for c in cards) + " |\n|---|" + "---:|" * len(cards) + "\n"
+
+    def row(label, cells):
+        return f"| {label} | " + " | ".join(cells) + " |\n"
+
+    out = "## Runs\n\n" + head
+    out += row("run", [f"`{c['run']}`" for c in cards])
+    out += row("task", [c["task"] for c in cards])
+    out += row("model", [c["model"] for c in cards])
+    out += row("steps", [f"{c['steps']:,}" for c in cards])
+    out += row("tokens", [f"{c['tokens']:,}" for c in cards])
+    out += row("training seconds", [_num(c["train_s"], ".1f") for c in cards])
+    out += row("val loss (nats/token)", [_num(c["val_loss"]) for c in cards])
+    out += row("val bits per byte", [_num(c["val_bpb"]) for c in cards])
+    evals = [c["eval"] or {} for c in cards]
+    if any(e.get("bpb") for e in evals):
+        out += row("bits per byte (eval)", [_num((e.get("bpb") or {}).get("bpb")) for e in evals])
+    tasks = []
+    for e in evals:
+        tasks += [t for t in e.get("tasks", {}) if t not in tasks]
+    if tasks:
+        out += "\n## Evaluation (accuracy; centred accuracy in brackets)\n\n" + head
+        for t in tasks:
+            cells = []
+            for e in evals:
+                r = e.get("tasks", {}).get(t)
+                cells.append("-" if r is None or r.get("accuracy") is None
+                             else f"{r['accuracy']:.1%} ({r['centered']:+.3f}), n={r['n']}")
+            out += row(t, cells)
+        out += row("**CORE**", [_num(e.get("core")) for e in evals])
+        out += row("**ChatCORE**", [_num(e.get("chatcore")) for e in evals])
+    missing = sorted({m["task"] for e in evals for m in e.get("missing", [])})
+    if missing:
+        out += f"\nCORE tasks without a local file (not run): {', '.join(missing)}.\n"
+    return out
+
+
+def compare_png(cards: list[dict], out: str | os.PathLike) -> Path:
+    """A PNG: validation loss against tokens per run (left), task accuracies per run (right).
+
+    Raises:
+        UserError: ``out`` does not end in .png.
+    """
+    import io
+
+    import matplotlib
+
+    out = Path(out)
+    if out.suffix.lower() != ".png":
+        raise UserError(f"{out}: the plot is a PNG; give a file name ending in .png")
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(13, 4.5))
+    for i, c in enumerate(cards):
+        if c["curve"]:
+            ax_loss.plot(*zip(*c["curve"], strict=True), "o-", ms=3, color=f"C{i % 10}", label=c["name"])
+    ax_loss.set(xlabel="tokens", ylabel="val loss (nats/token)", title="validation loss")
+    tasks = []
+    for c in cards:
+        tasks += [t for t, r in ((c["eval"] or {}).get("tasks", {})).items()
+                  if r.get("accuracy") is not None and t not in tasks]
+    width = 0.8 / max(len(cards), 1)
+    for i, c in enumerate(cards):
+        res = (c["eval"] or {}).get("tasks", {})
+        ys = [(res.get(t) or {}).get("accuracy") or 0.0 for t in tasks]
+        ax_acc.bar([j + i * width for j in range(len(tasks))], ys, width, color=f"C{i % 10}", label=c["name"])
+    ax_acc.set_xticks([j + 0.4 - width / 2 for j in range(len(tasks))], tasks, rotation=60, ha="right",
+                      fontsize=7)
+    ax_acc.set(ylabel="accuracy", ylim=(0, 1), title="task accuracy" if tasks else "no evaluation yet")
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    plt.close(fig)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return atomic_write(out, buf.getvalue())

@@ -1,0 +1,90 @@
+"""`gptforge eval` end to end: task names resolve to the right evaluator, a run directory and a
+Hugging Face folder both evaluate, the JSON holds what the table shows, and mistakes are one line."""
+
+import json
+
+import pytest
+import torch
+from helpers import SHARED, needs_shared, shared_file, tiny_chat_base
+
+from gptforge.cli import main
+from gptforge.engine import load_for_inference
+from gptforge.errors import UserError
+from gptforge.eval import bpb, core
+from gptforge.eval.suite import resolve_tasks
+
+pytestmark = needs_shared
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    d = tmp_path_factory.mktemp("evalcli")
+    run, _ = tiny_chat_base(d, 64)
+    return d, run
+
+
+def test_task_names_resolve():
+    p = resolve_tasks("core")
+    assert p.core_all and p.core == [t.label for t in core.CORE_TASKS] and not p.chat and not p.bpb
+    p = resolve_tasks("arc_easy, chat:arc_easy,gsm8k,bpb,arc_easy")
+    assert p.core == ["arc_easy"] and p.chat == ["arc_easy", "gsm8k"] and p.bpb and not p.core_all
+    assert resolve_tasks("core:piqa").core == ["piqa"]
+    for bad in ("nope", "chat:piqa", "core:gsm8k", " , "):
+        with pytest.raises(UserError):
+            resolve_tasks(bad)
+
+
+def test_eval_run_directory_writes_table_and_json(base, capsys):
+    d, run = base
+    out = d / "e.json"
+    assert main(["eval", "--ckpt", str(run), "--tasks", "arc_easy,chat:arithmetic,bpb", "--limit", "4",
+                 "--out", str(out), "--no-progress"]) == 0
+    table = capsys.readouterr().out
+    res = json.loads(out.read_text())
+    assert set(res["tasks"]) == {"core:arc_easy", "chat:arithmetic"}
+    assert res["tasks"]["core:arc_easy"]["n"] == 4 and res["tasks"]["chat:arithmetic"]["n"] == 4
+    assert res["tasks"]["core:arc_easy"]["baseline"] == 0.25 and res["core_tasks"] == ["arc_easy"]
+    assert res["chatcore_tasks"] == ["arithmetic"]
+    # bpb defaults to the run's own val shards, and equals the library's figure
+    model, tok, _ = load_for_inference(str(run))
+    want = bpb.bpb_shards(model, d / "data", "val", tok)["bpb"]
+    assert res["bpb"]["bpb"] == pytest.approx(want, rel=1e-9) and res["bpb"]["data"] == str(d / "data")
+    assert "core:arc_easy" in table and "chat:arithmetic" in table and f"{want:.4f}" in table
+    # the same task through the library: the CLI adds nothing to the figures
+    lib = core.evaluate_core(model, tok, SHARED / "evals", ["arc_easy"], limit=4)
+    assert res["tasks"]["core:arc_easy"]["accuracy"] == lib["tasks"]["arc_easy"]["accuracy"]
+
+
+def test_eval_mistakes_are_one_line(base, tmp_path, capsys):
+    d, run = base
+    # a bad task name fails before anything is loaded (the checkpoint path does not even exist)
+    assert main(["eval", "--ckpt", str(tmp_path / "nothing"), "--tasks", "arc_easy,nope"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gptforge: error: unknown task 'nope'") and err.count("\n") == 1
+    assert main(["eval", "--ckpt", str(run), "--limit", "0"]) == 2
+    assert "--limit 0" in capsys.readouterr().err
+    assert main(["eval", "--ckpt", str(run), "--tasks", "bpb", "--data", str(tmp_path / "none.txt")]) == 2
+    assert "none.txt: no such text file" in capsys.readouterr().err
+    assert main(["eval", "--ckpt", str(run), "--tasks", "piqa", "--eval-data", str(tmp_path)]) == 2
+    assert "gptforge: error:" in capsys.readouterr().err
+
+
+def test_eval_hugging_face_folder(tmp_path, capsys):
+    """A GPT-2-layout model saved as an HF folder evaluates with --tokenizer (GPT-2's rank file) and
+    scores the same as the model it was saved from."""
+    from gptforge.models import GPT, gpt_config
+    from gptforge.models.hf import save_hf
+    from gptforge.tokenizer.openai import load_rank_file
+
+    ranks = shared_file("tiktoken", "r50k_base.tiktoken")
+    torch.manual_seed(0)
+    model = GPT(gpt_config("gpt2", vocab_size=50257, block_size=96, n_layer=1, n_head=2, n_embd=16)).eval()
+    save_hf(model, tmp_path / "hf")
+    assert main(["eval", "--ckpt", str(tmp_path / "hf"), "--tasks", "piqa"]) == 2
+    assert "--tokenizer" in capsys.readouterr().err
+    out = tmp_path / "e.json"
+    assert main(["eval", "--ckpt", str(tmp_path / "hf"), "--tokenizer", str(ranks), "--tasks", "piqa",
+                 "--limit", "6", "--shots", "0", "--out", str(out), "--no-progress"]) == 0
+    got = json.loads(out.read_text())["tasks"]["core:piqa"]
+    lib = core.evaluate_core(model, load_rank_file(ranks), SHARED / "evals", ["piqa"], limit=6, shots=0)
+    assert got["accuracy"] == lib["tasks"]["piqa"]["accuracy"] and got["shots"] == 0

@@ -1,0 +1,329 @@
+"""`gptforge serve` driven by the real `openai` client against a live uvicorn server on a free port:
+chat (streamed and not), completions, models, every error mapping, auth, stop strings, seeds, n;
+then concurrency: 32 streaming clients x 2 requests, a disconnect cancelling its generation, and
+429 when the queue is full. The models are tiny random GPTs (their text is gibberish; what is tested
+is that the server returns exactly what the engine generates)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+
+import httpx
+import openai
+import pytest
+from serve_helpers import live_server, tiny_base_model, tiny_chat_model
+
+from gptforge.chat.assistant import TurnDecoder, respond
+from gptforge.serve.app import Limits, create_app
+from gptforge.serve.batcher import StopStrings
+
+USER = [{"role": "user", "content": "What is two and two?"}]
+ASSISTANT = {"role": "assistant", "content": "Fine."}
+
+
+@pytest.fixture(scope="module")
+def models():
+    return {"chat": tiny_chat_model(), "base": tiny_base_model(2048)}
+
+
+@pytest.fixture(scope="module")
+def server(models):
+    limits = Limits(max_messages=8, max_chars=2000, max_body_bytes=8192, max_n=4)
+    app = create_app(models, limits=limits)
+    with live_server(app) as url:
+        yield url, app
+
+
+@pytest.fixture()
+def client(server):
+    return openai.OpenAI(base_url=server[0] + "/v1", api_key="unused", max_retries=0, timeout=60)
+
+
+def stream_text(stream) -> tuple[str, str, object]:
+    """(concatenated content, finish_reason, usage) of a streamed chat completion."""
+    text, finish, usage = "", None, None
+    for chunk in stream:
+        if chunk.usage is not None:
+            usage = chunk.usage
+        for c in chunk.choices:
+            text += c.delta.content or ""
+            finish = c.finish_reason or finish
+    return text, finish, usage
+
+
+def test_models_and_health(client, server):
+    cards = {m.id: m for m in client.models.list()}
+    assert set(cards) == {"chat", "base"}
+    assert cards["chat"].model_extra["chat"] is True and cards["base"].model_extra["chat"] is False
+    assert client.models.retrieve("chat").model_extra["context_length"] == 256
+    health = httpx.get(server[0] + "/health").json()
+    assert health["status"] == "ok" and set(health["models"]) == {"chat", "base"}
+
+
+def test_chat_greedy_is_the_engines_reply_streamed_or_not(client, models):
+    model, tok = models["chat"]
+    want = "".join(p.text for p in respond(model, tok, USER, 40, temperature=0, top_k=None))
+    r = client.chat.completions.create(model="chat", messages=USER, temperature=0, max_tokens=40)
+    assert r.object == "chat.completion" and r.id.startswith("chatcmpl-") and r.model == "chat"
+    assert r.choices[0].message.role == "assistant" and r.choices[0].message.content == want
+    assert r.choices[0].finish_reason in ("stop", "length")
+    u = r.usage
+    assert u.completion_tokens <= 40 and u.total_tokens == u.prompt_tokens + u.completion_tokens
+    s = client.chat.completions.create(model="chat", messages=USER, temperature=0, max_tokens=40, stream=True,
+                                       stream_options={"include_usage": True})
+    text, finish, usage = stream_text(s)
+    assert text == want and finish == r.choices[0].finish_reason
+    assert usage.model_dump() == r.usage.model_dump()
+
+
+def test_sse_wire_format(server):
+    body = {"model": "chat", "messages": USER, "max_tokens": 5, "stream": True, "temperature": 0}
+    with httpx.stream("POST", server[0] + "/v1/chat/completions", json=body, timeout=60) as r:
+        assert r.headers["content-type"].startswith("text/event-stream")
+        raw = "".join(r.iter_text())
+    events = raw.split("\n\n")
+    assert events[-2:] == ["data: [DONE]", ""]
+    chunks = [json.loads(e.removeprefix("data: ")) for e in events[:-2]]
+    assert all(c["object"] == "chat.completion.chunk" for c in chunks)
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert chunks[-1]["choices"][0]["finish_reason"] == "length" and "usage" not in chunks[-1]
+
+
+def test_seed_n_and_stop(client):
+    kw = dict(model="chat", messages=USER, temperature=1.0, max_tokens=30, seed=7)
+    a = client.chat.completions.create(**kw)
+    b = client.chat.completions.create(**kw, n=3)
+    assert [c.index for c in b.choices] == [0, 1, 2]
+    assert b.choices[0].message.content == a.choices[0].message.content  # choice i samples with seed + i
+    assert len({c.message.content for c in b.choices}) > 1
+    text = a.choices[0].message.content
+    stop = text[len(text) // 2:len(text) // 2 + 3]
+    c = client.chat.completions.create(**kw, stop=[stop, "zzzz"])
+    assert c.choices[0].message.content == text[:text.index(stop)] and c.choices[0].finish_reason == "stop"
+    s = client.chat.completions.create(**kw, stop=stop, stream=True)
+    assert stream_text(s)[:2] == (text[:text.index(stop)], "stop")
+
+
+def test_top_k_through_extra_body(client):
+    kw = dict(model="chat", messages=USER, max_tokens=20, seed=3)
+    greedy = client.chat.completions.create(**kw, temperature=0).choices[0].message.content
+    top1 = client.chat.completions.create(**kw, temperature=1.5, extra_body={"top_k": 1})
+    assert top1.choices[0].message.content == greedy
+
+
+def test_completions_for_a_base_model(client, models):
+    r = client.completions.create(model="base", prompt="the cat", max_tokens=25, temperature=0)
+    assert r.object == "text_completion" and r.choices[0].finish_reason == "length"
+    assert r.usage.completion_tokens == 25 and len(r.choices[0].text) == 25  # one char per token
+    s = client.completions.create(model="base", prompt="the cat", max_tokens=25, temperature=0, stream=True)
+    assert "".join(c.choices[0].text for c in s) == r.choices[0].text
+
+
+def error_of(exc) -> dict:
+    return exc.value.response.json()["error"]
+
+
+@pytest.mark.parametrize("kwargs, status, param", [
+    (dict(model="nope"), 404, "model"),
+    (dict(messages=[]), 400, "messages"),
+    (dict(messages=[{"role": "user", "content": ""}]), 400, "messages"),
+    (dict(messages=[{"role": "bot", "content": "hi"}]), 400, "messages"),
+    (dict(messages=[{"role": "user", "content": "a"}, ASSISTANT]), 400, "messages"),  # ends with assistant
+    (dict(messages=[{"role": "user", "content": "a"}, {"role": "user", "content": "b"}]), 400, "messages"),
+    (dict(messages=[{"role": "user", "content": "a"}, ASSISTANT] * 4 + USER), 400, "messages"),  # 9 > 8
+    (dict(messages=[{"role": "user", "content": "x" * 2001}]), 400, "messages"),  # over max_chars
+    (dict(max_tokens=250), 400, "max_tokens"),  # the context is 256
+    (dict(max_tokens=0), 400, "max_tokens"),
+    (dict(temperature=2.5), 400, "temperature"),
+    (dict(temperature=-1), 400, "temperature"),
+    (dict(top_p=0), 400, "top_p"),
+    (dict(n=5), 400, "n"),
+    (dict(seed=-1), 400, "seed"),
+    (dict(stop=["a", "b", "c", "d", "e"]), 400, "stop"),
+    (dict(extra_body={"top_k": 0}), 400, "top_k"),
+    (dict(extra_body={"top_k": "ten"}), 400, "top_k"),
+])
+def test_bad_requests_get_openai_errors(client, kwargs, status, param):
+    kw = {"model": "chat", "messages": USER, **kwargs}
+    with pytest.raises(openai.APIStatusError) as e:
+        client.chat.completions.create(**kw)
+    assert e.value.status_code == status
+    err = error_of(e)
+    assert err["param"] == param and err["type"] == "invalid_request_error" and err["message"]
+
+
+def test_prompt_longer_than_the_context(client):
+    long = {"role": "user", "content": "The cat sat on the mat. " * 70}  # 283 tokens, context 256
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="chat", messages=[long], max_tokens=10)
+    assert error_of(e)["code"] == "context_length_exceeded"
+    # an older turn that does not fit is dropped instead, and the header says so
+    old = [{"role": "user", "content": "The cat sat on the mat. " * 60}, ASSISTANT]
+    r = client.chat.completions.with_raw_response.create(model="chat", messages=old + USER, max_tokens=10)
+    assert r.headers["x-gptforge-dropped-messages"] == "2"
+
+
+def test_malformed_body_size_and_unknown_path(server, client):
+    url = server[0]
+    r = httpx.post(url + "/v1/chat/completions", content=b'{"model": "chat", "messages": [',
+                   headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    r = httpx.post(url + "/v1/chat/completions", content=b"[1, 2]")
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+    r = httpx.post(url + "/v1/chat/completions", json={"model": "chat", "messages": USER, "pad": "x" * 9000})
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+    def chunked():  # no Content-Length: counted as it arrives
+        yield b'{"model": "chat", "pad": "'
+        for _ in range(10):
+            yield b"x" * 1000
+        yield b'"}'
+    r = httpx.post(url + "/v1/chat/completions", content=chunked())
+    assert r.status_code == 413
+    r = httpx.get(url + "/v1/nothing")
+    assert r.status_code == 404 and r.json()["error"]["code"] == "not_found"
+    r = httpx.get(url + "/v1/chat/completions")
+    assert r.status_code == 405 and "error" in r.json()
+    with pytest.raises(openai.BadRequestError) as e:  # a base model cannot chat
+        client.chat.completions.create(model="base", messages=USER)
+    assert error_of(e)["code"] == "not_a_chat_model"
+    with pytest.raises(openai.BadRequestError):
+        client.completions.create(model="base", prompt="a" * 2100, max_tokens=10)  # context 2048
+
+
+def test_api_key(models):
+    app = create_app({"chat": models["chat"]}, api_key="s3cret")
+    with live_server(app) as url:
+        c = openai.OpenAI(base_url=url + "/v1", api_key="wrong", max_retries=0)
+        with pytest.raises(openai.AuthenticationError) as e:
+            c.models.list()
+        assert e.value.status_code == 401 and error_of(e)["code"] == "invalid_api_key"
+        assert httpx.post(url + "/v1/chat/completions", json={}).status_code == 401  # no header at all
+        assert httpx.get(url + "/v1/models", headers={"Authorization": "s3cret"}).status_code == 401
+        c = openai.OpenAI(base_url=url + "/v1", api_key="s3cret", max_retries=0)
+        assert c.chat.completions.create(model="chat", messages=USER, max_tokens=3).usage.prompt_tokens > 0
+        assert httpx.get(url + "/health").status_code == 200 and httpx.get(url + "/").status_code == 200
+
+
+def test_turn_decoder_and_stop_strings_never_split_characters(models):
+    _, tok = models["chat"]
+    dec = TurnDecoder(tok)
+    text = "é日本 ok"
+    pieces = [p.text for i in text.encode() for p in dec.feed(i)]  # one byte token at a time
+    assert "".join(pieces) == text and all("\ufffd" not in p for p in pieces)
+    assert pieces[:3] == ["é", "日", "本"]
+    s = StopStrings(("日本", "END"))
+    sent = [s.feed(x) for x in ("aé", "日", "x", "E", "N", "日", "本z")]
+    assert sent == ["aé", "", "日x", "", "", "EN", ""]
+    assert s.hit
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+def test_load_32_streaming_clients(server):
+    """32 concurrent streaming clients x 2 requests each: all complete, no errors, batched, RSS flat."""
+    url, app = server
+    batcher = app.state.served["chat"].batcher
+
+    async def one(i: int) -> int:
+        done = 0
+        for j in range(2):
+            s = await client.chat.completions.create(
+                model="chat", messages=[{"role": "user", "content": f"Hello {i} {j}"}], max_tokens=24,
+                temperature=0.8, seed=i, stream=True, stream_options={"include_usage": True})
+            usage, finish = None, None
+            async for chunk in s:
+                usage = chunk.usage or usage
+                finish = (chunk.choices[0].finish_reason if chunk.choices else None) or finish
+            assert finish in ("stop", "length") and 0 <= usage.completion_tokens <= 24
+            done += 1
+        return done
+
+    async def everyone() -> list[int]:
+        return await asyncio.gather(*(one(i) for i in range(32)))
+
+    async def rounds():
+        nonlocal client
+        client = openai.AsyncOpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=120)
+        await everyone()  # warm-up round: allocator pools, first batches
+        before, batches0, t0 = rss_mb(), batcher.batches, time.monotonic()
+        assert await everyone() == [2] * 32
+        return before, batches0, time.monotonic() - t0
+
+    client = None
+    before, batches0, elapsed = asyncio.run(rounds())
+    assert elapsed < 60, f"64 requests took {elapsed:.1f} s"
+    assert batcher.max_rows >= 8, "concurrent requests were not batched"
+    assert batcher.batches - batches0 < 64, "every request ran alone"
+    assert rss_mb() - before < 50, f"RSS grew from {before:.0f} MB to {rss_mb():.0f} MB"
+    assert batcher.running == 0 and batcher.waiting == 0
+
+
+def wait_for(cond, timeout: float = 20) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def test_disconnect_cancels_the_generation(server):
+    url, app = server
+    b = app.state.served["base"].batcher
+    cancelled = b.cancelled
+    body = {"model": "base", "prompt": "the", "max_tokens": 2000, "stream": True}
+    with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as r:
+        next(r.iter_lines())  # the first chunk: the row is running
+        assert b.running == 1
+    # the client hung up after one chunk of 2000: the batcher stops the row
+    assert wait_for(lambda: b.cancelled == cancelled + 1 and b.running == 0)
+    # a non-streamed request whose client gives up is cancelled too
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(url + "/v1/completions", json={**body, "stream": False}, timeout=0.5)
+    assert wait_for(lambda: b.cancelled == cancelled + 2 and b.running == 0)
+
+
+def test_full_queue_answers_429(models):
+    app = create_app({"base": models["base"]}, limits=Limits(max_batch=1, max_queue=1))
+    body = {"model": "base", "prompt": "the", "max_tokens": 2000, "stream": True}
+    with live_server(app) as url:
+        b = app.state.served["base"].batcher
+        holders = []
+
+        def hold():  # a long streamed request that keeps the batch (or the queue) busy
+            with httpx.stream("POST", url + "/v1/completions", json=body, timeout=60) as r:
+                holders.append(r.status_code)
+                lines = r.iter_lines()  # kept: a dropped line iterator closes the connection
+                next(lines)
+                stop.wait(30)
+
+        stop = threading.Event()
+        threads = [threading.Thread(target=hold, daemon=True) for _ in range(2)]
+        threads[0].start()
+        assert wait_for(lambda: b.running == 1)
+        threads[1].start()
+        assert wait_for(lambda: b.waiting == 1)
+        c = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+        with pytest.raises(openai.RateLimitError) as e:
+            c.completions.create(model="base", prompt="a", max_tokens=2)
+        assert e.value.status_code == 429 and error_of(e)["code"] == "queue_full"
+        stop.set()
+        for t in threads:
+            t.join(30)
+        assert holders == [200, 200]
+
+
+def test_serve_command_refuses_a_bad_checkpoint_in_one_line(capsys, tmp_path):
+    from gptforge.cli import main
+
+    assert main(["serve", "--ckpt", str(tmp_path / "nope")]) == 2
+    assert capsys.readouterr().err == f"gptforge: error: --ckpt {tmp_path / 'nope'}: no such directory\n"
+    assert main(["serve", "--ckpt", str(tmp_path), "--max-batch", "0"]) == 2
+    assert "max-batch" in capsys.readouterr().err
