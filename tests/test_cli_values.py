@@ -27,6 +27,9 @@ PREFIXES = {
     "sample": ["sample", "--ckpt", "{ckpt}", "--max-new-tokens", "2", "--num-samples", "1"],
     "sft": ["sft", "--ckpt", MISSING, "--data", "identity"],  # an accepted value would start training
     "chat": ["chat", "--ckpt", MISSING, "-p", "hi"],
+    "dpo": ["dpo", "--ckpt", MISSING, "--prefs", MISSING],  # an accepted value would start training
+    "arena ratings": ["arena", "ratings", "--battles", MISSING],
+    "arena auto": ["arena", "auto", "--ckpt", MISSING, "--ckpt", MISSING + "2"],
 }
 WRITES = ("speedrun", "data prepare", "tokenizer train", "pretrain")  # these get a fresh --out each
 VALUES = ["nan", "inf", "-1", "0", "1e20"]

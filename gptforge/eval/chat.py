@@ -189,9 +189,11 @@ def choose_letters(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
 
 def generate_replies(model: torch.nn.Module, tok: Tokenizer, prompts: Sequence[Sequence[int]],
                      max_new_tokens: int, *, tools: bool = True, batch_size: int = 8,
-                     on_batch: Callable[[int], None] | None = None) -> list[tuple[list[dict], bool]]:
+                     on_batch: Callable[[int], None] | None = None, temperature: float = 0.0,
+                     seed: int | None = None) -> list[tuple[list[dict], bool]]:
     """Greedy replies to completion prompts (``render_for_completion``), ``batch_size`` rows at a
     time (prompts of similar length together), with the calculator tool when ``tools``.
+    ``temperature`` > 0 samples instead (batch k seeded with ``seed + k`` when ``seed`` is given).
 
     A prompt longer than ``block_size - max_new_tokens`` (but at least half the block) keeps its
     last tokens, so the reply fits the context. Returns, in the order of ``prompts``,
@@ -206,7 +208,8 @@ def generate_replies(model: torch.nn.Module, tok: Tokenizer, prompts: Sequence[S
     out: list[tuple[list[dict], bool]] = [([], False)] * len(prompts)
     for s in range(0, len(order), batch_size):
         rows = order[s: s + batch_size]
-        replies = generate(model, [list(prompts[i])[-keep:] for i in rows], max_new_tokens, temperature=0,
+        replies = generate(model, [list(prompts[i])[-keep:] for i in rows], max_new_tokens,
+                           temperature=temperature, seed=None if seed is None else seed + s // batch_size,
                            stop_tokens=[t.assistant_end, t.eot], tool=tool)
         for i, ids in zip(rows, replies, strict=True):
             out[i] = (reply_parts(ids, tok), len(ids) < max_new_tokens)
@@ -254,6 +257,29 @@ def _tool_items(task: str, n: int) -> list[tuple[str, str]]:
     else:  # letter counting: about 60% of spelling items; draw enough to find n
         convs = (c for c in mixture("spelling", "test", n * 4 + 20, 1) if ".count(" in str(c[-1]["content"]))
     return [(c[0]["content"], answer(c)) for c, _ in zip(convs, range(n), strict=False)]
+
+
+def task_items(task: str, n: int, data_dir: str | Path | None = None) -> list[tuple[str, str]]:
+    """(question, reference answer) of the held-out items of a task with a numeric answer
+    (``arithmetic``, ``letter_count``, ``gsm8k``): the first ``n``, as ``evaluate_chat`` draws them.
+
+    Raises:
+        UserError: another task, or gsm8k's file missing.
+    """
+    if task in ("arithmetic", "letter_count"):
+        return _tool_items(task, n)
+    if task == "gsm8k":
+        root = Path(data_dir) if data_dir is not None else default_data_dir()
+        rows = _read_jsonl(root / FILES[task], task)[:n]
+        return [(r["question"].strip(), r["answer"].rpartition("#### ")[2].strip().replace(",", ""))
+                for r in rows]
+    raise UserError(f"task {task!r} has no numeric answers (choose from arithmetic, letter_count, gsm8k)")
+
+
+def reply_correct(task: str, parts: list[dict], reference: str) -> bool:
+    """Whether a reply (message parts) answers right, by ``task``'s extraction rule (module docstring)."""
+    text = text_of(parts)
+    return same_number(gsm8k_answer(text) if task == "gsm8k" else last_number(text), reference)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -32,13 +32,17 @@ BIG = 1 << 62  # upper bound of counts that only need to fit in an int64
 
 @dataclass
 class TrainConfig:
-    """Every setting of a pretraining run. Units: tokens, steps (optimizer steps), seconds."""
+    """Every setting of a training run (pretraining, SFT, DPO). Units: tokens, steps (optimizer steps),
+    seconds."""
 
     # task, data and output
-    task: str = setting("pretrain", "pretrain on token shards, or sft: finetune on conversations",
-                        choices=("pretrain", "sft"))
-    data: str = setting("", "pretrain: shard directory (`gptforge data prepare`); sft: conversations",
-                        metavar="DIR")
+    task: str = setting("pretrain", "pretrain on token shards, sft: finetune on conversations, or dpo: "
+                                    "preference-tune on chosen/rejected pairs",
+                        choices=("pretrain", "sft", "dpo"))
+    data: str = setting("", "pretrain: shard directory (`gptforge data prepare`); sft: conversations; "
+                            "dpo: preference pairs (JSONL or an arena database)", metavar="DIR")
+    dpo_beta: float = setting(0.1, "dpo only: beta, the strength of the pull towards the reference model",
+                              gt=0, le=1000)
     init_from: str = setting("", "start from this checkpoint's weights (a run or checkpoint directory); "
                                  "empty -> a new model", metavar="DIR")
     out: str = setting("", "run directory; empty -> runs/<YYYYmmdd-HHMMSS-pid>", metavar="DIR")

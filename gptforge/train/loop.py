@@ -110,12 +110,17 @@ def _loop(s, log: Logger, resume: bool) -> dict:
             lr_mult = lr_multiplier(st.step, cfg, s.total_steps)
             set_lr(s.optimizers, lr_mult)
             loss_sum = torch.zeros((), device=d.device)
+            stat_sums: dict[str, torch.Tensor] = {}  # extra per-step stats a loss_fn returns (DPO)
             for micro in range(s.accum):
                 batch = s.data.batches.get(st.step, micro, s.accum, d.rank, d.world, d.device)
                 last = micro == s.accum - 1
                 with s.model.no_sync() if d.ddp and not last else contextlib.nullcontext():
                     with s.amp:
                         loss = s.data.loss_fn(s.model, batch)
+                    if isinstance(loss, tuple):
+                        loss, stats = loss
+                        for k, v in stats.items():
+                            stat_sums[k] = stat_sums.get(k, 0.0) + v.detach().float()
                     (loss / s.accum).backward()
                 loss_sum += loss.detach().float()
             grad_norm = (torch.nn.utils.clip_grad_norm_(s.raw_model.parameters(), cfg.grad_clip)
@@ -140,6 +145,8 @@ def _loop(s, log: Logger, resume: bool) -> dict:
             record = {"step": st.step, "tokens": st.tokens, "train_loss": train_loss, "lr": cfg.lr * lr_mult,
                       "grad_norm": None if grad_norm is None else grad_norm.item(), "tokens_per_s": tok_s,
                       "mfu": mfu, "time_s": st.time_s, "train_time_s": st.train_time_s}
+            for k, v in stat_sums.items():
+                record[f"train_{k}"] = d.all_sum((v / s.accum).reshape(1)).item() / d.world
             if st.step % cfg.eval_interval == 0:
                 record.update(_evaluate(s, log))
             metrics.write(record)
@@ -170,9 +177,13 @@ def _loop(s, log: Logger, resume: bool) -> dict:
 def _evaluate(s, log: Logger) -> dict:
     """Val loss and bpb now, printed, as a metrics-record fragment."""
     log.evaluating(s.data.eval_tokens)
-    loss, bpb = s.evaluate()
-    log.info(f"step {s.state.step}: val loss {loss:.4f} nats/token, {bpb:.4f} bits/byte")
-    return {"val_loss": loss, "val_bpb": bpb}
+    res = s.evaluate()
+    if "val_bpb" in res:
+        log.info(f"step {s.state.step}: val loss {res['val_loss']:.4f} nats/token, "
+                 f"{res['val_bpb']:.4f} bits/byte")
+    else:
+        log.info(f"step {s.state.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in res.items()))
+    return res
 
 
 def resume_config(run_dir: str | os.PathLike, *overrides: dict, where: str = "--resume") -> TrainConfig:

@@ -171,6 +171,11 @@ class TrainData:
         same fixed set every time; train_tokens / eval_tokens: sizes for the log (tokens);
     tokenizer_json: the tokenizer file copied into every checkpoint; tokenizer: its identity
         (kind, vocab_size, sha256); token_bytes: (V,) int64 UTF-8 bytes per id, for bits per byte.
+
+    ``loss_fn`` may also return ``(loss, stats)``, stats a dict of detached scalar tensors (DPO's
+    reward margin and accuracy): the loop averages them over micro steps and records them as
+    ``train_<name>``. evaluate: None (val loss and bpb of ``val_batches``), or ``(model, d, amp)
+    -> dict`` with ``val_loss`` and any other ``val_*`` metrics, summed over ranks by the callee.
     """
 
     batches: object
@@ -181,6 +186,7 @@ class TrainData:
     tokenizer_json: Path
     tokenizer: dict
     token_bytes: np.ndarray
+    evaluate: Callable | None = None
 
 
 def shard_data(cfg: TrainConfig) -> TrainData:
@@ -234,12 +240,19 @@ class Session:
     flops_per_token: int
     peak: float | None
 
-    def evaluate(self) -> tuple[float, float]:
-        """Val loss (nats/token) and bpb of the current weights; recorded in the run state."""
-        batches = self.data.val_batches(self.d.rank, self.d.world, self.d.device)
-        loss, bpb = evaluate(self.eval_model, batches, self.token_bytes, self.amp, self.d)
-        self.state.val_loss, self.state.val_bpb, self.state.val_step = loss, bpb, self.state.step
-        return loss, bpb
+    def evaluate(self) -> dict:
+        """Validation metrics of the current weights: ``val_loss`` (nats/token; DPO: its loss),
+        ``val_bpb`` (bits/byte; absent for DPO) and any others the data's ``evaluate`` gives;
+        loss and bpb are recorded in the run state."""
+        if self.data.evaluate is not None:
+            res = self.data.evaluate(self.eval_model, self.d, self.amp)
+        else:
+            batches = self.data.val_batches(self.d.rank, self.d.world, self.d.device)
+            loss, bpb = evaluate(self.eval_model, batches, self.token_bytes, self.amp, self.d)
+            res = {"val_loss": loss, "val_bpb": bpb}
+        self.state.val_loss, self.state.val_bpb = res["val_loss"], res.get("val_bpb")
+        self.state.val_step = self.state.step
+        return res
 
     def save(self) -> Path | None:
         """Checkpoint the current step (every rank calls it: RNG streams are gathered); it becomes
