@@ -30,6 +30,8 @@ PREFIXES = {
     "dpo": ["dpo", "--ckpt", MISSING, "--prefs", MISSING],  # an accepted value would start training
     "arena ratings": ["arena", "ratings", "--battles", MISSING],
     "arena auto": ["arena", "auto", "--ckpt", MISSING, "--ckpt", MISSING + "2"],
+    "eval": ["eval", "--ckpt", "{ckpt}", "--tasks", "bpb", "--no-progress"],
+    "serve": ["serve", "--ckpt", MISSING],  # an accepted value would start a server
 }
 WRITES = ("speedrun", "data prepare", "tokenizer train", "pretrain")  # these get a fresh --out each
 VALUES = ["nan", "inf", "-1", "0", "1e20"]
@@ -54,7 +56,7 @@ CASES = [(cmd, flag, v) for cmd in PREFIXES for flag in _numeric_flags(cmd.split
 
 
 def test_every_command_is_covered():
-    assert {c.split()[0] for c in PREFIXES} == set(COMMANDS) - {"plot", "export"}  # no numeric flags
+    assert {c.split()[0] for c in PREFIXES} == set(COMMANDS) - {"plot", "export", "report"}  # no numeric flags
     assert len({c for c, _, _ in CASES}) == len(PREFIXES) and len(CASES) > 150
 
 
