@@ -19,7 +19,6 @@ The block size is 80, so most LAMBADA passages (and a few PIQA prompts) are crop
 Offline: nothing is downloaded (HF_*_OFFLINE set; the datasets cache lives in a temporary folder).
 """
 
-import json
 import os
 
 import numpy as np
@@ -27,6 +26,7 @@ import pytest
 from helpers import needs_shared, randomize, shared_file
 
 from gptforge.eval.core import evaluate_core, get_task, load_rows, render_options
+from gptforge.eval.lmeval import hf_gpt2_tokenizer, write_task_configs
 from gptforge.models import GPT, gpt_config
 from gptforge.models.hf import save_hf
 from gptforge.tokenizer import load_tokenizer
@@ -37,53 +37,9 @@ N = 24  # rows per task
 BLOCK = 80
 TASKS = ("arc_easy", "piqa", "lambada_openai")
 
-# lm-eval task configs: the jsonl file itself as the dataset; prompts as CORE renders them zero-shot.
-# lm-eval builds multiple-choice requests as (doc_to_text, target_delimiter + choice), " " by default.
-MC_YAML = """task: gf_{label}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {path}
-  cache_dir: {cache}
-test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{query}}}}\\nAnswer:"
-doc_to_target: gold
-doc_to_choice: choices
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-"""
-# a loglikelihood request is (doc_to_text, doc_to_target) as they are: the space goes in the target
-LM_YAML = """task: gf_{label}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {path}
-  cache_dir: {cache}
-test_split: test
-output_type: loglikelihood
-doc_to_text: "{{{{context | trim}}}}"
-doc_to_target: "{{{{' ' + continuation}}}}"
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
-"""
-
-
 def close(mine: float, theirs: float) -> bool:
     """Within 1e-4 nats, or two float32 steps of lm-eval's (float32) value where that is coarser."""
     return abs(mine - theirs) <= max(1e-4, 2 * float(np.spacing(np.float32(abs(theirs)))))
-
-
-def hf_gpt2_tokenizer(transformers):
-    """transformers' GPT-2 tokenizer from OpenAI's original files (no hub access)."""
-    vocab = json.loads(shared_file("gpt2", "encoder.json").read_text(encoding="utf-8"))
-    lines = shared_file("gpt2", "vocab.bpe").read_text(encoding="utf-8").split("\n")[1:]  # after "#version"
-    merges = [tuple(line.split(" ")) for line in lines if line]
-    return transformers.GPT2TokenizerFast(vocab=vocab, merges=merges)
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +47,7 @@ def runs(tmp_path_factory):
     """(ours, theirs): evaluate_core's result and lm-eval's samples per task label."""
     for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         os.environ[var] = "1"
-    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("transformers")
     pytest.importorskip("lm_eval")
     from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
@@ -104,17 +60,12 @@ def runs(tmp_path_factory):
     ours = evaluate_core(model, tok, icl, tasks=TASKS, limit=N, shots=0, bos=False, split="lmeval",
                          records=True)
 
-    (tmp / "tasks").mkdir()
-    for label in TASKS:
-        spec = get_task(label)
-        template = LM_YAML if spec.kind == "language_modeling" else MC_YAML
-        (tmp / "tasks" / f"{label}.yaml").write_text(
-            template.format(label=label, path=icl / spec.path, cache=tmp / "datasets"))
-    lm = HFLM(pretrained=str(save_hf(model, tmp / "hf")), tokenizer=hf_gpt2_tokenizer(transformers),
+    names = write_task_configs(tmp / "tasks", list(TASKS), icl, tmp / "datasets")
+    lm = HFLM(pretrained=str(save_hf(model, tmp / "hf")), tokenizer=hf_gpt2_tokenizer(shared_file("gpt2")),
               batch_size=16, max_length=BLOCK, device="cpu")
     # include_defaults=False: indexing lm-eval's ~13,000 built-in task files would take ~30 s
     manager = TaskManager(include_path=str(tmp / "tasks"), include_defaults=False)
-    res = simple_evaluate(model=lm, tasks=[f"gf_{t}" for t in TASKS], num_fewshot=0, limit=N,
+    res = simple_evaluate(model=lm, tasks=names, num_fewshot=0, limit=N,
                           log_samples=True, task_manager=manager)
     theirs = {t: sorted(res["samples"][f"gf_{t}"], key=lambda s: s["doc_id"]) for t in TASKS}
     return ours, theirs, {t: res["results"][f"gf_{t}"]["acc,none"] for t in TASKS}
