@@ -27,6 +27,9 @@ COMMANDS = {
     "chat": "talk to a finetuned model in the terminal (or answer one prompt)",
     "eval": "evaluate a model: CORE tasks, chat and tool tasks, bits per byte",
     "export": "write model + tokenizer as one file for the numpy-only run.py",
+    "explore": "loss per document, sorted both ways, with duplicate/noise flags (HTML + JSON)",
+    "inspect": "decode the exact batch the trainer feeds at a step (terminal + HTML)",
+    "doctor": "run the training checklist (init loss, overfit one batch, zero_grad, leaks, ...)",
 }
 
 
