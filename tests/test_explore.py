@@ -79,7 +79,7 @@ def test_long_document_windows(corpus):
     text = "".join(f"line {i} " + "x" * 50 + "\n" for i in range(400))  # ~23 KB, one document
     units = list(ex.corpus_units(_write(text), tok, window_bytes=1024, max_doc_bytes=4096))
     windows = [u for u in units if "window" in u.source]  # the train part (the val tenth fits whole)
-    assert len(windows) > 18 and all(len(u.text.encode()) <= 1024 for u in windows)
+    assert len(windows) > 18 and all(900 <= len(u.text.encode()) <= 1024 for u in windows[:-1])
     assert units[-1].source == "doc 1" and len(units[-1].text) < 4096
     assert "".join(u.text for u in units) == text  # windows tile the document
 

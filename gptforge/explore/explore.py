@@ -108,12 +108,11 @@ def corpus_units(spec: str, tok, window_bytes: int = 2048, max_doc_bytes: int = 
             doc, win = doc + 1, 0
         buf.append(piece.text)
         held += len(piece.text.encode("utf-8"))
-        if held > max_doc_bytes:  # too long to be one unit: emit its complete windows, keep the tail
-            text = "".join(buf)
-            cut = text.rfind("\n", 0, len(text) - window_bytes) + 1 if len(text) > window_bytes else 0
-            if cut > 0:
-                yield from emit(text[:cut], whole=False)
-                buf, held = [text[cut:]], len(text[cut:].encode("utf-8"))
+        if held > max_doc_bytes:  # too long for one unit: emit its full windows, keep the last (partial) one
+            ws = list(_windows("".join(buf), window_bytes))
+            for w in ws[:-1]:
+                yield from emit(w, whole=False)
+            buf, held = [ws[-1]], len(ws[-1].encode("utf-8"))
     if buf:
         yield from emit("".join(buf), whole=win == 0 and held <= max_doc_bytes)
 
