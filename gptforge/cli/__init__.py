@@ -31,6 +31,9 @@ COMMANDS = {
     "report": "compare runs side by side (markdown and a PNG)",
     "export": "write model + tokenizer as one file for the numpy-only run.py",
     "serve": "serve models over an OpenAI-compatible HTTP API, with a web chat page",
+    "explore": "loss per document, sorted both ways, with duplicate/noise flags (HTML + JSON)",
+    "inspect": "decode the exact batch the trainer feeds at a step (terminal + HTML)",
+    "doctor": "run the training checklist (init loss, overfit one batch, zero_grad, leaks, ...)",
 }
 
 
