@@ -32,6 +32,9 @@ PREFIXES = {
     "arena auto": ["arena", "auto", "--ckpt", MISSING, "--ckpt", MISSING + "2"],
     "eval": ["eval", "--ckpt", "{ckpt}", "--tasks", "bpb", "--no-progress"],
     "serve": ["serve", "--ckpt", MISSING],  # an accepted value would start a server
+    "inspect batch": ["inspect", "batch", "--run", "{ckpt}", "--step", "1"],
+    "doctor": ["doctor", "--run", MISSING],  # an accepted value would run every check
+    "explore": ["explore", "--ckpt", MISSING, "--corpus", "{corpus}", "--out", MISSING],
 }
 WRITES = ("speedrun", "data prepare", "tokenizer train", "pretrain")  # these get a fresh --out each
 VALUES = ["nan", "inf", "-1", "0", "1e20"]
