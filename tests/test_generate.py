@@ -10,7 +10,7 @@ import torch
 from helpers import randomize, save_checkpoint_dir
 
 from gptforge.cli import main
-from gptforge.engine import _Context, generate, generate_stream, sample_next
+from gptforge.engine import DecodeContext, generate, generate_stream, sample_next
 from gptforge.errors import UserError
 from gptforge.export import export_model
 from gptforge.models import build_model
@@ -44,7 +44,7 @@ def test_kv_cache_greedy_equals_full_forward(preset, kw):
 def test_each_cached_step_matches_full_forward_logits(preset, kw):
     m = gpt(preset, **kw)
     seq = torch.randint(0, TOK.vocab_size, (2, 20))
-    ctx = _Context(m, 2, use_cache=True)
+    ctx = DecodeContext(m, 2, use_cache=True)
     with torch.no_grad():
         full, _ = m(seq)
         for t in range(5, 21):
