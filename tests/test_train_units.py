@@ -166,20 +166,25 @@ def test_lr_schedules():
 
 
 # --- MFU --------------------------------------------------------------------------------------------
-def test_cpu_peak_is_measured_once_and_cached(tmp_path, monkeypatch):
+def test_cpu_peak_is_the_best_reading_taken_on_an_idle_machine(tmp_path, monkeypatch):
     from gptforge.train import mfu
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    calls = []
     real = mfu.probe_matmul_flops
-    monkeypatch.setattr(mfu, "probe_matmul_flops",
-                        lambda *a, **k: calls.append(1) or real(n=256, seconds=0.05))
+    monkeypatch.setattr(mfu, "probe_matmul_flops", lambda *a, **k: real(n=256, seconds=0.05))
+    f = tmp_path / "gptforge" / "peak_flops.json"
+    monkeypatch.setattr(mfu, "machine_idle", lambda: False)
+    assert mfu.peak_flops("cpu") > 1e8 and not f.exists()  # a busy machine's reading: used, never cached
+    monkeypatch.setattr(mfu, "machine_idle", lambda: True)
     p1 = mfu.peak_flops("cpu")
-    p2 = mfu.peak_flops("cpu")
-    assert p1 == p2 > 1e8 and len(calls) == 1
-    cache = json.loads((tmp_path / "gptforge" / "peak_flops.json").read_text())
+    cache = json.loads(f.read_text())
     (key,) = cache
-    assert mfu.cpu_name() in key and f"threads={torch.get_num_threads()}" in key and "float32" in key
+    assert cache[key] == p1 and mfu.cpu_name() in key and f"threads={torch.get_num_threads()}" in key
+    assert "float32" in key
+    f.write_text(json.dumps({key: 1e15}))  # a better reading seen before stays the reference
+    assert mfu.peak_flops("cpu") == 1e15 and json.loads(f.read_text())[key] == 1e15
+    f.write_text(json.dumps({key: 1e3}))  # one taken under load is replaced by a better one
+    assert mfu.peak_flops("cpu") > 1e8 and json.loads(f.read_text())[key] > 1e8
 
 
 # --- checkpoints ----------------------------------------------------------------------------------

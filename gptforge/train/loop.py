@@ -55,7 +55,8 @@ def train(cfg: TrainConfig, resume: bool = False, logger: Logger | None = None,
     val_bpb (nats/token, nats/token, bits/byte), best_val_loss (the lowest val loss of a saved
     checkpoint, the one ``ckpt/best`` names), stopped_by (max_steps, max_tokens, max_time,
     signal), time_s (this session, wall), train_time_s (in optimizer steps, whole run),
-    step_times_s (this session's optimizer steps, seconds each), tokens_per_s, mfu, num_params.
+    step_times_s (this session's optimizer steps, seconds each), tokens_per_s, mfu, num_params,
+    peak_flops (the MFU denominator, FLOP/s per device).
 
     Raises:
         UserError: bad config, missing data, an existing run dir without ``resume``, or a
@@ -171,7 +172,7 @@ def _loop(s, log: Logger, resume: bool) -> dict:
             "tokens": st.tokens, "train_loss": train_loss, "val_loss": st.val_loss, "val_bpb": st.val_bpb,
             "best_val_loss": st.best_val_loss, "stopped_by": stopped_by, "time_s": elapsed,
             "train_time_s": st.train_time_s, "step_times_s": step_times, "tokens_per_s": tok_s, "mfu": mfu,
-            "num_params": st.num_params}
+            "num_params": st.num_params, "peak_flops": s.peak}
 
 
 def _evaluate(s, log: Logger) -> dict:
