@@ -191,10 +191,12 @@ class SpeedrunConfig:
     corpus: str = setting("shakespeare",
                           "'shakespeare' (built in), a .txt/.jsonl file, a directory or a glob")
     time: float | None = setting(None, "pretraining budget in wall-clock seconds (evaluation and checkpoints "
-                                       "included); none -> the preset's (cpu: 240)", gt=0, le=7 * 86400)
+                                       "included); none -> the preset's (cpu: 240) unless max_steps is set",
+                                 gt=0, le=7 * 86400)
     sft_time: float | None = setting(None, "SFT budget in wall-clock seconds; none -> the preset's "
                                            "(cpu: 120)",
                                      gt=0, le=7 * 86400)
+    sft_steps: int | None = setting(None, "SFT optimizer steps instead of a time budget", ge=1, le=10**9)
     sft_data: str = setting(SFT_DATA, "SFT conversations (as gptforge sft --data)")
     eval_limit: int = setting(50, "items per task in the eval stage", ge=1, le=100_000)
     out: str = setting("", "run folder; empty -> runs/speedrun-<preset>-<YYYYmmdd-HHMMSS>", metavar="DIR")
@@ -239,7 +241,9 @@ def plan(sr: SpeedrunConfig, train_overrides: dict | None = None, progress: bool
 
     recipe = RECIPES[sr.preset]
     out_dir = Path(sr.out)
-    budget = sr.time if sr.time is not None else recipe.time
+    budget = sr.time
+    if budget is None and "max_steps" not in (train_overrides or {}):  # a step count given wins
+        budget = recipe.time
     cfg = make_config(recipe.config(budget), {"data": str(out_dir / "data"), "out": str(out_dir / "pretrain"),
                                               "seed": sr.seed, "progress": "auto" if progress else "none"},
                       train_overrides or {})
@@ -365,7 +369,7 @@ def _stage_sft(sr: SpeedrunConfig, recipe: Recipe, out_dir: Path, progress: bool
     from gptforge.chat.render import ChatTokens
     from gptforge.chat.sft import sft_config, sft_run_data
     from gptforge.tokenizer import load_tokenizer
-    from gptforge.train import train
+    from gptforge.train import make_config, train
 
     try:
         ChatTokens(load_tokenizer(out_dir / "tokenizer.json"))
@@ -378,6 +382,8 @@ def _stage_sft(sr: SpeedrunConfig, recipe: Recipe, out_dir: Path, progress: bool
     _say(f"      {tr.conversations:,} conversations ({sr.sft_data}) in {tr.rows:,} rows, "
          f"{tr.cropped} cropped")
     budget = sr.sft_time if sr.sft_time is not None else recipe.sft_time
+    if sr.sft_steps is not None:
+        cfg, budget = make_config(cfg.to_dict(), {"max_steps": sr.sft_steps}), None
     cfg, per_step = _budgeted(cfg, budget, data, "SFT")
     _say(f"      SFT -> {cfg.out}")
     t0 = time.time()

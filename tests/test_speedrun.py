@@ -56,7 +56,8 @@ def test_speedrun_to_an_assistant(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["speedrun", "--corpus", str(corpus), "--out", str(out), "--samples", "1",
                  "--eval-limit", "3", "--train", "max_steps=4", "--train", "eval_interval=2",
-                 "--model", "n_embd=32", "--train", "depth=1", "--sft-data", "arithmetic:40,identity"]) == 0
+                 "--model", "n_embd=32", "--train", "depth=1", "--sft-data", "arithmetic:40,identity",
+                 "--sft-steps", "3"]) == 0
     err = capsys.readouterr().err
     assert "gptforge chat --ckpt" in err and "gptforge serve --ckpt" in err
     report = (out / "report.md").read_text()
@@ -88,13 +89,16 @@ def test_wall_clock_budget_plans_steps_and_evaluations(tmp_path, tinyshakespeare
 
 
 def test_fit_budget_leaves_room_for_evaluation():
-    # 0.1 s steps of 1,000 tokens, evaluations of 30,000 tokens (1 s each) every 100 steps, 100 s budget
-    steps, eval_tokens = fit_budget(100, 0.1, 1000, 30_000, 100)
-    assert eval_tokens == 30_000 and steps == int((95 - 2) / (0.1 + 1 / 100))
-    # a tiny budget shrinks the evaluations to 10% of it instead of spending it all on them
-    steps, eval_tokens = fit_budget(2, 0.1, 1000, 30_000, 100)
-    assert eval_tokens == 3000 and steps == int((1.9 - 0.2) / (0.1 + 0.1 / 100))
-    assert fit_budget(0.01, 0.1, 1000, 30_000, 100)[0] == 1
+    # 0.1 s steps of 1,000 tokens; evaluations of 30,000 tokens cost 1 s each (a third of a step per token)
+    steps, eval_tokens = fit_budget(100, 0.1, 1000, 30_000, 200)  # 7 evaluations: 7 s, under 10%
+    assert eval_tokens == 30_000 and steps == int((95 - 2) / (0.1 + 1 / 200))
+    # more evaluations, or a tiny budget, shrink each to keep them within 10% of the budget
+    for seconds, interval, n_evals in ((100, 100, 12), (2, 100, 2)):
+        steps, eval_tokens = fit_budget(seconds, 0.1, 1000, 30_000, interval)
+        eval_s = eval_tokens * 0.1 / 1000 / 3
+        assert n_evals * eval_s == pytest.approx(0.1 * seconds, rel=1e-3)
+        assert steps == int((0.95 * seconds - 2 * eval_s) / (0.1 + eval_s / interval))
+    assert fit_budget(0.01, 0.1, 1000, 30_000, 100) == (1, 1000)  # never under one step, one step's tokens
 
 
 def test_nanogpt_cpu_recipe_is_nanogpts_model():

@@ -447,7 +447,9 @@ def _evaluate_task(model, tok, task, rows, limit, progress, out_dir, batch_size,
             res["examples"] = records
         return res
     accuracy = sum(r["correct"] for r in records) / len(records) if records else math.nan
-    res.update(n=len(records), accuracy=accuracy, centered=(accuracy - baseline) / (1 - baseline),
+    # (a baseline of 1: every item has the same answer, so accuracy says nothing beyond chance)
+    centered = (accuracy - baseline) / (1 - baseline) if baseline < 1 else 0.0
+    res.update(n=len(records), accuracy=accuracy, centered=centered,
                baseline=baseline, seconds=round(time.perf_counter() - t0, 3))
     if examples:
         res["examples"] = records
