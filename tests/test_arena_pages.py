@@ -14,6 +14,7 @@ import json
 import os
 import random
 import shutil
+import time
 from pathlib import Path
 
 import httpx
@@ -43,7 +44,7 @@ def server(models, tmp_path_factory):
     db = tmp_path_factory.mktemp("arena") / "arena.db"
     app = create_app(models, limits=Limits(max_chars=2000), arena_db=db)
     with live_server(app) as url:
-        yield url, db
+        yield url, db, app
 
 
 @pytest.fixture()
@@ -147,6 +148,29 @@ def test_votes_refused_with_clear_errors(client, server):
     r = client.post(f"/arena/battles/{bid}/vote", json={"vote": "b"})
     assert r.status_code == 409 and error_of(r)["code"] == "already_voted"
     assert {b["id"]: b["vote"] for b in VoteStore(server[1]).battles()}[bid] == "a"  # the first vote stands
+
+
+def test_a_client_that_leaves_mid_battle_stops_both_generations(client, server, models):
+    long = {}
+    for name in ("alpha", "beta"):  # greedy: which model's reply is still running after 200 tokens
+        model, tok = models[name]
+        ended = []
+        list(respond(model, tok, [{"role": "user", "content": PROMPT}], 200, temperature=0, top_k=None,
+                     ended=ended))
+        long[name] = not ended[0]
+    assert any(long.values()), long  # the premise: at least one generation to stop
+    store, served = VoteStore(server[1]), server[2].state.served
+    before = len(store.battles(voted_only=False))
+    cancelled = sum(s.batcher.cancelled for s in served.values())
+    body = {"prompt": PROMPT, "temperature": 0, "max_tokens": 200}
+    with client.stream("POST", "/arena/battles", json=body) as r:
+        next(r.iter_lines())  # the first event, then hang up
+    deadline = time.monotonic() + 20
+    while (sum(s.batcher.cancelled for s in served.values()) < cancelled + sum(long.values())
+           or any(s.batcher.running for s in served.values())):
+        assert time.monotonic() < deadline, "the generations went on after the client left"
+        time.sleep(0.02)
+    assert len(store.battles(voted_only=False)) == before  # an unfinished battle is not stored
 
 
 @pytest.mark.parametrize("body, param", [
