@@ -17,9 +17,12 @@ def register(sub: argparse._SubParsersAction, help: str) -> None:
         "serve", help=help, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Serve models over HTTP with OpenAI's Chat Completions and Completions protocols\n"
                     "(POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health) and a\n"
-                    "chat page at /. Concurrent requests to a model are decoded together in batches.",
+                    "chat page at /. Concurrent requests to a model are decoded together in batches.\n"
+                    "With two or more chat models, /arena runs blind battles between them and stores the\n"
+                    "votes in --arena-db; /arena/leaderboard shows their ratings.",
         epilog="examples:\n  gptforge serve --ckpt runs/sft                      # model name: sft\n"
                "  gptforge serve --ckpt chat=runs/sft --ckpt base=runs/pretrain --port 8080\n"
+               "  gptforge serve --ckpt sft=runs/sft --ckpt dpo=runs/dpo --arena-db votes.db   # /arena\n"
                "then open http://127.0.0.1:8000/ or point an OpenAI client at http://127.0.0.1:8000/v1")
     p.add_argument("--ckpt", action="append", required=True, metavar="[NAME=]DIR",
                    help="run or checkpoint directory to serve, optionally named (default name: the "
@@ -31,6 +34,9 @@ def register(sub: argparse._SubParsersAction, help: str) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--api-key", default=None, help="require the header Authorization: Bearer KEY on /v1")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
+    p.add_argument("--arena-db", default="arena.db", metavar="FILE",
+                   help="SQLite file for the arena's votes (/arena, with two or more chat models; "
+                        "default arena.db in the current folder, created only when the arena is on)")
     add_config_flags(p, Limits)
     p.set_defaults(func=run)
 
@@ -68,9 +74,12 @@ def run(args) -> int:
         model, tok, _ = load_for_inference(path, args.which, args.device)
         models[name] = (model, tok)
         print(f"serving {name!r} from {path} ({model.config.block_size}-token context)", file=sys.stderr)
-    app = create_app(models, api_key=args.api_key, limits=limits)
+    app = create_app(models, api_key=args.api_key, limits=limits, arena_db=args.arena_db)
     print(f"open http://{args.host}:{args.port}/  (OpenAI base_url http://{args.host}:{args.port}/v1)",
           file=sys.stderr)
+    if sum(m.chat for m in app.state.served.values()) >= 2:
+        print(f"arena: http://{args.host}:{args.port}/arena  (votes in {Path(args.arena_db).resolve()})",
+              file=sys.stderr)
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     except OSError as e:  # e.g. the port is taken

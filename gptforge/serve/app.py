@@ -11,6 +11,8 @@ Endpoints (shapes as in OpenAI's API reference, https://platform.openai.com/docs
 - ``POST /v1/completions``: ``prompt`` (text) -> continuation, for base models (and chat models).
 - ``GET /v1/models``, ``GET /v1/models/{id}``, ``GET /health`` (batch statistics; no key needed),
   ``GET /`` the chat page (static files in ``gptforge/serve/static``).
+- With ``arena_db``: ``/arena`` (blind battles between two served chat models, votes) and
+  ``/arena/leaderboard``; see gptforge/serve/arena.py.
 
 Parameters: ``temperature`` [0, 2], ``top_p`` (0, 1], ``max_tokens`` / ``max_completion_tokens``,
 ``stop`` (a string or up to 4), ``seed``, ``n`` and, as an extra body field, ``top_k``. Other OpenAI
@@ -108,10 +110,17 @@ class Served:
         return self.batcher.chat_tokens is not None
 
 
-def create_app(models: dict, api_key: str | None = None, limits: Limits | None = None) -> FastAPI:
+def create_app(models: dict, api_key: str | None = None, limits: Limits | None = None,
+               arena_db: str | Path | None = None) -> FastAPI:
     """The FastAPI app serving ``models``, name -> (model in eval mode, tokenizer); each model gets a
     Batcher thread. ``api_key``: require ``Authorization: Bearer <api_key>`` on /v1 (401 otherwise).
-    ``app.state.served`` maps names to `Served` (tests read the batchers' statistics there)."""
+    ``arena_db``: an SQLite file for the arena's votes, which adds /arena and /arena/leaderboard
+    (gptforge.serve.arena; None: no arena). ``app.state.served`` maps names to `Served` (tests read
+    the batchers' statistics there).
+
+    Raises:
+        UserError: ``arena_db`` cannot be used as an arena database.
+    """
     limits = limits or Limits()
     if not models:
         raise ValueError("create_app needs at least one model")
@@ -228,6 +237,10 @@ def create_app(models: dict, api_key: str | None = None, limits: Limits | None =
     def page():
         return FileResponse(STATIC / "index.html")
 
+    if arena_db is not None:
+        from gptforge.serve.arena import add_arena  # here: that module builds on this one's helpers
+
+        add_arena(app, served, limits, arena_db, authorize)
     return app
 
 

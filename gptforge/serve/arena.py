@@ -1,0 +1,307 @@
+"""The arena inside `gptforge serve`: blind battles between two of the served chat models, votes in a
+`VoteStore`, and the leaderboard computed from them. ``create_app(..., arena_db=FILE)`` adds:
+
+- ``GET /arena``: the battle page (``static/arena.html``); it also gives the browser its session
+  cookie. With fewer than two chat models: a page saying so (400).
+- ``POST /arena/battles`` ``{"prompt", "temperature", "max_tokens", "top_k", "top_p"}``: the
+  server draws two different chat models at random, in random order (side A, side B), and both
+  generate a reply to ``prompt`` with the same settings, concurrently (each model has its own
+  batcher thread). Server-sent events, each ``data: {json}``: ``{"side": "a"|"b", "text": ...}``,
+  ``{"side", "part": {"type": "tool_call"|"tool_output", "text"}}``, ``{"side", "finish":
+  "stop"|"length"}``; once both replies are complete the battle is stored (prompt, replies,
+  models, sides, settings, session) and ``{"battle_id": ...}`` is sent, then ``data: [DONE]``.
+  The model names are never sent here. A client that disconnects stops both generations and no
+  battle is stored.
+- ``POST /arena/battles/{id}/vote`` ``{"vote": "a"|"b"|"tie"|"bothbad"}`` -> ``{"id", "vote",
+  "model_a", "model_b"}``: the names, revealed. It answers only after the store has committed
+  (fsynced) the vote, so an acknowledged vote survives a crash.
+- ``GET /arena/battles/{id}``: one's own battle (names only once voted).
+- ``GET /arena/leaderboard`` (page), ``/arena/leaderboard.json`` and ``/arena/leaderboard.png``:
+  Bradley-Terry ratings with bootstrap 95% intervals (``gptforge.arena.ratings.leaderboard``,
+  ``ROUNDS`` rounds, seed 0) of every voted battle in the file.
+
+Sessions: a random token in an HttpOnly, SameSite=Strict cookie (``COOKIE``), set on the first
+visit to /arena or the first battle. A battle can be read and voted on only with the cookie it was
+created under: another session gets 403, an unknown id 404 (ids are 128-bit random tokens), a
+second vote 409, a vote that is not one of the four 400. Generating costs compute, so with
+``--api-key`` a battle needs the key like /v1 does; voting and the leaderboard do not.
+
+Errors are OpenAI-shaped JSON like the rest of the app (``APIError``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import html
+import random
+import secrets
+import tempfile
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, HTMLResponse, Response, StreamingResponse
+
+from gptforge.arena.ratings import leaderboard, plot_ratings
+from gptforge.arena.store import BattleError, VoteStore, is_sqlite
+from gptforge.chat.assistant import fit_context
+from gptforge.chat.render import render_for_completion
+from gptforge.errors import UserError
+from gptforge.serve.app import (
+    STATIC,
+    APIError,
+    Limits,
+    Served,
+    add_part,
+    max_tokens,
+    number,
+    read_json,
+    sse_line,
+)
+from gptforge.serve.batcher import Event, Job, QueueFull, RowParams
+
+COOKIE = "gptforge_arena_session"
+COOKIE_MAX_AGE_S = 365 * 24 * 3600
+ROUNDS, SEED = 100, 0  # bootstrap rounds of the leaderboard: enough for 95% intervals, and quick
+BATTLE_ERRORS = {"unknown": 404, "forbidden": 403, "voted": 409, "invalid": 400}
+
+
+def draw_pair(names: list[str], rng: random.Random) -> tuple[str, str]:
+    """Two different models from ``names``, in random order: (side A, side B). ``random.sample``
+    draws without replacement and its order is random, so the sides are shuffled too."""
+    a, b = rng.sample(names, 2)
+    return a, b
+
+
+def reply_content(parts: list[dict]):
+    """A reply as the store keeps it: a plain string when it is only text, else the list of parts."""
+    if all(p["type"] == "text" for p in parts):
+        return "".join(p["text"] for p in parts)
+    return parts
+
+
+def add_arena(app: FastAPI, served: dict[str, Served], limits: Limits, db_path: str | Path,
+              authorize: Callable[[Request], None]) -> None:
+    """Add the arena's routes (see the module docstring) to ``app``. The database is created now when
+    at least two chat models are served; with fewer, the arena is off but the leaderboard still reads
+    an existing file.
+
+    Raises:
+        UserError: ``db_path`` cannot be opened as an arena database.
+    """
+    contenders = sorted(name for name, s in served.items() if s.chat)
+    ready = len(contenders) >= 2
+    db_path = Path(db_path)
+    store = VoteStore(db_path) if ready else None
+    rng = random.SystemRandom()  # the draw must not be predictable from outside
+    why_off = (f"The arena needs at least two chat models; this server has {len(contenders)} "
+               f"({', '.join(contenders) or 'none'}). Start it with two: "
+               "gptforge serve --ckpt a=DIR --ckpt b=DIR")
+
+    def session_of(request: Request) -> str:
+        return request.cookies.get(COOKIE, "")
+
+    def with_session(response: Response, request: Request, session: str | None = None) -> Response:
+        """Give the browser a session cookie (``session``, or a new random one) if it has none yet.
+        HttpOnly: the page's script never sees it; SameSite=Strict: another site cannot vote with it."""
+        if not session_of(request):
+            response.set_cookie(COOKIE, session or secrets.token_urlsafe(32), max_age=COOKIE_MAX_AGE_S,
+                                path="/arena", httponly=True, samesite="strict")
+        return response
+
+    def reading_store() -> VoteStore | None:
+        """The store, or with the arena off, an existing arena file (never creating one)."""
+        if store is not None:
+            return store
+        return VoteStore(db_path) if is_sqlite(db_path) else None
+
+    @app.get("/arena")
+    def arena_page(request: Request):
+        if not ready:
+            page = (f"<!doctype html><meta charset=utf-8><title>gptforge arena</title>"
+                    f"<link rel=stylesheet href=/static/style.css><main><h1>Arena unavailable</h1>"
+                    f"<p id=arena-off>{html.escape(why_off)}</p><p><a href=/>chat page</a> · "
+                    f"<a href=/arena/leaderboard>leaderboard</a></p></main>")
+            return HTMLResponse(page, status_code=400)
+        return with_session(FileResponse(STATIC / "arena.html"), request)
+
+    @app.post("/arena/battles")
+    async def new_battle(request: Request):
+        authorize(request)
+        if not ready:
+            raise APIError(400, why_off, code="arena_unavailable")
+        body = await read_json(request, limits.max_body_bytes)
+        prompt = body.get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise APIError(400, "prompt: expected a non-empty string", param="prompt")
+        if len(prompt) > limits.max_chars:
+            raise APIError(400, f"prompt: {len(prompt)} characters, more than the {limits.max_chars} allowed",
+                           param="prompt")
+        name_a, name_b = draw_pair(contenders, rng)
+        pair = {"a": served[name_a], "b": served[name_b]}
+        # the same settings on both sides: the smaller of the two models' max_tokens defaults
+        max_new = min(max_tokens(body, s, limits) for s in pair.values())
+        params = RowParams(max_new=max_new, temperature=number(body, "temperature", 1.0, 0, 2),
+                           top_k=number(body, "top_k", None, 1, 1 << 24, integer=True),
+                           top_p=number(body, "top_p", 1.0, 0, 1, lo_open=True))
+        settings = {"temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p,
+                    "max_tokens": max_new}
+        convo = [{"role": "user", "content": prompt}]
+        prompts = {}
+        for side, s in pair.items():
+            try:
+                fit_context(convo, s.batcher.tok, s.block_size - max_new)
+                prompts[side] = render_for_completion(convo, s.batcher.tok)
+            except UserError as e:  # too long for this model (which must not be named: "one model")
+                raise APIError(400, f"prompt: too long for one of the models: {e} (or lower max_tokens)",
+                               param="prompt", code="context_length_exceeded") from None
+            except ValueError as e:
+                raise APIError(400, f"prompt: cannot tokenize: {e}", param="prompt") from None
+        session = session_of(request) or secrets.token_urlsafe(32)
+        battle = Battle(pair, prompts, params)
+        battle.submit()  # before the response starts, so that a full queue is a plain 429
+        response = StreamingResponse(battle.stream(store, prompt, settings, session),
+                                     media_type="text/event-stream")
+        return with_session(response, request, session)
+
+    @app.post("/arena/battles/{battle_id}/vote")
+    async def vote(battle_id: str, request: Request):
+        body = await read_json(request, limits.max_body_bytes)
+        choice = body.get("vote")
+        if not isinstance(choice, str):
+            raise APIError(400, 'vote: expected "a", "b", "tie" or "bothbad"', param="vote")
+        if store is None:
+            raise APIError(400, why_off, code="arena_unavailable")
+        try:  # in a thread: the commit waits for an fsync, which must not stall the event loop
+            b = await asyncio.to_thread(store.record_vote, battle_id, session_of(request), choice)
+        except BattleError as e:
+            raise battle_error(e) from None
+        return {"id": b["id"], "vote": b["vote"], "model_a": b["model_a"], "model_b": b["model_b"]}
+
+    @app.get("/arena/battles/{battle_id}")
+    async def get_battle(battle_id: str, request: Request):
+        if store is None:
+            raise APIError(400, why_off, code="arena_unavailable")
+        try:
+            b = await asyncio.to_thread(store.get_battle, battle_id, session_of(request))
+        except BattleError as e:
+            raise battle_error(e) from None
+        out = {k: b[k] for k in ("id", "prompt", "reply_a", "reply_b", "sampling", "vote", "created_at")}
+        if b["vote"] is not None:  # blind until voted
+            out.update(model_a=b["model_a"], model_b=b["model_b"])
+        return out
+
+    board = Leaderboard(reading_store)
+
+    @app.get("/arena/leaderboard")
+    def leaderboard_page():
+        return FileResponse(STATIC / "leaderboard.html")
+
+    @app.get("/arena/leaderboard.json")
+    async def leaderboard_json():
+        rows, n, _ = await asyncio.to_thread(board.get, False)
+        return {"battles": n, "rounds": ROUNDS, "seed": SEED, "models": [r.to_dict() for r in rows]}
+
+    @app.get("/arena/leaderboard.png")
+    async def leaderboard_png():
+        rows, n, png = await asyncio.to_thread(board.get, True)
+        if not rows:
+            raise APIError(404, "no votes yet: no ratings to plot", code="no_votes")
+        return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+
+def battle_error(e: BattleError) -> APIError:
+    return APIError(BATTLE_ERRORS[e.kind], str(e), param="vote" if e.kind == "invalid" else None,
+                    code={"unknown": "battle_not_found", "forbidden": "not_your_battle",
+                          "voted": "already_voted", "invalid": "invalid_value"}[e.kind])
+
+
+class Battle:
+    """One battle's two generations: ``submit()`` queues both jobs, ``stream(...)`` yields the
+    server-sent events and stores the battle at the end. Each model has its own batcher thread, so
+    the two replies are generated at the same time."""
+
+    def __init__(self, pair: dict[str, Served], prompts: dict[str, list[int]], params: RowParams):
+        self.pair = pair
+        self.loop = asyncio.get_running_loop()
+        self.events: asyncio.Queue[tuple[str, list[Event]]] = asyncio.Queue()
+        self.jobs = {side: Job(prompt=prompts[side], rows=[params], chat=True, send=self._sender(side))
+                     for side in pair}
+
+    def _sender(self, side: str):
+        def send(evs: list[Event]) -> None:  # called on a batcher's thread
+            try:
+                self.loop.call_soon_threadsafe(self.events.put_nowait, (side, evs))
+            except RuntimeError:  # the event loop is gone (server shutting down)
+                pass
+        return send
+
+    def cancel(self) -> None:
+        for job in self.jobs.values():
+            job.cancelled = True
+
+    def submit(self) -> None:
+        """Queue both jobs. Raises APIError 429 when a model's queue is full (nothing left running)."""
+        for side, s in self.pair.items():
+            try:
+                s.batcher.submit(self.jobs[side])
+            except QueueFull as e:
+                self.cancel()
+                raise APIError(429, f"a model is busy: {e}; retry later", code="queue_full",
+                               type="rate_limit_error") from None
+
+    async def stream(self, store: VoteStore, prompt: str, settings: dict, session: str):
+        """The server-sent events (see the module docstring). ``finally`` cancels both generations, so
+        a client that goes away stops them (and no battle is stored)."""
+        parts: dict[str, list[dict]] = {side: [] for side in self.pair}
+        running = set(self.pair)
+        try:
+            while running:
+                side, evs = await self.events.get()
+                for e in evs:
+                    if e.finish == "error":
+                        yield sse_line({"error": {"message": "internal server error (see the server's log)",
+                                                  "type": "server_error", "param": None, "code": None}})
+                        return
+                    if e.part is not None:
+                        yield sse_line({"side": side, "part": e.part})
+                    elif e.text:
+                        yield sse_line({"side": side, "text": e.text})
+                    add_part(parts[side], e)
+                    if e.finish is not None:
+                        running.discard(side)
+                        yield sse_line({"side": side, "finish": e.finish})
+            a, b = self.pair["a"].name, self.pair["b"].name
+            bid = await asyncio.to_thread(store.create_battle, session, prompt, a, b,
+                                          reply_content(parts["a"]), reply_content(parts["b"]), settings)
+            yield sse_line({"battle_id": bid})
+            yield "data: [DONE]\n\n"
+        finally:
+            self.cancel()
+
+
+class Leaderboard:
+    """The leaderboard of the store's voted battles, recomputed only when they changed (a bootstrap
+    of ROUNDS fits per request would be wasteful; votes are never taken back, so the number of voted
+    battles and the latest vote time identify the data). Thread-safe: called via asyncio.to_thread."""
+
+    def __init__(self, open_store: Callable[[], VoteStore | None]):
+        self.open_store = open_store
+        self.lock = threading.Lock()
+        self.key, self.rows, self.png = None, [], None
+
+    def get(self, want_png: bool) -> tuple[list, int, bytes | None]:
+        """(rows best first, number of voted battles, PNG bytes when ``want_png`` and there are votes)."""
+        store = self.open_store()
+        battles = store.fastchat_battles() if store is not None else []
+        key = (len(battles), max((b["tstamp"] or 0 for b in battles), default=0))
+        with self.lock:
+            if key != self.key:
+                self.rows = leaderboard(battles, rounds=ROUNDS, seed=SEED) if battles else []
+                self.key, self.png = key, None
+            if want_png and self.rows and self.png is None:
+                with tempfile.TemporaryDirectory() as tmp:
+                    self.png = plot_ratings(self.rows, Path(tmp) / "ratings.png").read_bytes()
+            return self.rows, len(battles), self.png
+

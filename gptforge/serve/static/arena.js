@@ -1,0 +1,177 @@
+// The gptforge arena page: one prompt, two anonymous replies streamed side by side from
+// POST /arena/battles, then a vote (POST /arena/battles/{id}/vote) that reveals the model names.
+// The page never knows the names before the vote: the server sends them only in the vote's answer.
+// Model output only ever goes into the page through textContent (never innerHTML).
+// States (body[data-state], which the browser test waits on): idle -> busy (streaming) -> ready
+// (both replies complete, vote) -> voted; an error goes back to idle.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const VOTE_TEXT = { a: "A is better", b: "B is better", tie: "a tie", bothbad: "both are bad" };
+
+let battleId = null;
+let parts = { a: [], b: [] };  // each side's reply: [{type: "text" | "tool_call" | "tool_output", text}]
+
+function setState(state) { document.body.dataset.state = state; }
+function setStatus(text) { $("status").textContent = text; }
+function voteButtons() { return document.querySelectorAll("button.vote"); }
+
+function headers() {
+  const h = { "Content-Type": "application/json" };
+  const key = $("api-key").value.trim();
+  if (key) h["Authorization"] = "Bearer " + key;
+  return h;
+}
+
+async function errorText(resp) {
+  try {
+    const body = await resp.json();
+    return `${resp.status}: ${body.error.message}`;
+  } catch (e) {
+    return `${resp.status} ${resp.statusText}`;
+  }
+}
+
+// Fill `el` with a reply's parts: text as text nodes, tool calls and outputs as distinct spans.
+function renderParts(el, list) {
+  el.replaceChildren();
+  for (const p of list) {
+    if (p.type === "text") {
+      el.append(document.createTextNode(p.text));
+    } else {
+      const span = document.createElement("span");
+      span.className = "tool " + p.type;
+      span.textContent = p.type === "tool_call" ? "calculator: " + p.text : "= " + p.text;
+      el.append(span);
+    }
+  }
+}
+
+function content(side) { return document.querySelector(`#side-${side} .content`); }
+
+// Server-sent events arrive in network reads that may end anywhere, even inside a line or inside a
+// multi-byte character: the decoder keeps partial characters, `buffer` keeps the partial event.
+async function* sseEvents(resp) {
+  const reader = resp.body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += decoder.decode(value, { stream: true });
+    let end;
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const event = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      for (const line of event.split("\n")) {
+        if (line.startsWith("data: ")) yield line.slice(6);
+      }
+    }
+  }
+}
+
+// Forget the last battle: empty sides, no names, votes off.
+function reset() {
+  battleId = null;
+  parts = { a: [], b: [] };
+  for (const side of ["a", "b"]) {
+    renderParts(content(side), []);
+    $("name-" + side).textContent = "";
+    $("side-" + side).classList.remove("winner");
+  }
+  voteButtons().forEach((b) => { b.disabled = true; });
+  $("result").textContent = "";
+  $("result").className = "";
+  $("prompt-shown").hidden = true;
+  $("new-battle").disabled = true;
+  setStatus("");
+}
+
+function showError(text) {
+  $("result").textContent = text;
+  $("result").className = "error";
+}
+
+async function battle(prompt) {
+  reset();
+  $("prompt-shown").textContent = prompt;
+  $("prompt-shown").hidden = false;
+  $("send").disabled = true;
+  setState("busy");
+  setStatus("both models are answering…");
+  const body = { prompt, temperature: parseFloat($("temperature").value),
+                 max_tokens: parseInt($("max-tokens").value, 10) };
+  try {
+    const resp = await fetch("/arena/battles", { method: "POST", headers: headers(), body: JSON.stringify(body) });
+    if (!resp.ok) throw new Error(await errorText(resp));
+    for await (const data of sseEvents(resp)) {
+      if (data === "[DONE]") break;
+      const ev = JSON.parse(data);
+      if (ev.error) throw new Error(ev.error.message);
+      if (ev.battle_id) {
+        battleId = ev.battle_id;
+        continue;
+      }
+      const list = parts[ev.side];
+      if (ev.part) {
+        list.push({ type: ev.part.type, text: ev.part.text });
+      } else if (ev.text) {
+        const last = list[list.length - 1];
+        if (last && last.type === "text") last.text += ev.text;
+        else list.push({ type: "text", text: ev.text });
+      }
+      renderParts(content(ev.side), list);
+    }
+    if (!battleId) throw new Error("the battle ended before it was stored; try again");
+    voteButtons().forEach((b) => { b.disabled = false; });
+    setStatus("Which reply is better?");
+    $("send").disabled = false;  // a new prompt leaves this battle unvoted
+    $("new-battle").disabled = false;
+    setState("ready");
+  } catch (e) {
+    showError(String(e.message || e));
+    setStatus("");
+    $("send").disabled = false;
+    setState("idle");
+  }
+}
+
+async function vote(choice) {
+  if (!battleId) return;
+  voteButtons().forEach((b) => { b.disabled = true; });
+  setStatus("saving your vote…");
+  try {
+    const resp = await fetch(`/arena/battles/${encodeURIComponent(battleId)}/vote`, {
+      method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify({ vote: choice }),
+    });
+    if (!resp.ok) throw new Error(await errorText(resp));
+    const result = await resp.json();  // the vote is committed: only now are the names known
+    $("name-a").textContent = result.model_a;
+    $("name-b").textContent = result.model_b;
+    if (choice === "a" || choice === "b") $("side-" + choice).classList.add("winner");
+    $("result").textContent = `You voted: ${VOTE_TEXT[choice]}. Model A was ${result.model_a}, ` +
+      `model B was ${result.model_b}.`;
+    setStatus("vote saved");
+    setState("voted");
+  } catch (e) {
+    showError(String(e.message || e));
+    voteButtons().forEach((b) => { b.disabled = false; });
+    setStatus("");
+  }
+}
+
+function send(event) {
+  event.preventDefault();
+  const prompt = $("input").value;
+  if (!prompt.trim() || document.body.dataset.state === "busy") return;
+  $("input").value = "";
+  battle(prompt);
+}
+
+$("composer").addEventListener("submit", send);
+$("input").addEventListener("keydown", (e) => {
+  if (e.key === "Enter" && !e.shiftKey) send(e);
+});
+voteButtons().forEach((b) => b.addEventListener("click", () => vote(b.dataset.vote)));
+$("new-battle").addEventListener("click", () => { reset(); setState("idle"); $("input").focus(); });
+setState("idle");
