@@ -12,7 +12,7 @@ Both in one process, one after the other, with the same torch threads; accuracie
 beside the speeds, and must agree (the cross-check test asserts it per example).
 
 With --core-ckpt, also times `gptforge eval --tasks core` (all CORE tasks present, each task's
-own few-shot count, every item) on that checkpoint.
+own few-shot count, every item or --core-limit of them) on that checkpoint.
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ def main() -> int:
     ap.add_argument("--batch-size", type=int, default=16, help="lm-eval's batch size (default 16)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--core-ckpt", help="also time `gptforge eval --tasks core` on this checkpoint")
+    ap.add_argument("--core-limit", type=int, help="items per CORE task in that run (default: all)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     args = ap.parse_args()
     for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
@@ -89,6 +90,7 @@ def main() -> int:
         t0 = time.perf_counter()
         out = Path(tempfile.mkdtemp(prefix="gptforge-bench-core-")) / "eval.json"
         argv = ["eval", "--ckpt", args.core_ckpt, "--tasks", "core", "--out", str(out), "--no-progress"]
+        argv += ["--limit", str(args.core_limit)] if args.core_limit else []
         assert cli(argv) == 0
         res["core_wall_s"] = time.perf_counter() - t0
         core = json.loads(out.read_text())
@@ -106,7 +108,8 @@ def main() -> int:
         print(f"{name:24s} {s:>8.1f} {items / s:>8.1f}  {accs}")
     print(f"speed-up: {res['speedup']:.2f}x")
     if args.core_ckpt:
-        print(f"gptforge eval --tasks core on {args.core_ckpt}: {res['core_wall_s']:.0f} s wall, "
+        limit = f" --limit {args.core_limit}" if args.core_limit else ""
+        print(f"gptforge eval --tasks core{limit} on {args.core_ckpt}: {res['core_wall_s']:.0f} s wall, "
               f"{res['core_items']:,} items, CORE {res['core']:.4f}")
     print(json.dumps(res), file=sys.stderr)
     return 0
