@@ -88,3 +88,24 @@ def test_eval_hugging_face_folder(tmp_path, capsys):
     got = json.loads(out.read_text())["tasks"]["core:piqa"]
     lib = core.evaluate_core(model, load_rank_file(ranks), SHARED / "evals", ["piqa"], limit=6, shots=0)
     assert got["accuracy"] == lib["tasks"]["piqa"]["accuracy"] and got["shots"] == 0
+
+
+def test_report_puts_runs_side_by_side(base, tmp_path, capsys):
+    """`gptforge report` reads metrics.jsonl and eval.json: a column per run, a row per task, the PNG."""
+    d, run = base
+    assert main(["eval", "--ckpt", str(run), "--tasks", "piqa,bpb", "--limit", "3", "--no-progress"]) == 0
+    res = json.loads((run / "eval.json").read_text())
+    out = tmp_path / "cmp.md"
+    capsys.readouterr()
+    assert main(["report", str(run), str(run), "--out", str(out)]) == 0
+    text = out.read_text()
+    assert capsys.readouterr().out == text + "\n"  # printed as written
+    assert text.startswith("# gptforge report\n\n![loss and accuracy](cmp.png)\n")
+    piqa = res["tasks"]["core:piqa"]
+    cell = f"{piqa['accuracy']:.1%} ({piqa['centered']:+.3f}), n=3"
+    assert f"| core:piqa | {cell} | {cell} |" in text and f"{res['bpb']['bpb']:.4f}" in text
+    assert (tmp_path / "cmp.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert main(["report", str(run), "--out", str(tmp_path / "cmp.txt")]) == 2
+    assert "give a file name ending in .md" in capsys.readouterr().err
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no metrics.jsonl" in capsys.readouterr().err

@@ -17,8 +17,7 @@ import os
 from pathlib import Path
 
 from gptforge.errors import UserError
-from gptforge.io import atomic_write
-from gptforge.train.plot import read_metrics
+from gptforge.train.plot import read_metrics, save_png
 
 
 def run_card(run_dir: str | os.PathLike, eval_file: str | os.PathLike | None = None) -> dict:
@@ -111,8 +110,6 @@ def compare_png(cards: list[dict], out: str | os.PathLike) -> Path:
     Raises:
         UserError: ``out`` does not end in .png.
     """
-    import io
-
     import matplotlib
 
     out = Path(out)
@@ -138,13 +135,4 @@ def compare_png(cards: list[dict], out: str | os.PathLike) -> Path:
     ax_acc.set_xticks([j + 0.4 - width / 2 for j in range(len(tasks))], tasks, rotation=60, ha="right",
                       fontsize=7)
     ax_acc.set(ylabel="accuracy", ylim=(0, 1), title="task accuracy" if tasks else "no evaluation yet")
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110)
-    plt.close(fig)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return atomic_write(out, buf.getvalue())
+    return save_png(fig, (ax_loss, ax_acc), out)

@@ -37,7 +37,6 @@ def plot_runs(run_dirs: list[str], out: str | os.PathLike) -> Path:
     Raises:
         UserError: ``out`` does not end in .png, names a directory, or a run has no metrics.
     """
-    import io
 
     import matplotlib
 
@@ -69,7 +68,16 @@ def plot_runs(run_dirs: list[str], out: str | os.PathLike) -> Path:
             ax_loss.plot([], [], color=color, alpha=0.35, label=f"{label} train")
     ax_loss.set(xlabel="tokens", ylabel="loss (nats/token)", title="loss")
     ax_bpb.set(xlabel="tokens", ylabel="bits per byte", title="validation bits per byte")
-    for ax in (ax_loss, ax_bpb):
+    return save_png(fig, (ax_loss, ax_bpb), out)
+
+
+def save_png(fig, axes, out: Path) -> Path:
+    """Grid and legend on ``axes``, then ``fig`` written atomically to ``out`` as a PNG (and closed)."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    for ax in axes:
         ax.grid(alpha=0.3)
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
