@@ -27,7 +27,7 @@ from gptforge.chat.render import ChatTokens, render
 from gptforge.errors import UserError
 from gptforge.tokenizer import Tokenizer
 from gptforge.train.batches import lm_loss
-from gptforge.train.config import TrainConfig, make_config
+from gptforge.train.config import TrainConfig, finetune_config
 from gptforge.train.session import TrainData
 
 # what an SFT run changes from the base run's config unless told otherwise: fresh budgets and a
@@ -145,27 +145,13 @@ def sft_data(cfg: TrainConfig, tok: Tokenizer, tokenizer_json: str | Path, train
 
 
 def sft_config(base: str | Path, *layers: dict) -> TrainConfig:
-    """The config of an SFT run from base run or checkpoint ``base`` (its best checkpoint, else its
-    latest): the base run's config, then SFT_DEFAULTS, then ``layers`` (flags), with task "sft" and
-    init_from set.
+    """The config of an SFT run from base run or checkpoint ``base``: the base run's config, then
+    SFT_DEFAULTS, then ``layers`` (flags) (`gptforge.train.config.finetune_config`).
 
     Raises:
         UserError: no checkpoint at ``base``, a base model that is not a GPT, or a bad setting.
     """
-    from gptforge import checkpoint as ckpt
-
-    try:
-        found = ckpt.find_checkpoint(base, "best")
-    except UserError:
-        found = ckpt.find_checkpoint(base, "latest")
-    state = ckpt.read_trainer_state(found)
-    if state.model_config.get("arch") != "gpt":
-        raise UserError(f"{found}: SFT finetunes GPT models; this one is {state.model_config.get('arch')!r}")
-    merged: dict = {}
-    for layer in layers:
-        merged.update(layer)
-    return make_config(state.config, SFT_DEFAULTS, merged, {"task": "sft", "init_from": str(found),
-                                                            "out": merged.get("out", "")}, where="sft")
+    return finetune_config(base, "sft", SFT_DEFAULTS, *layers, purpose="SFT finetunes GPT models")
 
 
 def sft_run_data(cfg: TrainConfig, strict: bool = False, read_stats: list | None = None

@@ -57,7 +57,8 @@ def run(args) -> int:
     from gptforge import checkpoint as ckpt
     from gptforge.arena.dpo import dpo_data, read_preferences
     from gptforge.tokenizer import load_tokenizer
-    from gptforge.train import make_config, resume_config, train
+    from gptforge.train import resume_config, train
+    from gptforge.train.config import finetune_config
 
     flags = flag_values(args, TrainConfig, skip=SKIP)
     if args.beta is not None:
@@ -74,17 +75,8 @@ def run(args) -> int:
             raise UserError("--ckpt: which SFT model to preference-tune? (a run or checkpoint directory)")
         if not (args.prefs or args.db):
             raise UserError("--prefs FILE or --db ARENA.db: the preference pairs to train on")
-        try:
-            start = ckpt.find_checkpoint(args.ckpt, "best")
-        except UserError:
-            start = ckpt.find_checkpoint(args.ckpt, "latest")
-        state = ckpt.read_trainer_state(start)
-        if state.model_config.get("arch") != "gpt":
-            raise UserError(f"{start}: DPO tunes GPT chat models; this one is "
-                            f"{state.model_config.get('arch')!r}")
-        cfg = make_config(state.config, DPO_DEFAULTS, flags,
-                          {"task": "dpo", "init_from": str(start), "data": args.prefs or args.db,
-                           "out": flags.get("out", "")}, where="dpo")
+        cfg = finetune_config(args.ckpt, "dpo", DPO_DEFAULTS, flags, {"data": args.prefs or args.db},
+                              purpose="DPO tunes GPT chat models")
     start = ckpt.find_checkpoint(cfg.init_from)
     tok = load_tokenizer(start / "tokenizer.json")
     skipped: list[str] = []

@@ -142,6 +142,32 @@ def make_config(base: dict | None = None, *layers: dict, where: str = "config") 
     return TrainConfig(**values)
 
 
+def finetune_config(base, task: str, defaults: dict, *layers: dict, purpose: str) -> TrainConfig:
+    """The config of a finetuning run (SFT, DPO) from base run or checkpoint ``base`` (its best
+    checkpoint, else its latest): the base run's config, then ``defaults``, then ``layers`` (flags),
+    with ``task`` and init_from set. ``purpose`` opens the error for a base that is not a GPT
+    ("SFT finetunes GPT models").
+
+    Raises:
+        UserError: no checkpoint at ``base``, a base model that is not a GPT, or a bad setting.
+    """
+    from gptforge import checkpoint as ckpt
+    from gptforge.errors import UserError
+
+    try:
+        found = ckpt.find_checkpoint(base, "best")
+    except UserError:
+        found = ckpt.find_checkpoint(base, "latest")
+    state = ckpt.read_trainer_state(found)
+    if state.model_config.get("arch") != "gpt":
+        raise UserError(f"{found}: {purpose}; this one is {state.model_config.get('arch')!r}")
+    merged: dict = {}
+    for layer in layers:
+        merged.update(layer)
+    return make_config(state.config, defaults, merged, {"task": task, "init_from": str(found),
+                                                        "out": merged.get("out", "")}, where=task)
+
+
 def format_config(cfg: TrainConfig) -> str:
     """The config as aligned ``key = value`` lines (TOML-like), for printing at start."""
     d = cfg.to_dict()
