@@ -3,29 +3,12 @@
 // (never innerHTML), so a reply that contains HTML is shown as text.
 "use strict";
 
-const $ = (id) => document.getElementById(id);
 const messagesEl = $("messages");
 
 // The conversation sent with each request: {role, content}, where an assistant's content is the
 // server's list of parts (gptforge_parts: text, tool_call, tool_output) so tool calls go back as such.
 let history = [];
 let controller = null;  // AbortController of the reply being streamed, if any
-
-function headers() {
-  const h = { "Content-Type": "application/json" };
-  const key = $("api-key").value.trim();
-  if (key) h["Authorization"] = "Bearer " + key;
-  return h;
-}
-
-async function errorText(resp) {
-  try {
-    const body = await resp.json();
-    return `${resp.status}: ${body.error.message}`;
-  } catch (e) {
-    return `${resp.status} ${resp.statusText}`;
-  }
-}
 
 async function loadModels() {
   const resp = await fetch("/v1/models", { headers: headers() });
@@ -55,23 +38,6 @@ function fitMaxTokens() {
   const input = $("max-tokens");
   input.max = context - 8;
   input.value = Math.min(parseInt(input.value, 10) || 256, Math.floor(context / 2));
-}
-
-function setStatus(text) { $("status").textContent = text; }
-
-// Fill `el` with a message's parts: text as text nodes, tool calls and outputs as distinct spans.
-function renderParts(el, parts) {
-  el.replaceChildren();
-  for (const p of parts) {
-    if (p.type === "text") {
-      el.append(document.createTextNode(p.text));
-    } else {
-      const span = document.createElement("span");
-      span.className = "tool " + p.type;
-      span.textContent = p.type === "tool_call" ? "calculator: " + p.text : "= " + p.text;
-      el.append(span);
-    }
-  }
 }
 
 function asParts(content) {
@@ -136,27 +102,6 @@ function requestBody() {
   const stop = $("stop").value;
   if (stop) body.stop = stop;
   return body;
-}
-
-// Server-sent events arrive in network reads that may end anywhere, even inside a line or inside a
-// multi-byte character: the decoder keeps partial characters, `buffer` keeps the partial event.
-async function* sseEvents(resp) {
-  const reader = resp.body.getReader();
-  const decoder = new TextDecoder();
-  let buffer = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    buffer += decoder.decode(value, { stream: true });
-    let end;
-    while ((end = buffer.indexOf("\n\n")) >= 0) {
-      const event = buffer.slice(0, end);
-      buffer = buffer.slice(end + 2);
-      for (const line of event.split("\n")) {
-        if (line.startsWith("data: ")) yield line.slice(6);
-      }
-    }
-  }
 }
 
 // Ask for the next assistant turn of `history` and stream it into a new assistant message.

@@ -6,69 +6,15 @@
 // (both replies complete, vote) -> voted; an error goes back to idle.
 "use strict";
 
-const $ = (id) => document.getElementById(id);
 const VOTE_TEXT = { a: "A is better", b: "B is better", tie: "a tie", bothbad: "both are bad" };
 
 let battleId = null;
 let parts = { a: [], b: [] };  // each side's reply: [{type: "text" | "tool_call" | "tool_output", text}]
 
 function setState(state) { document.body.dataset.state = state; }
-function setStatus(text) { $("status").textContent = text; }
 function voteButtons() { return document.querySelectorAll("button.vote"); }
 
-function headers() {
-  const h = { "Content-Type": "application/json" };
-  const key = $("api-key").value.trim();
-  if (key) h["Authorization"] = "Bearer " + key;
-  return h;
-}
-
-async function errorText(resp) {
-  try {
-    const body = await resp.json();
-    return `${resp.status}: ${body.error.message}`;
-  } catch (e) {
-    return `${resp.status} ${resp.statusText}`;
-  }
-}
-
-// Fill `el` with a reply's parts: text as text nodes, tool calls and outputs as distinct spans.
-function renderParts(el, list) {
-  el.replaceChildren();
-  for (const p of list) {
-    if (p.type === "text") {
-      el.append(document.createTextNode(p.text));
-    } else {
-      const span = document.createElement("span");
-      span.className = "tool " + p.type;
-      span.textContent = p.type === "tool_call" ? "calculator: " + p.text : "= " + p.text;
-      el.append(span);
-    }
-  }
-}
-
 function content(side) { return document.querySelector(`#side-${side} .content`); }
-
-// Server-sent events arrive in network reads that may end anywhere, even inside a line or inside a
-// multi-byte character: the decoder keeps partial characters, `buffer` keeps the partial event.
-async function* sseEvents(resp) {
-  const reader = resp.body.getReader();
-  const decoder = new TextDecoder();
-  let buffer = "";
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    buffer += decoder.decode(value, { stream: true });
-    let end;
-    while ((end = buffer.indexOf("\n\n")) >= 0) {
-      const event = buffer.slice(0, end);
-      buffer = buffer.slice(end + 2);
-      for (const line of event.split("\n")) {
-        if (line.startsWith("data: ")) yield line.slice(6);
-      }
-    }
-  }
-}
 
 // Forget the last battle: empty sides, no names, votes off.
 function reset() {
