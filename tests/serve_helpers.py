@@ -4,10 +4,12 @@ test process (so a test can read the batchers' counters), and the tiny models it
 from __future__ import annotations
 
 import contextlib
+import shutil
 import socket
 import threading
 import time
 
+import pytest
 import torch
 from helpers import CHAT_TEXT, randomize
 
@@ -54,3 +56,38 @@ def live_server(app):
         server.should_exit = True
         thread.join(10)
         sock.close()
+
+
+# Debian's chromium and chromium-driver (.ci/run installs them when missing)
+CHROMIUM, DRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver")
+
+
+@contextlib.contextmanager
+def headless_chromium():
+    """A selenium driver of a headless Chromium, quit afterwards; skips the test with the reason
+    when chromium, chromedriver or selenium is missing."""
+    from pathlib import Path
+
+    if not (Path(CHROMIUM).exists() and DRIVER):
+        pytest.skip("no chromium/chromedriver (apt-get install chromium chromium-driver)")
+    pytest.importorskip("selenium", reason="selenium is not installed (pip install -e '.[dev]')")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1100,760"):
+        opts.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait(driver, condition, timeout: float = 30):
+    """Poll ``condition(driver)`` every 50 ms until it is truthy (its value) or ``timeout`` seconds pass."""
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(condition)

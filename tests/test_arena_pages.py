@@ -13,13 +13,12 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import time
 from pathlib import Path
 
 import httpx
 import pytest
-from serve_helpers import live_server, tiny_base_model, tiny_chat_model
+from serve_helpers import headless_chromium, live_server, tiny_base_model, tiny_chat_model, wait
 
 from gptforge.arena.store import VoteStore
 from gptforge.chat.assistant import respond
@@ -27,7 +26,6 @@ from gptforge.serve.app import Limits, create_app
 from gptforge.serve.arena import COOKIE, draw_pair
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM, DRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver")
 PROMPT = "What is two and two?"
 EVENT_KEYS = {"side", "text", "part", "finish", "battle_id", "error"}
 
@@ -228,26 +226,8 @@ def test_fewer_than_two_chat_models_the_arena_says_so(models, tmp_path):
 
 @pytest.fixture(scope="module")
 def browser():
-    if not (Path(CHROMIUM).exists() and DRIVER):
-        pytest.skip("no chromium/chromedriver (apt-get install chromium chromium-driver)")
-    pytest.importorskip("selenium", reason="selenium is not installed (pip install -e '.[dev]')")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1100,760"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
-    yield driver
-    driver.quit()
-
-
-def wait(driver, condition, timeout: float = 30):
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(condition)
+    with headless_chromium() as driver:
+        yield driver
 
 
 def state(want: str):

@@ -10,14 +10,13 @@ exactly ``PAYLOAD`` and to "What is 12*34?" a calculator call (the server runs t
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from pathlib import Path
 
 import pytest
 import torch
 from helpers import CHAT_TEXT
-from serve_helpers import live_server
+from serve_helpers import CHROMIUM, DRIVER, headless_chromium, live_server, wait
 
 from gptforge.chat.assistant import respond
 from gptforge.chat.render import render
@@ -26,7 +25,6 @@ from gptforge.serve.app import create_app
 from gptforge.tokenizer import BPETokenizer
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM, DRIVER = shutil.which("chromium") or "/usr/bin/chromium", shutil.which("chromedriver")
 PAYLOAD = '<img src=x onerror="window.xss=1"><script>window.xss=2</script> <b>not bold</b>'
 CONVERSATIONS = [
     [{"role": "user", "content": "Show me some HTML"}, {"role": "assistant", "content": PAYLOAD}],
@@ -78,23 +76,8 @@ def memorising_model():
 
 @pytest.fixture(scope="module")
 def browser():
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1100,760"):
-        opts.add_argument(arg)
-    driver = webdriver.Chrome(service=Service(DRIVER), options=opts)
-    yield driver
-    driver.quit()
-
-
-def wait(driver, condition, timeout: float = 30):
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    return WebDriverWait(driver, timeout, poll_frequency=0.05).until(condition)
+    with headless_chromium() as driver:
+        yield driver
 
 
 def test_chat_page_streams_regenerates_and_shows_html_as_text(browser, tmp_path):
