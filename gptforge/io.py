@@ -98,6 +98,19 @@ def read_file(path: str | os.PathLike, what: str = "file") -> bytes:
         raise UserError(f"{p}: cannot read ({e.strerror})") from None
 
 
+def read_text(path: str | os.PathLike, what: str = "file") -> str:
+    """The UTF-8 text of ``path``.
+
+    Raises:
+        UserError: missing, a directory, unreadable, or not UTF-8; the message names the path.
+    """
+    raw = read_file(path, what)
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise UserError(f"{Path(path)}: not UTF-8 text (byte {e.start}); a {what} expected here") from None
+
+
 def read_json(path: str | os.PathLike, fmt: str | None = None, versions: tuple[int, ...] = (1,),
               what: str = "file") -> dict:
     """A JSON object from ``path``; with ``fmt``, its "format" must be ``fmt`` and "version" one of

@@ -47,6 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from gptforge.errors import UserError
+from gptforge.io import read_text
 
 WINNERS = ("model_a", "model_b", "tie", "tie (bothbad)")
 BASE, SCALE, INIT = 10.0, 400.0, 1000.0
@@ -103,12 +104,7 @@ def read_battles(path: str | Path) -> list[dict]:
             the file and the row (array index, or line number for JSON lines).
     """
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{p}: battle file not found") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{p}: cannot read ({e})") from None
+    text = read_text(p, "battle file")
     if text.lstrip().startswith("["):
         try:
             rows = json.loads(text)

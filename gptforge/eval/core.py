@@ -50,6 +50,7 @@ import torch
 
 from gptforge.errors import UserError
 from gptforge.eval.loglik import Request, Score, score_requests
+from gptforge.io import read_text
 
 KINDS = ("multiple_choice", "schema", "language_modeling")
 ANSWER = "\nAnswer: "  # the delimiter of the question-answering tasks
@@ -139,12 +140,7 @@ def load_rows(path: str | Path, kind: str) -> list[dict]:
             fewer than two options, or ``gold`` out of range (message: file and line).
     """
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise UserError(f"{p}: no such task file") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise UserError(f"{p}: cannot read task file ({e})") from None
+    text = read_text(p, "task file")
     rows = []
     for n, line in enumerate(text.splitlines(), 1):
         if not line.strip():
