@@ -57,6 +57,7 @@ import torch
 from gptforge.chat.render import ChatTokens, render_for_completion
 from gptforge.engine import ToolUse, generate
 from gptforge.errors import UserError
+from gptforge.eval.core import centered
 from gptforge.eval.sandbox import protections, run_python
 from gptforge.tokenizer import Tokenizer
 
@@ -447,9 +448,7 @@ def _evaluate_task(model, tok, task, rows, limit, progress, out_dir, batch_size,
             res["examples"] = records
         return res
     accuracy = sum(r["correct"] for r in records) / len(records) if records else math.nan
-    # (a baseline of 1: every item has the same answer, so accuracy says nothing beyond chance)
-    centered = (accuracy - baseline) / (1 - baseline) if baseline < 1 else 0.0
-    res.update(n=len(records), accuracy=accuracy, centered=centered,
+    res.update(n=len(records), accuracy=accuracy, centered=centered(accuracy, 100 * baseline),
                baseline=baseline, seconds=round(time.perf_counter() - t0, 3))
     if examples:
         res["examples"] = records

@@ -284,10 +284,11 @@ def lmeval_requests(tok, options: Sequence[tuple[str, str]], bos: int | None) ->
 
 
 def centered(accuracy: float, baseline: float) -> float:
-    """(accuracy - b) / (1 - b) with b = baseline / 100: 0 at chance, 1 when perfect (both fractions
-    in, a fraction out; a below-chance accuracy gives a negative value)."""
+    """(accuracy - b) / (1 - b) with b = baseline / 100: 0 at chance, 1 when perfect (accuracy a
+    fraction, baseline in percent, a fraction out; a below-chance accuracy gives a negative value).
+    A baseline of 100% (chance is always right) gives 0: accuracy then says nothing beyond chance."""
     b = baseline / 100
-    return (accuracy - b) / (1 - b)
+    return (accuracy - b) / (1 - b) if b < 1 else 0.0
 
 
 def _judge(spec: TaskSpec, item: dict, scores: list[Score]) -> dict:
