@@ -32,7 +32,7 @@ from pathlib import Path
 
 from gptforge.config import check, setting
 from gptforge.errors import UserError
-from gptforge.io import atomic_write, write_json
+from gptforge.io import atomic_write, read_json, write_json
 
 
 @dataclass
@@ -315,13 +315,8 @@ def speedrun(sr: SpeedrunConfig, train_overrides: dict | None = None, progress: 
 
 def _read_info(out_dir: Path) -> dict:
     """What earlier runs of stages recorded in OUT/speedrun.json (for --only)."""
-    import json
-
     f = out_dir / "speedrun.json"
-    try:
-        return json.loads(f.read_text()) if f.is_file() else {}
-    except ValueError:
-        raise UserError(f"{f}: not valid JSON; delete it to start the record afresh") from None
+    return read_json(f, what="speedrun record (delete it to start afresh)") if f.is_file() else {}
 
 
 def _stage_data(sr: SpeedrunConfig, recipe: Recipe, out_dir: Path, progress: bool) -> dict:
@@ -448,7 +443,8 @@ def _stage_report(sr: SpeedrunConfig, recipe: Recipe, out_dir: Path, info: dict)
     cards = [run_card(r) for r in runs]
     compare_png(cards, out_dir / "compare.png")
     model, tok, state = load_for_inference(str(out_dir / "pretrain"), "best")
-    meta = (info.get("data") or {}).get("meta") or _shard_meta(out_dir / "data")
+    meta = (info.get("data") or {}).get("meta") or read_json(out_dir / "data" / "meta.json",
+                                                             "gptforge.shards", what="shard metadata")
     multi_doc = meta["splits"]["train"]["documents"] > 1 and tok.eot_id is not None
     start = [tok.eot_id] if multi_doc else tok.encode("\n")  # where documents start
     stops = [tok.eot_id] if tok.eot_id is not None else []
@@ -465,7 +461,7 @@ def _stage_report(sr: SpeedrunConfig, recipe: Recipe, out_dir: Path, info: dict)
                         if p.kind == "tool_output" else p.text for p in pieces)
         transcript = f"you> {TRANSCRIPT}\nassistant> {reply}\n"
         atomic_write(out_dir / "chat.txt", transcript)
-    cfg = TrainConfig(**_json_config(out_dir / "pretrain"))
+    cfg = TrainConfig(**read_json(out_dir / "pretrain" / "config.json", what="run config"))
     pre = info.get("pretrain") or {}
     text = _report(sr.preset, recipe, meta, cfg, pre, state, read_metrics(out_dir / "pretrain"), texts,
                    compare_markdown(cards), transcript, info)
@@ -475,19 +471,6 @@ def _stage_report(sr: SpeedrunConfig, recipe: Recipe, out_dir: Path, info: dict)
          "best_checkpoint": state.path, "best_val_loss": state.val_loss, "best_val_bpb": state.val_bpb,
          "sft": info.get("sft"), "eval": info.get("eval"), "stage_s": info.get("stage_s")}))
     return {"path": str(out_dir / "report.md")}
-
-
-def _json_config(run_dir: Path) -> dict:
-    """A run's config.json as a dict."""
-    import json
-
-    return json.loads((run_dir / "config.json").read_text())
-
-
-def _shard_meta(data_dir: Path) -> dict:
-    import json
-
-    return json.loads((data_dir / "meta.json").read_text())
 
 
 def _finite_tree(x):
