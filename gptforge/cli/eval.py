@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -83,7 +82,7 @@ def load_model(ckpt: str, which: str, tokenizer: str | None, device: str):
 
 def run(args) -> int:
     from gptforge.eval.suite import evaluate, format_table, resolve_tasks
-    from gptforge.io import write_json
+    from gptforge.io import read_json, write_json
 
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit {args.limit}: expected an integer >= 1")
@@ -93,7 +92,8 @@ def run(args) -> int:
     model, tok, run_dir = load_model(args.ckpt, args.which, args.tokenizer, args.device)
     bpb_data = args.data
     if plan.bpb and bpb_data is None and run_dir is not None:
-        cfg = json.loads((run_dir / "config.json").read_text()) if (run_dir / "config.json").is_file() else {}
+        f = run_dir / "config.json"
+        cfg = read_json(f, what="run config") if f.is_file() else {}
         if cfg.get("task", "pretrain") == "pretrain" and cfg.get("data"):
             bpb_data = cfg["data"]
     if plan.bpb and bpb_data is None:

@@ -12,11 +12,11 @@ recomputed, so a report takes well under a second.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from gptforge.errors import UserError
+from gptforge.io import read_json
 from gptforge.train.plot import read_metrics, save_png
 
 
@@ -29,12 +29,7 @@ def run_card(run_dir: str | os.PathLike, eval_file: str | os.PathLike | None = N
     """
     d = Path(run_dir)
     recs = read_metrics(d)
-    cfg = {}
-    if (d / "config.json").is_file():
-        try:
-            cfg = json.loads((d / "config.json").read_text())
-        except ValueError:
-            raise UserError(f"{d / 'config.json'}: not valid JSON") from None
+    cfg = read_json(d / "config.json", what="run config") if (d / "config.json").is_file() else {}
     train = [r for r in recs if "train_loss" in r]
     val = [r for r in recs if r.get("val_loss") is not None]
     card = {"run": str(d), "name": d.name if d.name not in ("", ".") else str(d),
@@ -46,13 +41,8 @@ def run_card(run_dir: str | os.PathLike, eval_file: str | os.PathLike | None = N
             "val_bpb": val[-1].get("val_bpb") if val else None,
             "curve": [(r["tokens"], r["val_loss"]) for r in val], "eval": None}
     f = Path(eval_file) if eval_file else d / "eval.json"
-    if f.is_file():
-        try:
-            card["eval"] = json.loads(f.read_text())
-        except ValueError:
-            raise UserError(f"{f}: not valid JSON (an interrupted gptforge eval?)") from None
-    elif eval_file:
-        raise UserError(f"{f}: no such evaluation file")
+    if f.is_file() or eval_file:
+        card["eval"] = read_json(f, what="evaluation file (gptforge eval)")
     return card
 
 
