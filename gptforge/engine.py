@@ -212,6 +212,91 @@ class DecodeContext:
         return logits[:, -1, :]
 
 
+
+class Slots:
+    """Continuous batching's decoding state: rows join (``add``) and leave (``remove``) between decode
+    steps, each at its own position, so a new request never waits for a running batch to finish
+    (iteration-level scheduling: Yu et al. 2022, Orca; vLLM).
+
+        slots = Slots(model, max_rows=32)
+        logits = slots.add(prompt_ids, copies=2)   # (2, V): rows 0 and 1, the same prompt
+        logits = slots.step([tok0, tok1])          # (2, V): one new token per live row
+        slots.remove(0)                            # row 1 is now row 0
+
+    A GPT keeps one KV cache of ``max_rows`` rows with ragged positions (``KVCache.row_pos``): a
+    prompt is prefilled alone, in one forward pass, into a cache of its own and copied into the next
+    free rows; a decode step runs every live row as one batch. Other models (LSTM, MLP, bigram) keep
+    a ``DecodeContext`` per row and run their rows one after the other.
+    Rows are numbered 0..n-1 in the order they joined; ``remove(i)`` moves the last row into i.
+    Every row must stay within the model's block_size (``length``); the caller ends a row there.
+    """
+
+    def __init__(self, model: torch.nn.Module, max_rows: int):
+        self.model, self.max_rows = model, max_rows
+        self.block_size = model.config.block_size
+        self.device = next(model.parameters()).device
+        self.cache = None
+        if hasattr(model, "new_kv_cache"):
+            self.cache = model.new_kv_cache(max_rows, self.block_size)
+            self.cache.row_pos = [0] * max_rows
+        self.rows: list[tuple[DecodeContext, list[int]] | None] = []  # per row: (context, tokens) or None
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def length(self, i: int) -> int:
+        """Tokens row ``i`` has been fed (prompt included)."""
+        return self.cache.row_pos[i] if self.cache is not None else len(self.rows[i][1])
+
+    @torch.inference_mode()
+    def add(self, prompt: Sequence[int], copies: int = 1) -> torch.Tensor:
+        """Append ``copies`` rows that have read ``prompt``; returns their next-token logits, (copies, V).
+
+        Raises:
+            ValueError: no room for ``copies`` more rows, or a prompt empty or longer than block_size.
+        """
+        if len(self.rows) + copies > self.max_rows:
+            raise ValueError(f"{len(self.rows)} rows live; {copies} more exceed max_rows {self.max_rows}")
+        if not 0 < len(prompt) <= self.block_size:
+            raise ValueError(f"a prompt of {len(prompt)} tokens; expected 1..{self.block_size}")
+        idx = torch.tensor([list(prompt)], dtype=torch.long, device=self.device)  # (1, T)
+        if self.cache is not None:
+            one = self.model.new_kv_cache(1, len(prompt))
+            logits, _ = self.model(idx, kv_cache=one)
+            for _ in range(copies):
+                self.cache.copy_row(len(self.rows), 0, one)
+                self.rows.append(None)
+            return logits[:, -1].expand(copies, -1)
+        for _ in range(copies):
+            ctx = DecodeContext(self.model, 1, use_cache=True)
+            logits = ctx.logits(idx)
+            self.rows.append((ctx, list(prompt)))
+        return logits.expand(copies, -1)
+
+    @torch.inference_mode()
+    def step(self, tokens: Sequence[int]) -> torch.Tensor:
+        """Feed each live row its next token (``tokens[i]`` to row i); returns next-token logits (n, V)."""
+        if len(tokens) != len(self.rows):
+            raise ValueError(f"{len(tokens)} tokens for {len(self.rows)} rows")
+        if self.cache is not None:
+            idx = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]  # (n, 1)
+            logits, _ = self.model(idx, kv_cache=self.cache)
+            return logits[:, -1]
+        out = []
+        for (ctx, seq), tok in zip(self.rows, tokens, strict=True):
+            seq.append(tok)
+            out.append(ctx.logits(torch.tensor([seq], dtype=torch.long, device=self.device)))
+        return torch.cat(out)
+
+    def remove(self, i: int) -> None:
+        """Row ``i`` leaves; the last row takes its number."""
+        last = len(self.rows) - 1
+        if i != last and self.cache is not None:
+            self.cache.copy_row(i, last)
+        self.rows[i] = self.rows[last]
+        self.rows.pop()
+
+
 @torch.inference_mode()
 def generate_stream(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int = 256,
                     *, temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0,

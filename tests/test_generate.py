@@ -10,7 +10,7 @@ import torch
 from helpers import randomize, save_checkpoint_dir
 
 from gptforge.cli import main
-from gptforge.engine import DecodeContext, generate, generate_stream, sample_next
+from gptforge.engine import DecodeContext, Slots, generate, generate_stream, sample_next
 from gptforge.errors import UserError
 from gptforge.export import export_model
 from gptforge.models import build_model
@@ -49,6 +49,55 @@ def test_each_cached_step_matches_full_forward_logits(preset, kw):
         full, _ = m(seq)
         for t in range(5, 21):
             assert torch.allclose(ctx.logits(seq[:, :t]), full[:, t - 1], atol=1e-4)
+
+
+def run_slots(m, prompts, starts, n_new, max_rows=3):
+    """Greedy decoding through Slots, prompt i joining at step starts[i] and leaving after n_new[i]
+    tokens (so rows join and leave mid-batch and rows move when one leaves). Returns the new tokens."""
+    slots, live, out, step = Slots(m, max_rows), [], [[] for _ in prompts], 0
+    while step == 0 or live or any(s >= step for s in starts):
+        for i, s in enumerate(starts):
+            if s == step:
+                live.append(i)
+                out[i].append(int(slots.add(prompts[i])[0].argmax()))
+        for r in range(len(live) - 1, -1, -1):  # leave, as the batcher does: the last row moves in
+            if len(out[live[r]]) == n_new[live[r]]:
+                slots.remove(r)
+                live[r] = live[-1]
+                live.pop()
+        if live:
+            logits = slots.step([out[i][-1] for i in live])
+            for r, i in enumerate(live):
+                out[i].append(int(logits[r].argmax()))
+        step += 1
+    return out
+
+
+@pytest.mark.parametrize("preset,kw", [*PRESETS, ("lstm", {})])
+def test_rows_joining_and_leaving_each_get_what_they_get_alone(preset, kw):
+    """Continuous batching (Slots): every row, whenever it joins and whoever leaves, decodes exactly
+    what it decodes alone (a KV cache with ragged positions; the LSTM runs rows one by one)."""
+    if preset == "lstm":
+        m = randomize(build_model("lstm", vocab_size=TOK.vocab_size, block_size=24))
+    else:
+        m = gpt(preset, **kw)
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11], [12, 13, 14, 15, 16, 1, 2, 3, 4]]
+    n_new = [10, 6, 12, 5]
+    got = run_slots(m, prompts, starts=[0, 0, 3, 6], n_new=n_new)
+    alone = [generate(m, [p], n, temperature=0)[0] for p, n in zip(prompts, n_new, strict=True)]
+    assert got == alone
+
+
+def test_slots_refuse_what_does_not_fit():
+    m = gpt("modern")
+    slots = Slots(m, 2)
+    slots.add([1, 2], copies=2)
+    with pytest.raises(ValueError, match="max_rows"):
+        slots.add([1])
+    slots.remove(0)
+    with pytest.raises(ValueError, match="prompt of 25 tokens"):
+        slots.add([1] * 25)
+    assert len(slots) == 1 and slots.length(0) == 2
 
 
 def test_sampling_filters():

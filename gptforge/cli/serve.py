@@ -17,7 +17,8 @@ def register(sub: argparse._SubParsersAction, help: str) -> None:
         "serve", help=help, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Serve models over HTTP with OpenAI's Chat Completions and Completions protocols\n"
                     "(POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health) and a\n"
-                    "chat page at /. Concurrent requests to a model are decoded together in batches.\n"
+                    "chat page at /. Concurrent requests to a model are decoded together (continuous\n"
+                    "batching).\n"
                     "With two or more chat models, /arena runs blind battles between them and stores the\n"
                     "votes in --arena-db; /arena/leaderboard shows their ratings.",
         epilog="examples:\n  gptforge serve --ckpt runs/sft                      # model name: sft\n"

@@ -68,7 +68,7 @@ STATIC = Path(__file__).parent / "static"
 class Limits:
     """What one request may ask for, and how much the server queues (each field is a `serve` flag)."""
 
-    max_batch: int = setting(32, "rows decoded together in one batch", ge=1, le=4096)
+    max_batch: int = setting(32, "rows decoded together (continuous batching); also caps n", ge=1, le=4096)
     max_queue: int = setting(64, "rows waiting per model; beyond it requests get 429", ge=0, le=1_000_000)
     max_body_bytes: int = setting(1 << 20, "largest request body in bytes (413 beyond)", ge=1024, le=1 << 30)
     max_messages: int = setting(256, "messages per chat request", ge=1, le=100_000)
@@ -77,8 +77,6 @@ class Limits:
     max_n: int = setting(8, "choices per request (OpenAI's n)", ge=1, le=128)
     default_max_tokens: int = setting(256, "max_tokens when a request gives none (at most half the context)",
                                       ge=1, le=1_000_000)
-    batch_window_ms: float = setting(5.0, "wait this long for more requests before starting a batch",
-                                     ge=0, le=10_000)
 
     def __post_init__(self):
         check(self, "limits")
@@ -124,8 +122,7 @@ def create_app(models: dict, api_key: str | None = None, limits: Limits | None =
     limits = limits or Limits()
     if not models:
         raise ValueError("create_app needs at least one model")
-    served = {name: Served(name, Batcher(m, tok, limits.max_batch, limits.max_queue,
-                                         limits.batch_window_ms / 1000), m.config.block_size)
+    served = {name: Served(name, Batcher(m, tok, limits.max_batch, limits.max_queue), m.config.block_size)
               for name, (m, tok) in models.items()}
     created = int(time.time())
     @contextlib.asynccontextmanager
@@ -371,7 +368,7 @@ def sampling(body: dict, max_new: int, limits: Limits) -> list[RowParams]:
     opts = body.get("stream_options")
     if opts is not None and not (isinstance(opts, dict) and isinstance(opts.get("include_usage", 0), bool)):
         raise APIError(400, 'stream_options: expected {"include_usage": true|false}', param="stream_options")
-    n = number(body, "n", 1, 1, limits.max_n, integer=True)
+    n = number(body, "n", 1, 1, min(limits.max_n, limits.max_batch), integer=True)
     params = RowParams(max_new=max_new, temperature=number(body, "temperature", 1.0, 0, 2),
                        top_k=number(body, "top_k", None, 1, 1 << 24, integer=True),
                        top_p=number(body, "top_p", 1.0, 0, 1, lo_open=True),
@@ -486,17 +483,24 @@ async def sse(job: Job, events: asyncio.Queue, meta: dict, chat: bool, prompt_to
             for i in range(n):
                 yield chunk(i, first=True)
         while open_rows:
-            for e in await events.get():
+            batch = [await events.get()]
+            while not events.empty():  # the client fell behind: send everything queued in one write
+                batch.append(events.get_nowait())
+            out = []
+            for e in (e for evs in batch for e in evs):
                 if e.finish == "error":
-                    yield sse_line({"error": {"message": "internal server error (see the server's log)",
-                                              "type": "server_error", "param": None, "code": None}})
+                    yield "".join(out) + sse_line({"error": {
+                        "message": "internal server error (see the server's log)", "type": "server_error",
+                        "param": None, "code": None}})
                     return
                 if e.text or e.part:
-                    yield chunk(e.index, e.text, e.part)
+                    out.append(chunk(e.index, e.text, e.part))
                 if e.finish is not None:
                     open_rows -= 1
                     tokens += e.tokens
-                    yield chunk(e.index, finish=e.finish)
+                    out.append(chunk(e.index, finish=e.finish))
+            if out:
+                yield "".join(out)
         if include_usage:
             usage = {"prompt_tokens": prompt_tokens, "completion_tokens": tokens,
                      "total_tokens": prompt_tokens + tokens}

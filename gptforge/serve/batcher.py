@@ -1,5 +1,5 @@
-"""The batcher: one background thread per served model runs the decoding steps of every live request
-of that model as one batch, and hands each request its text as it comes.
+"""The batcher: one background thread per served model decodes every live request of that model
+together, and hands each request its text as it comes.
 
     batcher = Batcher(model, tok, max_batch=32, max_queue=64)
     job = Job(prompt=ids, rows=[RowParams(max_new=64, temperature=0)], chat=True, send=callback)
@@ -7,20 +7,18 @@ of that model as one batch, and hands each request its text as it comes.
     ...                          # callback(events) is called from the batcher's thread after each step
     job.cancelled = True         # e.g. the client disconnected: its rows stop at the next step
 
-**Static batches, not continuous batching.** The GPT's KV cache has one position for the whole batch
-(``gptforge.models.gpt.KVCache.pos``), so a request cannot join a batch whose rows are already past
-their prompts. The thread therefore takes every waiting request (up to ``max_batch`` rows, after
-waiting ``window`` seconds for more to arrive), runs them together until all of them have finished
-or been cancelled, then takes the next batch. Requests that arrive meanwhile wait in a bounded queue
-(``max_queue`` rows; beyond it ``submit`` raises ``QueueFull``). A long request therefore delays the
-requests that arrive after its batch started (head-of-line blocking): that is the price of the single
-cache position; per-row positions in the cache would lift it (future work).
+**Continuous batching** (iteration-level scheduling: Yu et al. 2022, Orca; vLLM). The thread loops:
+admit waiting requests while there is room (at most ``max_batch`` live rows): each prompt is
+prefilled in one forward pass and its first token sampled at once; then one decode step feeds every
+live row its last token as one batch (``gptforge.engine.Slots``: a KV cache whose rows have their own
+positions); rows that finished, hit a stop or were cancelled leave at once, and their room goes to the
+next request in the queue. So a request never waits for a running batch to end, only for a free row
+(and for prefills of requests admitted with it, which run between decode steps). Requests beyond
+``max_batch`` wait in a bounded queue (``max_queue`` rows; beyond it ``submit`` raises ``QueueFull``).
 
-Within a batch every row has its own sampling settings (temperature, top-k, top-p, seed, stop
-strings, max tokens), its own tool calls (the engine's per-row ``ToolCalls``) and its own
-incremental UTF-8 decoding (``TurnDecoder``), so a multi-byte character is never split across
-events. As in ``gptforge.engine.generate_stream``, all rows start at position 0 and a row still
-inside its prompt is fed its prompt token (the KV cache is filled once for the shortest prompt).
+Every row has its own sampling settings (temperature, top-k, top-p, seed, stop strings, max tokens),
+its own tool calls (the engine's ``ToolCalls``) and its own incremental UTF-8 decoding
+(``TurnDecoder``), so a multi-byte character is never split across events.
 """
 
 from __future__ import annotations
@@ -29,7 +27,6 @@ import codecs
 import random
 import sys
 import threading
-import time
 import traceback
 from collections import deque
 from collections.abc import Callable
@@ -39,7 +36,7 @@ import torch
 
 from gptforge.chat.assistant import Piece, TurnDecoder
 from gptforge.chat.render import ChatTokens
-from gptforge.engine import DecodeContext, ToolCalls, ToolUse, sample_next
+from gptforge.engine import Slots, ToolCalls, ToolUse, sample_next
 
 
 class QueueFull(Exception):
@@ -150,8 +147,10 @@ class _Row:
     decoder: TurnDecoder | _TextDecoder
     stops: StopStrings
     gen: torch.Generator
+    calls: ToolCalls | None  # chat rows of a tokenizer with tool tokens
     produced: int = 0
     done: bool = False
+    next: int = -1  # the token to feed at the next step
     events: list[Event] = field(default_factory=list)
 
     def say(self, pieces: list[Piece]) -> None:
@@ -185,32 +184,42 @@ def marker(p: Piece) -> str:
 
 
 class Batcher:
-    """Owns one model: a daemon thread runs its batches (see the module docstring).
+    """Owns one model: a daemon thread runs continuous batching over its requests (module docstring).
 
-    Attributes (read from any thread, for /health and tests): ``running`` rows in the current
-    batch still generating, ``waiting`` rows in the queue, ``cancelled`` and ``finished`` rows so far,
-    ``batches`` run so far, ``max_rows``: the largest batch so far.
+    Attributes (read from any thread, for /health and tests): ``running`` rows decoding now,
+    ``waiting`` rows in the queue, ``cancelled`` and ``finished`` rows so far, ``steps`` decode
+    steps run so far, ``max_rows``: the most rows one step has decoded together.
     """
 
-    def __init__(self, model: torch.nn.Module, tok, max_batch: int = 32, max_queue: int = 64,
-                 window: float = 0.005):
+    def __init__(self, model: torch.nn.Module, tok, max_batch: int = 32, max_queue: int = 64):
         self.model, self.tok = model, tok
-        self.max_batch, self.max_queue, self.window = max_batch, max_queue, window
+        self.max_batch, self.max_queue = max_batch, max_queue
         self.device = next(model.parameters()).device
         try:
             self.chat_tokens: ChatTokens | None = ChatTokens(tok)
             self.tool: ToolUse | None = ToolUse.from_tokenizer(tok)
         except ValueError:  # a base tokenizer: plain completions only
             self.chat_tokens, self.tool = None, None
+        self.eot = tok.special_tokens.get("<|endoftext|>")
+        self.end_turn = self.chat_tokens.assistant_end if self.chat_tokens else None
         self.queue: deque[Job] = deque()
         self.cond = threading.Condition()
-        self.running = self.waiting = self.cancelled = self.finished = self.batches = self.max_rows = 0
+        self.running = self.waiting = self.cancelled = self.finished = self.steps = self.max_rows = 0
         self.stopping = False
+        self.slots = Slots(model, max_batch)
+        self.live: list[_Row] = []  # live[i] is row i of self.slots
         self.thread = threading.Thread(target=self._loop, name="gptforge-batcher", daemon=True)
         self.thread.start()
 
     def submit(self, job: Job) -> None:
-        """Queue ``job``. Raises QueueFull when that would put more than ``max_queue`` rows in the queue."""
+        """Queue ``job``.
+
+        Raises:
+            QueueFull: that would put more than ``max_queue`` rows in the queue.
+            ValueError: the job has more rows than ``max_batch`` (it could never run).
+        """
+        if len(job.rows) > self.max_batch:
+            raise ValueError(f"{len(job.rows)} choices; this model decodes at most {self.max_batch} rows")
         with self.cond:
             if self.waiting + len(job.rows) > self.max_queue:
                 raise QueueFull(f"the queue holds {self.waiting} request rows (at most {self.max_queue})")
@@ -219,120 +228,117 @@ class Batcher:
             self.cond.notify()
 
     def stop(self) -> None:
-        """Let the thread end after its current batch."""
+        """Let the thread end after its current step."""
         with self.cond:
             self.stopping = True
             self.cond.notify()
 
     def stats(self) -> dict:
-        return {k: getattr(self, k) for k in ("running", "waiting", "cancelled", "finished", "batches",
+        return {k: getattr(self, k) for k in ("running", "waiting", "cancelled", "finished", "steps",
                                               "max_rows")}
 
-    def _take(self) -> list[Job]:
-        """Wait for work, then take whole jobs (skipping cancelled ones) up to max_batch rows."""
+    def _loop(self) -> None:
+        while not self.stopping:
+            try:
+                self._admit()
+                if self.live:
+                    self._step()
+            except Exception:  # a bug: tell the clients of live rows (the server answers 500), keep serving
+                traceback.print_exc(file=sys.stderr)
+                for r in self.live:
+                    if not r.done:
+                        r.job.send([Event(r.index, finish="error")])
+                self.live, self.slots = [], Slots(self.model, self.max_batch)
+            self.running = len(self.live)
+
+    def _admit(self) -> None:
+        """Wait while there is nothing to do; then start queued jobs (skipping cancelled ones) while
+        their rows fit beside the live ones, in arrival order."""
+        jobs = []
         with self.cond:
-            while not self.queue and not self.stopping:
+            while not self.queue and not self.live and not self.stopping:
                 self.cond.wait()
-        if self.window:  # let requests sent together land in one batch
-            time.sleep(self.window)
-        jobs, rows = [], 0
-        with self.cond:
-            while self.queue and (not jobs or rows + len(self.queue[0].rows) <= self.max_batch):
+            free = self.max_batch - len(self.live)
+            while self.queue and len(self.queue[0].rows) <= free:
                 job = self.queue.popleft()
                 self.waiting -= len(job.rows)
                 if job.cancelled:
                     self.cancelled += len(job.rows)
                     continue
                 jobs.append(job)
-                rows += len(job.rows)
-        return jobs
+                free -= len(job.rows)
+        for job in jobs:  # prefill: the prompt once, its first token for each of the job's rows
+            logits = self.slots.add(job.prompt, len(job.rows))  # (n, V)
+            rows = [self._new_row(job, i, p) for i, p in enumerate(job.rows)]
+            self.live.extend(rows)
+            self.running = len(self.live)
+            self._choose(rows, logits, len(self.live) - len(rows))
+        if jobs:
+            self._leave()
 
-    def _loop(self) -> None:
-        while not self.stopping:
-            jobs = self._take()
-            if not jobs:
-                continue
-            try:
-                self._run(jobs)
-            except Exception:  # a bug: tell the clients (the server answers 500) and keep serving
-                traceback.print_exc(file=sys.stderr)
-                for job in jobs:
-                    job.send([Event(i, finish="error") for i in range(len(job.rows))])
-            finally:
-                self.running = 0
+    @torch.inference_mode()
+    def _step(self) -> None:
+        """One decode step of every live row, then the finished and cancelled rows leave."""
+        for r in self.live:
+            if r.job.cancelled and not r.done:
+                r.end("cancelled")
+                self.cancelled += 1
+        self._leave()
+        if not self.live:
+            return
+        logits = self.slots.step([r.next for r in self.live])  # (n, V)
+        self.steps += 1
+        self.max_rows = max(self.max_rows, len(self.live))
+        self._choose(self.live, logits, 0)
+        self._leave()
 
     def _new_row(self, job: Job, index: int, params: RowParams) -> _Row:
         gen = torch.Generator(device=self.device)
         gen.manual_seed(params.seed + index if params.seed is not None else random.getrandbits(63))
         decoder = TurnDecoder(self.tok) if job.chat else _TextDecoder(self.tok)
-        return _Row(job, index, params, decoder, StopStrings(params.stop), gen)
+        calls = ToolCalls(self.tool, 1) if job.chat and self.tool is not None else None
+        return _Row(job, index, params, decoder, StopStrings(params.stop), gen, calls)
 
-    @torch.inference_mode()
-    def _run(self, jobs: list[Job]) -> None:
-        """Decode one batch to the end: the loop of ``generate_stream``, with per-row settings."""
-        rows = [self._new_row(job, i, p) for job in jobs for i, p in enumerate(job.rows)]
-        B = len(rows)
-        self.batches += 1
-        self.max_rows = max(self.max_rows, B)
-        self.running = B
-        lens = [len(r.job.prompt) for r in rows]
-        total = max(n + r.params.max_new for n, r in zip(lens, rows, strict=True))
-        seq = torch.zeros((B, total), dtype=torch.long, device=self.device)
+    def _choose(self, rows: list[_Row], logits: torch.Tensor, first: int) -> None:
+        """Pick each row's next token from its logits (rows[i] has logits[i] and is slot first + i):
+        a queued tool-answer token, else greedy or sampled; then stream it or end the row."""
+        greedy = logits.argmax(dim=-1).tolist()  # one call for all the temperature-0 rows
         for i, r in enumerate(rows):
-            seq[i, :lens[i]] = torch.tensor(r.job.prompt, dtype=torch.long)
-        ctx = DecodeContext(self.model, B, use_cache=True)
-        calls = ToolCalls(self.tool, B) if self.tool is not None else None
-        eot = self.tok.special_tokens.get("<|endoftext|>")
-        end_turn = self.chat_tokens.assistant_end if self.chat_tokens else None
-        for t in range(min(lens), total):
-            for r in rows:
-                if r.job.cancelled and not r.done:
-                    r.end("cancelled")
-                    self.cancelled += 1
-            live = sum(not r.done for r in rows)
-            self.running = live
-            if not live:
-                break
-            logits = ctx.logits(seq[:, :t])  # (B, V)
-            greedy = logits.argmax(dim=-1).tolist()  # one call for all the temperature-0 rows
-            nxt = seq[:, t].tolist()  # prompt tokens where rows are still reading their prompt
-            for i, r in enumerate(rows):
-                if t < lens[i] or r.done:
-                    continue
-                forced = calls.pop(i) if calls is not None and r.job.chat else None
-                if forced is not None:
-                    tok = forced
-                elif r.params.temperature == 0:
-                    tok = greedy[i]
-                else:
-                    tok = sample_next(logits[i:i + 1], r.params.temperature, r.params.top_k, r.params.top_p,
-                                      r.gen).item()
-                nxt[i] = tok
-                if forced is None and tok in (end_turn, eot) and (r.job.chat or tok == eot):
-                    r.end("stop")  # <|assistant_end|> or <|endoftext|> ends the turn (not sent)
-                    continue
-                r.produced += 1
-                if forced is None and calls is not None and r.job.chat:
-                    calls.observe(i, tok)
-                r.say(r.decoder.feed(tok))
-                if r.stops.hit:
-                    r.end("stop")
-                elif r.produced >= r.params.max_new:
-                    r.end("length")
-            seq[:, t] = torch.tensor(nxt, dtype=torch.long, device=self.device)
-            self._dispatch(rows)
-        for r in rows:
-            if not r.done:
-                r.end("length")
-        self._dispatch(rows)
+            forced = r.calls.pop(0) if r.calls is not None else None
+            if forced is not None:
+                tok = forced
+            elif r.params.temperature == 0:
+                tok = greedy[i]
+            else:
+                tok = sample_next(logits[i:i + 1], r.params.temperature, r.params.top_k, r.params.top_p,
+                                  r.gen).item()
+            if forced is None and tok in (self.end_turn, self.eot) and (r.job.chat or tok == self.eot):
+                r.end("stop")  # <|assistant_end|> or <|endoftext|> ends the turn (not sent)
+                continue
+            r.produced += 1
+            if forced is None and r.calls is not None:
+                r.calls.observe(0, tok)
+            r.say(r.decoder.feed(tok))
+            if r.stops.hit:
+                r.end("stop")
+            elif r.produced >= r.params.max_new or self.slots.length(first + i) >= self.slots.block_size:
+                r.end("length")  # (the server keeps prompt + max_tokens within the context)
+            else:
+                r.next = tok
 
-    def _dispatch(self, rows: list[_Row]) -> None:
-        """Send each job its rows' new events (one call per job per step)."""
+    def _leave(self) -> None:
+        """Send this step's events, then drop the rows that are done from the slots."""
         by_job: dict[int, tuple[Job, list[Event]]] = {}
-        for r in rows:
+        for r in self.live:
             if r.events:
                 by_job.setdefault(id(r.job), (r.job, []))[1].extend(r.events)
                 self.finished += sum(e.finish is not None for e in r.events)
                 r.events = []
         for job, events in by_job.values():
             job.send(events)
+        for i in range(len(self.live) - 1, -1, -1):
+            if self.live[i].done:
+                self.slots.remove(i)
+                self.live[i] = self.live[-1]
+                self.live.pop()
+        self.running = len(self.live)
