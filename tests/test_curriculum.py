@@ -88,7 +88,7 @@ def test_table_round_trips_through_a_checkpoint_file(tmp_path):
     fresh.load_state_arrays(ckpt.read_sampler_state(tmp_path))
     assert np.array_equal(fresh.probabilities(), s.probabilities())
     assert all(np.array_equal(x, y) for x, y in zip(fresh.draw(999), s.draw(999), strict=True))
-    with pytest.raises(ValueError, match="curriculum_chunk"):
+    with pytest.raises(ValueError, match="chunk_windows"):
         CurriculumBatches(s.tokens, 8, 16, 3, chunk=2).load_state_arrays(s.state_arrays())  # 240 chunks
     assert ckpt.read_sampler_state(tmp_path / "nothing-here") is None
 
@@ -113,7 +113,7 @@ def test_loss_is_the_mean_loss_and_records_only_batches_it_handed_out():
 # --- real training runs --------------------------------------------------------------------------
 TINY = {"arch": "gpt", "preset": "modern", "depth": 1, "model": {"n_embd": 32, "n_head": 2},
         "batch_size": 4, "block_size": 32, "eval_tokens": 512, "warmup_steps": 2, "threads": 1,
-        "progress": "none", "lr": 1e-2, "sampling": "curriculum", "curriculum_chunk": 4}
+        "progress": "none", "lr": 1e-2, "sampling": "curriculum", "chunk_windows": 4}
 
 
 @pytest.fixture(scope="module")
@@ -163,7 +163,7 @@ def test_default_sampling_is_unchanged_and_curriculum_errors_are_user_errors(dat
     s = train(cfg)
     assert not (Path(s["checkpoint"]) / ckpt.SAMPLER_FILE).exists()
     with pytest.raises(UserError, match="curriculum chunk"):
-        train(make_config(TINY, {"data": str(data), "out": str(tmp_path / "big"), "curriculum_chunk": 10**5}))
+        train(make_config(TINY, {"data": str(data), "out": str(tmp_path / "big"), "chunk_windows": 10**5}))
     # inspect batch cannot recompute a curriculum batch: says so in one line
     c = make_config(TINY, {"data": str(data), "out": str(tmp_path / "c"), "max_steps": 1})
     train(c)

@@ -62,10 +62,10 @@ class TrainConfig:
                                       "drawn more, noise and learnt text less; one process only; see "
                                       "gptforge/train/curriculum.py)",
                             choices=("random", "sequential", "curriculum"))
-    curriculum_chunk: int = setting(8, "curriculum: windows of block_size tokens per chunk (the unit the "
-                                       "sampler keeps a loss record for)", ge=1, le=1 << 20)
-    curriculum_uniform: float = setting(0.5, "curriculum: share of the draws spread uniformly over chunks "
-                                             "(the rest follows learning progress)", ge=0, le=1)
+    chunk_windows: int = setting(8, "curriculum: windows of block_size tokens per chunk (the unit the "
+                                    "sampler keeps a loss record for)", ge=1, le=1 << 20)
+    curriculum_mix: float = setting(0.5, "curriculum: share of the draws spread uniformly over chunks "
+                                         "(the rest follows learning progress)", ge=0, le=1)
     seed: int = setting(1337, "model init, dropout and batch sampling", ge=0, le=2**32 - 1)
     # optimizer
     optimizer: str = setting("adamw", "adamw, or muon (Muon for hidden 2-D weights, AdamW for the rest)",

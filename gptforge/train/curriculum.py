@@ -12,21 +12,22 @@ Graves et al. (2017, "Automated Curriculum Learning for Neural Networks"), measu
 between a slow and a fast moving average of the loss as in Kanitscheider et al. (2021,
 "Multi-task curriculum learning in a complex, visual, hard-exploration domain: Minecraft").
 
-The rule, per chunk of the train split (``chunk`` windows of T tokens each):
+The rule, per chunk of the train split (``chunk_windows`` windows of T tokens each):
 
 - each row trained on gives its loss x (mean nats per target token, from the training forward pass:
   the loss function returns it per row), *detrended* by the running mean loss g of all rows
   trained on lately (an EMA over micro-batches, ``GLOBAL_ALPHA``): x' = x - g. A chunk that follows
   the model's general improvement keeps x' level; noise, whose loss stops falling once its floor is
   reached, and text already learnt, which sits at its floor, see x' rise as g keeps falling;
-- the chunk keeps a fast and a slow EMA of x' over its visits (``FAST_ALPHA``, ``SLOW_ALPHA``);
+- the chunk keeps a fast and a slow EMA of x' over its visits (``FAST_ALPHA``, ``SLOW_ALPHA``;
+  each starts as the plain mean of the visits so far, so one early reading does not dominate);
   learning progress ``lp = slow - fast`` is positive while x' falls (the chunk is being learnt
   faster than the average), negative while it rises (noise, learnt), about 0 otherwise;
 - a chunk is drawn with probability ``P(c) = u / C + (1 - u) * w_c / sum(w)``, where
   ``w_c = exp(lp_c / tau)``, tau the standard deviation of lp over the chunks seen at least twice
   (so the weights do not depend on the loss scale; a chunk one tau below average gets e^-1 of the
   average weight), and ``w_c = 1`` (lp = 0, the average) for chunks seen fewer than twice. The
-  uniform share ``u`` (``uniform``, default 0.5) keeps every chunk visited, so unseen chunks get a
+  uniform share ``u`` (``curriculum_mix``, default 0.5) keeps every chunk visited, so unseen chunks get a
   first reading and a chunk misjudged early gets a second one;
 - a drawn chunk contributes one window at a uniformly random offset inside it.
 
@@ -39,7 +40,7 @@ so ``gptforge inspect batch`` cannot recompute it. One process only: under DDP e
 only its own rows' losses (refused in ``gptforge.train.session.setup``).
 
 Cost: one (B, T) cross-entropy without reduction instead of the mean (same FLOPs) and, per
-micro-batch, O(C) numpy work to form P (C ~ 1,300 chunks on the built-in corpus: microseconds).
+micro-batch, O(C) numpy work to form P (C ~ 1,500 chunks on the built-in corpus: microseconds).
 """
 
 from __future__ import annotations
@@ -52,10 +53,10 @@ import torch.nn.functional as F
 
 from gptforge.train.batches import get_batch
 
-FAST_ALPHA = 0.5   # fast EMA of a chunk's detrended loss: about the last 2 visits
-SLOW_ALPHA = 0.1   # slow EMA: about the last 10 visits
-GLOBAL_ALPHA = 0.05  # running mean of all rows' losses: about the last 20 micro-batches
-STATE_KEYS = ("fast", "slow", "visits", "global")
+FAST_ALPHA = 0.5  # fast EMA of a chunk's detrended loss: about the last 2 visits
+SLOW_ALPHA = 0.1  # slow EMA: about the last 10 visits (a plain mean of the visits until the 10th)
+GLOBAL_ALPHA = 0.2  # running mean of all rows' losses: about the last 5 micro-batches (little lag
+#                     behind the steep early fall of the loss, yet an average of ~10 batches' rows)
 
 
 class CurriculumBatches:
@@ -81,7 +82,7 @@ class CurriculumBatches:
         self.n_chunks = (len(tokens) - 1) // self.chunk_tokens
         if self.n_chunks < 1:
             raise ValueError(f"the split has {len(tokens)} tokens, fewer than one curriculum chunk "
-                             f"(curriculum_chunk x block_size + 1 = {self.chunk_tokens + 1})")
+                             f"(chunk_windows x block_size + 1 = {self.chunk_tokens + 1})")
         C = self.n_chunks
         self.fast = np.full(C, np.nan)
         self.slow = np.full(C, np.nan)
@@ -147,12 +148,13 @@ class CurriculumBatches:
         g = losses.mean() if math.isnan(g) else g + GLOBAL_ALPHA * (losses.mean() - g)
         self.global_loss[0] = g
         for c, x in zip(chunks.tolist(), (losses - g).tolist(), strict=True):  # a chunk may repeat
-            if self.visits[c] == 0:
+            n = self.visits[c] + 1  # this visit's number
+            if n == 1:
                 self.fast[c] = self.slow[c] = x
-            else:
-                self.fast[c] += FAST_ALPHA * (x - self.fast[c])
-                self.slow[c] += SLOW_ALPHA * (x - self.slow[c])
-            self.visits[c] += 1
+            else:  # the mean of the visits so far until 1/n falls below alpha (no pull to the first one)
+                self.fast[c] += max(FAST_ALPHA, 1 / n) * (x - self.fast[c])
+                self.slow[c] += max(SLOW_ALPHA, 1 / n) * (x - self.slow[c])
+            self.visits[c] = n
 
     # --- checkpoints ------------------------------------------------------------------------------
     def state_arrays(self) -> dict[str, np.ndarray]:
@@ -173,6 +175,6 @@ class CurriculumBatches:
             if a is None or a.shape != shape or a.dtype != dtype:
                 got = "missing" if a is None else f"{a.dtype} {a.shape}"
                 raise ValueError(f"{where}: curriculum table {k!r} is {got}, expected {np.dtype(dtype)} "
-                                 f"{shape} (a different train split or curriculum_chunk?)")
+                                 f"{shape} (a different train split or chunk_windows?)")
         self.fast, self.slow = arrays["fast"].copy(), arrays["slow"].copy()
         self.visits, self.global_loss = arrays["visits"].copy(), arrays["global"].copy()

@@ -207,12 +207,12 @@ def shard_data(cfg: TrainConfig) -> TrainData:
     T = cfg.block_size
     offsets = eval_offsets(len(val_tokens), T, cfg.eval_tokens)
     if cfg.sampling == "curriculum":  # opt-in: its loss function feeds the per-row losses back to it
-        if len(train_tokens) < cfg.curriculum_chunk * T + 1:
+        if len(train_tokens) < cfg.chunk_windows * T + 1:
             raise UserError(f"{cfg.data}: the train split has {len(train_tokens)} tokens, fewer than one "
-                            f"curriculum chunk (curriculum_chunk x block_size + 1 = "
-                            f"{cfg.curriculum_chunk * T + 1}); lower --curriculum-chunk")
-        batches = CurriculumBatches(train_tokens, cfg.batch_size, T, cfg.seed, cfg.curriculum_chunk,
-                                    cfg.curriculum_uniform)
+                            f"curriculum chunk (chunk_windows x block_size + 1 = "
+                            f"{cfg.chunk_windows * T + 1}); lower --chunk-windows")
+        batches = CurriculumBatches(train_tokens, cfg.batch_size, T, cfg.seed, cfg.chunk_windows,
+                                    cfg.curriculum_mix)
         loss_fn = batches.loss
     else:
         batches, loss_fn = PretrainBatches(train_tokens, cfg.batch_size, T, cfg.seed, cfg.sampling), lm_loss
