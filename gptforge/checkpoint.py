@@ -12,6 +12,8 @@ Layout of a run directory::
                                    (per rank), val/best losses, config, model config, tokenizer
                                    identity, sha256 of model.safetensors
         tokenizer.json             the tokenizer, so the checkpoint alone can sample
+        sampler.safetensors        only with curriculum sampling: the sampler's loss table (numpy
+                                   arrays; safetensors, so no pickled code)
     RUN_DIR/ckpt/latest            text file naming the newest checkpoint directory
     RUN_DIR/ckpt/best              text file naming the checkpoint with the lowest val loss
 
@@ -40,6 +42,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors import SafetensorError
+from safetensors.numpy import load_file as load_numpy
+from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_model, save_model
 
 from gptforge import __version__
@@ -49,6 +53,7 @@ from gptforge.io import atomic_write, fsync, read_json, write_json
 FORMAT = "gptforge.checkpoint"
 FORMAT_VERSION = 1
 STEP_DIR = re.compile(r"^step_(\d+)$")
+SAMPLER_FILE = "sampler.safetensors"
 
 
 @dataclass
@@ -201,11 +206,11 @@ def file_sha256(path: Path) -> str:
 def save_checkpoint(run_dir: str | os.PathLike, model: torch.nn.Module,
                     optimizers: list[torch.optim.Optimizer], state: RunState,
                     tokenizer_json: str | os.PathLike | None = None, is_best: bool = False,
-                    keep_last: int = 2) -> Path:
+                    keep_last: int = 2, sampler: dict[str, np.ndarray] | None = None) -> Path:
     """Write ``RUN_DIR/ckpt/step_{state.step:06d}`` atomically, update the pointers, prune old ones.
 
-    ``state`` is written as ``trainer.json`` (format keys and the weights' sha256 added). Returns
-    the checkpoint directory.
+    ``state`` is written as ``trainer.json`` (format keys and the weights' sha256 added);
+    ``sampler``, named numpy arrays, as ``sampler.safetensors``. Returns the checkpoint directory.
     """
     step = state.step
     root = Path(run_dir) / "ckpt"
@@ -221,6 +226,8 @@ def save_checkpoint(run_dir: str | os.PathLike, model: torch.nn.Module,
                FORMAT, FORMAT_VERSION)
     if tokenizer_json is not None:
         shutil.copyfile(tokenizer_json, tmp / "tokenizer.json")
+    if sampler is not None:
+        save_numpy(sampler, str(tmp / SAMPLER_FILE))
     for f in tmp.iterdir():
         fsync(f)
     fsync(tmp)
@@ -282,6 +289,22 @@ def read_trainer_state(ckpt: Path) -> RunState:
     state = RunState.from_json(read_json(f, FORMAT, (FORMAT_VERSION,), what="checkpoint metadata"), str(f))
     state.path = str(ckpt)
     return state
+
+
+def read_sampler_state(ckpt: Path) -> dict[str, np.ndarray] | None:
+    """The arrays of ``ckpt/sampler.safetensors`` (a curriculum sampler's table), or None if the
+    checkpoint has none.
+
+    Raises:
+        UserError: the file exists but cannot be read.
+    """
+    f = Path(ckpt) / SAMPLER_FILE
+    if not f.exists():
+        return None
+    try:
+        return load_numpy(str(f))
+    except (SafetensorError, OSError, ValueError) as e:
+        raise UserError(f"{f}: corrupt sampler state ({e})") from None
 
 
 def load_weights(model: torch.nn.Module, ckpt: Path, device: str | torch.device = "cpu",

@@ -57,6 +57,9 @@ def batch_at(cfg: TrainConfig, step: int, micro: int = 0, rank: int = 0, world: 
         raise UserError(f"--rank {rank}: the run has {world} process(es)")
     if step < 0:
         raise UserError(f"--step {step}: steps count from 0")
+    if cfg.sampling == "curriculum":
+        raise UserError("this run samples by curriculum: its batches depend on every loss seen before "
+                        "them, so they cannot be recomputed from the step")
     data, tok = train_data(cfg)
     x, y = data.batches.get(step, micro, accum, rank, world, "cpu")
     return x, y, tok

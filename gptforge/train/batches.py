@@ -13,7 +13,8 @@ of the run: ``(step * accum + micro) * world_size + rank``. So:
 
 ``random``: B windows at uniformly random offsets (nanoGPT). ``sequential``: consecutive windows,
 stepping through the split in order and wrapping around at the end; micro-batches and ranks
-take disjoint, adjacent slices.
+take disjoint, adjacent slices. ``curriculum`` (opt-in, gptforge/train/curriculum.py) draws windows
+by the losses seen so far, so its batches also depend on the run's history (saved in checkpoints).
 """
 
 from __future__ import annotations

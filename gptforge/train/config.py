@@ -57,8 +57,15 @@ class TrainConfig:
     batch_size: int = setting(16, "B: sequences per device per micro step", ge=1, le=1 << 20)
     tokens_per_step: int = setting(0, "tokens per optimizer step, all devices; 0 -> B * T * processes",
                                    ge=0, le=BIG)
-    sampling: str = setting("random", "batch windows: random offsets (nanoGPT) or sequential",
-                            choices=("random", "sequential"))
+    sampling: str = setting("random", "pretraining batch windows: random offsets (nanoGPT), sequential, "
+                                      "or curriculum (experimental: chunks whose loss is still falling "
+                                      "drawn more, noise and learnt text less; one process only; see "
+                                      "gptforge/train/curriculum.py)",
+                            choices=("random", "sequential", "curriculum"))
+    chunk_windows: int = setting(8, "curriculum: windows of block_size tokens per chunk (the unit the "
+                                    "sampler keeps a loss record for)", ge=1, le=1 << 20)
+    curriculum_mix: float = setting(0.5, "curriculum: share of the draws spread uniformly over chunks "
+                                         "(the rest follows learning progress)", ge=0, le=1)
     seed: int = setting(1337, "model init, dropout and batch sampling", ge=0, le=2**32 - 1)
     # optimizer
     optimizer: str = setting("adamw", "adamw, or muon (Muon for hidden 2-D weights, AdamW for the rest)",

@@ -29,6 +29,7 @@ from gptforge.errors import UserError
 from gptforge.models import build_model, model_config
 from gptforge.train.batches import PretrainBatches, eval_offsets, lm_loss
 from gptforge.train.config import TrainConfig
+from gptforge.train.curriculum import CurriculumBatches
 from gptforge.train.evaluate import evaluate, window_batches
 from gptforge.train.mfu import peak_flops
 from gptforge.train.optim import build_optimizers, schedule_steps
@@ -205,8 +206,18 @@ def shard_data(cfg: TrainConfig) -> TrainData:
                             f"block_size + 1 = {cfg.block_size + 1}; lower --block-size")
     T = cfg.block_size
     offsets = eval_offsets(len(val_tokens), T, cfg.eval_tokens)
+    if cfg.sampling == "curriculum":  # opt-in: its loss function feeds the per-row losses back to it
+        if len(train_tokens) < cfg.chunk_windows * T + 1:
+            raise UserError(f"{cfg.data}: the train split has {len(train_tokens)} tokens, fewer than one "
+                            f"curriculum chunk (chunk_windows x block_size + 1 = "
+                            f"{cfg.chunk_windows * T + 1}); lower --chunk-windows")
+        batches = CurriculumBatches(train_tokens, cfg.batch_size, T, cfg.seed, cfg.chunk_windows,
+                                    cfg.curriculum_mix)
+        loss_fn = batches.loss
+    else:
+        batches, loss_fn = PretrainBatches(train_tokens, cfg.batch_size, T, cfg.seed, cfg.sampling), lm_loss
     return TrainData(
-        batches=PretrainBatches(train_tokens, cfg.batch_size, T, cfg.seed, cfg.sampling), loss_fn=lm_loss,
+        batches=batches, loss_fn=loss_fn,
         val_batches=lambda rank, world, device: window_batches(val_tokens, offsets[rank::world], T,
                                                                cfg.batch_size, device),
         train_tokens=len(train_tokens), eval_tokens=len(offsets) * T,
@@ -266,11 +277,15 @@ class Session:
             is_best = False
         st.data = {"sampling": self.cfg.sampling, "seed": self.cfg.seed, "next_step": st.step,
                    "batch": "pure function of (seed, (step * accum + micro) * world + rank)"}
+        curriculum = isinstance(self.data.batches, CurriculumBatches)
+        if curriculum:
+            st.data["batch"] += " and the curriculum table in sampler.safetensors"
         if not self.d.main:
             return None
         return ckpt.save_checkpoint(self.run_dir, self.raw_model, self.optimizers, st,
                                     self.data.tokenizer_json, is_best=is_best,
-                                    keep_last=self.cfg.keep_last)
+                                    keep_last=self.cfg.keep_last,
+                                    sampler=self.data.batches.state_arrays() if curriculum else None)
 
 
 def setup(cfg: TrainConfig, resume: bool, d: Dist, data: TrainData | None = None) -> Session:
@@ -292,6 +307,9 @@ def setup(cfg: TrainConfig, resume: bool, d: Dist, data: TrainData | None = None
            else contextlib.nullcontext())
 
     data = data or shard_data(cfg)
+    if isinstance(data.batches, CurriculumBatches) and d.world > 1:
+        raise UserError("sampling curriculum runs in one process only (each DDP rank would see only "
+                        "its own rows' losses); use sampling random under torchrun")
     lock = claim_run_dir(cfg, resume, d)
     run_dir = Path(cfg.out)
     tok_identity = data.tokenizer
@@ -335,6 +353,16 @@ def setup(cfg: TrainConfig, resume: bool, d: Dist, data: TrainData | None = None
     optimizers = build_optimizers(raw_model, cfg, d.device.type)
     if resume:
         ckpt.load_optimizer_state(optimizers, Path(state.path), d.device)
+        if isinstance(data.batches, CurriculumBatches):
+            table = ckpt.read_sampler_state(Path(state.path))
+            if table is None:  # the run switched to curriculum sampling on this resume
+                print(f"note: checkpoint {state.path} has no curriculum table; it starts empty",
+                      file=sys.stderr)
+            else:
+                try:
+                    data.batches.load_state_arrays(table, str(Path(state.path) / ckpt.SAMPLER_FILE))
+                except ValueError as e:
+                    raise UserError(str(e)) from None
         if len(state.rng) == d.world:
             ckpt.set_rng_state(state.rng[d.rank], d.device, Path(state.path) / "trainer.json")
         elif d.main:
