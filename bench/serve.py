@@ -8,9 +8,10 @@ request generates exactly --new-tokens tokens) is saved as a checkpoint and serv
 `gptforge serve` in a subprocess on a free port. Each client thread sends --requests streamed
 ``/v1/completions`` requests one after another (different prompts, temperature 1, seeded). Reported:
 requests/s and output tokens/s over the whole run, and the median time to first token (request sent
--> first content chunk). Each row is the best of ``--repeats`` runs, as is the in-process engine
-(``gptforge.engine.generate`` on the same model, at batch 1 and at the row's batch size, for the same
-prompt and token counts): on a shared machine the best run is the least disturbed one.
+-> first content chunk). Each row is the best of ``--repeats`` runs, each run followed by one of the
+in-process engine (``gptforge.engine.generate`` on the same model at the row's batch size, for the
+same prompt and token counts) while the server idles, whose best is kept too: on a shared machine the
+best run is the least disturbed one, and alternating puts both under the same conditions.
 """
 
 from __future__ import annotations
@@ -99,15 +100,18 @@ def client_run(url: str, clients: int, requests: int, new_tokens: int) -> dict:
             "ttft_median_ms": round(1000 * statistics.median(ttfts), 1)}
 
 
-def engine_tokens_per_s(model, batch: int, new_tokens: int, repeats: int) -> float:
+def engine_tokens_per_s(model, batch: int, new_tokens: int, requests: int, repeats: int) -> float:
+    """Best of ``repeats`` runs of ``requests`` generate() calls one after another, each for ``batch``
+    rows of ``new_tokens`` tokens: the work of one server row, without HTTP."""
     prompts = [[i % len(CHARS) for i in range(12)] for _ in range(batch)]
     generate(model, prompts, 4, temperature=1.0, seed=0)  # warm-up
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
-        generate(model, prompts, new_tokens, temperature=1.0, seed=0)
+        for r in range(requests):
+            generate(model, prompts, new_tokens, temperature=1.0, seed=r)
         best = min(best, time.perf_counter() - t0)
-    return batch * new_tokens / best
+    return requests * batch * new_tokens / best
 
 
 def main() -> None:
@@ -115,8 +119,9 @@ def main() -> None:
     ap.add_argument("--depth", type=int, default=4)
     ap.add_argument("--block-size", type=int, default=256)
     ap.add_argument("--new-tokens", type=int, default=64)
-    ap.add_argument("--requests", type=int, default=2, help="requests per client, one after another")
-    ap.add_argument("--repeats", type=int, default=3, help="runs per row (and of the engine); best kept")
+    ap.add_argument("--requests", type=int, default=4, help="requests per client, one after another")
+    ap.add_argument("--repeats", type=int, default=5, help="runs per row, each followed by one of the "
+                    "engine; the best of each kept")
     ap.add_argument("--clients", default="1,8,32")
     ap.add_argument("--threads", type=int, default=1, help="torch threads here and in the server")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
@@ -134,15 +139,19 @@ def main() -> None:
         proc, url = start_server(Path(d) / "run", max(counts), args.threads)
         try:
             client_run(url, 2, 1, 8)  # warm-up
-            rows = [max((client_run(url, c, args.requests, args.new_tokens) for _ in range(args.repeats)),
-                        key=lambda r: r["tokens_per_s"]) for c in counts]
+            rows = []
+            for c in counts:  # server and engine runs alternate, so both see the same machine
+                runs, engine = [], 0.0
+                for _ in range(args.repeats):
+                    runs.append(client_run(url, c, args.requests, args.new_tokens))
+                    engine = max(engine, engine_tokens_per_s(model, c, args.new_tokens, args.requests, 1))
+                rows.append({**max(runs, key=lambda r: r["tokens_per_s"]),
+                             "engine_tokens_per_s_same_batch": round(engine)})
         finally:
             proc.terminate()
             proc.wait(30)
-    for row in rows:
-        rate = engine_tokens_per_s(model, row["clients"], args.new_tokens, args.repeats)
-        row["engine_tokens_per_s_same_batch"] = round(rate)
-    engine1 = engine_tokens_per_s(model, 1, args.new_tokens, args.repeats)
+    engine1 = next((r["engine_tokens_per_s_same_batch"] for r in rows if r["clients"] == 1), None)
+    engine1 = engine1 or engine_tokens_per_s(model, 1, args.new_tokens, args.requests, args.repeats)
     out = {"depth": args.depth, "params": n_params, "new_tokens": args.new_tokens,
            "threads": torch.get_num_threads(), "engine_tokens_per_s_batch1": round(engine1, 1), "rows": rows}
     if args.json:

@@ -302,7 +302,9 @@ class Batcher:
     def _choose(self, rows: list[_Row], logits: torch.Tensor, first: int) -> None:
         """Pick each row's next token from its logits (rows[i] has logits[i] and is slot first + i):
         a queued tool-answer token, else greedy or sampled; then stream it or end the row."""
-        greedy = logits.argmax(dim=-1).tolist()  # one call for all the temperature-0 rows
+        greedy = None
+        if any(r.params.temperature == 0 for r in rows):
+            greedy = logits.argmax(dim=-1).tolist()  # one call for all the temperature-0 rows
         for i, r in enumerate(rows):
             forced = r.calls.pop(0) if r.calls is not None else None
             if forced is not None:
