@@ -10,7 +10,8 @@ split (non-overlapping windows; every target byte once).
 Runs, one after another (nothing else should run on the machine meanwhile):
   reference      nanoGPT's CPU recipe (2000 iterations), as `gptforge speedrun --preset nanogpt-cpu`
   ours/short     our `cpu` recipe with a short time budget (its schedule ends at --short seconds)
-  ours/600s      our `cpu` recipe with a 600 s budget (skipped with --quick)
+  ours/100s      our `cpu` recipe with a 100 s budget (--mid)
+  ours/600s      our `cpu` recipe with a 600 s budget (--long; skipped with --quick)
 
 Printed per run: training time (inside optimizer steps: no evaluation, checkpoints or logging) to
 reach 2.721 bpb (nanoGPT's final 1.886 nats/char), the ratio to the reference's, val bpb after 100 s
@@ -72,10 +73,11 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="runs/bench-speedrun", help="scratch folder (replaced)")
     ap.add_argument("--short", type=float, default=12.0, help="time budget of ours/short, seconds")
+    ap.add_argument("--mid", type=float, default=100.0, help="time budget of ours/100s, seconds")
     ap.add_argument("--long", type=float, default=600.0, help="time budget of ours/600s, seconds")
     ap.add_argument("--quick", action="store_true", help="skip the 600 s run")
-    ap.add_argument("--runs", nargs="+", choices=["reference", "short", "long"],
-                    default=["reference", "short", "long"], help="which runs (default all)")
+    ap.add_argument("--runs", nargs="+", choices=["reference", "short", "mid", "long"],
+                    default=["reference", "short", "mid", "long"], help="which runs (default all)")
     ap.add_argument("--json", action="store_true", help="print the results as JSON")
     args = ap.parse_args()
     if not TINY.exists():
@@ -107,6 +109,8 @@ def main() -> int:
         results.append(run("reference", "nanogpt-cpu", shards["nanogpt-cpu"], out, None, 50))
     if "short" in args.runs:
         results.append(run("ours/short", "cpu", shards["cpu"], out, args.short, 25))
+    if "mid" in args.runs:
+        results.append(run(f"ours/{args.mid:.0f}s", "cpu", shards["cpu"], out, args.mid, 25))
     if "long" in args.runs:  # evaluations ~30 s apart, so "after 100 s / 600 s" is read closely
         results.append(run("ours/600s", "cpu", shards["cpu"], out, args.long, 50))
     # nanoGPT's 1.886 nats/char is an estimate on 20 random batches; on the whole split the reference

@@ -118,8 +118,10 @@ def test_nanogpt_cpu_recipe_is_nanogpts_model():
 
 def test_cpu_recipe_scales_with_the_budget():
     r = RECIPES["cpu"]
-    short, long = r.config(SHORT_BUDGET), r.config(600)
+    short, mid, long = r.config(SHORT_BUDGET), r.config(SHORT_BUDGET + 1), r.config(600)
     assert short["depth"] < long["depth"] and short["model"]["n_embd"] < long["model"]["n_embd"]
+    assert short["model"]["n_embd"] < mid["model"]["n_embd"] < long["model"]["n_embd"]
+    assert mid["model"]["dropout"] == 0 < long["model"]["dropout"]
     assert long == r.train and r.config(None) == r.config(r.time)
 
 
