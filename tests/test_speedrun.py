@@ -56,7 +56,7 @@ def test_speedrun_to_an_assistant(tmp_path, capsys):
     out = tmp_path / "run"
     assert main(["speedrun", "--corpus", str(corpus), "--out", str(out), "--samples", "1",
                  "--eval-limit", "3", "--train", "max_steps=4", "--train", "eval_interval=2",
-                 "--model", "n_embd=32", "--train", "depth=1", "--sft-data", "arithmetic:40,identity",
+                 "--model", "n_embd=48", "--train", "depth=1", "--sft-data", "arithmetic:40,identity",
                  "--sft-steps", "3"]) == 0
     err = capsys.readouterr().err
     assert "gptforge chat --ckpt" in err and "gptforge serve --ckpt" in err
