@@ -59,3 +59,24 @@ def tiny_chat_base(d: Path, block_size: int):
                        "batch_size": 4, "max_steps": 2, "eval_tokens": block_size, "threads": 1,
                        "model": {"n_embd": 32, "n_head": 1}}), logger=Logger("none"))
     return d / "base", tok
+
+
+def shakespeare_char_shards(d: Path, n_chars: int) -> Path:
+    """Char-level token shards of the first ``n_chars`` of the built-in Shakespeare, in ``d/sc``."""
+    from gptforge.data import shakespeare
+    from gptforge.data.shards import prepare
+    from gptforge.tokenizer import CharTokenizer
+
+    text = shakespeare.corpus_text()[:n_chars]
+    (d / "corpus.txt").write_text(text)
+    prepare(str(d / "corpus.txt"), CharTokenizer.train(text), d / "sc", workers=1, progress=False)
+    return d / "sc"
+
+
+@pytest.fixture(scope="module")
+def mfu_cache(tmp_path_factory):
+    """The MFU probe's cache in a temporary folder: measured once per test module, nothing written
+    to the user's cache. Use with ``pytestmark = pytest.mark.usefixtures("mfu_cache")``."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+        yield

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import mfu_cache, shakespeare_char_shards  # noqa: F401 (mfu_cache: a fixture)
 
 from gptforge.checkpoint import load_checkpoint
 from gptforge.cli import main
@@ -28,22 +29,10 @@ BASE = {"batch_size": 4, "block_size": 32, "eval_tokens": 512, "eval_interval": 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
-    from gptforge.data import shakespeare
-    from gptforge.data.shards import prepare
-    from gptforge.tokenizer import CharTokenizer
-
-    d = tmp_path_factory.mktemp("shards")
-    text = shakespeare.corpus_text()[:200_000]
-    (d / "corpus.txt").write_text(text)
-    prepare(str(d / "corpus.txt"), CharTokenizer.train(text), d / "sc", workers=1, progress=False)
-    return d / "sc"
+    return shakespeare_char_shards(tmp_path_factory.mktemp("shards"), 200_000)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _cache(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as mp:  # the MFU probe cache: measured once for this module
-        mp.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
-        yield
+pytestmark = pytest.mark.usefixtures("mfu_cache")  # the MFU probe measured once for this module
 
 
 def cfg_for(data, out, **kw):
