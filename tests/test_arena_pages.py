@@ -166,7 +166,8 @@ def test_a_client_that_leaves_mid_battle_stops_both_generations(client, server, 
     deadline = time.monotonic() + 20
     while (sum(s.batcher.cancelled for s in served.values()) < cancelled + sum(long.values())
            or any(s.batcher.running for s in served.values())):
-        assert time.monotonic() < deadline, "the generations went on after the client left"
+        assert time.monotonic() < deadline, ("the generations went on after the client left", long, cancelled,
+                                             [s.batcher.stats() for s in served.values()])
         time.sleep(0.02)
     assert len(store.battles(voted_only=False)) == before  # an unfinished battle is not stored
 

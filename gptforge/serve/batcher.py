@@ -27,6 +27,7 @@ import codecs
 import random
 import sys
 import threading
+import time
 import traceback
 from collections import deque
 from collections.abc import Callable
@@ -250,6 +251,10 @@ class Batcher:
                         r.job.send([Event(r.index, finish="error")])
                 self.live, self.slots = [], Slots(self.model, self.max_batch)
             self.running = len(self.live)
+            # hand the GIL over between steps: with a small model the decoding threads would otherwise
+            # keep the event loop waiting (up to Python's 5 ms switch interval per handover), and a
+            # client that hangs up would only be noticed after its generation had run to the end
+            time.sleep(0)
 
     def _admit(self) -> None:
         """Wait while there is nothing to do; then start queued jobs (skipping cancelled ones) while
