@@ -19,36 +19,27 @@ from pathlib import Path
 from gptforge.errors import UserError
 from gptforge.eval.core import get_task
 
-MC_YAML = """task: gf_{label}
+# One lm-eval task over our JSON lines file; {body} is what differs between the two kinds.
+TASK_YAML = """task: gf_{label}
 dataset_path: json
 dataset_kwargs:
   data_files:
     test: {path}
   cache_dir: {cache}
 test_split: test
-output_type: multiple_choice
-doc_to_text: "{{{{query}}}}{text_end}"
-doc_to_target: gold
-doc_to_choice: choices
-metric_list:
+{body}metric_list:
   - metric: acc
     aggregation: mean
     higher_is_better: true
 """
-LM_YAML = """task: gf_{label}
-dataset_path: json
-dataset_kwargs:
-  data_files:
-    test: {path}
-  cache_dir: {cache}
-test_split: test
-output_type: loglikelihood
+MC_BODY = """output_type: multiple_choice
+doc_to_text: "{{{{query}}}}{text_end}"
+doc_to_target: gold
+doc_to_choice: choices
+"""
+LM_BODY = """output_type: loglikelihood
 doc_to_text: "{{{{context | trim}}}}"
 doc_to_target: "{{{{' ' + continuation}}}}"
-metric_list:
-  - metric: acc
-    aggregation: mean
-    higher_is_better: true
 """
 
 
@@ -72,10 +63,10 @@ def write_task_configs(out_dir: str | os.PathLike, labels: list[str], icl_dir: s
             raise UserError(f"{label}: schema tasks have no lm-eval config here (their options differ "
                             "in the context, not the continuation)")
         if spec.kind == "language_modeling":
-            text = LM_YAML.format(label=label, path=path, cache=cache_dir)
+            body = LM_BODY.format()
         else:  # the delimiter's trailing space is lm-eval's target_delimiter
-            text = MC_YAML.format(label=label, path=path, cache=cache_dir,
-                                  text_end=spec.delimiter.rstrip(" ").replace("\n", "\\n"))
+            body = MC_BODY.format(text_end=spec.delimiter.rstrip(" ").replace("\n", "\\n"))
+        text = TASK_YAML.format(label=label, path=path, cache=cache_dir, body=body)
         (out / f"{label}.yaml").write_text(text)
         names.append(f"gf_{label}")
     return names
