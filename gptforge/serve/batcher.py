@@ -281,7 +281,6 @@ class Batcher:
         if jobs:
             self._leave()
 
-    @torch.inference_mode()
     def _step(self) -> None:
         """One decode step of every live row, then the finished and cancelled rows leave."""
         for r in self.live:
