@@ -161,14 +161,21 @@ def test_a_client_that_leaves_mid_battle_stops_both_generations(client, server, 
     before = len(store.battles(voted_only=False))
     cancelled = sum(s.batcher.cancelled for s in served.values())
     body = {"prompt": PROMPT, "temperature": 0, "max_tokens": 200}
-    with client.stream("POST", "/arena/battles", json=body) as r:
-        next(r.iter_lines())  # the first event, then hang up
-    deadline = time.monotonic() + 20
-    while (sum(s.batcher.cancelled for s in served.values()) < cancelled + sum(long.values())
-           or any(s.batcher.running for s in served.values())):
-        assert time.monotonic() < deadline, ("the generations went on after the client left", long, cancelled,
-                                             [s.batcher.stats() for s in served.values()])
-        time.sleep(0.02)
+    # these tiny models decode 200 tokens in tens of ms, less than the server may take to notice a
+    # hang-up; 2 ms per forward pass (a model of a realistic speed) leaves the client time to leave
+    hooks = [models[n][0].register_forward_pre_hook(lambda *_: time.sleep(0.002)) for n in ("alpha", "beta")]
+    try:
+        with client.stream("POST", "/arena/battles", json=body) as r:
+            next(r.iter_lines())  # the first event, then hang up
+        deadline = time.monotonic() + 20
+        while (sum(s.batcher.cancelled for s in served.values()) < cancelled + sum(long.values())
+               or any(s.batcher.running for s in served.values())):
+            assert time.monotonic() < deadline, ("the generations went on after the client left", long,
+                                                 [s.batcher.stats() for s in served.values()])
+            time.sleep(0.02)
+    finally:
+        for h in hooks:
+            h.remove()
     assert len(store.battles(voted_only=False)) == before  # an unfinished battle is not stored
 
 
