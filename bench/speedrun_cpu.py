@@ -21,7 +21,6 @@ and after 600 s of training, median tokens/s, and MFU against the measured matmu
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import shutil
 import statistics
@@ -35,7 +34,7 @@ TARGET_BPB = 2.721  # nanoGPT's CPU recipe: val loss 1.886 nats/char / ln 2
 
 def run(name: str, recipe: str, shards: Path, out: Path, budget: float | None, eval_interval: int,
         extra: dict | None = None) -> dict:
-    from gptforge.speedrun import RECIPES, calibrate_steps
+    from gptforge.speedrun import RECIPES, calibrate_steps, timed
     from gptforge.train import make_config, train
     from gptforge.train.plot import read_metrics
 
@@ -44,8 +43,9 @@ def run(name: str, recipe: str, shards: Path, out: Path, budget: float | None, e
                        "eval_interval": eval_interval, "eval_tokens": 0, "keep_last": 1}, extra or {})
     if budget:
         steps, per_step = calibrate_steps(cfg, budget)
-        cfg = dataclasses.replace(cfg, max_steps=steps)
-        print(f"{name}: {per_step * 1000:.1f} ms/step -> {steps} steps for {budget:.0f} s", file=sys.stderr)
+        cfg = timed(cfg, steps, budget)  # wsd: the run re-plans its length from the step times it measures
+        print(f"{name}: {per_step * 1000:.1f} ms/step -> {steps} steps for {budget:.0f} s (first plan)",
+              file=sys.stderr)
     summary = train(cfg)  # progress "none": silent, so stdout stays the JSON result
     metrics = read_metrics(cfg.out)
     evals = [r for r in metrics if r.get("val_bpb") is not None]

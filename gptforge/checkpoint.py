@@ -62,7 +62,8 @@ class RunState:
 
     Units: ``step`` optimizer steps done; ``tokens`` training tokens seen (all processes);
     ``time_s`` wall seconds since the run began (across resumed sessions); ``train_time_s`` the
-    part of it inside optimizer steps; losses in nats per token, ``val_bpb`` in bits per UTF-8 byte.
+    part of it inside optimizer steps; ``schedule_steps`` the step count a ``schedule_time`` run last
+    planned (None: the config's budget); losses in nats per token, ``val_bpb`` in bits per UTF-8 byte.
     ``val_step`` is the step ``val_loss`` was measured at; ``best_val_loss`` the lowest val loss of
     a saved checkpoint (the one ``ckpt/best`` names). ``rng`` holds every process's RNG streams
     (``rng_state``), ``config`` the TrainConfig as a dict, ``model_config`` what
@@ -74,6 +75,7 @@ class RunState:
     tokens: int = 0
     time_s: float = 0.0
     train_time_s: float = 0.0
+    schedule_steps: int | None = None
     tokens_per_step: int | None = None
     world_size: int = 1
     val_loss: float | None = None

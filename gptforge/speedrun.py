@@ -91,11 +91,6 @@ CPU = dict(
 SHORT_BUDGET = 60.0  # seconds
 CPU_TIERS = ((SHORT_BUDGET, dict(depth=2, model={"n_embd": 128, "n_head": 2, "dropout": 0.0}, batch_size=8)),
              (300.0, dict(model={"n_embd": 192, "n_head": 3, "dropout": 0.0})))
-# A 12-step probe predicts sustained step time only to about +-20% on a 2-core machine: two 600 s
-# runs took 16-22% longer per step, a 100 s run 18% longer, while other runs matched the probe or were
-# 11% faster (bench/README.md). Budgets over a minute plan for 1.2x the probed time, so the budget is
-# an upper bound rather than overrun (an overrun stage is cut at its budget, warmdown unfinished).
-SUSTAINED_SLOWDOWN = 1.2
 
 RECIPES: dict[str, Recipe] = {
     "cpu": Recipe("small modern GPT (RoPE, RMSNorm, ReLU^2, QK-norm) with Muon, BPE tokens; minutes on a "
@@ -137,10 +132,10 @@ def build_tokenizer(spec: str, corpus: str, progress: bool):
     return train_on_corpus(corpus, int(n), progress=progress)
 
 
-def probe_step_time(cfg, probe_steps: int = 12, data=None, sustained: bool = False) -> tuple[float, int]:
+def probe_step_time(cfg, probe_steps: int = 12, data=None) -> tuple[float, int]:
     """(seconds per optimizer step, tokens per step) of this config: the median of ``probe_steps`` real
-    steps, warm-up left out, run in a scratch folder silently (``data`` as for ``train``);
-    ``sustained`` plans for SUSTAINED_SLOWDOWN."""
+    steps, warm-up left out, run in a scratch folder silently (``data`` as for ``train``). On a 2-core
+    CPU sustained steps differ from it by up to +-20%: `timed` lets a wsd run correct the plan."""
     import dataclasses
     import tempfile
 
@@ -151,16 +146,24 @@ def probe_step_time(cfg, probe_steps: int = 12, data=None, sustained: bool = Fal
                                     eval_interval=10**9, eval_tokens=cfg.block_size, compile=False)
         summary = train(probe, logger=Logger("none"), data=data)
     times = summary["step_times_s"][2:]
-    per_step = sorted(times)[len(times) // 2] * (SUSTAINED_SLOWDOWN if sustained else 1.0)
+    per_step = sorted(times)[len(times) // 2]
     return per_step, summary["tokens"] // max(summary["step"], 1)
 
 
 def calibrate_steps(cfg, seconds: float, probe_steps: int = 12, data=None) -> tuple[int, float]:
     """Steps whose optimizer time is ``seconds`` (training time only, what the benchmarks compare;
-    `plan_wall_clock` plans a stage's wall time): over SHORT_BUDGET, planned at SUSTAINED_SLOWDOWN.
-    Returns (steps, planned seconds per step)."""
-    per_step, _ = probe_step_time(cfg, probe_steps, data, sustained=seconds > SHORT_BUDGET)
+    `plan_wall_clock` plans a stage's wall time). Returns (steps, probed seconds per step)."""
+    per_step, _ = probe_step_time(cfg, probe_steps, data)
     return max(1, int(seconds / per_step)), per_step
+
+
+def timed(cfg, steps: int, seconds: float):
+    """``cfg`` planned at ``steps`` steps; a wsd schedule (without decay_steps) also gets
+    ``schedule_time = seconds``, so the run re-plans its length from the step times it measures."""
+    from gptforge.train import make_config
+
+    timing = {"schedule_time": seconds} if cfg.schedule == "wsd" and not cfg.decay_steps else {}
+    return make_config(cfg.to_dict(), {"max_steps": steps}, timing)
 
 
 def fit_budget(seconds: float, per_step: float, tokens_per_step: int, eval_tokens: int,
@@ -179,7 +182,7 @@ def fit_budget(seconds: float, per_step: float, tokens_per_step: int, eval_token
 
 def plan_wall_clock(cfg, seconds: float, data=None) -> tuple[int, float, int]:
     """(steps, seconds per step, eval tokens) for a stage of ``seconds`` wall time (`fit_budget`)."""
-    per_step, tokens_per_step = probe_step_time(cfg, data=data, sustained=seconds > SHORT_BUDGET)
+    per_step, tokens_per_step = probe_step_time(cfg, data=data)
     eval_tokens = cfg.eval_tokens or (data.eval_tokens if data is not None else 10**9)
     steps, eval_tokens = fit_budget(seconds, per_step, tokens_per_step, eval_tokens, cfg.eval_interval)
     return steps, per_step, eval_tokens
@@ -348,9 +351,11 @@ def _budgeted(cfg, budget: float | None, data=None, what: str = "training"):
         return cfg, None
     _say(f"      calibrating: how many {what} steps fit in {budget:.0f} s")
     steps, per_step, eval_tokens = plan_wall_clock(cfg, budget, data=data)
+    cfg = make_config(cfg.to_dict(), {"max_time": budget, "eval_tokens": eval_tokens})
+    cfg = timed(cfg, steps, steps * per_step)  # the steps' share of the budget
     _say(f"      {per_step * 1000:.1f} ms/step -> {steps} steps (evaluating {eval_tokens:,} tokens "
-         f"every {cfg.eval_interval} steps)")
-    cfg = make_config(cfg.to_dict(), {"max_steps": steps, "max_time": budget, "eval_tokens": eval_tokens})
+         f"every {cfg.eval_interval} steps)" + ("; the count follows the measured step times until the "
+                                                "warmdown" if cfg.schedule_time else ""))
     return cfg, per_step
 
 

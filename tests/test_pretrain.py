@@ -206,6 +206,38 @@ def test_budgets_and_best_checkpoint(data, tmp_path):
     assert kept == {"best", "latest", f"step_{best_step:06d}", "step_000008"}
 
 
+def test_schedule_time_replans_the_wsd_schedule_to_fill_its_seconds(data, tmp_path):
+    """Steps slowed to >= 25 ms each: a 1.2 s schedule first planned at 30 steps (too few) or 200
+    (too many) is re-planned from the measured step times, warmdown included, to end near 1.2 s."""
+    import dataclasses
+
+    from gptforge.train.session import shard_data
+
+    def slow(loss_fn):
+        def fn(model, batch):
+            time.sleep(0.025)
+            return loss_fn(model, batch)
+        return fn
+
+    for first_plan in (30, 200):
+        cfg = cfg_for(data, tmp_path / f"plan{first_plan}", max_steps=first_plan, schedule="wsd",
+                      warmdown_frac=0.4, warmup_steps=2, min_lr_frac=0.0, schedule_time=1.2,
+                      eval_interval=10**6)
+        d = shard_data(cfg)
+        s = train(cfg, data=dataclasses.replace(d, loss_fn=slow(d.loss_fn)))
+        assert s["stopped_by"] == "max_steps" and 30 < s["step"] < 48, s["step"]  # ~25-30 ms a step
+        assert 1.0 <= s["train_time_s"] <= 1.35, s["train_time_s"]
+        lrs = [r["lr"] / cfg.lr for r in metrics(cfg.out) if "lr" in r]
+        after = lrs[lrs.index(1.0):]  # past the warmup: flat, then one linear warmdown to ~0
+        k = after.count(1.0)
+        assert after[:k] == [1.0] * k and after[k:] == sorted(after[k:], reverse=True) and after[-1] < 0.1
+        assert len(after[k:]) == round(0.4 * s["step"]) - 1  # the warmdown of the final plan
+        st = json.loads((Path(s["checkpoint"]) / "trainer.json").read_text())
+        assert st["schedule_steps"] == s["step"]
+    with pytest.raises(UserError, match="schedule_time re-plans a wsd schedule"):
+        train(cfg_for(data, tmp_path / "cos", schedule="cosine", schedule_time=1.0))
+
+
 def test_user_errors(data, tmp_path):
     train(cfg_for(data, tmp_path / "run", max_steps=1))
     with pytest.raises(UserError, match="already holds a run"):

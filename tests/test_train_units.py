@@ -15,7 +15,7 @@ from gptforge.errors import UserError
 from gptforge.models import GPTConfig, build_model
 from gptforge.train.batches import batch_offsets, eval_offsets, get_batch, train_batch
 from gptforge.train.config import make_config
-from gptforge.train.optim import build_optimizers, lr_multiplier, split_params
+from gptforge.train.optim import build_optimizers, lr_multiplier, replan_steps, split_params
 
 
 # --- config ---------------------------------------------------------------------------------------
@@ -163,6 +163,16 @@ def test_lr_schedules():
     assert lr_multiplier(100, cos, 100) == pytest.approx(0.1) == lr_multiplier(500, cos, 100)
     wsd = make_config({"schedule": "wsd", "warmup_steps": 0, "warmdown_frac": 0.2, "min_lr_frac": 0.0})
     assert [lr_multiplier(s, wsd, 100) for s in (0, 79, 80, 90, 99)] == pytest.approx([1, 1, 1, 0.5, 0.05])
+
+
+def test_replan_steps_moves_only_a_flat_schedule():
+    timed = make_config({"schedule": "wsd", "warmdown_frac": 0.2, "schedule_time": 60.0})
+    # 30 steps in 20 s, 0.5 s a step from now: 77 more fill the 60 s with a 3% margin
+    assert replan_steps(30, 100, timed, 20.0, 0.5) == 30 + int(40 / 0.515) == 107
+    assert replan_steps(30, 100, timed, 20.0, 0.25) == 30 + int(40 / 0.2575) == 185
+    assert replan_steps(30, 100, timed, 70.0, 0.5) == 31  # over time: one more step, then the end
+    assert replan_steps(80, 100, timed, 20.0, 0.5) == 100  # the warmdown (steps 80-99) has begun
+    assert replan_steps(30, 100, make_config({"schedule": "wsd"}), 20.0, 0.5) == 100  # no time schedule
 
 
 # --- MFU --------------------------------------------------------------------------------------------

@@ -89,6 +89,10 @@ class TrainConfig:
     max_steps: int = setting(500, "optimizer steps to train for", ge=1, le=BIG)
     max_tokens: int = setting(0, "training tokens to stop at; 0 -> no token budget", ge=0, le=BIG)
     max_time: float = setting(0.0, "seconds of training in this process; 0 -> no limit", ge=0)
+    schedule_time: float = setting(0.0, "wsd: seconds of optimizer steps (evaluation and checkpoints "
+                                        "not counted) the schedule fills: until the warmdown begins the "
+                                        "step count is re-planned from measured step times (max_steps is "
+                                        "the first plan); 0 -> the step budget is fixed", ge=0)
     # evaluation, logging, checkpoints
     eval_interval: int = setting(100, "steps between evaluations (also at step 0 and at the end)",
                                  ge=1, le=BIG)

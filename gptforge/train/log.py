@@ -67,6 +67,13 @@ class Logger:
             self.bar = tqdm(total=total_steps, initial=step, unit="step", miniters=1, mininterval=0.2,
                             file=sys.stderr, **width)
 
+    def replan(self, total_steps: int) -> None:
+        """The step budget moved (a ``schedule_time`` run re-planned it)."""
+        self._total = total_steps
+        if self.bar is not None:
+            self.bar.total = total_steps
+            self.bar.refresh()
+
     def eta(self, step: int) -> float:
         """Seconds left at this session's average pace (evaluations included)."""
         done = step - self._step0

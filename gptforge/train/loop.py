@@ -17,6 +17,10 @@ fraction (not %), ``time_s`` wall seconds since the run began (across resumed se
 ``train_time_s`` the part of it spent in optimizer steps (no evaluation, checkpoints or logging);
 ``val_*`` appear on evaluation steps only (step 0 has no ``train_loss``).
 
+With ``schedule_time`` (wsd only) the step budget is re-planned before each step until the
+warmdown begins, from the mean time of the latest steps, so that the schedule, warmdown
+included, fills that many seconds of optimizer steps; ``max_steps`` is only the first plan.
+
 Stopping: ``max_steps`` / ``max_tokens`` / ``max_time`` or SIGINT/SIGTERM all finish the current
 step, evaluate, save a checkpoint and return normally. A second Ctrl-C kills at once; the last
 complete checkpoint stays intact (see gptforge/checkpoint.py).
@@ -36,8 +40,10 @@ from gptforge.errors import UserError
 from gptforge.io import write_json
 from gptforge.train.config import FIXED_ON_RESUME, TrainConfig, format_config, make_config
 from gptforge.train.log import Logger, MetricsFile
-from gptforge.train.optim import lr_multiplier, set_lr
+from gptforge.train.optim import lr_multiplier, replan_steps, set_lr
 from gptforge.train.session import Dist, StopSignal, TrainData, setup
+
+REPLAN_AFTER = 10  # step times measured in this session before schedule_time re-plans
 
 
 def train(cfg: TrainConfig, resume: bool = False, logger: Logger | None = None,
@@ -92,15 +98,25 @@ def _loop(s, log: Logger, resume: bool) -> dict:
         saved_at = st.step
     step_times, train_loss, tok_s, mfu, stopped_by = [], None, 0.0, None, None
 
-    log.start(s.budget_steps, st.step)
+    log.start(s.total_steps if cfg.schedule_time else s.budget_steps, st.step)
     with StopSignal() as stop:
         if not resume:  # the curve starts at the untrained model
             metrics.write({"step": 0, "tokens": 0, **_evaluate(s, log), "time_s": 0.0, "train_time_s": 0.0})
         while True:
-            # -- budgets, agreed by all ranks (rank 0's clock decides max_time)
+            # -- budgets, agreed by all ranks (rank 0's clock decides max_time and schedule_time)
             time_up = d.main and cfg.max_time > 0 and time.time() - t_start >= cfg.max_time
-            flags = d.all_sum(torch.tensor([float(stop.received is not None), float(time_up)]))
-            stopped_by = ("max_steps" if st.step >= cfg.max_steps else
+            planned = s.total_steps
+            if d.main and len(step_times) >= REPLAN_AFTER:  # mean of the last 50, the first 2 left out
+                recent = step_times[max(2, len(step_times) - 50):]
+                step_s = sum(recent) / len(recent)
+                planned = replan_steps(st.step, s.total_steps, cfg, st.train_time_s, step_s)
+            flags = d.all_sum(torch.tensor([float(stop.received is not None), float(time_up),
+                                            float(planned) if d.main else 0.0], dtype=torch.float64))
+            if int(flags[2]) != s.total_steps:
+                s.total_steps = st.schedule_steps = int(flags[2])
+                log.replan(s.total_steps)
+            step_budget = s.total_steps if cfg.schedule_time else cfg.max_steps
+            stopped_by = ("max_steps" if st.step >= step_budget else
                           "max_tokens" if cfg.max_tokens and st.tokens >= cfg.max_tokens else
                           "max_time" if flags[1] > 0 else "signal" if flags[0] > 0 else None)
             if stopped_by:

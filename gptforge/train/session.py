@@ -371,6 +371,14 @@ def setup(cfg: TrainConfig, resume: bool, d: Dist, data: TrainData | None = None
     else:
         torch.manual_seed(cfg.seed + d.rank)  # distinct dropout streams per rank; same init on all
 
+    if cfg.schedule_time and (cfg.schedule != "wsd" or cfg.decay_steps):
+        raise UserError("config: schedule_time re-plans a wsd schedule's length; it needs schedule = "
+                        "'wsd' and decay_steps = 0")
+    total_steps = schedule_steps(cfg, tokens_per_step)
+    if cfg.schedule_time:
+        if resume and state.schedule_steps:  # the plan goes on where it was
+            total_steps = state.schedule_steps
+        state.schedule_steps = total_steps
     budget_steps = cfg.max_steps
     if cfg.max_tokens:
         budget_steps = min(budget_steps, -(-cfg.max_tokens // tokens_per_step))
@@ -380,7 +388,7 @@ def setup(cfg: TrainConfig, resume: bool, d: Dist, data: TrainData | None = None
         token_bytes=torch.from_numpy(data.token_bytes.astype(np.int64)).to(d.device),
         raw_model=raw_model, model=model, eval_model=eval_model, optimizers=optimizers, state=state,
         amp=amp, dtype=dtype, accum=tokens_per_step // micro_tokens, tokens_per_step=tokens_per_step,
-        total_steps=schedule_steps(cfg, tokens_per_step), budget_steps=budget_steps,
+        total_steps=total_steps, budget_steps=budget_steps,
         flops_per_token=raw_model.flops_per_token() if hasattr(raw_model, "flops_per_token") else 6 * n,
         peak=(peak_flops(d.device, torch.bfloat16 if dtype == "bfloat16" else torch.float32)
               if d.main else None))
