@@ -6,7 +6,8 @@ engine called in-process.
 A `modern`-preset GPT with random weights and a char tokenizer without special tokens (so every
 request generates exactly --new-tokens tokens) is saved as a checkpoint and served by
 `gptforge serve` in a subprocess on a free port. Each client thread sends --requests streamed
-``/v1/completions`` requests one after another (different prompts, temperature 1, seeded). Reported:
+``/v1/completions`` requests one after another (different prompts, temperature 1, seeded) over one
+keep-alive connection, opened (and the HTTP client built) before the clock starts. Reported:
 requests/s and output tokens/s over the whole run, and the median time to first token (request sent
 -> first content chunk). Each row is the best of ``--repeats`` runs, each run followed by one of the
 in-process engine (``gptforge.engine.generate`` on the same model at the row's batch size, for the
@@ -63,9 +64,13 @@ def client_run(url: str, clients: int, requests: int, new_tokens: int) -> dict:
     """``clients`` threads x ``requests`` streamed requests each; returns the row's figures."""
     ttfts, tokens, errors = [], [0], []
     lock = threading.Lock()
+    start = [0.0]
+    ready = threading.Barrier(clients, action=lambda: start.__setitem__(0, time.perf_counter()))
 
     def one_client(c: int):
         with httpx.Client(timeout=600) as http:
+            http.get(url + "/health")  # the client and its connection are set up before the clock starts
+            ready.wait()
             for r in range(requests):
                 prompt = f"request {CHARS[c % 26]}{CHARS[r % 26]}: "  # the char tokenizer has no digits
                 body = {"model": "bench", "prompt": prompt, "max_tokens": new_tokens,
@@ -86,13 +91,12 @@ def client_run(url: str, clients: int, requests: int, new_tokens: int) -> dict:
                     ttfts.append(first - t0)
                     tokens[0] += n
 
-    t0 = time.perf_counter()
     threads = [threading.Thread(target=one_client, args=(c,)) for c in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    wall = time.perf_counter() - t0
+    wall = time.perf_counter() - start[0]
     if errors:
         raise SystemExit(f"{len(errors)} requests failed: HTTP {sorted(set(errors))}")
     return {"clients": clients, "requests": clients * requests, "wall_s": round(wall, 2),

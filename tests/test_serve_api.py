@@ -20,7 +20,7 @@ from serve_helpers import live_server, tiny_base_model, tiny_chat_model
 from gptforge.chat.assistant import TurnDecoder, respond
 from gptforge.engine import generate
 from gptforge.serve.app import Limits, create_app
-from gptforge.serve.batcher import StopStrings
+from gptforge.serve.batcher import Inbox, StopStrings
 
 USER = [{"role": "user", "content": "What is two and two?"}]
 ASSISTANT = {"role": "assistant", "content": "Fine."}
@@ -249,6 +249,33 @@ def test_turn_decoder_and_stop_strings_never_split_characters(models):
 def rss_mb() -> float:
     with open("/proc/self/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS")) / 1024
+
+
+def test_inbox_gathers_tokens_and_hands_a_rows_end_over_at_once():
+    """The hand-over from the batcher's thread to a stream: puts while the stream settles wait for
+    its next write, all in one take; an urgent put (a row's end) ends the settling at once."""
+
+    async def main():
+        box = Inbox(asyncio.get_running_loop())
+
+        def batcher(delay, items, urgent=False):
+            threading.Timer(delay, box.put, (items,), {"urgent": urgent}).start()
+
+        batcher(0.05, ["a"])
+        t0 = time.monotonic()
+        assert await box.get() == ["a"] and time.monotonic() - t0 < 1  # a waiting get wakes on any put
+        for i, tok in enumerate("bcd"):
+            batcher(0.02 * (i + 1), [tok])
+        t0 = time.monotonic()
+        await box.settle(0.3)  # ordinary puts do not end it
+        assert time.monotonic() - t0 >= 0.29 and box.take() == ["b", "c", "d"] and box.take() == []
+        batcher(0.02, ["e"])
+        batcher(0.05, ["end"], urgent=True)
+        t0 = time.monotonic()
+        await box.settle(5)
+        assert time.monotonic() - t0 < 2 and await box.get() == ["e", "end"]
+
+    asyncio.run(main())
 
 
 def test_load_32_streaming_clients(server):

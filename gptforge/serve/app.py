@@ -59,9 +59,14 @@ from gptforge.chat.conversation import check_conversation
 from gptforge.chat.render import render_for_completion
 from gptforge.config import check, setting
 from gptforge.errors import UserError
-from gptforge.serve.batcher import Batcher, Event, Job, QueueFull, RowParams
+from gptforge.serve.batcher import Batcher, Event, Inbox, Job, QueueFull, RowParams
 
 STATIC = Path(__file__).parent / "static"
+# A stream writes at most once per STREAM_INTERVAL seconds (everything decoded meanwhile goes in one
+# write; the first token and a row's end are never held back): waking the event loop for every token
+# of a small model slowed decoding on 2 cores (bench/README.md, serve.py). 20 ms is below what a
+# reader of streamed text can see.
+STREAM_INTERVAL = 0.02
 
 
 @dataclass
@@ -384,16 +389,9 @@ async def answer(request: Request, s: Served, prompt: list[int], rows: list[RowP
                  body: dict, headers: dict | None = None) -> Response:
     """Queue the job, then stream its events as SSE or collect them into one JSON response. A client
     that goes away cancels the job (its rows stop at the batcher's next step)."""
-    loop = asyncio.get_running_loop()
-    events: asyncio.Queue[list[Event]] = asyncio.Queue()
-
-    def send(evs: list[Event]) -> None:  # called on the batcher's thread
-        try:
-            loop.call_soon_threadsafe(events.put_nowait, evs)
-        except RuntimeError:  # the event loop is gone (server shutting down)
-            pass
-
-    job = Job(prompt=prompt, rows=rows, chat=chat, send=send)
+    events = Inbox(asyncio.get_running_loop())
+    job = Job(prompt=prompt, rows=rows, chat=chat,
+              send=lambda evs: events.put(evs, urgent=any(e.finish for e in evs)))
     try:
         s.batcher.submit(job)
     except QueueFull as e:
@@ -411,17 +409,15 @@ async def answer(request: Request, s: Served, prompt: list[int], rows: list[RowP
         job.cancelled = True  # done anyway, or the client left (the handler was cancelled)
 
 
-async def collect(request: Request, job: Job, events: asyncio.Queue, meta: dict, chat: bool,
+async def collect(request: Request, job: Job, events: Inbox, meta: dict, chat: bool,
                   prompt_tokens: int) -> dict:
     """The whole response of a non-streamed request."""
     n = len(job.rows)
     texts, parts, finish, tokens = [""] * n, [[] for _ in range(n)], [None] * n, 0
     checked = time.monotonic()
     while any(f is None for f in finish):
-        try:
-            evs = await asyncio.wait_for(events.get(), 0.25)
-        except TimeoutError:
-            evs = []
+        await events.settle(0.25)  # until a row ends, or 0.25 s
+        evs = events.take()
         if time.monotonic() - checked > 0.25:  # now and then: is the client still there?
             checked = time.monotonic()
             if await request.is_disconnected():
@@ -460,7 +456,7 @@ def sse_line(obj) -> str:
     return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
-async def sse(job: Job, events: asyncio.Queue, meta: dict, chat: bool, prompt_tokens: int,
+async def sse(job: Job, events: Inbox, meta: dict, chat: bool, prompt_tokens: int,
               include_usage: bool):
     """The server-sent events of a streamed request. On a disconnect the server stops iterating this
     generator; ``finally`` then cancels the job."""
@@ -483,11 +479,9 @@ async def sse(job: Job, events: asyncio.Queue, meta: dict, chat: bool, prompt_to
             for i in range(n):
                 yield chunk(i, first=True)
         while open_rows:
-            batch = [await events.get()]
-            while not events.empty():  # the client fell behind: send everything queued in one write
-                batch.append(events.get_nowait())
             out = []
-            for e in (e for evs in batch for e in evs):
+            for e in await events.get():  # everything since the last write
+
                 if e.finish == "error":
                     yield "".join(out) + sse_line({"error": {
                         "message": "internal server error (see the server's log)", "type": "server_error",
@@ -501,6 +495,8 @@ async def sse(job: Job, events: asyncio.Queue, meta: dict, chat: bool, prompt_to
                     out.append(chunk(e.index, finish=e.finish))
             if out:
                 yield "".join(out)
+                if open_rows:
+                    await events.settle(STREAM_INTERVAL)  # let the tokens gather; a row's end comes at once
         if include_usage:
             usage = {"prompt_tokens": prompt_tokens, "completion_tokens": tokens,
                      "total_tokens": prompt_tokens + tokens}

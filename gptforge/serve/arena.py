@@ -50,6 +50,7 @@ from gptforge.chat.render import render_for_completion
 from gptforge.errors import UserError
 from gptforge.serve.app import (
     STATIC,
+    STREAM_INTERVAL,
     APIError,
     Limits,
     Served,
@@ -59,7 +60,7 @@ from gptforge.serve.app import (
     read_json,
     sse_line,
 )
-from gptforge.serve.batcher import Event, Job, QueueFull, RowParams
+from gptforge.serve.batcher import Inbox, Job, QueueFull, RowParams
 
 COOKIE = "gptforge_arena_session"
 COOKIE_MAX_AGE_S = 365 * 24 * 3600
@@ -224,18 +225,13 @@ class Battle:
 
     def __init__(self, pair: dict[str, Served], prompts: dict[str, list[int]], params: RowParams):
         self.pair = pair
-        self.loop = asyncio.get_running_loop()
-        self.events: asyncio.Queue[tuple[str, list[Event]]] = asyncio.Queue()
+        self.events = Inbox(asyncio.get_running_loop())  # of (side, events) pairs
         self.jobs = {side: Job(prompt=prompts[side], rows=[params], chat=True, send=self._sender(side))
                      for side in pair}
 
     def _sender(self, side: str):
-        def send(evs: list[Event]) -> None:  # called on a batcher's thread
-            try:
-                self.loop.call_soon_threadsafe(self.events.put_nowait, (side, evs))
-            except RuntimeError:  # the event loop is gone (server shutting down)
-                pass
-        return send
+        # called on a batcher's thread
+        return lambda evs: self.events.put([(side, evs)], urgent=any(e.finish for e in evs))
 
     def cancel(self) -> None:
         for job in self.jobs.values():
@@ -258,20 +254,25 @@ class Battle:
         running = set(self.pair)
         try:
             while running:
-                side, evs = await self.events.get()
-                for e in evs:
+                out = []
+                for side, e in ((side, e) for side, evs in await self.events.get() for e in evs):
                     if e.finish == "error":
-                        yield sse_line({"error": {"message": "internal server error (see the server's log)",
-                                                  "type": "server_error", "param": None, "code": None}})
+                        yield "".join(out) + sse_line({"error": {
+                            "message": "internal server error (see the server's log)", "type": "server_error",
+                            "param": None, "code": None}})
                         return
                     if e.part is not None:
-                        yield sse_line({"side": side, "part": e.part})
+                        out.append(sse_line({"side": side, "part": e.part}))
                     elif e.text:
-                        yield sse_line({"side": side, "text": e.text})
+                        out.append(sse_line({"side": side, "text": e.text}))
                     add_part(parts[side], e)
                     if e.finish is not None:
                         running.discard(side)
-                        yield sse_line({"side": side, "finish": e.finish})
+                        out.append(sse_line({"side": side, "finish": e.finish}))
+                if out:
+                    yield "".join(out)
+                    if running:
+                        await self.events.settle(STREAM_INTERVAL)
             a, b = self.pair["a"].name, self.pair["b"].name
             bid = await asyncio.to_thread(store.create_battle, session, prompt, a, b,
                                           reply_content(parts["a"]), reply_content(parts["b"]), settings)

@@ -23,6 +23,7 @@ its own tool calls (the engine's ``ToolCalls``) and its own incremental UTF-8 de
 
 from __future__ import annotations
 
+import asyncio
 import codecs
 import random
 import sys
@@ -91,6 +92,71 @@ class Job:
     chat: bool
     send: Callable[[list[Event]], None]
     cancelled: bool = False
+
+
+class Inbox:
+    """Hands items (a job's events) from a batcher's thread to the coroutine answering the request.
+
+    ``put`` (any thread) stores items; ``get`` (on the event loop) returns everything stored so far,
+    first waiting while there is nothing; ``settle(seconds)`` waits that long, or less when an
+    ``urgent`` put (a row's end) comes. A stream that settles between writes collects several decode
+    steps for each write: every wake-up of the event loop costs a self-pipe read and a hand-over of
+    the GIL between the two threads, a real share of a small model's decode step on 2 cores
+    (bench/README.md, serve.py); ``put`` wakes the loop only when the coroutine waits for it.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop):
+        self.loop, self.lock = loop, threading.Lock()
+        self.items: list = []
+        self.urgent = False  # an urgent put since the last take
+        self.waiter: asyncio.Future | None = None  # the waiting coroutine's, woken by ...
+        self.wake_on = "any"  # ... any put, or "urgent" ones only
+
+    def put(self, items: list, urgent: bool = False) -> None:
+        with self.lock:
+            self.items.extend(items)
+            self.urgent = self.urgent or urgent
+            if self.waiter is None or (self.wake_on == "urgent" and not urgent):
+                return
+            waiter, self.waiter = self.waiter, None
+        try:
+            self.loop.call_soon_threadsafe(_wake, waiter)
+        except RuntimeError:  # the event loop is gone (server shutting down)
+            pass
+
+    def take(self) -> list:
+        """Everything stored so far (maybe nothing), without waiting."""
+        with self.lock:
+            items, self.items, self.urgent = self.items, [], False
+        return items
+
+    async def get(self) -> list:
+        await self._wait("any", None)
+        return self.take()
+
+    async def settle(self, seconds: float) -> None:
+        await self._wait("urgent", seconds)
+
+    async def _wait(self, wake_on: str, timeout: float | None) -> None:
+        with self.lock:
+            if self.urgent or (wake_on == "any" and self.items):
+                return
+            waiter = self.waiter = self.loop.create_future()
+            self.wake_on = wake_on
+        timer = self.loop.call_later(timeout, _wake, waiter) if timeout is not None else None
+        try:
+            await waiter
+        finally:
+            if timer is not None:
+                timer.cancel()
+            with self.lock:
+                if self.waiter is waiter:
+                    self.waiter = None
+
+
+def _wake(waiter: asyncio.Future) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 class _TextDecoder:
