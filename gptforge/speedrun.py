@@ -256,9 +256,13 @@ def plan(sr: SpeedrunConfig, train_overrides: dict | None = None, progress: bool
     budget = sr.time
     if budget is None and "max_steps" not in (train_overrides or {}):  # a step count given wins
         budget = recipe.time
-    cfg = make_config(recipe.config(budget), {"data": str(out_dir / "data"), "out": str(out_dir / "pretrain"),
-                                              "seed": sr.seed, "progress": "auto" if progress else "none"},
-                      train_overrides or {})
+    base, over = recipe.config(budget), dict(train_overrides or {})
+    model = over.get("model") or {}
+    if "n_embd" in model and "n_head" not in model and "n_head" in base.get("model", {}):
+        # the recipe's heads are 64 wide (its head count would rarely divide another width): keep them so
+        over["model"] = {**model, "n_head": max(1, model["n_embd"] // 64)}
+    cfg = make_config(base, {"data": str(out_dir / "data"), "out": str(out_dir / "pretrain"),
+                             "seed": sr.seed, "progress": "auto" if progress else "none"}, over)
     stages = sr.stages()
     if "pretrain" in stages and cfg.device == "cuda" and not torch.cuda.is_available():
         raise UserError(f"preset {sr.preset} needs a CUDA GPU; none is available (try --preset cpu)")
@@ -344,7 +348,8 @@ def _stage_data(sr: SpeedrunConfig, recipe: Recipe, out_dir: Path, progress: boo
 
 
 def _budgeted(cfg, budget: float | None, data=None, what: str = "training"):
-    """``cfg`` with max_steps planned for a wall-clock ``budget`` and max_time set to it (None: as is)."""
+    """``cfg`` with max_steps planned for a wall-clock ``budget`` and max_time set to it (None: as is);
+    a wsd schedule also gets the steps' share of the budget as ``schedule_time`` (`timed`)."""
     from gptforge.train import make_config
 
     if not budget:

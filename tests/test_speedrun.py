@@ -10,7 +10,7 @@ from helpers import CHAT_TEXT
 
 from gptforge.cli import main
 from gptforge.models import build_model
-from gptforge.speedrun import RECIPES, SHORT_BUDGET, fit_budget
+from gptforge.speedrun import RECIPES, SHORT_BUDGET, SpeedrunConfig, fit_budget, plan
 
 
 def test_speedrun_end_to_end(tmp_path, tinyshakespeare, capsys):
@@ -127,6 +127,15 @@ def test_cpu_recipe_scales_with_the_budget():
     assert short["model"]["n_embd"] < mid["model"]["n_embd"] < long["model"]["n_embd"]
     assert mid["model"]["dropout"] == 0 < long["model"]["dropout"]
     assert long == r.train and r.config(None) == r.config(r.time)
+
+
+@pytest.mark.parametrize("budget", [30, 120, 600])
+def test_a_model_width_alone_keeps_the_recipes_64_wide_heads(budget, tmp_path):
+    """Each tier pins a head count (2, 3, 4) that another width rarely divides: n_embd alone sets it."""
+    sr = SpeedrunConfig(time=budget, out=str(tmp_path / "run"))
+    assert plan(sr, {"model": {"n_embd": 32}})[0].model["n_head"] == 1
+    assert plan(sr, {"model": {"n_embd": 512}})[0].model["n_head"] == 8
+    assert plan(sr, {"model": {"n_embd": 96, "n_head": 4}})[0].model["n_head"] == 4  # both given: as given
 
 
 @pytest.mark.parametrize("args,msg", [(["--preset", "gpu-small"], "needs a CUDA GPU"),
