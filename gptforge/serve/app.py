@@ -481,7 +481,6 @@ async def sse(job: Job, events: Inbox, meta: dict, chat: bool, prompt_tokens: in
         while open_rows:
             out = []
             for e in await events.get():  # everything since the last write
-
                 if e.finish == "error":
                     yield "".join(out) + sse_line({"error": {
                         "message": "internal server error (see the server's log)", "type": "server_error",
