@@ -87,6 +87,23 @@ def test_sft_learns_and_resumes_bit_exactly(base, tmp_path):
     assert losses("a") == losses("b") and full["step"] == 12
 
 
+def test_sft_starts_fresh_budgets_and_its_own_batches(base, tmp_path):
+    """A base trained by a timed speedrun stage with curriculum sampling: its SFT neither re-plans to
+    the base's schedule time nor claims curriculum batches."""
+    import shutil
+
+    from gptforge.chat.sft import sft_config
+
+    run = tmp_path / "base"
+    shutil.copytree(base[0], run)
+    for tj in run.glob("ckpt/*/trainer.json"):
+        st = json.loads(tj.read_text())
+        st["config"].update(schedule="wsd", schedule_time=230.0, max_time=240.0, sampling="curriculum")
+        tj.write_text(json.dumps(st))
+    cfg = sft_config(run, {"out": str(tmp_path / "sft")})
+    assert (cfg.schedule_time, cfg.max_time, cfg.sampling, cfg.max_steps) == (0.0, 0.0, "random", 300)
+
+
 def test_sft_refuses_tokenizers_and_models_that_cannot_chat(base, tmp_path, capsys):
     from gptforge.cli import main
     from gptforge.data.shards import prepare

@@ -31,8 +31,10 @@ from gptforge.train.config import TrainConfig, finetune_config
 from gptforge.train.session import TrainData
 
 # what an SFT run changes from the base run's config unless told otherwise: fresh budgets and a
-# short warmup (the base's schedule shape and learning rates stay)
-SFT_DEFAULTS = {"max_steps": 300, "max_time": 0.0, "max_tokens": 0, "decay_steps": 0, "warmup_steps": 10,
+# short warmup (the base's schedule shape and learning rates stay); its batches are conversations,
+# whatever the base's pretraining sampling was
+SFT_DEFAULTS = {"max_steps": 300, "max_time": 0.0, "schedule_time": 0.0, "max_tokens": 0, "decay_steps": 0,
+                "warmup_steps": 10, "sampling": "random",
                 "eval_interval": 50, "eval_tokens": 65536, "ckpt_interval": 0, "keep_last": 1,
                 "tokens_per_step": 0, "progress": "auto"}
 
