@@ -106,8 +106,8 @@ def _loop(s, log: Logger, resume: bool) -> dict:
             # -- budgets, agreed by all ranks (rank 0's clock decides max_time and schedule_time)
             time_up = d.main and cfg.max_time > 0 and time.time() - t_start >= cfg.max_time
             planned = s.total_steps
-            if d.main and len(step_times) >= REPLAN_AFTER:  # mean of the last 50, the first 2 left out
-                recent = step_times[max(2, len(step_times) - 50):]
+            if cfg.schedule_time and d.main and len(step_times) >= REPLAN_AFTER:
+                recent = step_times[max(2, len(step_times) - 50):]  # the last 50, the first 2 left out
                 step_s = sum(recent) / len(recent)
                 planned = replan_steps(st.step, s.total_steps, cfg, st.train_time_s, step_s)
             flags = d.all_sum(torch.tensor([float(stop.received is not None), float(time_up),
