@@ -161,8 +161,9 @@ def timed(cfg, steps: int, seconds: float):
     """``cfg`` planned at ``steps`` steps; a wsd schedule (without decay_steps) also gets
     ``schedule_time = seconds``, so the run re-plans its length from the step times it measures."""
     from gptforge.train import make_config
+    from gptforge.train.optim import replannable
 
-    timing = {"schedule_time": seconds} if cfg.schedule == "wsd" and not cfg.decay_steps else {}
+    timing = {"schedule_time": seconds} if replannable(cfg) else {}
     return make_config(cfg.to_dict(), {"max_steps": steps}, timing)
 
 

@@ -178,6 +178,12 @@ def warmdown_start(cfg: TrainConfig, total_steps: int) -> int:
 REPLAN_MARGIN = 1.03
 
 
+def replannable(cfg: TrainConfig) -> bool:
+    """Whether ``schedule_time`` can re-plan this schedule: wsd (flat until its warmdown) without a
+    fixed horizon (decay_steps)."""
+    return cfg.schedule == "wsd" and not cfg.decay_steps
+
+
 def replan_steps(step: int, total_steps: int, cfg: TrainConfig, train_time_s: float, step_s: float) -> int:
     """The step count that fills ``cfg.schedule_time`` seconds of optimizer steps: ``step`` steps
     done in ``train_time_s`` seconds, the rest at ``step_s`` seconds each times REPLAN_MARGIN (at

@@ -32,7 +32,7 @@ from gptforge.train.config import TrainConfig
 from gptforge.train.curriculum import CurriculumBatches
 from gptforge.train.evaluate import evaluate, window_batches
 from gptforge.train.mfu import peak_flops
-from gptforge.train.optim import build_optimizers, schedule_steps
+from gptforge.train.optim import build_optimizers, replannable, schedule_steps
 
 
 # --- process ---------------------------------------------------------------------------------------
@@ -371,7 +371,7 @@ def setup(cfg: TrainConfig, resume: bool, d: Dist, data: TrainData | None = None
     else:
         torch.manual_seed(cfg.seed + d.rank)  # distinct dropout streams per rank; same init on all
 
-    if cfg.schedule_time and (cfg.schedule != "wsd" or cfg.decay_steps):
+    if cfg.schedule_time and not replannable(cfg):
         raise UserError("config: schedule_time re-plans a wsd schedule's length; it needs schedule = "
                         "'wsd' and decay_steps = 0")
     total_steps = schedule_steps(cfg, tokens_per_step)
