@@ -4,8 +4,9 @@
 
 A `gpt2`-preset GPT (depth 6: 384 wide, 6 heads; vocab 4096, block 256: about 12M parameters,
 10.6M of them in the blocks) with random weights is exported to `GPT2LMHeadModel`. Greedy decoding
-from a 16-token prompt, best of `--repeats` runs after a warm-up, in one process. Prints tokens/s
-(new tokens across the batch per second) and the ratio to HF at the same batch size.
+from a 16-token prompt, best of `--repeats` rounds after a warm-up, in one process; each round runs
+every engine in turn. Prints tokens/s (new tokens across the batch per second) and the ratio to HF
+at the same batch size.
 """
 
 from __future__ import annotations
@@ -21,14 +22,18 @@ from gptforge.models import build_model
 from gptforge.models.hf import to_hf
 
 
-def best_time(fn, repeats: int) -> float:
-    fn()  # warm-up
-    times = []
+def best_times(runs: dict, repeats: int) -> dict[str, float]:
+    """Best wall time of each of ``runs`` over ``repeats`` rounds, after a warm-up of each. Rounds
+    take the runs in turn, so a machine that slows down for a while slows every run alike."""
+    for fn in runs.values():
+        fn()  # warm-up
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
+        for name, fn in runs.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: min(ts) for name, ts in times.items()}
 
 
 def main() -> None:
@@ -64,7 +69,7 @@ def main() -> None:
             ref = hf.generate(prompts, max_new_tokens=n, min_new_tokens=n, do_sample=False,
                               pad_token_id=0)[:, args.prompt_len:].tolist()
         same = generate(model, rows, n, temperature=0) == ref
-        times = {name: best_time(fn, args.repeats) for name, fn in runs.items()}
+        times = best_times(runs, args.repeats)
         for name, t in times.items():
             results.append({"batch": B, "engine": name, "seconds": round(t, 4),
                             "tokens_per_s": round(B * n / t, 1),
