@@ -88,8 +88,9 @@ def test_sft_learns_and_resumes_bit_exactly(base, tmp_path):
 
 
 def test_sft_starts_fresh_budgets_and_its_own_batches(base, tmp_path):
-    """A base trained by a timed speedrun stage with curriculum sampling: its SFT neither re-plans to
-    the base's schedule time nor claims curriculum batches."""
+    """A base trained by a timed speedrun stage with curriculum sampling and weight decay: its SFT
+    neither re-plans to the base's schedule time nor claims curriculum batches nor decays weights,
+    unless told to."""
     import shutil
 
     from gptforge.chat.sft import sft_config
@@ -98,10 +99,13 @@ def test_sft_starts_fresh_budgets_and_its_own_batches(base, tmp_path):
     shutil.copytree(base[0], run)
     for tj in run.glob("ckpt/*/trainer.json"):
         st = json.loads(tj.read_text())
-        st["config"].update(schedule="wsd", schedule_time=230.0, max_time=240.0, sampling="curriculum")
+        st["config"].update(schedule="wsd", schedule_time=230.0, max_time=240.0, sampling="curriculum",
+                            weight_decay=0.3)
         tj.write_text(json.dumps(st))
     cfg = sft_config(run, {"out": str(tmp_path / "sft")})
     assert (cfg.schedule_time, cfg.max_time, cfg.sampling, cfg.max_steps) == (0.0, 0.0, "random", 300)
+    assert cfg.weight_decay == 0.0
+    assert sft_config(run, {"out": str(tmp_path / "sft"), "weight_decay": 0.05}).weight_decay == 0.05
 
 
 def test_sft_refuses_tokenizers_and_models_that_cannot_chat(base, tmp_path, capsys):
