@@ -2,7 +2,7 @@
 
 The run is a training run like `gptforge pretrain` (same flags, checkpoints, Ctrl-C and exact
 --resume); its config starts from the base run's (learning rates, optimizer, schedule), with the
-budgets reset, then the flags given here.
+budgets reset and no weight decay (gptforge.chat.sft.SFT_DEFAULTS), then the flags given here.
 """
 
 from __future__ import annotations

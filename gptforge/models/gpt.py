@@ -334,7 +334,7 @@ class CausalSelfAttention(nn.Module):
         self.qk_norm = RMSNorm(config.norm_eps) if config.qk_norm else None
         self.dropout = config.dropout
         self.c_attn = Linear(config.n_embd, (config.n_head + 2 * config.n_kv_head) * config.head_dim,
-                                bias=config.bias)
+                             bias=config.bias)
         self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
         self.resid_dropout = nn.Dropout(config.dropout)
 
