@@ -17,7 +17,8 @@ from gptforge.train.config import TrainConfig
 DESCRIPTION = """\
 Finetune a pretrained GPT on conversations: loss on what the assistant says (text, tool calls,
 <|assistant_end|>), none on the rest. Settings not given come from the base run (learning rates,
-optimizer, schedule), with the budgets reset (--max-steps 300); the defaults below are gptforge's.
+optimizer, schedule), with the budgets reset (--max-steps 300) and no weight decay; the defaults
+below are gptforge's.
 """
 
 EPILOG = """\
