@@ -91,7 +91,7 @@ CPU = dict(
 # minutes (one to four passes over the data) no dropout.
 SHORT_BUDGET = 60.0  # seconds
 CPU_TIERS = ((SHORT_BUDGET, dict(depth=2, model={"n_embd": 128, "n_head": 2, "dropout": 0.0}, batch_size=8)),
-             (300.0, dict(model={"n_embd": 192, "n_head": 3, "dropout": 0.0})))
+             (300.0, dict(model={"dropout": 0.0})))
 
 RECIPES: dict[str, Recipe] = {
     "cpu": Recipe("small modern GPT (RoPE, RMSNorm, ReLU^2, QK-norm) with Muon, BPE tokens; minutes on a "
