@@ -27,17 +27,12 @@ from gptforge.chat.render import ChatTokens, render
 from gptforge.errors import UserError
 from gptforge.tokenizer import Tokenizer
 from gptforge.train.batches import lm_loss
-from gptforge.train.config import TrainConfig, finetune_config
+from gptforge.train.config import FINETUNE_RESETS, TrainConfig, finetune_config
 from gptforge.train.session import TrainData
 
-# what an SFT run changes from the base run's config unless told otherwise: fresh budgets and a
-# short warmup (the base's schedule shape and learning rates stay); its batches are conversations,
-# whatever the base's pretraining sampling was; no weight decay, which would pull the trained weights
-# toward zero in a few hundred steps of little data (nanochat's SFT and our DPO use none either)
-SFT_DEFAULTS = {"max_steps": 300, "max_time": 0.0, "schedule_time": 0.0, "max_tokens": 0, "decay_steps": 0,
-                "warmup_steps": 10, "sampling": "random", "weight_decay": 0.0,
-                "eval_interval": 50, "eval_tokens": 65536, "ckpt_interval": 0, "keep_last": 1,
-                "tokens_per_step": 0, "progress": "auto"}
+# what an SFT run changes from the base run's config unless told otherwise (the base's schedule shape
+# and learning rates stay)
+SFT_DEFAULTS = {**FINETUNE_RESETS, "max_steps": 300, "eval_tokens": 65536}
 
 
 @dataclass

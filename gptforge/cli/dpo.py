@@ -13,14 +13,11 @@ import sys
 from gptforge.cli.flags import add_config_flags, flag_values
 from gptforge.config import convert
 from gptforge.errors import UserError
-from gptforge.train.config import TrainConfig
+from gptforge.train.config import FINETUNE_RESETS, TrainConfig
 
-# DPO moves a finetuned model a little: a small AdamW step, no weight decay, short runs
-DPO_DEFAULTS = {"optimizer": "adamw", "lr": 1e-4, "weight_decay": 0.0, "max_steps": 200, "max_time": 0.0,
-                "schedule_time": 0.0, "sampling": "random",
-                "max_tokens": 0, "decay_steps": 0, "warmup_steps": 10, "eval_interval": 50,
-                "ckpt_interval": 0,
-                "keep_last": 1, "tokens_per_step": 0, "progress": "auto", "batch_size": 8, "grad_clip": 1.0}
+# DPO moves a finetuned model a little: a small AdamW step, short runs
+DPO_DEFAULTS = {**FINETUNE_RESETS, "optimizer": "adamw", "lr": 1e-4, "max_steps": 200, "batch_size": 8,
+                "grad_clip": 1.0}
 SKIP = ("task", "init_from", "arch", "preset", "depth", "data", "dpo_beta")
 
 EPILOG = """\

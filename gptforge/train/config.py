@@ -153,6 +153,15 @@ def make_config(base: dict | None = None, *layers: dict, where: str = "config") 
     return TrainConfig(**values)
 
 
+# what every finetuning run (SFT, DPO) changes from its base run's config: fresh budgets, a short
+# warmup, random batches (of conversations or pairs, whatever the base's sampling was), frequent
+# evaluation, one checkpoint kept, and no weight decay, which would pull the trained weights toward
+# zero over a few hundred steps of little data (nanochat's SFT uses none either)
+FINETUNE_RESETS = {"max_time": 0.0, "schedule_time": 0.0, "max_tokens": 0, "decay_steps": 0,
+                   "warmup_steps": 10, "sampling": "random", "weight_decay": 0.0, "eval_interval": 50,
+                   "ckpt_interval": 0, "keep_last": 1, "tokens_per_step": 0, "progress": "auto"}
+
+
 def finetune_config(base, task: str, defaults: dict, *layers: dict, purpose: str) -> TrainConfig:
     """The config of a finetuning run (SFT, DPO) from base run or checkpoint ``base`` (its best
     checkpoint, else its latest): the base run's config, then ``defaults``, then ``layers`` (flags),
