@@ -58,7 +58,9 @@ class GPTConfig:
     qk_norm: parameter-free RMSNorm on queries and keys per head, after RoPE (nanochat's order).
     tie_embeddings: lm_head shares its weight matrix with wte (GPT-2 does).
     bias: biases in every Linear except lm_head, and in LayerNorm.
-    dropout: on embeddings, attention probabilities and residual branches (training only).
+    dropout: on the embeddings and on each residual branch (training only). Not on the attention
+        probabilities: on the CPU that takes SDPA off its fused kernel, which doubles the attention's
+        time (bench/README.md, "What dropout costs").
     logit_softcap: logits = cap * tanh(logits / cap); None -> off.
     init: weight-init scheme, "gpt2" (N(0, 0.02), residual projections / sqrt(2 n_layer)) or "nanochat"
         (see `GPT.init_weights`).
@@ -332,7 +334,6 @@ class CausalSelfAttention(nn.Module):
         self.layer_idx = layer_idx
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
         self.qk_norm = RMSNorm(config.norm_eps) if config.qk_norm else None
-        self.dropout = config.dropout
         self.c_attn = Linear(config.n_embd, (config.n_head + 2 * config.n_kv_head) * config.head_dim,
                              bias=config.bias)
         self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
@@ -349,13 +350,12 @@ class CausalSelfAttention(nn.Module):
             q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if self.qk_norm is not None:
             q, k = self.qk_norm(q), self.qk_norm(k)
-        dropout_p = self.dropout if self.training else 0.0
         gqa = nkv != nh
         if kv_cache is None:
-            y = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=gqa)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         else:
             k, v, mask = kv_cache.update(self.layer_idx, k, v)  # (B, nkv, L, hs), L = keys so far
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=gqa)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side
         return self.resid_dropout(self.c_proj(y))
 

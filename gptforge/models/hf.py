@@ -14,10 +14,11 @@ Two architectures fit:
 What does not fit (``save_hf`` / ``to_hf`` raise UserError naming the field): SwiGLU or GELU MLPs in
 the modern layout, no QK-norm, no embedding norm, LayerNorm or biases with RoPE (NanoChat's norms
 have no parameters and its MLP no bias), learned positions with RMSNorm, a softcap or GQA on the
-GPT-2 layout. HF NanoChat has no residual or embedding dropout (our ``dropout`` maps to its
-attention_dropout only; irrelevant at inference). Features of Karpathy's current nanochat repo that
-neither side has (value embeddings, per-layer residual scalars, sliding-window attention) are out of
-scope. Only the weights move: tokenizers and generation settings are not written.
+GPT-2 layout. Dropout (training only) maps to GPT-2's resid_pdrop and embd_pdrop; our GPT has no
+attention dropout, and HF NanoChat has only attention dropout, so its attention_dropout is 0.
+Features of Karpathy's current nanochat repo that neither side has (value embeddings, per-layer
+residual scalars, sliding-window attention) are out of scope. Only the weights move: tokenizers and
+generation settings are not written.
 
 ``transformers`` is needed only by `to_hf` (and to load a transformers model object): reading and
 writing HF folders (config.json + model.safetensors) uses only safetensors.
@@ -61,13 +62,13 @@ def hf_config_dict(config: GPTConfig) -> dict:
         return dict(model_type="gpt2", architectures=["GPT2LMHeadModel"], vocab_size=c.vocab_size,
                     n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head,
                     n_inner=c.mlp_hidden, activation_function="gelu_new", resid_pdrop=c.dropout,
-                    embd_pdrop=c.dropout, attn_pdrop=c.dropout, layer_norm_epsilon=c.norm_eps,
+                    embd_pdrop=c.dropout, attn_pdrop=0.0, layer_norm_epsilon=c.norm_eps,
                     tie_word_embeddings=c.tie_embeddings, bos_token_id=None, eos_token_id=None)
     return dict(model_type="nanochat", architectures=["NanoChatForCausalLM"], vocab_size=c.vocab_size,
                 hidden_size=c.n_embd, intermediate_size=c.mlp_hidden, num_hidden_layers=c.n_layer,
                 num_attention_heads=c.n_head, num_key_value_heads=c.n_kv_head,
                 max_position_embeddings=c.block_size,
-                hidden_act="relu2", attention_dropout=c.dropout, rms_norm_eps=c.norm_eps,
+                hidden_act="relu2", attention_dropout=0.0, rms_norm_eps=c.norm_eps,
                 rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
                 final_logit_softcapping=c.logit_softcap, attention_bias=False,
                 tie_word_embeddings=c.tie_embeddings, bos_token_id=None, eos_token_id=None, pad_token_id=None)
