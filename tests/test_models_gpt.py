@@ -142,6 +142,29 @@ def test_dropout_only_in_training():
     assert torch.equal(model(idx)[0], model(idx)[0])
 
 
+@pytest.mark.parametrize("p", [0.1, 0.5])
+def test_cpu_dropout_matches_nn_dropout_in_law(p):
+    """Our CPU mask: each element zeroed with probability p (each of the four 16-bit pieces of a
+    64-bit draw alike), the rest scaled exactly as nn.Dropout scales them; the gradient is the same
+    mask; evaluation is the identity; a seed reproduces the mask."""
+    n = 1 << 20
+    x = torch.randn(n, requires_grad=True)
+    drop = gpt_module.Dropout(p).train()
+    torch.manual_seed(0)
+    y = drop(x)
+    zero = y == 0
+    for lane in range(4):  # lane 3 is the top of each int64, whose sign bit random_ never sets
+        assert abs(zero[lane::4].float().mean().item() - p) < 0.005
+    ref = torch.nn.Dropout(p).train()(torch.ones(1000))
+    scale = ref[ref != 0][0]  # nn.Dropout's 1 / (1 - p), as float32
+    assert torch.equal(y[~zero], x.detach()[~zero] * scale)
+    y.sum().backward()
+    assert torch.equal(x.grad == 0, zero) and bool((x.grad[~zero] == scale).all())
+    torch.manual_seed(0)
+    assert torch.equal(drop(x), y)
+    assert torch.equal(drop.eval()(x), x)
+
+
 def test_tied_embeddings_share_one_matrix():
     model = build_model("gpt", V, 16, preset="gpt2", depth=1, n_embd=32)
     assert model.lm_head.weight is model.transformer.wte.weight

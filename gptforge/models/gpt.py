@@ -197,6 +197,29 @@ class Linear(nn.Linear):
         return y.view(*x.shape[:-1], N)
 
 
+class Dropout(nn.Dropout):
+    """nn.Dropout with a cheaper random mask on the CPU. (...) -> (...), same shape and dtype.
+
+    In training each element is zeroed with probability p and the rest scaled by 1 / (1 - p)
+    (Srivastava et al. 2014). torch's CPU dropout draws a random number per element; here one
+    64-bit draw gives four elements 15 random bits each (random_ fills 63 uniform bits; the sign bit
+    of each 16-bit piece is masked off), so p is rounded to a multiple of 1/32768. On a 2-core EPYC
+    one (16, 128, 192) activation's forward and backward take 1.6 ms instead of 4.2, and the cpu
+    recipe's training step (nine dropouts) 4% less time (bench/dropout.py). Other devices (CUDA's
+    dropout is fused) and evaluation run nn.Dropout unchanged. The masks come from torch's CPU
+    generator, so ``torch.manual_seed`` and a saved RNG state reproduce them.
+    """
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0 or x.device.type != "cpu" or self.inplace:
+            return super().forward(x)
+        n = x.numel()
+        bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_()  # 63 uniform bits each
+        bits = bits.view(torch.int16)[:n].view(x.shape) & 0x7FFF  # (...) uniform in [0, 32768)
+        scale = (bits >= round(self.p * 32768)).to(x.dtype).mul_(1 / (1 - self.p))  # 0 or 1 / (1 - p)
+        return x * scale
+
+
 def make_norm(config: GPTConfig) -> nn.Module:
     """The residual-stream norm the config asks for: (B, T, C) -> (B, T, C)."""
     if config.norm == "layernorm":
@@ -337,7 +360,7 @@ class CausalSelfAttention(nn.Module):
         self.c_attn = Linear(config.n_embd, (config.n_head + 2 * config.n_kv_head) * config.head_dim,
                              bias=config.bias)
         self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.resid_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = Dropout(config.dropout)
 
     def forward(self, x, cos=None, sin=None, kv_cache: KVCache | None = None):
         B, T, C = x.size()
@@ -373,7 +396,7 @@ class FeedForward(nn.Module):
         width = 2 * config.mlp_hidden if config.mlp == "swiglu" else config.mlp_hidden
         self.c_fc = Linear(config.n_embd, width, bias=config.bias)
         self.c_proj = Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
 
     def forward(self, x):
         h = self.c_fc(x)  # (B, T, H) or (B, T, 2H)
@@ -430,7 +453,7 @@ class GPT(nn.Module):
         t = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
         if config.positional == "learned":
             t["wpe"] = nn.Embedding(config.block_size, config.n_embd)
-        t["drop"] = nn.Dropout(config.dropout)
+        t["drop"] = Dropout(config.dropout)
         if config.embd_norm:
             t["ln_e"] = make_norm(config)
         t["h"] = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
