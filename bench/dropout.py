@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import time
 
 import torch
 import torch.nn.functional as F
+from generate import best_times  # bench/generate.py, next to this script
 from torch import nn
 
 from gptforge.models import build_model
@@ -27,17 +27,10 @@ from gptforge.models.gpt import Dropout
 
 
 def best_ms(runs: dict, repeats: int, inner: int) -> dict[str, float]:
-    """Best mean milliseconds per call of each of ``runs`` (``inner`` calls per round)."""
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    for fn in runs.values():
-        fn()  # warm-up
-    for _ in range(repeats):
-        for name, fn in runs.items():
-            t0 = time.perf_counter()
-            for _ in range(inner):
-                fn()
-            times[name].append((time.perf_counter() - t0) / inner * 1e3)
-    return {name: min(ts) for name, ts in times.items()}
+    """Best mean milliseconds per call of each of ``runs``: generate.py's `best_times` (rounds take
+    the runs in turn) over ``inner`` calls per round."""
+    rounds = {name: (lambda fn=fn: [fn() for _ in range(inner)]) for name, fn in runs.items()}
+    return {name: t / inner * 1e3 for name, t in best_times(rounds, repeats).items()}
 
 
 def training_step(dropout: float, torch_dropout: bool):
