@@ -108,6 +108,35 @@ def test_sft_starts_fresh_budgets_and_its_own_batches(base, tmp_path):
     assert sft_config(run, {"out": str(tmp_path / "sft"), "weight_decay": 0.05}).weight_decay == 0.05
 
 
+def test_sft_help_shows_the_defaults_an_sft_run_gets(base, tmp_path):
+    """Each flag's "(default: ...)" in `gptforge sft --help` is what sft_config gives when the flag is
+    left out: SFT's own reset, or the base run's value (here set away from gptforge's defaults)."""
+    import re
+    import shutil
+
+    from gptforge.chat.sft import sft_config
+    from gptforge.cli import build_parser
+
+    run = tmp_path / "base"
+    shutil.copytree(base[0], run)
+    for tj in run.glob("ckpt/*/trainer.json"):
+        st = json.loads(tj.read_text())
+        st["config"].update(weight_decay=0.3, lr=0.0042, warmup_steps=7, max_steps=999, seed=5)
+        tj.write_text(json.dumps(st))
+        base_cfg = st["config"]
+    sub = next(a for a in build_parser("sft")._actions if a.dest == "command").choices["sft"]
+    cfg = sft_config(run, {"out": ""}).to_dict()
+    shown = {a.dest: re.search(r"\(default: (.*)\)$", " ".join(a.help.split())).group(1)
+             for a in sub._actions if a.dest in cfg}
+    assert shown["weight_decay"] == "0.0" and shown["lr"] == "the base run's"  # the bug: it said 0.1
+    assert len(shown) > 30
+    for name, text in shown.items():
+        if text == "the base run's":
+            assert cfg[name] == base_cfg[name], name
+        elif name not in ("out", "data"):  # the run names these; an empty --data is refused
+            assert repr(cfg[name]) == text, name
+
+
 def test_sft_refuses_tokenizers_and_models_that_cannot_chat(base, tmp_path, capsys):
     from gptforge.cli import main
     from gptforge.data.shards import prepare

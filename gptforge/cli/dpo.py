@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gptforge.cli.flags import add_config_flags, flag_values
+from gptforge.cli.flags import FINETUNE_HELP, add_config_flags, flag_values
 from gptforge.config import convert
 from gptforge.errors import UserError
 from gptforge.train.config import FINETUNE_RESETS, TrainConfig
@@ -33,11 +33,8 @@ examples:
 
 
 def register(sub: argparse._SubParsersAction, help: str) -> None:
-    defaults = ", ".join(f"{k}={v}" for k, v in DPO_DEFAULTS.items()
-                         if k not in ("progress", "tokens_per_step"))
     p = sub.add_parser("dpo", help=help, epilog=EPILOG,
-                       description=f"{__doc__.split(chr(10) * 2)[1]}\nDPO_DEFAULTS: {defaults}. The "
-                                   "defaults shown below are gptforge's pretraining ones.",
+                       description=__doc__.split(chr(10) * 2)[1] + FINETUNE_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--ckpt", help="the SFT model to start from (and the frozen reference): a run or "
                                   "checkpoint directory")
@@ -47,7 +44,7 @@ def register(sub: argparse._SubParsersAction, help: str) -> None:
     p.add_argument("--beta", default=None, metavar="X",
                    help="DPO beta: how strongly the policy is held to the reference (default: 0.1)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a DPO run from its latest checkpoint")
-    add_config_flags(p, TrainConfig, skip=SKIP)
+    add_config_flags(p, TrainConfig, skip=SKIP, finetune={**DPO_DEFAULTS, "out": ""})
     p.set_defaults(func=run)
 
 

@@ -12,17 +12,24 @@ import argparse
 
 from gptforge.config import convert, overrides, specs
 
+FINETUNE_HELP = "\nDefaults below: this command's own, or \"the base run's\" for a setting taken from it.\n"
+
 
 def add_config_flags(p: argparse.ArgumentParser, cls: type, skip: tuple[str, ...] = (),
-                     defaults: object | None = None) -> None:
+                     defaults: object | None = None, finetune: dict | None = None) -> None:
     """Add ``--field-name`` for every field of ``cls`` not in ``skip`` (``dict`` fields are skipped).
-    ``defaults``: an instance whose values --help shows (default: the class defaults)."""
+    ``defaults``: an instance whose values --help shows (default: the class defaults).
+    ``finetune``: a finetuning command's resets (`gptforge.train.config.finetune_config`): --help
+    shows those, and "the base run's" for every other field."""
     for name, s in specs(cls).items():
         if name in skip or s.type is dict:
             continue
         flag = "--" + name.replace("_", "-")
         default = getattr(defaults, name) if defaults is not None else s.default
-        text = f"{s.help} (default: {default!r})".replace("%", "%%")
+        shown = repr(default)
+        if finetune is not None:
+            shown = repr(finetune[name]) if name in finetune else "the base run's"
+        text = f"{s.help} (default: {shown})".replace("%", "%%")
         if s.type is bool and not s.optional:
             p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=text)
             continue

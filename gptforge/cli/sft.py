@@ -10,15 +10,16 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gptforge.cli.flags import add_config_flags, flag_values
+from gptforge.chat.sft import SFT_DEFAULTS
+from gptforge.cli.flags import FINETUNE_HELP, add_config_flags, flag_values
 from gptforge.errors import UserError
 from gptforge.train.config import TrainConfig
 
+SKIP = ("task", "init_from", "arch", "preset", "depth", "dpo_beta")
 DESCRIPTION = """\
 Finetune a pretrained GPT on conversations: loss on what the assistant says (text, tool calls,
 <|assistant_end|>), none on the rest. Settings not given come from the base run (learning rates,
-optimizer, schedule), with the budgets reset (--max-steps 300) and no weight decay; the defaults
-below are gptforge's.
+optimizer, schedule), with the budgets reset (--max-steps 300) and no weight decay.
 """
 
 EPILOG = """\
@@ -36,12 +37,13 @@ examples:
 
 def register(sub: argparse._SubParsersAction, help: str) -> None:
     p = sub.add_parser("sft", help=help, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description=DESCRIPTION)
+                       description=DESCRIPTION + FINETUNE_HELP)
     p.add_argument("--ckpt", help="the base model: a run or checkpoint directory (best, else latest)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an SFT run from its latest checkpoint")
     p.add_argument("--strict", action="store_true", help="stop at the first bad conversation in a file "
                                                          "(default: skip it and report file:line)")
-    add_config_flags(p, TrainConfig, skip=("task", "init_from", "arch", "preset", "depth"))
+    # --out and --data are never taken from the base run
+    add_config_flags(p, TrainConfig, skip=SKIP, finetune={**SFT_DEFAULTS, "out": "", "data": ""})
     p.set_defaults(func=run)
 
 
@@ -49,7 +51,7 @@ def run(args) -> int:
     from gptforge.chat.sft import sft_config, sft_run_data
     from gptforge.train import resume_config, train
 
-    flags = flag_values(args, TrainConfig, skip=("task", "init_from", "arch", "preset", "depth"))
+    flags = flag_values(args, TrainConfig, skip=SKIP)
     if args.resume:
         if args.ckpt or (args.out and args.out != args.resume):
             raise UserError("--resume continues an SFT run from its own checkpoint; "
