@@ -102,14 +102,12 @@ def main() -> int:
 
     import dataclasses
 
-    from gptforge import checkpoint as ckpt
     from gptforge.chat.mixtures import mixture
-    from gptforge.chat.sft import SFT_DEFAULTS, sft_data
-    from gptforge.chat.sources import conversations
+    from gptforge.chat.sft import sft_config, sft_run_data
     from gptforge.engine import load_for_inference
     from gptforge.speedrun import SpeedrunConfig, calibrate_steps, speedrun
     from gptforge.tokenizer import load_tokenizer
-    from gptforge.train import make_config, train
+    from gptforge.train import train
 
     out = Path(args.out)
     t0 = time.time()
@@ -118,20 +116,13 @@ def main() -> int:
     else:
         speedrun(SpeedrunConfig(time=args.base_time, out=str(out / "speedrun"), samples=1))
         base_run = out / "speedrun" / "pretrain"
-    base_ck = ckpt.find_checkpoint(base_run, "best")
-    state = ckpt.read_trainer_state(base_ck)
-    tok_file = base_ck / "tokenizer.json"
-    tok = load_tokenizer(tok_file)
 
     sft_dir = out / f"sft-{int(time.time())}"
-    cfg = make_config(state.config, SFT_DEFAULTS, {
-        "task": "sft", "init_from": str(base_ck), "data": args.data, "out": str(sft_dir), "progress": "log",
-        "eval_interval": 50, "eval_tokens": 32768})
-    def data_for(c):
-        return sft_data(c, tok, tok_file, conversations(c.data, "train", c.seed),
-                        conversations(c.data, "test", c.seed))
-
-    data, tr, _ = data_for(cfg)
+    # `gptforge sft`'s config and data, with a smaller eval set
+    cfg = sft_config(base_run, {"data": args.data, "out": str(sft_dir), "progress": "log",
+                                "eval_interval": 50, "eval_tokens": 32768})
+    tok = load_tokenizer(Path(cfg.init_from) / "tokenizer.json")
+    data, tr, _ = sft_run_data(cfg)
     print(f"sft data: {tr.conversations} conversations, {tr.rows} rows, {tr.cropped} cropped",
           file=sys.stderr)
     steps, per_step = calibrate_steps(cfg, args.sft_time, data=data)
