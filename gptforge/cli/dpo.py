@@ -44,7 +44,7 @@ def register(sub: argparse._SubParsersAction, help: str) -> None:
     p.add_argument("--beta", default=None, metavar="X",
                    help="DPO beta: how strongly the policy is held to the reference (default: 0.1)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a DPO run from its latest checkpoint")
-    add_config_flags(p, TrainConfig, skip=SKIP, finetune={**DPO_DEFAULTS, "out": ""})
+    add_config_flags(p, TrainConfig, skip=SKIP, finetune=DPO_DEFAULTS)
     p.set_defaults(func=run)
 
 

@@ -42,8 +42,8 @@ def register(sub: argparse._SubParsersAction, help: str) -> None:
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an SFT run from its latest checkpoint")
     p.add_argument("--strict", action="store_true", help="stop at the first bad conversation in a file "
                                                          "(default: skip it and report file:line)")
-    # --out and --data are never taken from the base run
-    add_config_flags(p, TrainConfig, skip=SKIP, finetune={**SFT_DEFAULTS, "out": "", "data": ""})
+    # --data is never taken from the base run (run() refuses an SFT without it)
+    add_config_flags(p, TrainConfig, skip=SKIP, finetune={**SFT_DEFAULTS, "data": ""})
     p.set_defaults(func=run)
 
 

@@ -153,11 +153,12 @@ def make_config(base: dict | None = None, *layers: dict, where: str = "config") 
     return TrainConfig(**values)
 
 
-# what every finetuning run (SFT, DPO) changes from its base run's config: fresh budgets, a short
-# warmup, random batches (of conversations or pairs, whatever the base's sampling was), frequent
-# evaluation, one checkpoint kept, and no weight decay, which would pull the trained weights toward
-# zero over a few hundred steps of little data (nanochat's SFT uses none either)
-FINETUNE_RESETS = {"max_time": 0.0, "schedule_time": 0.0, "max_tokens": 0, "decay_steps": 0,
+# what every finetuning run (SFT, DPO) changes from its base run's config: a run directory of its
+# own (empty: a new timestamped one, never the base's), fresh budgets, a short warmup, random
+# batches (of conversations or pairs, whatever the base's sampling was), frequent evaluation, one
+# checkpoint kept, and no weight decay, which would pull the trained weights toward zero over a few
+# hundred steps of little data (nanochat's SFT uses none either)
+FINETUNE_RESETS = {"out": "", "max_time": 0.0, "schedule_time": 0.0, "max_tokens": 0, "decay_steps": 0,
                    "warmup_steps": 10, "sampling": "random", "weight_decay": 0.0, "eval_interval": 50,
                    "ckpt_interval": 0, "keep_last": 1, "tokens_per_step": 0, "progress": "auto"}
 
@@ -184,8 +185,7 @@ def finetune_config(base, task: str, defaults: dict, *layers: dict, purpose: str
     merged: dict = {}
     for layer in layers:
         merged.update(layer)
-    return make_config(state.config, defaults, merged, {"task": task, "init_from": str(found),
-                                                        "out": merged.get("out", "")}, where=task)
+    return make_config(state.config, defaults, merged, {"task": task, "init_from": str(found)}, where=task)
 
 
 def format_config(cfg: TrainConfig) -> str:
