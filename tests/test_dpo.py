@@ -125,7 +125,7 @@ def test_policy_runs_without_dropout(base):
     rows, masks, _ = encode_pairs(pairs, tok, 64)
     ref = reference_logprobs(model, rows, masks)
     model.train()
-    loss, stats = dpo_step_loss(0.1)(model, DPOBatches(rows, masks, ref, 4, 0).get(0, 0, 1, 0, 1))
+    loss, stats = dpo_step_loss(0.1)(model, DPOBatches(rows, masks, ref, 4, 0).get(0))
     assert loss.item() == pytest.approx(math.log(2), abs=1e-5) and model.training
     loss.backward()  # gradients flow through the eval-mode forward
 

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 from gptforge.arena.store import VoteStore, is_sqlite
 from gptforge.chat.render import ChatTokens, render
 from gptforge.errors import UserError
+from gptforge.models import eval_mode
 from gptforge.tokenizer import Tokenizer
 from gptforge.train.config import TrainConfig
 from gptforge.train.session import TrainData
@@ -229,21 +230,19 @@ def _xy(rows: np.ndarray, masks: np.ndarray, device) -> tuple[torch.Tensor, torc
 def reference_logprobs(model: torch.nn.Module, rows: np.ndarray, masks: np.ndarray, batch_size: int = 16,
                        device="cpu") -> np.ndarray:
     """(2, N) float32: the reference model's summed reply log-probabilities of every row."""
-    was = model.training
-    model.eval()
     out = np.zeros(rows.shape[:2], dtype=np.float32)
-    for k in range(2):
-        for i in range(0, rows.shape[1], batch_size):
-            x, y = _xy(rows[k, i:i + batch_size], masks[k, i:i + batch_size], device)
-            out[k, i:i + batch_size] = sequence_logprobs(model, x, y).cpu().numpy()
-    model.train(was)
+    with eval_mode(model):
+        for k in range(2):
+            for i in range(0, rows.shape[1], batch_size):
+                x, y = _xy(rows[k, i:i + batch_size], masks[k, i:i + batch_size], device)
+                out[k, i:i + batch_size] = sequence_logprobs(model, x, y).cpu().numpy()
     return out
 
 
 @dataclass
 class DPOBatches:
-    """B random pairs per micro-batch, a pure function of (seed, index) as in SFT:
-    ``get(...) -> (x (2B, T), y (2B, T), ref (2B,))``, chosen rows first, then their rejected rows."""
+    """B random pairs per micro-batch, a pure function of (seed, index) as in SFT: ``get(index,
+    device) -> (x (2B, T), y (2B, T), ref (2B,))``, chosen rows first, then their rejected rows."""
 
     rows: np.ndarray  # (2, N, T + 1)
     masks: np.ndarray
@@ -251,8 +250,7 @@ class DPOBatches:
     B: int
     seed: int
 
-    def get(self, step: int, micro: int, accum: int, rank: int, world: int, device="cpu"):
-        index = (step * accum + micro) * world + rank
+    def get(self, index: int, device="cpu"):
         pick = np.random.default_rng([self.seed, index]).integers(0, self.rows.shape[1], size=self.B)
         x, y = _xy(self.rows[:, pick].reshape(2 * self.B, -1), self.masks[:, pick].reshape(2 * self.B, -1),
                    device)
@@ -271,12 +269,8 @@ def dpo_step_loss(beta: float):
 
     def loss_fn(model, batch):
         x, y, ref = batch
-        was = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             pi = sequence_logprobs(model, x, y)
-        finally:
-            model.train(was)
         B = len(pi) // 2
         return dpo_loss(pi[:B], pi[B:], ref[:B], ref[B:], beta)
 
@@ -305,22 +299,19 @@ def dpo_data(cfg: TrainConfig, tok: Tokenizer, tokenizer_json: str | Path, pairs
 
     @torch.no_grad()
     def evaluate(model, d, amp):
-        was = model.training
-        model.eval()
         sums = torch.zeros(4, dtype=torch.float64)  # loss, margin, correct, pairs
         mine = np.arange(va[0].shape[1])[d.rank::d.world]
         for i in range(0, len(mine), cfg.batch_size):
             sel = mine[i:i + cfg.batch_size]
             x, y = _xy(va[0][:, sel].reshape(2 * len(sel), -1), va[1][:, sel].reshape(2 * len(sel), -1),
                        d.device)
-            with amp:
+            with amp, eval_mode(model):
                 pi = sequence_logprobs(model, x, y)
             r = torch.from_numpy(va[2][:, sel]).to(d.device)
             h = (pi[:len(sel)] - r[0]) - (pi[len(sel):] - r[1])
             sums += torch.stack([-F.logsigmoid(cfg.dpo_beta * h).sum(), (cfg.dpo_beta * h).sum(),
                                  (h > 0).sum(), torch.tensor(float(len(sel)))]).double().cpu()
         d.all_sum(sums)
-        model.train(was)
         loss, margin, correct, n = sums.tolist()
         return {"val_loss": loss / n, "val_reward_margin": margin / n, "val_reward_accuracy": correct / n}
 

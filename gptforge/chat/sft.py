@@ -99,16 +99,15 @@ def targets(rows: np.ndarray, masks: np.ndarray, device="cpu") -> tuple[torch.Te
 
 @dataclass
 class SFTBatches:
-    """B random packed rows per micro-batch: ``get(step, micro, accum, rank, world, device) -> (x, y)``,
-    a pure function of (seed, index) with index = (step * accum + micro) * world + rank."""
+    """B random packed rows per micro-batch: ``get(index, device) -> (x, y)``, a pure function of
+    (seed, index) (``gptforge.train.batches.batch_index``)."""
 
     rows: np.ndarray
     masks: np.ndarray
     B: int
     seed: int
 
-    def get(self, step: int, micro: int, accum: int, rank: int, world: int, device="cpu"):
-        index = (step * accum + micro) * world + rank
+    def get(self, index: int, device="cpu"):
         pick = np.random.default_rng([self.seed, index]).integers(0, len(self.rows), size=self.B)
         return targets(self.rows[pick], self.masks[pick], device)
 

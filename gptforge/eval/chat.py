@@ -59,6 +59,7 @@ from gptforge.engine import ToolUse, generate
 from gptforge.errors import UserError
 from gptforge.eval.core import centered
 from gptforge.eval.sandbox import protections, run_python
+from gptforge.models import eval_mode
 from gptforge.tokenizer import Tokenizer
 
 TASKS = ("arc_easy", "arc_challenge", "gsm8k", "humaneval", "arithmetic", "letter_count", "mt_bench")
@@ -387,15 +388,11 @@ def evaluate_chat(model: torch.nn.Module, tok: Tokenizer, tasks: Sequence[str] |
         raise UserError(f"limit must be >= 1, not {limit}")
     root = Path(data_dir) if data_dir is not None else default_data_dir()
     data = {t: _read_jsonl(root / FILES[t], t) for t in tasks if t in FILES}  # every missing file, up front
-    was_training = model.training
-    model.eval()
     results: dict[str, dict] = {}
-    try:
+    with eval_mode(model):
         for task in tasks:
             results[task] = _evaluate_task(model, tok, task, data.get(task), limit, progress, out_dir,
                                            batch_size, max_new_tokens or MAX_NEW.get(task, 256), examples)
-    finally:
-        model.train(was_training)
     scored = [t for t in tasks if t in SCORED and results[t]["n"]]
     mean = sum(results[t]["centered"] for t in scored) / len(scored) if scored else None
     return {"tasks": results, "chatcore": mean, "chatcore_tasks": scored}

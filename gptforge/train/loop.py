@@ -28,7 +28,6 @@ complete checkpoint stays intact (see gptforge/checkpoint.py).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
@@ -38,10 +37,12 @@ import torch
 from gptforge import checkpoint as ckpt
 from gptforge.errors import UserError
 from gptforge.io import write_json
+from gptforge.train.batches import batch_index
 from gptforge.train.config import FIXED_ON_RESUME, TrainConfig, format_config, make_config
 from gptforge.train.log import Logger, MetricsFile
 from gptforge.train.optim import lr_multiplier, replan_steps, set_lr
 from gptforge.train.session import Dist, StopSignal, TrainData, setup
+from gptforge.train.step import optimizer_step
 
 REPLAN_AFTER = 10  # step times measured in this session before schedule_time re-plans
 
@@ -87,95 +88,37 @@ def _loop(s, log: Logger, resume: bool) -> dict:
     metrics = MetricsFile(s.run_dir, st.step if resume else None, enabled=d.main)
     if d.main and not resume:
         write_json(s.run_dir / "config.json", cfg.to_dict())
-    log.info(f"{'resuming' if resume else 'training'} {cfg.arch} ({st.num_params:,} parameters, "
-             f"{s.flops_per_token:,} FLOPs/token) in {s.run_dir}\n{format_config(cfg)}\n"
-             f"  -> {d.world} process(es) on {d.device.type}, {s.dtype}, B={cfg.batch_size} "
-             f"T={cfg.block_size} accum={s.accum}: {s.tokens_per_step:,} tokens/step, {s.total_steps} steps "
-             f"in the schedule; {s.data.train_tokens:,} train / {s.data.eval_tokens:,} "
-             f"eval tokens; MFU against a peak of {s.peak / 1e12 if s.peak else float('nan'):.2f} TFLOP/s")
-    t_start, time_offset, saved_at, last_ckpt = time.time(), st.time_s, None, st.path
-    if resume:
-        saved_at = st.step
-    step_times, train_loss, tok_s, mfu, stopped_by = [], None, 0.0, None, None
-
+    log.info(_banner(s, resume))
+    t_start, time_offset = time.time(), st.time_s
+    last_ckpt, saved_at = st.path, st.step if resume else None
+    step_times, record = [], {}
     log.start(s.total_steps if cfg.schedule_time else s.budget_steps, st.step)
     with StopSignal() as stop:
         if not resume:  # the curve starts at the untrained model
-            metrics.write({"step": 0, "tokens": 0, **_evaluate(s, log), "time_s": 0.0, "train_time_s": 0.0})
-        while True:
-            # -- budgets, agreed by all ranks (rank 0's clock decides max_time and schedule_time)
-            time_up = d.main and cfg.max_time > 0 and time.time() - t_start >= cfg.max_time
-            planned = s.total_steps
-            if cfg.schedule_time and d.main and len(step_times) >= REPLAN_AFTER:
-                recent = step_times[max(2, len(step_times) - 50):]  # the last 50, the first 2 left out
-                step_s = sum(recent) / len(recent)
-                planned = replan_steps(st.step, s.total_steps, cfg, st.train_time_s, step_s)
-            flags = d.all_sum(torch.tensor([float(stop.received is not None), float(time_up),
-                                            float(planned) if d.main else 0.0], dtype=torch.float64))
-            if int(flags[2]) != s.total_steps:
-                s.total_steps = st.schedule_steps = int(flags[2])
-                log.replan(s.total_steps)
-            step_budget = s.total_steps if cfg.schedule_time else cfg.max_steps
-            stopped_by = ("max_steps" if st.step >= step_budget else
-                          "max_tokens" if cfg.max_tokens and st.tokens >= cfg.max_tokens else
-                          "max_time" if flags[1] > 0 else "signal" if flags[0] > 0 else None)
-            if stopped_by:
-                break
-
-            # -- one optimizer step: accum micro-batches, clip, step
+            metrics.write(_eval_record(s, log))
+        while not (stopped_by := _stop_reason(s, log, stop, step_times, t_start)):
             t0 = time.time()
             lr_mult = lr_multiplier(st.step, cfg, s.total_steps)
             set_lr(s.optimizers, lr_mult)
-            loss_sum = torch.zeros((), device=d.device)
-            stat_sums: dict[str, torch.Tensor] = {}  # extra per-step stats a loss_fn returns (DPO)
-            for micro in range(s.accum):
-                batch = s.data.batches.get(st.step, micro, s.accum, d.rank, d.world, d.device)
-                last = micro == s.accum - 1
-                with s.model.no_sync() if d.ddp and not last else contextlib.nullcontext():
-                    with s.amp:
-                        loss = s.data.loss_fn(s.model, batch)
-                    if isinstance(loss, tuple):
-                        loss, stats = loss
-                        for k, v in stats.items():
-                            stat_sums[k] = stat_sums.get(k, 0.0) + v.detach().float()
-                    (loss / s.accum).backward()
-                loss_sum += loss.detach().float()
-            grad_norm = (torch.nn.utils.clip_grad_norm_(s.raw_model.parameters(), cfg.grad_clip)
-                         if cfg.grad_clip > 0 else None)
-            for opt in s.optimizers:
-                opt.step()
-            for opt in s.optimizers:
-                opt.zero_grad(set_to_none=True)
+            out = optimizer_step(s.model, s.optimizers, lambda i: s.data.batches.get(
+                batch_index(st.step, i, s.accum, d.rank, d.world), d.device), s.accum, s.data.loss_fn,
+                s.amp, d.ddp, cfg.grad_clip)
             st.step += 1
             st.tokens += s.tokens_per_step
-            train_loss = d.all_sum((loss_sum / s.accum).reshape(1)).item() / d.world
-            if not math.isfinite(train_loss):
-                raise FloatingPointError(f"step {st.step}: training loss is {train_loss}; lower the lr?")
-            dt = time.time() - t0
-            step_times.append(dt)
-            st.train_time_s += dt
-            tok_s = s.tokens_per_step / dt
-            mfu = s.flops_per_token * tok_s / d.world / s.peak if s.peak else None
-
-            # -- evaluate, log, save
+            train_loss = _rank_mean(d, out.loss)  # waits for the step: its time ends here
+            step_times.append(time.time() - t0)
+            st.train_time_s += step_times[-1]
             st.time_s = time_offset + time.time() - t_start
-            record = {"step": st.step, "tokens": st.tokens, "train_loss": train_loss, "lr": cfg.lr * lr_mult,
-                      "grad_norm": None if grad_norm is None else grad_norm.item(), "tokens_per_s": tok_s,
-                      "mfu": mfu, "time_s": st.time_s, "train_time_s": st.train_time_s}
-            for k, v in stat_sums.items():
-                record[f"train_{k}"] = d.all_sum((v / s.accum).reshape(1)).item() / d.world
+            record = _step_record(s, out, train_loss, cfg.lr * lr_mult, step_times[-1])
             if st.step % cfg.eval_interval == 0:
                 record.update(_evaluate(s, log))
             metrics.write(record)
             log.step(record)
             if st.step % (cfg.ckpt_interval or cfg.eval_interval) == 0:
                 last_ckpt, saved_at = s.save(), st.step
-
-        # -- the end: evaluate and save what has not been
-        if st.val_step != st.step:
-            st.time_s = time_offset + time.time() - t_start
-            metrics.write({"step": st.step, "tokens": st.tokens, **_evaluate(s, log), "time_s": st.time_s,
-                           "train_time_s": st.train_time_s})
+        st.time_s = time_offset + time.time() - t_start
+        if st.val_step != st.step:  # the end: evaluate and save what has not been
+            metrics.write(_eval_record(s, log))
         if saved_at != st.step:
             st.time_s = time_offset + time.time() - t_start
             last_ckpt = s.save()
@@ -185,10 +128,35 @@ def _loop(s, log: Logger, resume: bool) -> dict:
     log.info(f"stopped by {stopped_by} at step {st.step} ({st.tokens:,} tokens, {elapsed:.1f}s); "
              f"val loss {st.val_loss:.4f}; checkpoint {last_ckpt}")
     return {"run_dir": str(s.run_dir), "checkpoint": str(last_ckpt) if last_ckpt else None, "step": st.step,
-            "tokens": st.tokens, "train_loss": train_loss, "val_loss": st.val_loss, "val_bpb": st.val_bpb,
-            "best_val_loss": st.best_val_loss, "stopped_by": stopped_by, "time_s": elapsed,
-            "train_time_s": st.train_time_s, "step_times_s": step_times, "tokens_per_s": tok_s, "mfu": mfu,
+            "tokens": st.tokens, "train_loss": record.get("train_loss"), "val_loss": st.val_loss,
+            "val_bpb": st.val_bpb, "best_val_loss": st.best_val_loss, "stopped_by": stopped_by,
+            "time_s": elapsed, "train_time_s": st.train_time_s, "step_times_s": step_times,
+            "tokens_per_s": record.get("tokens_per_s", 0.0), "mfu": record.get("mfu"),
             "num_params": st.num_params, "peak_flops": s.peak}
+
+
+def _step_record(s, out, train_loss: float, lr: float, dt: float) -> dict:
+    """The metrics record of the step just taken (``dt`` seconds long; ``out`` its StepResult).
+
+    Raises:
+        FloatingPointError: the training loss is not finite.
+    """
+    st = s.state
+    if not math.isfinite(train_loss):
+        raise FloatingPointError(f"step {st.step}: training loss is {train_loss}; lower the lr?")
+    tok_s = s.tokens_per_step / dt
+    return {"step": st.step, "tokens": st.tokens, "train_loss": train_loss, "lr": lr,
+            "grad_norm": None if out.grad_norm is None else out.grad_norm.item(), "tokens_per_s": tok_s,
+            "mfu": s.flops_per_token * tok_s / s.d.world / s.peak if s.peak else None,
+            "time_s": st.time_s, "train_time_s": st.train_time_s,
+            **{f"train_{k}": _rank_mean(s.d, v) for k, v in out.stats.items()}}
+
+
+def _eval_record(s, log: Logger) -> dict:
+    """The metrics record of an evaluation between steps."""
+    st = s.state
+    return {"step": st.step, "tokens": st.tokens, **_evaluate(s, log), "time_s": st.time_s,
+            "train_time_s": st.train_time_s}
 
 
 def _evaluate(s, log: Logger) -> dict:
@@ -201,6 +169,44 @@ def _evaluate(s, log: Logger) -> dict:
     else:
         log.info(f"step {s.state.step}: " + ", ".join(f"{k} {v:.4f}" for k, v in res.items()))
     return res
+
+
+def _banner(s, resume: bool) -> str:
+    cfg, d = s.cfg, s.d
+    return (f"{'resuming' if resume else 'training'} {cfg.arch} ({s.state.num_params:,} parameters, "
+            f"{s.flops_per_token:,} FLOPs/token) in {s.run_dir}\n{format_config(cfg)}\n"
+            f"  -> {d.world} process(es) on {d.device.type}, {s.dtype}, B={cfg.batch_size} "
+            f"T={cfg.block_size} accum={s.accum}: {s.tokens_per_step:,} tokens/step, {s.total_steps} steps "
+            f"in the schedule; {s.data.train_tokens:,} train / {s.data.eval_tokens:,} "
+            f"eval tokens; MFU against a peak of {s.peak / 1e12 if s.peak else float('nan'):.2f} TFLOP/s")
+
+
+def _rank_mean(d, t: torch.Tensor) -> float:
+    """The mean over DDP ranks of a 0-dim tensor every rank holds."""
+    return d.all_sum(t.reshape(1)).item() / d.world
+
+
+def _stop_reason(s, log: Logger, stop: StopSignal, step_times: list[float], t_start: float) -> str | None:
+    """Why the run stops before its next step (max_steps, max_tokens, max_time, signal), or None;
+    with ``schedule_time`` it first re-plans ``s.total_steps``. All ranks agree: rank 0's clock
+    decides max_time and the plan."""
+    cfg, d, st = s.cfg, s.d, s.state
+    time_up = d.main and cfg.max_time > 0 and time.time() - t_start >= cfg.max_time
+    planned = s.total_steps
+    # a plan is followed from REPLAN_AFTER measured steps on, or from a quarter of a short plan's
+    need = min(REPLAN_AFTER, max(1, s.total_steps // 4))
+    if cfg.schedule_time and d.main and len(step_times) >= need:
+        skip = 2 if len(step_times) >= REPLAN_AFTER else 0  # the first 2 (warm-up) left out, when more exist
+        recent = step_times[max(skip, len(step_times) - 50):]
+        planned = replan_steps(st.step, s.total_steps, cfg, st.train_time_s, sum(recent) / len(recent))
+    flags = d.all_sum(torch.tensor([float(stop.received is not None), float(time_up),
+                                    float(planned) if d.main else 0.0], dtype=torch.float64))
+    if int(flags[2]) != s.total_steps:
+        s.total_steps = st.schedule_steps = int(flags[2])
+        log.replan(s.total_steps)
+    return ("max_steps" if st.step >= (s.total_steps if cfg.schedule_time else cfg.max_steps) else
+            "max_tokens" if cfg.max_tokens and st.tokens >= cfg.max_tokens else
+            "max_time" if flags[1] > 0 else "signal" if flags[0] > 0 else None)
 
 
 def resume_config(run_dir: str | os.PathLike, *overrides: dict, where: str = "--resume") -> TrainConfig:
