@@ -25,7 +25,7 @@ rows with ``chosen`` and ``rejected`` holding whole dialogues ("\\n\\nHuman: ...
 ..."), the prompt being everything before the final assistant turn; or an arena vote database
 (gptforge.arena.store: battles with a winner).
 
-    pairs = read_preferences("prefs.jsonl")
+    pairs, _ = read_preferences("prefs.jsonl")
     data = dpo_data(cfg, tok, tok_json, pairs, reference_model)     # a TrainData
     train(cfg, data=data)
 """
@@ -133,14 +133,15 @@ def pair_from_row(row: dict, where: str) -> dict:
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
-def read_preferences(path: str | Path, skipped: list[str] | None = None) -> list[dict]:
-    """Preference pairs from a JSONL file (.gz allowed; messages or hh-rlhf format) or an arena
-    vote database, as ``pair_from_row`` returns them. ``skipped``: when a list, a row that is
-    valid JSON but not a usable pair (hh-rlhf has a few dialogues with a garbled last turn) is
-    skipped and its error appended there, instead of raised.
+def read_preferences(path: str | Path, skip_bad: bool = False) -> tuple[list[dict], list[str]]:
+    """``(pairs, skipped)``: the preference pairs of a JSONL file (.gz allowed; messages or hh-rlhf
+    format) or an arena vote database, as ``pair_from_row`` returns them, and the errors of the rows
+    left out. ``skip_bad``: a row that is valid JSON but not a usable pair (hh-rlhf has a few
+    dialogues with a garbled last turn) is left out instead of raised.
 
     Raises:
-        UserError: missing or unreadable file, malformed JSON or a bad row (file:line), no pairs.
+        UserError: missing or unreadable file, malformed JSON or (without ``skip_bad``) a bad row
+            (file:line), no pairs.
     """
     p = Path(path)
     if not p.is_file():
@@ -160,17 +161,17 @@ def read_preferences(path: str | Path, skipped: list[str] | None = None) -> list
                             raise UserError(f"{p}:{n}: malformed JSON ({e.msg})") from None
         except (OSError, UnicodeDecodeError) as e:
             raise UserError(f"{p}: cannot read ({e})") from None
-    pairs = []
+    pairs, skipped = [], []
     for where, r in rows:
         try:
             pairs.append(pair_from_row(r, where))
         except UserError as e:
-            if skipped is None:
+            if not skip_bad:
                 raise
             skipped.append(str(e))
     if not pairs:
         raise UserError(f"{p}: no preference pairs (an arena database needs battles voted A or B)")
-    return pairs
+    return pairs, skipped
 
 
 # ---------------------------------------------------------------------------------------------

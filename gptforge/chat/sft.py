@@ -17,7 +17,7 @@ run continues bit for bit.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,13 +38,15 @@ SFT_DEFAULTS = {**FINETUNE_RESETS, "max_steps": 300, "eval_tokens": 65536}
 @dataclass
 class PackStats:
     """What packing did: conversations in, rows out, conversations cropped to a row, and the
-    tokens: all of them and the trained (mask 1) ones."""
+    tokens: all of them and the trained (mask 1) ones; ``files``: gptforge.chat.sources.ReadStats of
+    the files read, when they are known."""
 
     conversations: int = 0
     rows: int = 0
     cropped: int = 0
     tokens: int = 0
     trained_tokens: int = 0
+    files: list = field(default_factory=list)  # each file's reading stats (sft_run_data's train split)
 
 
 def pack(conversations: Iterable[list[dict]], tok: Tokenizer, T: int
@@ -151,10 +153,10 @@ def sft_config(base: str | Path, *layers: dict) -> TrainConfig:
     return finetune_config(base, "sft", SFT_DEFAULTS, *layers, purpose="SFT finetunes GPT models")
 
 
-def sft_run_data(cfg: TrainConfig, strict: bool = False, read_stats: list | None = None
-                 ) -> tuple[TrainData, PackStats, PackStats]:
+def sft_run_data(cfg: TrainConfig, strict: bool = False) -> tuple[TrainData, PackStats, PackStats]:
     """``sft_data`` for ``cfg``: its ``data`` spec's train and test conversations (gptforge.chat.sources),
-    the tokenizer of its ``init_from`` checkpoint. ``read_stats`` gets each file's reading stats.
+    the tokenizer of its ``init_from`` checkpoint. The train stats' ``files`` hold each file's reading
+    stats.
 
     Raises:
         UserError: a bad data spec or file (``strict``: any bad row), or no chat tokens.
@@ -165,6 +167,9 @@ def sft_run_data(cfg: TrainConfig, strict: bool = False, read_stats: list | None
 
     tok_file = ckpt.find_checkpoint(cfg.init_from) / "tokenizer.json"
     tok = load_tokenizer(tok_file)
-    train_convs = conversations(cfg.data, "train", cfg.seed, strict, read_stats)
+    files: list = []  # filled as the train conversations are read
+    train_convs = conversations(cfg.data, "train", cfg.seed, strict, files)
     test_convs = conversations(cfg.data, "test", cfg.seed, strict)
-    return sft_data(cfg, tok, tok_file, train_convs, test_convs)
+    data, tr, te = sft_data(cfg, tok, tok_file, train_convs, test_convs)
+    tr.files = files
+    return data, tr, te

@@ -74,8 +74,7 @@ def run(args) -> int:
                               purpose="DPO tunes GPT chat models")
     start = ckpt.find_checkpoint(cfg.init_from)
     tok = load_tokenizer(start / "tokenizer.json")
-    skipped: list[str] = []
-    pairs = read_preferences(cfg.data, skipped)
+    pairs, skipped = read_preferences(cfg.data, skip_bad=True)
     if skipped:
         print(f"gptforge: warning: {len(skipped)} row(s) skipped, e.g. {skipped[0]}", file=sys.stderr)
     import torch

@@ -66,9 +66,8 @@ def run(args) -> int:
         if not flags.get("data"):
             raise UserError("--data: what to finetune on? e.g. --data arithmetic,spelling,identity,smalltalk")
         cfg = sft_config(args.ckpt, flags)
-    read_stats: list = []
-    data, tr, te = sft_run_data(cfg, args.strict, read_stats)
-    for st in read_stats:
+    data, tr, te = sft_run_data(cfg, args.strict)
+    for st in tr.files:
         print(f"{st}", file=sys.stderr)
     print(f"sft data: {tr.conversations:,} train conversations in {tr.rows:,} rows of {cfg.block_size + 1} "
           f"tokens ({tr.trained_tokens:,} of {tr.tokens:,} tokens trained on), {te.conversations:,} test "
