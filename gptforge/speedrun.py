@@ -133,20 +133,21 @@ def build_tokenizer(spec: str, corpus: str, progress: bool):
     return train_on_corpus(corpus, int(n), progress=progress)
 
 
-def probe_step_time(cfg, probe_steps: int = 12, data=None) -> tuple[float, int]:
+def probe_step_time(cfg, probe_steps: int = 12, data=None, max_time: float = 0.0) -> tuple[float, int]:
     """(seconds per optimizer step, tokens per step) of this config: the median of ``probe_steps`` real
-    steps, warm-up left out, run in a scratch folder silently (``data`` as for ``train``). On a 2-core
-    CPU sustained steps differ from it by up to +-20%: `timed` lets a wsd run correct the plan."""
+    steps, warm-up left out, run in a scratch folder silently (``data`` as for ``train``), stopping
+    early after ``max_time`` seconds (0: no limit). On a 2-core CPU sustained steps differ from it by
+    up to +-20%: `timed` lets a wsd run correct the plan."""
     import dataclasses
     import tempfile
 
     from gptforge.train import Logger, train
 
     with tempfile.TemporaryDirectory(prefix="gptforge-calib-") as tmp:
-        probe = dataclasses.replace(cfg, out=str(Path(tmp) / "run"), max_steps=probe_steps, max_time=0.0,
+        probe = dataclasses.replace(cfg, out=str(Path(tmp) / "run"), max_steps=probe_steps, max_time=max_time,
                                     eval_interval=10**9, eval_tokens=cfg.block_size, compile=False)
         summary = train(probe, logger=Logger("none"), data=data)
-    times = summary["step_times_s"][2:]
+    times = summary["step_times_s"][2:] or summary["step_times_s"] or [max_time]  # cut short: what ran
     per_step = sorted(times)[len(times) // 2]
     return per_step, summary["tokens"] // max(summary["step"], 1)
 
@@ -183,10 +184,13 @@ def fit_budget(seconds: float, per_step: float, tokens_per_step: int, eval_token
 
 
 def plan_wall_clock(cfg, seconds: float, data=None) -> tuple[int, float, int]:
-    """(steps, seconds per step, eval tokens) for a stage of ``seconds`` wall time (`fit_budget`)."""
-    per_step, tokens_per_step = probe_step_time(cfg, data=data)
+    """(steps, seconds per step, eval tokens) for a stage of ``seconds`` wall time that begins now:
+    the probe (at most a quarter of it) counts, `fit_budget` plans what is left."""
+    t0 = time.time()
+    per_step, tokens_per_step = probe_step_time(cfg, data=data, max_time=seconds / 4)
+    left = max(0.0, seconds - (time.time() - t0))
     eval_tokens = cfg.eval_tokens or (data.eval_tokens if data is not None else 10**9)
-    steps, eval_tokens = fit_budget(seconds, per_step, tokens_per_step, eval_tokens, cfg.eval_interval)
+    steps, eval_tokens = fit_budget(left, per_step, tokens_per_step, eval_tokens, cfg.eval_interval)
     return steps, per_step, eval_tokens
 
 
@@ -350,12 +354,15 @@ def _stage_data(sr: SpeedrunConfig, recipe: Recipe, out_dir: Path, progress: boo
 
 
 def _budgeted(cfg, budget: float | None, data=None, what: str = "training"):
-    """``cfg`` with max_steps planned for a wall-clock ``budget`` and max_time set to it (None: as is);
-    a wsd schedule also gets the steps' share of the budget as ``schedule_time`` (`timed`)."""
+    """``(cfg, seconds per step, started)``: ``cfg`` with max_steps planned for a wall-clock ``budget``
+    and max_time set to it, counted from ``started`` (before the calibration probe, which counts;
+    pass it to ``train``); a wsd schedule also gets the steps' share of the budget as ``schedule_time``
+    (`timed`). No budget: ``(cfg, None, None)``."""
     from gptforge.train import make_config
 
     if not budget:
-        return cfg, None
+        return cfg, None, None
+    started = time.time()
     _say(f"      calibrating: how many {what} steps fit in {budget:.0f} s")
     steps, per_step, eval_tokens = plan_wall_clock(cfg, budget, data=data)
     cfg = make_config(cfg.to_dict(), {"max_time": budget, "eval_tokens": eval_tokens})
@@ -363,16 +370,16 @@ def _budgeted(cfg, budget: float | None, data=None, what: str = "training"):
     _say(f"      {per_step * 1000:.1f} ms/step -> {steps} steps (evaluating {eval_tokens:,} tokens "
          f"every {cfg.eval_interval} steps)" + ("; the count follows the measured step times until the "
                                                 "warmdown" if cfg.schedule_time else ""))
-    return cfg, per_step
+    return cfg, per_step, started
 
 
 def _stage_pretrain(cfg, budget: float | None) -> dict:
     from gptforge.train import train
 
-    cfg, per_step = _budgeted(cfg, budget)
+    cfg, per_step, started = _budgeted(cfg, budget)
     _say(f"      pretraining -> {cfg.out}")
     t0 = time.time()
-    summary = train(cfg)
+    summary = train(cfg, started=started)
     if summary["stopped_by"] == "signal":  # Ctrl-C / SIGTERM: the run is saved; stop here, not at the end
         _say(f"interrupted: pretraining saved at step {summary['step']} in {cfg.out}; "
              f"continue it with gptforge pretrain --resume {cfg.out}")
@@ -400,10 +407,10 @@ def _stage_sft(sr: SpeedrunConfig, recipe: Recipe, out_dir: Path, progress: bool
     budget = sr.sft_time if sr.sft_time is not None else recipe.sft_time
     if sr.sft_steps is not None:
         cfg, budget = make_config(cfg.to_dict(), {"max_steps": sr.sft_steps}), None
-    cfg, per_step = _budgeted(cfg, budget, data, "SFT")
+    cfg, per_step, started = _budgeted(cfg, budget, data, "SFT")
     _say(f"      SFT -> {cfg.out}")
     t0 = time.time()
-    summary = train(cfg, data=data)
+    summary = train(cfg, data=data, started=started)
     if summary["stopped_by"] == "signal":
         _say(f"interrupted: SFT saved at step {summary['step']} in {cfg.out}; "
              f"continue it with gptforge sft --resume {cfg.out}")

@@ -48,7 +48,7 @@ REPLAN_AFTER = 10  # step times measured in this session before schedule_time re
 
 
 def train(cfg: TrainConfig, resume: bool = False, logger: Logger | None = None,
-          data: TrainData | None = None) -> dict:
+          data: TrainData | None = None, started: float | None = None) -> dict:
     """Train as ``cfg`` says; return a summary dict.
 
     With ``resume=True``, continue the run in ``cfg.out`` from its latest checkpoint (weights,
@@ -56,7 +56,10 @@ def train(cfg: TrainConfig, resume: bool = False, logger: Logger | None = None,
     run had never stopped (bit for bit on CPU with the same world size and settings).
     ``logger``: where progress goes (default ``Logger(cfg.progress, cfg.log_interval)``;
     ``Logger("none")`` is silent). ``data``: what to train on (default: the pretraining shards in
-    ``cfg.data``; SFT passes conversations, see gptforge.chat.sft).
+    ``cfg.data``; SFT passes conversations, see gptforge.chat.sft). ``started``: the wall-clock time
+    (``time.time()``) that ``max_time`` counts from (default: after setup, when the loop begins;
+    the speedrun passes when its calibration began, so the probe counts). A step that would end
+    past ``max_time``, judged by the last step's time, is not begun.
 
     Summary keys: run_dir, checkpoint (path of the last save), step, tokens, train_loss, val_loss,
     val_bpb (nats/token, nats/token, bits/byte), best_val_loss (the lowest val loss of a saved
@@ -74,7 +77,7 @@ def train(cfg: TrainConfig, resume: bool = False, logger: Logger | None = None,
         s = setup(cfg, resume, d, data)
         log = (logger or Logger(cfg.progress, cfg.log_interval)) if d.main else Logger("none")
         try:
-            return _loop(s, log, resume)
+            return _loop(s, log, resume, started)
         finally:
             log.close()
             if s.lock is not None:
@@ -83,20 +86,21 @@ def train(cfg: TrainConfig, resume: bool = False, logger: Logger | None = None,
         d.close()
 
 
-def _loop(s, log: Logger, resume: bool) -> dict:
+def _loop(s, log: Logger, resume: bool, started: float | None) -> dict:
     cfg, d, st = s.cfg, s.d, s.state
     metrics = MetricsFile(s.run_dir, st.step if resume else None, enabled=d.main)
     if d.main and not resume:
         write_json(s.run_dir / "config.json", cfg.to_dict())
     log.info(_banner(s, resume))
     t_start, time_offset = time.time(), st.time_s
+    started = t_start if started is None else started
     last_ckpt, saved_at = st.path, st.step if resume else None
     step_times, record = [], {}
     log.start(s.total_steps if cfg.schedule_time else s.budget_steps, st.step)
     with StopSignal() as stop:
         if not resume:  # the curve starts at the untrained model
             metrics.write(_eval_record(s, log))
-        while not (stopped_by := _stop_reason(s, log, stop, step_times, t_start)):
+        while not (stopped_by := _stop_reason(s, log, stop, step_times, started)):
             t0 = time.time()
             lr_mult = lr_multiplier(st.step, cfg, s.total_steps)
             set_lr(s.optimizers, lr_mult)
@@ -186,12 +190,14 @@ def _rank_mean(d, t: torch.Tensor) -> float:
     return d.all_sum(t.reshape(1)).item() / d.world
 
 
-def _stop_reason(s, log: Logger, stop: StopSignal, step_times: list[float], t_start: float) -> str | None:
+def _stop_reason(s, log: Logger, stop: StopSignal, step_times: list[float], started: float) -> str | None:
     """Why the run stops before its next step (max_steps, max_tokens, max_time, signal), or None;
     with ``schedule_time`` it first re-plans ``s.total_steps``. All ranks agree: rank 0's clock
-    decides max_time and the plan."""
+    decides max_time (counted from ``started``; no step begins that the last one's time says would
+    end past it) and the plan."""
     cfg, d, st = s.cfg, s.d, s.state
-    time_up = d.main and cfg.max_time > 0 and time.time() - t_start >= cfg.max_time
+    next_s = step_times[-1] if step_times else 0.0
+    time_up = d.main and cfg.max_time > 0 and time.time() - started + next_s >= cfg.max_time
     planned = s.total_steps
     # a plan is followed from REPLAN_AFTER measured steps on, or from a quarter of a short plan's
     need = min(REPLAN_AFTER, max(1, s.total_steps // 4))
