@@ -18,8 +18,8 @@ fraction (not %), ``time_s`` wall seconds since the run began (across resumed se
 ``val_*`` appear on evaluation steps only (step 0 has no ``train_loss``).
 
 With ``schedule_time`` (wsd only) the step budget is re-planned before each step until the
-warmdown begins, from the mean time of the latest steps, so that the schedule, warmdown
-included, fills that many seconds of optimizer steps; ``max_steps`` is only the first plan.
+warmdown begins, from the mean time of the latest steps (``optim.replan``), so that the schedule,
+warmdown included, fills that many seconds of optimizer steps; ``max_steps`` is only the first plan.
 
 Stopping: ``max_steps`` / ``max_tokens`` / ``max_time`` or SIGINT/SIGTERM all finish the current
 step, evaluate, save a checkpoint and return normally. A second Ctrl-C kills at once; the last
@@ -40,11 +40,9 @@ from gptforge.io import write_json
 from gptforge.train.batches import batch_index
 from gptforge.train.config import FIXED_ON_RESUME, TrainConfig, format_config, make_config
 from gptforge.train.log import Logger, MetricsFile
-from gptforge.train.optim import lr_multiplier, replan_steps, set_lr
+from gptforge.train.optim import lr_multiplier, replan, set_lr
 from gptforge.train.session import Dist, StopSignal, TrainData, setup
 from gptforge.train.step import optimizer_step
-
-REPLAN_AFTER = 10  # step times measured in this session before schedule_time re-plans
 
 
 def train(cfg: TrainConfig, resume: bool = False, logger: Logger | None = None,
@@ -198,15 +196,9 @@ def _stop_reason(s, log: Logger, stop: StopSignal, step_times: list[float], star
     cfg, d, st = s.cfg, s.d, s.state
     next_s = step_times[-1] if step_times else 0.0
     time_up = d.main and cfg.max_time > 0 and time.time() - started + next_s >= cfg.max_time
-    planned = s.total_steps
-    # a plan is followed from REPLAN_AFTER measured steps on, or from a quarter of a short plan's
-    need = min(REPLAN_AFTER, max(1, s.total_steps // 4))
-    if cfg.schedule_time and d.main and len(step_times) >= need:
-        skip = 2 if len(step_times) >= REPLAN_AFTER else 0  # the first 2 (warm-up) left out, when more exist
-        recent = step_times[max(skip, len(step_times) - 50):]
-        planned = replan_steps(st.step, s.total_steps, cfg, st.train_time_s, sum(recent) / len(recent))
-    flags = d.all_sum(torch.tensor([float(stop.received is not None), float(time_up),
-                                    float(planned) if d.main else 0.0], dtype=torch.float64))
+    planned = replan(cfg, st.step, s.total_steps, st.train_time_s, step_times) if d.main else 0
+    flags = d.all_sum(torch.tensor([float(stop.received is not None), float(time_up), float(planned)],
+                                   dtype=torch.float64))
     if int(flags[2]) != s.total_steps:
         s.total_steps = st.schedule_steps = int(flags[2])
         log.replan(s.total_steps)

@@ -199,6 +199,27 @@ def replan_steps(step: int, total_steps: int, cfg: TrainConfig, train_time_s: fl
     return step + max(1, int((cfg.schedule_time - train_time_s) / (step_s * REPLAN_MARGIN)))
 
 
+REPLAN_AFTER = 10  # step times measured in this session before schedule_time re-plans
+
+
+def replan(cfg: TrainConfig, step: int, total_steps: int, train_time_s: float,
+           step_times: list[float]) -> int:
+    """The schedule's length before optimizer ``step`` (``replan_steps``), from the mean of this
+    session's latest step times (seconds; the last 50, the first 2 left out) once REPLAN_AFTER are
+    measured, or, in a plan too short for that, a quarter of its steps (the first ones counted:
+    pessimistic, so it ends in time). ``total_steps`` until then, and without ``schedule_time``."""
+    if not cfg.schedule_time or len(step_times) < min(REPLAN_AFTER, max(1, total_steps // 4)):
+        return total_steps
+    recent = step_times[max(2 if len(step_times) >= REPLAN_AFTER else 0, len(step_times) - 50):]
+    return replan_steps(step, total_steps, cfg, train_time_s, sum(recent) / len(recent))
+
+
+def first_plan(cfg: TrainConfig, tokens_per_step: int, saved: int | None = None) -> int:
+    """The schedule's length when a session begins: a resumed ``schedule_time`` run's last plan
+    (``saved``, the run state's ``schedule_steps``), else ``schedule_steps``."""
+    return saved if cfg.schedule_time and saved else schedule_steps(cfg, tokens_per_step)
+
+
 def set_lr(optimizers: list[torch.optim.Optimizer], multiplier: float) -> None:
     """Set every group's lr to its ``peak_lr`` times ``multiplier``."""
     for opt in optimizers:

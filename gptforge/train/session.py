@@ -32,7 +32,7 @@ from gptforge.train.config import TrainConfig
 from gptforge.train.curriculum import CurriculumBatches
 from gptforge.train.evaluate import evaluate, window_batches
 from gptforge.train.mfu import peak_flops
-from gptforge.train.optim import build_optimizers, replannable, schedule_steps
+from gptforge.train.optim import build_optimizers, first_plan, replannable
 
 
 # --- process ---------------------------------------------------------------------------------------
@@ -338,10 +338,8 @@ def setup(cfg: TrainConfig, resume: bool, d: Dist, data: TrainData | None = None
         _restore(state, optimizers, data.sampler, d)
     else:
         torch.manual_seed(cfg.seed + d.rank)  # distinct dropout streams per rank; same init on all
-    total_steps = schedule_steps(cfg, tokens_per_step)
+    total_steps = first_plan(cfg, tokens_per_step, state.schedule_steps if resume else None)
     if cfg.schedule_time:
-        if resume and state.schedule_steps:  # the plan goes on where it was
-            total_steps = state.schedule_steps
         state.schedule_steps = total_steps
     budget_steps = cfg.max_steps
     if cfg.max_tokens:
