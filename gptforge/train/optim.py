@@ -214,12 +214,6 @@ def replan(cfg: TrainConfig, step: int, total_steps: int, train_time_s: float,
     return replan_steps(step, total_steps, cfg, train_time_s, sum(recent) / len(recent))
 
 
-def first_plan(cfg: TrainConfig, tokens_per_step: int, saved: int | None = None) -> int:
-    """The schedule's length when a session begins: a resumed ``schedule_time`` run's last plan
-    (``saved``, the run state's ``schedule_steps``), else ``schedule_steps``."""
-    return saved if cfg.schedule_time and saved else schedule_steps(cfg, tokens_per_step)
-
-
 def set_lr(optimizers: list[torch.optim.Optimizer], multiplier: float) -> None:
     """Set every group's lr to its ``peak_lr`` times ``multiplier``."""
     for opt in optimizers:

@@ -32,7 +32,7 @@ from gptforge.train.config import TrainConfig
 from gptforge.train.curriculum import CurriculumBatches
 from gptforge.train.evaluate import evaluate, window_batches
 from gptforge.train.mfu import peak_flops
-from gptforge.train.optim import build_optimizers, first_plan, replannable
+from gptforge.train.optim import build_optimizers, replannable, schedule_steps
 
 
 # --- process ---------------------------------------------------------------------------------------
@@ -338,7 +338,8 @@ def setup(cfg: TrainConfig, resume: bool, d: Dist, data: TrainData | None = None
         _restore(state, optimizers, data.sampler, d)
     else:
         torch.manual_seed(cfg.seed + d.rank)  # distinct dropout streams per rank; same init on all
-    total_steps = first_plan(cfg, tokens_per_step, state.schedule_steps if resume else None)
+    total_steps = (resume and cfg.schedule_time and state.schedule_steps  # a resumed timed run: its last plan
+                   or schedule_steps(cfg, tokens_per_step))
     if cfg.schedule_time:
         state.schedule_steps = total_steps
     budget_steps = cfg.max_steps
@@ -358,11 +359,7 @@ def setup(cfg: TrainConfig, resume: bool, d: Dist, data: TrainData | None = None
 def _model_and_state(cfg: TrainConfig, resume: bool, tokenizer: dict, tokens_per_step: int):
     """(model on the CPU in train mode, RunState): resumed from ``cfg.out``'s latest checkpoint,
     started from ``cfg.init_from``'s weights, or a new model initialised with ``cfg.seed``.
-
-    Raises:
-        UserError: a checkpoint trained with another tokenizer, another tokens per step (resume) or
-            a shorter context than ``cfg.block_size`` (init_from).
-    """
+    Raises UserError for a checkpoint that does not fit (tokenizer, tokens per step, context)."""
     torch.manual_seed(cfg.seed)
     if not resume and not cfg.init_from:
         gpt_dial = {"preset": cfg.preset, "depth": cfg.depth} if cfg.arch == "gpt" else {}
@@ -391,11 +388,7 @@ def _model_and_state(cfg: TrainConfig, resume: bool, tokenizer: dict, tokens_per
 
 def _restore(state: RunState, optimizers: list, sampler, d: Dist) -> None:
     """Resume: the optimizer state, the sampler's table (if any) and this rank's RNG streams from
-    checkpoint ``state.path``.
-
-    Raises:
-        UserError: a missing or mismatched optimizer state or sampler table.
-    """
+    checkpoint ``state.path``. Raises UserError for a missing or mismatched state or table."""
     path = Path(state.path)
     ckpt.load_optimizer_state(optimizers, path, d.device)
     if sampler is not None:
