@@ -59,6 +59,7 @@ from gptforge.engine import ToolUse, generate
 from gptforge.errors import UserError
 from gptforge.eval.core import centered
 from gptforge.eval.sandbox import protections, run_python
+from gptforge.eval.stats import items_fingerprint
 from gptforge.tokenizer import Tokenizer
 
 TASKS = ("arc_easy", "arc_challenge", "gsm8k", "humaneval", "arithmetic", "letter_count", "mt_bench")
@@ -449,7 +450,9 @@ def _evaluate_task(model, tok, task, rows, limit, progress, out_dir, batch_size,
         return res
     accuracy = sum(r["correct"] for r in records) / len(records) if records else math.nan
     res.update(n=len(records), accuracy=accuracy, centered=centered(accuracy, 100 * baseline),
-               baseline=baseline, seconds=round(time.perf_counter() - t0, 3))
+               baseline=baseline, seconds=round(time.perf_counter() - t0, 3),
+               correct=[int(r["correct"]) for r in records],  # per item: paired tests need it
+               items=items_fingerprint(json.dumps(item, sort_keys=True, default=str) for item in items))
     if examples:
         res["examples"] = records
     return res
