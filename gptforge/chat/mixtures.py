@@ -302,9 +302,9 @@ _SAY = {
     "%": ("The remainder is {r}.", "{a} mod {b} is {r}.", "{r} is left over."),
 }
 # families asked only in the test split: about a quarter per operation, each with its operation
-# word seen in training in another family ("total" in "in total", "multiplied" beside "multiply")
+# word seen in training in another family ("total" in "sell in total", "multiplied" beside "multiply")
 HELD_OUT = frozenset({
-    "arithmetic:+:total", "arithmetic:+:increased", "arithmetic:+:add_to", "arithmetic:+:word_shop",
+    "arithmetic:+:total", "arithmetic:+:increased", "arithmetic:+:add_to", "arithmetic:+:word_has",
     "arithmetic:-:less", "arithmetic:-:take_away", "arithmetic:-:left", "arithmetic:-:word_box",
     "arithmetic:*:multiplied", "arithmetic:*:groups_of", "arithmetic:*:multiply_together",
     "arithmetic:*:word_packs",
