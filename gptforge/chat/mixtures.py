@@ -687,7 +687,9 @@ def smalltalk_items(categories: tuple[str, ...] = SMALLTALK_CATEGORIES) -> list[
     user message (so every reply to one opening line lands in the same split).
 
     Each dialogue alternates user, assistant from its first line; a dialogue with an odd number of
-    lines loses its last (user) line so it ends with the assistant.
+    lines loses its last (user) line so it ends with the assistant. Dialogues that open with a
+    question of the identity mixture are left out (it answers those, in gptforge's words), bar
+    greetings and thanks (a "Hi" to a "Hello" agrees with it).
 
     Raises:
         UserError: a category has no file in the installed package.
@@ -696,6 +698,7 @@ def smalltalk_items(categories: tuple[str, ...] = SMALLTALK_CATEGORIES) -> list[
     from chatterbot_corpus.corpus import DATA_DIRECTORY
 
     items, seen = [], set()
+    own = {key for key, _, topic in identity_topic_items() if topic not in ("greeting", "thanks")}
     for cat in categories:
         path = Path(DATA_DIRECTORY) / "english" / f"{cat}.yml"
         if not path.is_file():
@@ -707,6 +710,8 @@ def smalltalk_items(categories: tuple[str, ...] = SMALLTALK_CATEGORIES) -> list[
             if not lines:
                 continue
             if tuple(lines) in seen:  # a few dialogues appear in two categories
+                continue
+            if _norm(lines[0]) in own:  # "Who are you?" gets gptforge's answer, not a persona's
                 continue
             seen.add(tuple(lines))
             conv = [{"role": ("user", "assistant")[i % 2], "content": s} for i, s in enumerate(lines)]
