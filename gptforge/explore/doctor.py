@@ -375,10 +375,13 @@ def check_chat_tokens(tok, batches: Iterable[tuple[torch.Tensor, torch.Tensor]])
         for xr, yr in zip(x.tolist(), y.tolist(), strict=True):
             if all(t == -1 for t in yr):
                 continue
+            text = tok.decode([t for t in xr if t not in special_ids])
+            spells = any(s in text for s in CHAT_TOKENS)
+            if -1 not in yr and a_start not in xr and not spells:
+                continue  # a window of pretraining text mixed in (sft --pretrain-mix): no chat in it
             rows += 1
             bad += a_start not in xr or a_end not in yr
-            text = tok.decode([t for t in xr if t not in special_ids])
-            spelled += any(s in text for s in CHAT_TOKENS)
+            spelled += spells
     if not rows:
         return Check("chat special tokens", FAIL, "no row has a trained target")
     if spelled:
