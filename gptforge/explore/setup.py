@@ -13,7 +13,8 @@ import torch
 
 from gptforge import checkpoint as ckpt
 from gptforge.errors import UserError
-from gptforge.train.config import TrainConfig, make_config
+from gptforge.io import read_json
+from gptforge.train.config import TrainConfig, from_saved, make_config
 from gptforge.train.session import TrainData, shard_data
 
 
@@ -26,11 +27,11 @@ def run_config(run_dir: str | os.PathLike) -> TrainConfig:
     """
     p = Path(run_dir)
     if (p / "config.json").is_file():
-        from gptforge.io import read_json
-
-        return make_config(read_json(p / "config.json"), where=str(p / "config.json"))
+        return make_config(from_saved(read_json(p / "config.json", what="run config"), p),
+                           where=str(p / "config.json"))
     ck = ckpt.find_checkpoint(p, "latest")
-    return make_config(ckpt.read_trainer_state(ck).config, where=str(ck / "trainer.json"))
+    return make_config(from_saved(ckpt.read_trainer_state(ck).config, ck.parent.parent),
+                       where=str(ck / "trainer.json"))
 
 
 def world_size(run_dir: str | os.PathLike | None) -> int:
