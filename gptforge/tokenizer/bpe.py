@@ -34,7 +34,7 @@ import regex
 
 from gptforge.errors import UserError
 from gptforge.tokenizer.base import EOT, AllowedSpecial, DisallowedSpecial, Tokenizer
-from gptforge.tokenizer.train import count_chunks, fix_surrogates, merges_to_tokens, train_merges
+from gptforge.tokenizer.train import TIE_BREAKS, count_chunks, fix_surrogates, merges_to_tokens, train_merges
 
 # Split patterns, exactly as tiktoken's openai_public.py defines them.
 #: GPT-2 (r50k_base, p50k_base): contractions, optional-space + letters/numbers/other, whitespace.
@@ -248,8 +248,8 @@ class BPETokenizer(Tokenizer):
                 character of ``texts``, or an unknown ``tie_break``.
         """
         pattern, n_merges = training_settings(vocab_size, pattern, len(special_tokens))
-        if tie_break not in ("rustbpe", "hf"):
-            raise UserError(f"tie_break must be 'rustbpe' or 'hf', not {tie_break!r}")
+        if tie_break not in TIE_BREAKS:
+            raise UserError(f"tie_break must be one of {', '.join(TIE_BREAKS)}, not {tie_break!r}")
         from tqdm import tqdm
 
         if isinstance(texts, str):

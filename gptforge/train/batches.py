@@ -87,7 +87,7 @@ class PretrainBatches:
     """Windows of a token split: ``get(step, micro, accum, rank, world, device) -> (x, y)``.
 
     tokens: the split (uint16/uint32 memmap); B, T: windows per micro-batch and their length;
-    seed, sampling: as in ``batch_offsets``. ``tokens_per_batch`` = B * T target tokens.
+    seed, sampling: as in ``batch_offsets``.
     """
 
     tokens: np.ndarray
@@ -95,10 +95,6 @@ class PretrainBatches:
     T: int
     seed: int
     sampling: str = "random"
-
-    @property
-    def tokens_per_batch(self) -> int:
-        return self.B * self.T
 
     def get(self, step: int, micro: int, accum: int, rank: int, world: int, device="cpu"):
         return train_batch(self.tokens, self.B, self.T, self.seed, self.sampling, step, micro, accum, rank,

@@ -95,10 +95,6 @@ class CurriculumBatches:
         self.global_loss = np.full(1, np.nan)
         self._handed_out: tuple[torch.Tensor, np.ndarray] | None = None
 
-    @property
-    def tokens_per_batch(self) -> int:
-        return self.B * self.T
-
     # --- drawing ------------------------------------------------------------------------------
     def probabilities(self) -> np.ndarray:
         """P(c) for every chunk (float64, shape (C,), sums to 1): the rule of the module docstring."""

@@ -383,13 +383,12 @@ def setup(cfg: TrainConfig, resume: bool, d: Dist, data: TrainData | None = None
     budget_steps = cfg.max_steps
     if cfg.max_tokens:
         budget_steps = min(budget_steps, -(-cfg.max_tokens // tokens_per_step))
-    n = raw_model.num_params()
     return Session(
         cfg=cfg, d=d, run_dir=run_dir, lock=lock, data=data,
         token_bytes=torch.from_numpy(data.token_bytes.astype(np.int64)).to(d.device),
         raw_model=raw_model, model=model, eval_model=eval_model, optimizers=optimizers, state=state,
         amp=amp, dtype=dtype, accum=tokens_per_step // micro_tokens, tokens_per_step=tokens_per_step,
         total_steps=total_steps, budget_steps=budget_steps,
-        flops_per_token=raw_model.flops_per_token() if hasattr(raw_model, "flops_per_token") else 6 * n,
+        flops_per_token=raw_model.flops_per_token(),
         peak=(peak_flops(d.device, torch.bfloat16 if dtype == "bfloat16" else torch.float32)
               if d.main else None))
