@@ -31,7 +31,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
-import math
 import os
 import random
 import re
@@ -101,11 +100,10 @@ class RunState:
     __pydantic_config__ = ConfigDict(allow_inf_nan=False)  # trainer.json has no NaN
 
     def to_json(self) -> dict:
-        """The trainer.json object (without ``path``)."""
+        """The trainer.json object (without ``path``; ``io.write_json`` writes NaN as null)."""
         d = dataclasses.asdict(self)
         d.pop("path")
-        # JSON has no NaN: an undefined loss (e.g. bpb of a split with no text bytes) is null
-        return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in d.items()}
+        return d
 
 
 # keys a trainer.json must have (the others default)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import stat
 import tempfile
@@ -80,12 +81,18 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
 def write_json(path: str | os.PathLike, obj: dict, fmt: str | None = None,
                version: int | None = None) -> Path:
     """Write ``obj`` as indented JSON atomically, with ``{"format": fmt, "version": version}`` first.
-
-    Raises:
-        ValueError: a NaN or infinity in ``obj`` (not JSON; the caller has a bug).
-    """
+    JSON has no NaN or infinity: such a float (the bpb of a split without text bytes, the
+    accuracy of a task with no items) is written as null."""
     head = {"format": fmt, "version": version} if fmt else {}
-    return atomic_write(path, json.dumps({**head, **obj}, indent=1, allow_nan=False) + "\n")
+    return atomic_write(path, json.dumps(_finite({**head, **obj}), indent=1, allow_nan=False) + "\n")
+
+
+def _finite(x):
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite(v) for v in x]
+    return None if isinstance(x, float) and not math.isfinite(x) else x
 
 
 def read_file(path: str | os.PathLike, what: str = "file", max_bytes: int | None = None) -> bytes:

@@ -318,7 +318,7 @@ def speedrun(sr: SpeedrunConfig, train_overrides: dict | None = None, progress: 
         else:
             info["report"] = _stage_report(sr, recipe, out_dir, info)
         info.setdefault("stage_s", {})[stage] = time.time() - t0
-        write_json(out_dir / "speedrun.json", _finite_tree(info))
+        write_json(out_dir / "speedrun.json", info)
     total = time.time() - t_all
     _say(f"done in {total:.0f} s")
     sft_dir = out_dir / "sft"
@@ -444,7 +444,7 @@ def _stage_eval(sr: SpeedrunConfig, out_dir: Path, progress: bool) -> dict:
             plan_ = resolve_tasks(spec + ",bpb")
         _say(f"      {name}: {spec if plan_.core else 'bpb'} (up to {sr.eval_limit} items per task)")
         res = evaluate(model, tok, plan_, bpb_data=out_dir / "data", limit=sr.eval_limit, out_dir=run)
-        write_json(run / "eval.json", _finite_tree(res))
+        write_json(run / "eval.json", res)
         if progress:
             _say("\n".join("      " + line for line in format_table(res).splitlines()))
         out[name] = {"core": res["core"], "chatcore": res["chatcore"], "bpb": res["bpb"]["bpb"],
@@ -487,20 +487,11 @@ def _stage_report(sr: SpeedrunConfig, recipe: Recipe, out_dir: Path, info: dict)
     text = _report(sr.preset, recipe, meta, cfg, pre, state, read_metrics(out_dir / "pretrain"), texts,
                    compare_markdown(cards), transcript, info)
     atomic_write(out_dir / "report.md", text)
-    write_json(out_dir / "summary.json", _finite_tree(
-        {"recipe": sr.preset, "corpus": (info.get("data") or {}).get("corpus", sr.corpus), **pre,
-         "best_checkpoint": state.path, "best_val_loss": state.val_loss, "best_val_bpb": state.val_bpb,
-         "sft": info.get("sft"), "eval": info.get("eval"), "stage_s": info.get("stage_s")}))
+    write_json(out_dir / "summary.json",
+               {"recipe": sr.preset, "corpus": (info.get("data") or {}).get("corpus", sr.corpus), **pre,
+                "best_checkpoint": state.path, "best_val_loss": state.val_loss, "best_val_bpb": state.val_bpb,
+                "sft": info.get("sft"), "eval": info.get("eval"), "stage_s": info.get("stage_s")})
     return {"path": str(out_dir / "report.md")}
-
-
-def _finite_tree(x):
-    """``x`` with every non-finite float replaced by None (JSON has no NaN), recursively."""
-    if isinstance(x, dict):
-        return {k: _finite_tree(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_finite_tree(v) for v in x]
-    return None if isinstance(x, float) and not math.isfinite(x) else x
 
 
 def _fmt(x, spec=".4f", none="-"):

@@ -12,6 +12,7 @@ from gptforge.engine import load_for_inference
 from gptforge.errors import UserError
 from gptforge.eval import bpb, core
 from gptforge.eval.suite import resolve_tasks
+from gptforge.io import write_json
 
 pytestmark = needs_shared
 
@@ -109,3 +110,12 @@ def test_report_puts_runs_side_by_side(base, tmp_path, capsys):
     assert "give a file name ending in .md" in capsys.readouterr().err
     assert main(["report", str(tmp_path)]) == 2
     assert "no metrics.jsonl" in capsys.readouterr().err
+
+
+def test_json_writer_turns_undefined_numbers_into_null(tmp_path):
+    """eval.json, trainer.json and the speedrun's files go through write_json: the accuracy of a task
+    with no items (nan) or an infinite value must not crash the write (JSON has no NaN)."""
+    obj = {"tasks": {"empty": {"n": 0, "accuracy": float("nan")}}, "ratios": [1.0, float("inf")]}
+    write_json(tmp_path / "eval.json", obj)
+    assert json.loads((tmp_path / "eval.json").read_text()) == {
+        "tasks": {"empty": {"n": 0, "accuracy": None}}, "ratios": [1.0, None]}
