@@ -186,11 +186,18 @@ def overrides(cls: type, items: list[str], where: str = "--model") -> dict:
     Raises:
         UserError: an item without ``=``, an unknown key or a value ``convert`` refuses.
     """
-    out = {}
-    for item in items:
-        key, value = split_item(item, where)
-        out[key] = convert(cls, key, value, where)
-    return out
+    return convert_all(cls, dict(split_item(item, where) for item in items), where)
+
+
+def convert_all(cls: type, values: dict, where: str = "config") -> dict:
+    """``values`` converted key by key as ``cls``'s fields declare (``convert``): e.g. a TOML
+    ``[model]`` table or JSON ``{"bias": "false", "logit_softcap": "none"}`` -> ``{"bias": False,
+    "logit_softcap": None}``.
+
+    Raises:
+        UserError: an unknown key or a value ``convert`` refuses.
+    """
+    return {k: convert(cls, k, v, where) for k, v in values.items()}
 
 
 def load_toml(path: str | Path) -> dict:

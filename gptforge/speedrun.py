@@ -478,8 +478,7 @@ def _stage_report(sr: SpeedrunConfig, recipe: Recipe, out_dir: Path, info: dict)
     if (out_dir / "sft" / "ckpt").exists():
         chat_model, chat_tok, _ = load_for_inference(str(out_dir / "sft"), "best")
         pieces = respond(chat_model, chat_tok, [{"role": "user", "content": TRANSCRIPT}], 64, temperature=0)
-        reply = "".join(f"[calculator: {p.text}" if p.kind == "tool_call" else f" = {p.text}]"
-                        if p.kind == "tool_output" else p.text for p in pieces)
+        reply = "".join(p.shown() for p in pieces)
         transcript = f"you> {TRANSCRIPT}\nassistant> {reply}\n"
         atomic_write(out_dir / "chat.txt", transcript)
     cfg = TrainConfig(**read_json(out_dir / "pretrain" / "config.json", what="run config"))

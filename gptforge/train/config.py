@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gptforge import checkpoint as ckpt
-from gptforge.config import check, convert, setting
+from gptforge.config import check, convert, convert_all, setting
 from gptforge.errors import UserError
 from gptforge.models import ARCHS, PRESETS, config_class
 
@@ -160,17 +160,6 @@ def check_saved_data(cfg: TrainConfig, saved_data: str, run_dir: str | os.PathLi
                         "--data DIR overrides it")
 
 
-def model_overrides(arch: str, model: dict, where: str = "model") -> dict:
-    """``model`` converted key by key as ``arch``'s config declares (GPTConfig for gpt, ...), so
-    ``{"bias": "false", "logit_softcap": "none"}`` becomes ``{"bias": False, "logit_softcap": None}``.
-
-    Raises:
-        UserError: unknown arch, unknown key or a value of the wrong type or range.
-    """
-    cls = config_class(arch)
-    return {k: convert(cls, k, v, where) for k, v in model.items()}
-
-
 def make_config(base: dict | None = None, *layers: dict, where: str = "config") -> TrainConfig:
     """A validated TrainConfig: field defaults, then ``base``, then each layer in order.
 
@@ -185,8 +174,8 @@ def make_config(base: dict | None = None, *layers: dict, where: str = "config") 
         for k, v in layer.items():
             v = convert(TrainConfig, k, v, where)
             values[k] = {**values["model"], **v} if k == "model" else v
-    values["model"] = model_overrides(convert(TrainConfig, "arch", values["arch"], where), values["model"],
-                                      f"{where}: model")
+    arch = convert(TrainConfig, "arch", values["arch"], where)
+    values["model"] = convert_all(config_class(arch), values["model"], f"{where}: model")
     return TrainConfig(**values)
 
 
