@@ -50,6 +50,7 @@ from safetensors.torch import load_model, save_model
 from gptforge import __version__
 from gptforge.errors import UserError
 from gptforge.io import atomic_write, fsync, read_file, read_json, validate, write_json
+from gptforge.models import model_from_config
 
 FORMAT = "gptforge.checkpoint"
 FORMAT_VERSION = 1
@@ -353,8 +354,6 @@ def load_checkpoint(path: str | os.PathLike, which: str = "latest", device: str 
     Raises:
         UserError: missing, incomplete, corrupt or incompatible checkpoint (the message names it).
     """
-    from gptforge.models import model_from_config
-
     ck = find_checkpoint(path, which)
     state = read_trainer_state(ck)
     try:

@@ -25,8 +25,10 @@ minute, 4 x 192 up to five minutes and 4 x 192 with dropout 0.1 beyond, each the
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,6 +38,9 @@ from gptforge.config import check, setting
 from gptforge.errors import UserError
 from gptforge.io import atomic_write, read_json, write_json
 
+# The stages' modules (tokenizer training, shards, torch, training, evaluation) are imported inside
+# the functions that run them: `gptforge speedrun --help` builds its flags from SpeedrunConfig here
+# and stays fast without torch.
 
 @dataclass
 class Recipe:
@@ -137,9 +142,6 @@ def probe_step_time(cfg, probe_steps: int = 12, data=None) -> tuple[float, int]:
     """(seconds per optimizer step, tokens per step) of this config: the median of ``probe_steps`` real
     steps, warm-up left out, run in a scratch folder silently (``data`` as for ``train``). On a 2-core
     CPU sustained steps differ from it by up to +-20%: `timed` lets a wsd run correct the plan."""
-    import dataclasses
-    import tempfile
-
     from gptforge.train import Logger, train
 
     with tempfile.TemporaryDirectory(prefix="gptforge-calib-") as tmp:

@@ -23,9 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gptforge import checkpoint as ckpt
 from gptforge.chat.render import ChatTokens, render
+from gptforge.chat.sources import conversations
 from gptforge.errors import UserError
-from gptforge.tokenizer import Tokenizer
+from gptforge.tokenizer import Tokenizer, load_tokenizer
 from gptforge.train.batches import lm_loss
 from gptforge.train.config import FINETUNE_RESETS, TrainConfig, finetune_config
 from gptforge.train.session import TrainData
@@ -160,10 +162,6 @@ def sft_run_data(cfg: TrainConfig, strict: bool = False, read_stats: list | None
     Raises:
         UserError: a bad data spec or file (``strict``: any bad row), or no chat tokens.
     """
-    from gptforge import checkpoint as ckpt
-    from gptforge.chat.sources import conversations
-    from gptforge.tokenizer import load_tokenizer
-
     tok_file = ckpt.find_checkpoint(cfg.init_from) / "tokenizer.json"
     tok = load_tokenizer(tok_file)
     train_convs = conversations(cfg.data, "train", cfg.seed, strict, read_stats)

@@ -54,6 +54,8 @@ from pathlib import Path
 
 import torch
 
+import gptforge
+from gptforge.chat.mixtures import mixture
 from gptforge.chat.render import ChatTokens, render_for_completion
 from gptforge.engine import ToolUse, generate
 from gptforge.errors import UserError
@@ -78,8 +80,6 @@ Progress = Callable[[str, int, int], None]  # (task, items done, items in the ta
 
 def default_data_dir() -> Path:
     """``../shared/data/evals`` beside the repository (where developers and CI keep the files)."""
-    import gptforge
-
     return Path(gptforge.__file__).resolve().parents[1].parent / "shared" / "data" / "evals"
 
 
@@ -248,8 +248,6 @@ def humaneval_question(prompt: str) -> str:
 
 def _tool_items(task: str, n: int) -> list[tuple[str, str]]:
     """(question, answer) of the synthetic tool tasks, as bench/chat_cpu.py draws them."""
-    from gptforge.chat.mixtures import mixture
-
     def answer(conv):
         return [p["text"] for p in conv[-1]["content"] if p["type"] == "tool_output"][-1]
 

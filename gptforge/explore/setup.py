@@ -12,8 +12,13 @@ from pathlib import Path
 import torch
 
 from gptforge import checkpoint as ckpt
+from gptforge.chat.sft import sft_data
+from gptforge.chat.sources import conversations
+from gptforge.data.shards import open_shards
 from gptforge.errors import UserError
 from gptforge.io import read_json
+from gptforge.models import build_model
+from gptforge.tokenizer import load_tokenizer
 from gptforge.train.config import TrainConfig, from_saved, make_config
 from gptforge.train.session import TrainData, shard_data
 
@@ -46,8 +51,6 @@ def world_size(run_dir: str | os.PathLike | None) -> int:
 
 def sft_tokenizer(cfg: TrainConfig):
     """(tokenizer, tokenizer.json path) of an SFT config: those of the checkpoint it starts from."""
-    from gptforge.tokenizer import load_tokenizer
-
     if not cfg.init_from:
         raise UserError("an SFT config needs init_from (the base checkpoint)")
     tok_file = ckpt.find_checkpoint(cfg.init_from) / "tokenizer.json"
@@ -61,15 +64,10 @@ def train_data(cfg: TrainConfig) -> tuple[TrainData, object]:
         UserError: missing or bad data, or (SFT) a base checkpoint that cannot be read.
     """
     if cfg.task == "sft":
-        from gptforge.chat.sft import sft_data
-        from gptforge.chat.sources import conversations
-
         tok, tok_file = sft_tokenizer(cfg)
         data, _, _ = sft_data(cfg, tok, tok_file, conversations(cfg.data, "train", cfg.seed),
                               conversations(cfg.data, "test", cfg.seed))
         return data, tok
-    from gptforge.data.shards import open_shards
-
     if not cfg.data:
         raise UserError("no data: the config names no shard directory")
     return shard_data(cfg), open_shards(cfg.data).tokenizer()
@@ -78,8 +76,6 @@ def train_data(cfg: TrainConfig) -> tuple[TrainData, object]:
 def fresh_model(cfg: TrainConfig, vocab_size: int) -> torch.nn.Module:
     """The model the run starts from, in train mode on the CPU: the ``init_from`` weights, or a
     new model initialised with ``cfg.seed`` (as ``setup`` does)."""
-    from gptforge.models import build_model
-
     torch.manual_seed(cfg.seed)
     if cfg.init_from:
         model, _ = ckpt.load_checkpoint(cfg.init_from, "latest")
