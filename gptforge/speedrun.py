@@ -140,8 +140,9 @@ def build_tokenizer(spec: str, corpus: str, progress: bool):
 
 def probe_step_time(cfg, probe_steps: int = 12, data=None) -> tuple[float, int]:
     """(seconds per optimizer step, tokens per step) of this config: the median of ``probe_steps`` real
-    steps, warm-up left out, run in a scratch folder silently (``data`` as for ``train``). On a 2-core
-    CPU sustained steps differ from it by up to +-20%: `timed` lets a wsd run correct the plan."""
+    steps, warm-up left out, run in a scratch folder silently (``data`` as for ``train``). Sustained
+    steps on a CPU can differ from it noticeably (bench/README.md): `timed` lets a wsd run correct
+    the plan."""
     from gptforge.train import Logger, train
 
     with tempfile.TemporaryDirectory(prefix="gptforge-calib-") as tmp:

@@ -51,7 +51,8 @@ class TrainConfig:
                               gt=0, le=1000)
     init_from: str = setting("", "start from this checkpoint's weights (a run or checkpoint directory); "
                                  "empty -> a new model", metavar="DIR")
-    out: str = setting("", "run directory; empty -> runs/<YYYYmmdd-HHMMSS-pid>", metavar="DIR")
+    out: str = setting("", "run directory; empty -> runs/<YYYYmmdd-HHMMSS> (-2, -3, ... when taken)",
+                       metavar="DIR")
     # model
     arch: str = setting("gpt", "model family", choices=ARCHS)
     preset: str = setting("modern", "gpt only: architecture preset", choices=PRESETS)
