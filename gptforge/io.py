@@ -146,8 +146,8 @@ def read_text(path: str | os.PathLike, what: str = "file") -> str:
 def read_json(path: str | os.PathLike, fmt: str | None = None, versions: tuple[int, ...] = (1,),
               what: str = "file", schema=None):
     """A JSON object from ``path`` (a regular file of at most ``MAX_JSON_BYTES``); with ``fmt``, its
-    "format" must be ``fmt`` and "version" one of ``versions``; with ``schema`` (a pydantic
-    ``TypeAdapter``), the object it validates to is returned.
+    "format" must be ``fmt`` and "version" one of ``versions``; with ``schema`` (see ``validate``),
+    the object it validates to is returned.
 
     Raises:
         UserError: missing, a directory, not a regular file, too large, unreadable, not UTF-8 JSON,
