@@ -25,8 +25,10 @@ minute, 4 x 192 up to five minutes and 4 x 192 with dropout 0.1 beyond, each the
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,6 +38,9 @@ from gptforge.config import check, setting
 from gptforge.errors import UserError
 from gptforge.io import atomic_write, read_json, write_json
 
+# The stages' modules (tokenizer training, shards, torch, training, evaluation) are imported inside
+# the functions that run them: `gptforge speedrun --help` builds its flags from SpeedrunConfig here
+# and stays fast without torch.
 
 @dataclass
 class Recipe:
@@ -136,11 +141,8 @@ def build_tokenizer(spec: str, corpus: str, progress: bool):
 def probe_step_time(cfg, probe_steps: int = 12, data=None, max_time: float = 0.0) -> tuple[float, int]:
     """(seconds per optimizer step, tokens per step) of this config: the median of ``probe_steps`` real
     steps, warm-up left out, run in a scratch folder silently (``data`` as for ``train``), stopping
-    early after ``max_time`` seconds (0: no limit). On a 2-core CPU sustained steps differ from it by
-    up to +-20%: `timed` lets a wsd run correct the plan."""
-    import dataclasses
-    import tempfile
-
+    early after ``max_time`` seconds (0: no limit). Sustained steps on a CPU can differ from it
+    noticeably (bench/README.md): `timed` lets a wsd run correct the plan."""
     from gptforge.train import Logger, train
 
     with tempfile.TemporaryDirectory(prefix="gptforge-calib-") as tmp:
@@ -322,7 +324,7 @@ def speedrun(sr: SpeedrunConfig, train_overrides: dict | None = None, progress: 
         else:
             info["report"] = _stage_report(sr, recipe, out_dir, info)
         info.setdefault("stage_s", {})[stage] = time.time() - t0
-        write_json(out_dir / "speedrun.json", _finite_tree(info))
+        write_json(out_dir / "speedrun.json", info)
     total = time.time() - t_all
     _say(f"done in {total:.0f} s")
     sft_dir = out_dir / "sft"
@@ -451,7 +453,7 @@ def _stage_eval(sr: SpeedrunConfig, out_dir: Path, progress: bool) -> dict:
             plan_ = resolve_tasks(spec + ",bpb")
         _say(f"      {name}: {spec if plan_.core else 'bpb'} (up to {sr.eval_limit} items per task)")
         res = evaluate(model, tok, plan_, bpb_data=out_dir / "data", limit=sr.eval_limit, out_dir=run)
-        write_json(run / "eval.json", _finite_tree(res))
+        write_json(run / "eval.json", res)
         if progress:
             _say("\n".join("      " + line for line in format_table(res).splitlines()))
         out[name] = {"core": res["core"], "chatcore": res["chatcore"], "bpb": res["bpb"]["bpb"],
@@ -485,8 +487,7 @@ def _stage_report(sr: SpeedrunConfig, recipe: Recipe, out_dir: Path, info: dict)
     if (out_dir / "sft" / "ckpt").exists():
         chat_model, chat_tok, _ = load_for_inference(str(out_dir / "sft"), "best")
         pieces = respond(chat_model, chat_tok, [{"role": "user", "content": TRANSCRIPT}], 64, temperature=0)
-        reply = "".join(f"[calculator: {p.text}" if p.kind == "tool_call" else f" = {p.text}]"
-                        if p.kind == "tool_output" else p.text for p in pieces)
+        reply = "".join(p.shown() for p in pieces)
         transcript = f"you> {TRANSCRIPT}\nassistant> {reply}\n"
         atomic_write(out_dir / "chat.txt", transcript)
     cfg = TrainConfig(**read_json(out_dir / "pretrain" / "config.json", what="run config"))
@@ -494,20 +495,11 @@ def _stage_report(sr: SpeedrunConfig, recipe: Recipe, out_dir: Path, info: dict)
     text = _report(sr.preset, recipe, meta, cfg, pre, state, read_metrics(out_dir / "pretrain"), texts,
                    compare_markdown(cards), transcript, info)
     atomic_write(out_dir / "report.md", text)
-    write_json(out_dir / "summary.json", _finite_tree(
-        {"recipe": sr.preset, "corpus": (info.get("data") or {}).get("corpus", sr.corpus), **pre,
-         "best_checkpoint": state.path, "best_val_loss": state.val_loss, "best_val_bpb": state.val_bpb,
-         "sft": info.get("sft"), "eval": info.get("eval"), "stage_s": info.get("stage_s")}))
+    write_json(out_dir / "summary.json",
+               {"recipe": sr.preset, "corpus": (info.get("data") or {}).get("corpus", sr.corpus), **pre,
+                "best_checkpoint": state.path, "best_val_loss": state.val_loss, "best_val_bpb": state.val_bpb,
+                "sft": info.get("sft"), "eval": info.get("eval"), "stage_s": info.get("stage_s")})
     return {"path": str(out_dir / "report.md")}
-
-
-def _finite_tree(x):
-    """``x`` with every non-finite float replaced by None (JSON has no NaN), recursively."""
-    if isinstance(x, dict):
-        return {k: _finite_tree(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_finite_tree(v) for v in x]
-    return None if isinstance(x, float) and not math.isfinite(x) else x
 
 
 def _fmt(x, spec=".4f", none="-"):

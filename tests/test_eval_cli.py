@@ -12,6 +12,7 @@ from gptforge.engine import load_for_inference
 from gptforge.errors import UserError
 from gptforge.eval import bpb, core
 from gptforge.eval.suite import resolve_tasks
+from gptforge.io import write_json
 
 pytestmark = needs_shared
 
@@ -131,3 +132,12 @@ def test_accuracies_carry_wilson_intervals_and_report_compares_on_the_same_items
     assert main(["report", str(run), str(run), "--out", str(tmp_path / "r.md")]) == 0
     text = (tmp_path / "r.md").read_text()
     assert f"{run.name} vs {run.name} on chat:letter_count: +0 points, p = 1 (not significant" in text
+
+
+def test_json_writer_turns_undefined_numbers_into_null(tmp_path):
+    """eval.json, trainer.json and the speedrun's files go through write_json: the accuracy of a task
+    with no items (nan) or an infinite value must not crash the write (JSON has no NaN)."""
+    obj = {"tasks": {"empty": {"n": 0, "accuracy": float("nan")}}, "ratios": [1.0, float("inf")]}
+    write_json(tmp_path / "eval.json", obj)
+    assert json.loads((tmp_path / "eval.json").read_text()) == {
+        "tasks": {"empty": {"n": 0, "accuracy": None}}, "ratios": [1.0, None]}

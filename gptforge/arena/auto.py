@@ -23,6 +23,7 @@ import torch
 
 from gptforge.arena.store import VoteStore
 from gptforge.chat.render import render_for_completion
+from gptforge.errors import UserError
 from gptforge.eval.chat import MAX_NEW, generate_replies, reply_correct, task_items, text_of
 from gptforge.eval.stats import format_interval, format_p, paired_test, wilson_interval
 
@@ -51,8 +52,6 @@ def run_auto(models: dict[str, tuple[torch.nn.Module, object]], tasks: Sequence[
         UserError: fewer than two models, an unknown task, or a missing data file.
         ValueError: n < 1.
     """
-    from gptforge.errors import UserError
-
     if len(models) < 2:
         raise UserError("an arena needs at least two models (--ckpt A --ckpt B)")
     if n < 1:

@@ -44,6 +44,7 @@ import torch.nn.functional as F
 
 from gptforge.arena.store import VoteStore, is_sqlite
 from gptforge.chat.render import ChatTokens, render
+from gptforge.chat.sft import targets
 from gptforge.errors import UserError
 from gptforge.models import eval_mode
 from gptforge.tokenizer import Tokenizer
@@ -221,12 +222,6 @@ def encode_pairs(pairs: list[dict], tok: Tokenizer, T: int) -> tuple[np.ndarray,
     return np.asarray(rows, dtype=np.int32), np.asarray(masks, dtype=np.uint8), st
 
 
-def _xy(rows: np.ndarray, masks: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
-    r = torch.from_numpy(rows.astype(np.int64))
-    m = torch.from_numpy(masks[:, 1:].astype(bool))
-    return r[:, :-1].to(device), r[:, 1:].masked_fill(~m, -1).to(device)
-
-
 @torch.no_grad()
 def reference_logprobs(model: torch.nn.Module, rows: np.ndarray, masks: np.ndarray, batch_size: int = 16,
                        device="cpu") -> np.ndarray:
@@ -235,7 +230,7 @@ def reference_logprobs(model: torch.nn.Module, rows: np.ndarray, masks: np.ndarr
     with eval_mode(model):
         for k in range(2):
             for i in range(0, rows.shape[1], batch_size):
-                x, y = _xy(rows[k, i:i + batch_size], masks[k, i:i + batch_size], device)
+                x, y = targets(rows[k, i:i + batch_size], masks[k, i:i + batch_size], device)
                 out[k, i:i + batch_size] = sequence_logprobs(model, x, y).cpu().numpy()
     return out
 
@@ -253,8 +248,8 @@ class DPOBatches:
 
     def get(self, index: int, device="cpu"):
         pick = np.random.default_rng([self.seed, index]).integers(0, self.rows.shape[1], size=self.B)
-        x, y = _xy(self.rows[:, pick].reshape(2 * self.B, -1), self.masks[:, pick].reshape(2 * self.B, -1),
-                   device)
+        x, y = targets(self.rows[:, pick].reshape(2 * self.B, -1),
+                       self.masks[:, pick].reshape(2 * self.B, -1), device)
         return x, y, torch.from_numpy(self.ref[:, pick].reshape(-1)).to(device)
 
 
@@ -304,8 +299,8 @@ def dpo_data(cfg: TrainConfig, tok: Tokenizer, tokenizer_json: str | Path, pairs
         mine = np.arange(va[0].shape[1])[d.rank::d.world]
         for i in range(0, len(mine), cfg.batch_size):
             sel = mine[i:i + cfg.batch_size]
-            x, y = _xy(va[0][:, sel].reshape(2 * len(sel), -1), va[1][:, sel].reshape(2 * len(sel), -1),
-                       d.device)
+            x, y = targets(va[0][:, sel].reshape(2 * len(sel), -1), va[1][:, sel].reshape(2 * len(sel), -1),
+                           d.device)
             with amp, eval_mode(model):
                 pi = sequence_logprobs(model, x, y)
             r = torch.from_numpy(va[2][:, sel]).to(d.device)

@@ -56,6 +56,7 @@ from functools import cache
 from itertools import islice
 from pathlib import Path
 
+import gptforge
 from gptforge.chat.conversation import check_conversation
 from gptforge.errors import UserError
 from gptforge.tools import calculator
@@ -728,8 +729,6 @@ def _smalltalk(split: str, seed: int, repeat: bool, categories=SMALLTALK_CATEGOR
 
 def default_gsm8k_dir() -> Path:
     """``../shared/data/evals/gsm8k`` beside the repository (where developers and CI keep it)."""
-    import gptforge
-
     return Path(gptforge.__file__).resolve().parents[1].parent / "shared" / "data" / "evals" / "gsm8k"
 
 

@@ -23,11 +23,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from gptforge import checkpoint as ckpt
 from gptforge.chat.render import ChatTokens, render
+from gptforge.chat.sources import conversations
 from gptforge.errors import UserError
-from gptforge.tokenizer import Tokenizer
+from gptforge.tokenizer import Tokenizer, load_tokenizer
 from gptforge.train.batches import lm_loss
-from gptforge.train.config import FINETUNE_RESETS, TrainConfig, finetune_config
+from gptforge.train.config import FINETUNE_RESETS, TrainConfig, finetune_config, from_saved
 from gptforge.train.session import TrainData
 
 # what an SFT run changes from the base run's config unless told otherwise (the base's schedule shape
@@ -192,10 +194,6 @@ def sft_run_data(cfg: TrainConfig, strict: bool = False) -> tuple[TrainData, Pac
     Raises:
         UserError: a bad data spec or file (``strict``: any bad row), or no chat tokens.
     """
-    from gptforge import checkpoint as ckpt
-    from gptforge.chat.sources import conversations
-    from gptforge.tokenizer import load_tokenizer
-
     tok_file = ckpt.find_checkpoint(cfg.init_from) / "tokenizer.json"
     tok = load_tokenizer(tok_file)
     files: list = []  # filled as the train conversations are read
@@ -218,12 +216,16 @@ def base_train_tokens(init_from: str | Path, tok: Tokenizer) -> np.ndarray:
     from gptforge import checkpoint as ckpt
     from gptforge.data.shards import open_shards
 
-    state = ckpt.read_trainer_state(ckpt.find_checkpoint(init_from))
+    def saved(at):  # the config a checkpoint saved, its paths made whole again (they are run-relative)
+        ck = ckpt.find_checkpoint(at)
+        return from_saved(ckpt.read_trainer_state(ck).config, ck.parent.parent)
+
+    config = saved(init_from)
     for _ in range(100):  # a finetuned base: follow its init_from back to the pretraining run
-        if state.config.get("task", "pretrain") == "pretrain" or not state.config.get("init_from"):
+        if config.get("task", "pretrain") == "pretrain" or not config.get("init_from"):
             break
-        state = ckpt.read_trainer_state(ckpt.find_checkpoint(state.config["init_from"]))
-    shards = state.config.get("data", "") if state.config.get("task", "pretrain") == "pretrain" else ""
+        config = saved(config["init_from"])
+    shards = config.get("data", "") if config.get("task", "pretrain") == "pretrain" else ""
     if not shards or not Path(shards).is_dir():
         raise UserError(f"--pretrain-mix: the base model's pretraining shards ({shards or 'none recorded'}) "
                         "are not here; mix pretraining text only from a base run trained on a shard "

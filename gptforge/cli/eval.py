@@ -85,6 +85,7 @@ def load_model(ckpt: str, which: str, tokenizer: str | None, device: str):
 def run(args) -> int:
     from gptforge.eval.suite import evaluate, format_table, resolve_tasks
     from gptforge.io import read_json, write_json
+    from gptforge.train.config import from_saved
 
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit {args.limit}: expected an integer >= 1")
@@ -95,7 +96,7 @@ def run(args) -> int:
     bpb_data = args.data
     if plan.bpb and bpb_data is None and run_dir is not None:
         f = run_dir / "config.json"
-        cfg = read_json(f, what="run config") if f.is_file() else {}
+        cfg = from_saved(read_json(f, what="run config"), run_dir) if f.is_file() else {}
         if cfg.get("task", "pretrain") == "pretrain" and cfg.get("data"):
             bpb_data = cfg["data"]
     if plan.bpb and bpb_data is None:

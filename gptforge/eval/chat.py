@@ -58,6 +58,7 @@ from pathlib import Path
 
 import torch
 
+import gptforge
 from gptforge.chat import tasks as chat_tasks
 from gptforge.chat.render import ChatTokens, render_for_completion
 from gptforge.chat.tasks import gsm8k_answer, held_out, last_number, reply_correct, same_number, text_of  # noqa: F401
@@ -87,8 +88,6 @@ Progress = Callable[[str, int, int], None]  # (task, items done, items in the ta
 
 def default_data_dir() -> Path:
     """``../shared/data/evals`` beside the repository (where developers and CI keep the files)."""
-    import gptforge
-
     return Path(gptforge.__file__).resolve().parents[1].parent / "shared" / "data" / "evals"
 
 

@@ -49,10 +49,6 @@ def run_card(run_dir: str | os.PathLike, eval_file: str | os.PathLike | None = N
     return card
 
 
-def _pct(x) -> str:
-    return "-" if x is None else f"{x:.1%}"
-
-
 def _num(x, spec=".4f") -> str:
     return "-" if x is None else format(x, spec)
 

@@ -30,6 +30,10 @@ from pathlib import Path
 import torch
 
 from gptforge.errors import UserError
+from gptforge.eval import bpb, chat, core
+from gptforge.eval.chat import TASKS as CHAT_TASKS
+from gptforge.eval.core import CORE_TASKS
+from gptforge.eval.stats import add_interval
 
 GROUPS = ("core", "chat", "bpb")
 
@@ -52,9 +56,6 @@ def resolve_tasks(spec: str) -> Plan:
     Raises:
         UserError: an empty list or an unknown name (the message lists what exists).
     """
-    from gptforge.eval.chat import TASKS as CHAT_TASKS
-    from gptforge.eval.core import CORE_TASKS
-
     core_labels = [t.label for t in CORE_TASKS]
     plan = Plan()
     names = [s.strip() for s in spec.split(",") if s.strip()]
@@ -98,9 +99,6 @@ def evaluate(model: torch.nn.Module, tok, plan: Plan, *, data_dir: str | Path | 
     Raises:
         UserError: missing data, a tokenizer without chat tokens for chat tasks, bad settings.
     """
-    from gptforge.eval import chat, core
-    from gptforge.eval.stats import add_interval
-
     t0 = time.perf_counter()
     root = Path(data_dir) if data_dir is not None else chat.default_data_dir()
     result: dict = {"tasks": {}, "core": None, "core_tasks": [], "missing": [], "chatcore": None,
@@ -129,8 +127,6 @@ def evaluate(model: torch.nn.Module, tok, plan: Plan, *, data_dir: str | Path | 
 
 def bits_per_byte(model: torch.nn.Module, tok, data: str | Path) -> dict:
     """Bits per byte on a shard directory's val split or on a text file (`gptforge.eval.bpb`)."""
-    from gptforge.eval import bpb
-
     p = Path(data)
     if p.is_dir():
         return {**bpb.bpb_shards(model, p, "val", tok), "data": str(p)}

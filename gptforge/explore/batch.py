@@ -17,6 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
+from gptforge.errors import UserError
+from gptforge.explore.setup import accum_steps, train_data
+from gptforge.train.batches import batch_index
 from gptforge.train.config import TrainConfig
 
 
@@ -47,10 +50,6 @@ def batch_at(cfg: TrainConfig, step: int, micro: int = 0, rank: int = 0, world: 
     Raises:
         UserError: unreadable data or base checkpoint; a micro/rank out of range.
     """
-    from gptforge.errors import UserError
-    from gptforge.explore.setup import accum_steps, train_data
-    from gptforge.train.batches import batch_index
-
     accum = accum_steps(cfg, world)
     if not 0 <= micro < accum:
         raise UserError(f"--micro {micro}: this config takes {accum} micro step(s) per step (0..{accum - 1})")

@@ -38,7 +38,15 @@ from gptforge import checkpoint as ckpt
 from gptforge.errors import UserError
 from gptforge.io import write_json
 from gptforge.train.batches import batch_index
-from gptforge.train.config import FIXED_ON_RESUME, TrainConfig, format_config, make_config
+from gptforge.train.config import (
+    FIXED_ON_RESUME,
+    TrainConfig,
+    check_saved_data,
+    format_config,
+    from_saved,
+    make_config,
+    saved_config,
+)
 from gptforge.train.log import Logger, MetricsFile
 from gptforge.train.optim import lr_multiplier, replan, set_lr
 from gptforge.train.session import Dist, StopSignal, TrainData, setup
@@ -88,7 +96,7 @@ def _loop(s, log: Logger, resume: bool, started: float | None) -> dict:
     cfg, d, st = s.cfg, s.d, s.state
     metrics = MetricsFile(s.run_dir, st.step if resume else None, enabled=d.main)
     if d.main and not resume:
-        write_json(s.run_dir / "config.json", cfg.to_dict())
+        write_json(s.run_dir / "config.json", saved_config(cfg, s.run_dir))
     log.info(_banner(s, resume))
     t_start, time_offset = time.time(), st.time_s
     started = t_start if started is None else started
@@ -216,8 +224,10 @@ def resume_config(run_dir: str | os.PathLike, *overrides: dict, where: str = "--
             preset, depth, model, block_size) from the checkpoint's value.
     """
     ck = ckpt.find_checkpoint(run_dir, "latest")
-    saved = make_config(ckpt.read_trainer_state(ck).config, where=str(ck / "trainer.json"))
+    saved = make_config(from_saved(ckpt.read_trainer_state(ck).config, ck.parent.parent),
+                        where=str(ck / "trainer.json"))
     cfg = make_config(saved.to_dict(), *overrides, {"out": str(run_dir)}, where=where)
+    check_saved_data(cfg, saved.data, run_dir)
     for k in FIXED_ON_RESUME:
         if getattr(cfg, k) != getattr(saved, k):
             raise UserError(f"--resume: {k} cannot change in a resumed run (checkpoint {ck} has "

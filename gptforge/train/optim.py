@@ -69,8 +69,8 @@ class MuonFloat32(torch.optim.Muon):
 
     torch casts the update to bfloat16 for that iteration, which is right on GPUs and fast on
     CPUs with native bf16 matmuls, but a CPU without them (AVX2, AVX-512 without BF16) emulates
-    them: on the 2-core AMD EPYC of this project's machines it made a 4.2M-parameter model's
-    optimizer step take 10-14 s instead of about 0.1 s. Same hyperparameters, same state
+    them, and the optimizer step then costs many times the forward and backward pass
+    (bench/README.md, muon_cpu.py). Same hyperparameters, same state
     (``momentum_buffer``), so checkpoints move between the two; the update is the same up to
     bf16 rounding (tested against torch's).
     """
@@ -191,8 +191,8 @@ def replan_steps(step: int, total_steps: int, cfg: TrainConfig, train_time_s: fl
 
     ``total_steps`` stays as it is without a time schedule and once its warmdown has begun, so the
     lr never jumps: a wsd lr is flat until then, and moving the horizon only moves the warmdown.
-    A probe of a dozen steps predicts a 2-core CPU's sustained step time only to about +-20%
-    (bench/README.md); measuring while training puts the budget's end where the warmdown ends.
+    A short probe predicts a CPU's sustained step time only roughly (bench/README.md); measuring
+    while training puts the budget's end where the warmdown ends.
     """
     if not cfg.schedule_time or step >= warmdown_start(cfg, total_steps):
         return total_steps

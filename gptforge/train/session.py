@@ -28,7 +28,7 @@ from gptforge.data.shards import open_shards
 from gptforge.errors import UserError
 from gptforge.models import build_model, model_config
 from gptforge.train.batches import PretrainBatches, eval_offsets, lm_loss
-from gptforge.train.config import TrainConfig
+from gptforge.train.config import TrainConfig, saved_config
 from gptforge.train.curriculum import CurriculumBatches
 from gptforge.train.evaluate import evaluate, window_batches
 from gptforge.train.mfu import peak_flops
@@ -326,7 +326,8 @@ def setup(cfg: TrainConfig, resume: bool, d: Dist, data: TrainData | None = None
         raise UserError(f"config: tokens_per_step ({tokens_per_step}) must be a multiple of "
                         f"batch_size x block_size x processes = {B} x {T} x {d.world} = {micro_tokens}")
     raw_model, state = _model_and_state(cfg, resume, data.tokenizer, tokens_per_step)
-    state.config, state.tokens_per_step, state.world_size = cfg.to_dict(), tokens_per_step, d.world
+    state.config = saved_config(cfg, Path(cfg.out))
+    state.tokens_per_step, state.world_size = tokens_per_step, d.world
     raw_model.to(d.device)
     model = eval_model = torch.compile(raw_model) if cfg.compile else raw_model
     if d.ddp:
