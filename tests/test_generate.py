@@ -118,6 +118,22 @@ def test_sampling_filters():
     assert (cold == 0).float().mean() > 0.99
 
 
+@pytest.mark.parametrize("tiny", [1e-46, 5e-324, 1e-320, 1e-40])
+def test_settings_below_float32s_range_are_greedy_or_top_1(tiny):
+    """A positive temperature or top_p that is 0 (or subnormal) in float32 gives finite probabilities:
+    the argmax, as greedy decoding does; top_k at its bounds (1, the vocabulary, beyond it) too."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 50, generator=g)
+    logits[:, 7] = float("-inf")  # a banned token
+    top = logits.argmax(-1)
+    assert torch.equal(sample_next(logits, tiny, generator=g), top)
+    assert torch.equal(sample_next(logits, 1.0, top_p=tiny, generator=g), top)
+    assert torch.equal(sample_next(logits, 1.0, top_k=1, generator=g), top)
+    for k in (None, 49, 50, 51, 1 << 24):
+        assert (sample_next(logits, tiny, top_k=k, top_p=tiny, generator=g) == top).all()
+        assert (sample_next(logits, 2.0, top_k=k, generator=g) != 7).all()
+
+
 def test_seeded_sampling_is_reproducible_and_stop_tokens_end_rows():
     m = gpt("modern")
     a = generate(m, [[1, 2]] * 3, 20, temperature=1.0, top_k=10, seed=7)
