@@ -10,7 +10,7 @@ import torch
 from helpers import randomize, save_checkpoint_dir
 
 from gptforge.cli import main
-from gptforge.engine import DecodeContext, Slots, generate, generate_stream, sample_next
+from gptforge.engine import DecodeContext, Slots, ToolUse, generate, generate_stream, sample_next
 from gptforge.errors import UserError
 from gptforge.export import export_model
 from gptforge.models import build_model
@@ -272,3 +272,61 @@ def test_numpy_runner_with_bpe_tokenizer(tmp_path, without_regex):
                         "--max-new-tokens", "30", "--temperature", "0", "--ids"],
                        capture_output=True, text=True, check=True)
     assert json.loads(r.stdout) == want
+
+
+# Greedy tokens of the engine as of commit 3518e21 (before the decode loops were merged into one):
+# a refactor must give exactly these. Prompts of different lengths, 30 new tokens (rows run past
+# block_size 24), batched and one at a time, with and without the KV cache and tool calls.
+PIN_PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11], [12, 13, 14, 15, 16, 1, 2, 3, 4]]
+PINNED = {
+    "modern":
+    [[17, 7, 7, 7, 7, 6, 8, 16, 25, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 23, 8, 7, 7, 4, 8, 7, 4, 6, 18,
+      18],
+     [18, 14, 12, 18, 7, 22, 7, 12, 18, 18, 18, 18, 18, 18, 18, 18, 18, 18, 18, 18, 18, 18, 18, 18,
+      18, 16, 16, 7, 22, 22],
+     [22, 22, 22, 22, 14, 14, 4, 14, 18, 14, 18, 14, 4, 3, 17, 7, 7, 7, 7, 8, 16, 16, 16, 8, 12, 7,
+      16, 7, 16, 8],
+     [5, 16, 12, 23, 12, 16, 0, 16, 0, 16, 22, 18, 22, 22, 31, 16, 16, 16, 23, 0, 16, 22, 18, 22,
+      23, 22, 23, 22, 18, 16]],
+    "gpt2":
+    [[9, 9, 9, 3, 9, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 13, 3, 3, 9, 9, 3, 3, 3, 3, 3],
+     [9, 9, 9, 9, 9, 9, 9, 13, 9, 9, 13, 9, 9, 9, 9, 9, 3, 13, 9, 9, 13, 9, 9, 9, 9, 3, 3, 3, 3, 3],
+     [3, 3, 9, 9, 9, 3, 9, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 13, 3, 3, 9, 9, 3, 3, 3],
+     [9, 9, 9, 9, 9, 9, 3, 9, 9, 9, 9, 9, 9, 9, 9, 3, 13, 3, 3, 9, 9, 9, 3, 3, 3, 3, 3, 3, 3, 3]],
+    # calls open at 7 and close at 18; the tool's answer (the call's text reversed) comes between 25 and 23
+    "modern-tools":
+    [[17, 7, 7, 7, 7, 6, 8, 16, 25, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 23, 8, 7, 7, 4, 8, 7, 4, 6, 18,
+      25],
+     [18, 14, 12, 18, 7, 22, 7, 12, 18, 25, 12, 7, 22, 23, 22, 10, 18, 7, 10, 18, 25, 10, 23, 10,
+      16, 8, 19, 7, 1, 7],
+     [22, 22, 22, 22, 14, 14, 4, 14, 18, 14, 18, 14, 4, 3, 17, 7, 7, 7, 7, 8, 16, 16, 16, 8, 12, 7,
+      16, 7, 16, 8],
+     [5, 16, 12, 23, 12, 16]],
+    "lstm":
+    [[22, 26, 26, 26, 6, 1, 1, 26, 1, 26, 15, 27, 27, 12, 27, 12, 12, 27, 27, 12, 27, 27, 12, 31,
+      10, 10, 31, 2, 12, 31],
+     [27, 27, 27, 27, 26, 26, 26, 26, 26, 26, 27, 27, 26, 27, 27, 22, 22, 27, 26, 27, 27, 27, 27,
+      27, 27, 27, 27, 27, 27, 27],
+     [26, 6, 26, 2, 31, 31, 27, 27, 27, 26, 26, 26, 27, 27, 4, 29, 18, 18, 18, 31, 17, 12, 12, 12,
+      31, 1, 1, 29, 1, 15],
+     [12, 27, 27, 27, 27, 27, 27, 27, 13, 27, 27, 27, 27, 27, 27, 27, 27, 15, 15, 15, 15, 15, 4, 31,
+      31, 27, 31, 6, 15, 15]],
+}
+
+
+@pytest.mark.parametrize("case", PINNED)
+def test_greedy_tokens_are_pinned(case):
+    kw = {}
+    if case == "lstm":
+        torch.manual_seed(0)
+        m = randomize(build_model("lstm", vocab_size=TOK.vocab_size, block_size=24))
+    else:
+        m = gpt(case.split("-")[0])
+    if case == "modern-tools":
+        tool = ToolUse(7, 18, 25, 23, decode=TOK.decode, encode=TOK.encode, run=lambda s: s[::-1] or "z")
+        kw = dict(tool=tool, stop_tokens=[31, 0])
+    want = PINNED[case]
+    assert generate(m, PIN_PROMPTS, 30, temperature=0, **kw) == want
+    if case != "lstm":  # (without its state the LSTM sees only block_size tokens: other tokens)
+        assert generate(m, PIN_PROMPTS, 30, temperature=0, use_cache=False, **kw) == want
+    assert [generate(m, [p], 30, temperature=0, **kw)[0] for p in PIN_PROMPTS] == want
