@@ -10,7 +10,7 @@ import torch
 from helpers import randomize, save_checkpoint_dir
 
 from gptforge.cli import main
-from gptforge.engine import DecodeContext, Slots, ToolUse, generate, generate_stream, sample_next
+from gptforge.engine import Slots, ToolUse, generate, generate_stream, sample_next
 from gptforge.errors import UserError
 from gptforge.export import export_model
 from gptforge.models import build_model
@@ -44,11 +44,13 @@ def test_kv_cache_greedy_equals_full_forward(preset, kw):
 def test_each_cached_step_matches_full_forward_logits(preset, kw):
     m = gpt(preset, **kw)
     seq = torch.randint(0, TOK.vocab_size, (2, 20))
-    ctx = DecodeContext(m, 2, use_cache=True)
+    slots = Slots(m, 2)
     with torch.no_grad():
         full, _ = m(seq)
-        for t in range(5, 21):
-            assert torch.allclose(ctx.logits(seq[:, :t]), full[:, t - 1], atol=1e-4)
+        steps = [torch.cat([slots.add(seq[i, :5].tolist()) for i in range(2)])]  # (2, V) each
+        steps += [slots.step(seq[:, t].tolist()) for t in range(5, 20)]
+    for t, logits in zip(range(5, 21), steps, strict=True):
+        assert torch.allclose(logits, full[:, t - 1], atol=1e-4)
 
 
 def run_slots(m, prompts, starts, n_new, max_rows=3):
@@ -148,9 +150,8 @@ def test_seeded_sampling_is_reproducible_and_stop_tokens_end_rows():
 def test_stream_yields_token_by_token():
     m = gpt("gpt2")
     steps = list(generate_stream(m, [[1, 2, 3], [4]], 4, temperature=0))
-    # row 1 starts generating at position 1, row 0 at 3: 2 forced steps for row 0
-    assert [s[0] for s in steps][:2] == [None, None]
-    assert sum(s[1] is not None for s in steps) == 4 and sum(s[0] is not None for s in steps) == 4
+    # each prompt is prefilled in one pass, whatever its length: both rows yield from the first step
+    assert len(steps) == 4 and all(None not in s for s in steps)
 
 
 @pytest.mark.parametrize("kw,msg", [({"temperature": -1}, "temperature"), ({"top_p": 0}, "top_p"),
