@@ -3,10 +3,20 @@
     >>> for step in generate_stream(model, [prompt_ids], max_new_tokens=100, temperature=0.8):
     ...     print(step[0])        # the new token of row 0 (None once the row has stopped)
 
+One decode loop serves everything: every reply is a ``Row`` (its sampler, tool calls and stop
+tokens; ``Row.choose`` picks its next token) and the rows being decoded live in ``Slots`` (each
+prompt prefilled in one forward pass, then one token per row per step, all rows as one batch).
+``generate``/``generate_stream``/``generate_rows`` run a fixed batch of rows to the end
+(``decode``); the server's batcher (gptforge.serve.batcher) lets rows join and leave between steps.
+
+For RL (k samples per prompt with tools on): ``generate_rows(model, [p] * k, n, temperature=1,
+seed=s, tool=ToolUse.from_tokenizer(tok))`` returns one Row per sample with ``tokens`` (the reply,
+prompt excluded), ``sampled`` (per token: True if the model sampled it, False if it is a tool answer
+the engine forced in, which a policy-gradient loss leaves out) and ``stopped``.
+
 How each model keeps its context between steps (``use_cache=True``):
 
-- GPT: a preallocated per-layer KV cache (``model.new_kv_cache``): the prompt is run once
-  (prefill), then each step runs one token per row against the cached keys and values.
+- GPT: a KV cache with one row per reply, each at its own position (``model.new_kv_cache``).
 - LSTM: the recurrent state (h, c) carried from step to step (``model.forward_step``).
 - Bigram and MLP: they only see a fixed window of recent tokens; every step runs the model on the
   last ``block_size`` tokens (the sliding window is their whole state).
@@ -14,20 +24,17 @@ How each model keeps its context between steps (``use_cache=True``):
 With ``use_cache=False`` every step runs a full forward pass over the last ``block_size`` tokens
 (nanoGPT's ``generate``); greedy output is the same token for token (tested). When a sequence
 outgrows ``block_size`` the context is cropped to its last ``block_size`` tokens in both modes; with
-the cache that means refilling it from the cropped window, so the two modes stay identical.
+the cache that means refilling the row from the cropped window, so the two modes stay identical.
 
-Batched prompts may differ in length: every row starts at position 0; while a row is still inside
-its prompt, its prompt token is fed instead of a sampled one (and nothing is yielded for it).
-
-Tool use (``tool=ToolUse(...)``): when a row samples ``<|tool_call_start|>``, the engine collects the
-row's next tokens until it samples ``<|tool_call_end|>``, decodes them to an expression, runs the tool
+Tool use (``tool=ToolUse(...)``): when a row samples ``<|tool_call_start|>``, the row collects its
+next tokens until it samples ``<|tool_call_end|>``, decodes them to an expression, runs the tool
 (by default ``gptforge.tools.calculator``) and queues ``<|tool_output_start|> result
-<|tool_output_end|>`` for that row. Queued tokens are fed one per step instead of the sampled token,
-as prompt tokens are, but they *are* yielded and count towards ``max_new_tokens``; then the model
-samples again. Each row has its own call and queue.
+<|tool_output_end|>``. Queued tokens are fed one per step instead of a sampled token; they are
+yielded and count towards ``max_new_tokens``; then the model samples again.
 
 Sampling (Holtzman et al. 2019 for top-p): logits / temperature, keep the top-k, keep the smallest
 set of tokens whose probability mass reaches top_p, then sample; temperature 0 is greedy (argmax).
+Row i of a batch samples with its own generator seeded ``seed + i``.
 """
 
 from __future__ import annotations

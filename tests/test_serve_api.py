@@ -407,19 +407,19 @@ def test_one_bad_request_leaves_the_other_streams_alone(server, models, monkeypa
     """Requests with a temperature or top_p that underflows float32 run beside ordinary streams: all
     finish normally. A row whose sampling fails (injected here: the sampler raises for one row) ends
     with a server error alone; the rows decoding beside it finish with their own replies."""
-    import gptforge.serve.batcher as batcher_module
+    import gptforge.engine as engine
 
     url = server[0]
     model, tok = models["chat"]
     want = "".join(p.text for p in respond(model, tok, USER, 30, temperature=0, top_k=None))
-    real = batcher_module.sample_next
+    real = engine.sample_next
 
     def fails_at_top_p_0_5(logits, temperature, top_k, top_p, gen):  # the fault: one row's sampler raises
         if top_p == 0.5:
             raise RuntimeError("injected sampler failure")
         return real(logits, temperature, top_k, top_p, gen)
 
-    monkeypatch.setattr(batcher_module, "sample_next", fails_at_top_p_0_5)
+    monkeypatch.setattr(engine, "sample_next", fails_at_top_p_0_5)
 
     def stream(extra):
         body = {"model": "chat", "messages": USER, "max_tokens": 30, "stream": True, "temperature": 0,
