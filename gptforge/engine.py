@@ -47,6 +47,7 @@ import torch
 
 from gptforge.config import check, setting
 from gptforge.errors import UserError
+from gptforge.models.cpu import use_cpu_kernels
 from gptforge.tools import calculator
 
 TOOL_TOKENS = ("<|tool_call_start|>", "<|tool_call_end|>", "<|tool_output_start|>", "<|tool_output_end|>")
@@ -254,6 +255,8 @@ class Slots:
         self.model, self.max_rows = model, max_rows
         self.block_size = model.config.block_size
         self.device = next(model.parameters()).device
+        if self.device.type == "cpu":
+            use_cpu_kernels(model)  # a faster Linear for the few rows of a decode step
         self.cache = None
         self.recurrent = use_cache and hasattr(model, "forward_step")  # the LSTM: its state is its context
         if use_cache and hasattr(model, "new_kv_cache"):

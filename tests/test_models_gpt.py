@@ -5,7 +5,7 @@ import torch
 from helpers import randomize
 
 from gptforge.models import GPT, build_model, gpt_config
-from gptforge.models import gpt as gpt_module
+from gptforge.models import cpu as cpu_kernels
 
 V = 71
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -70,7 +70,7 @@ def test_linear_decode_path_equals_f_linear(rows, bias, out):
     # the model's Linear takes weight @ x.T (or a two-way bmm for one row) at <= SKINNY_ROWS rows
     # without autograd: the same product as F.linear up to float rounding, in the same shape
     torch.manual_seed(0)
-    lin = randomize(gpt_module.Linear(48, out, bias=bias))
+    lin = randomize(cpu_kernels.Linear(48, out, bias=bias))
     x = torch.randn(rows, 1, 48)  # (B, T=1, C), a decode step's input
     ref = torch.nn.functional.linear(x, lin.weight, lin.bias)
     with torch.no_grad():
@@ -149,7 +149,7 @@ def test_cpu_dropout_matches_nn_dropout_in_law(p):
     mask; evaluation is the identity; a seed reproduces the mask."""
     n = 1 << 20
     x = torch.randn(n, requires_grad=True)
-    drop = gpt_module.Dropout(p).train()
+    drop = cpu_kernels.Dropout(p).train()
     torch.manual_seed(0)
     y = drop(x)
     zero = y == 0

@@ -163,63 +163,6 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.size(-1),), eps=self.eps)
 
 
-SKINNY_ROWS = 64  # at most this many rows (B * T) take Linear's decode path
-
-
-class Linear(nn.Linear):
-    """nn.Linear, faster on the CPU for the few rows of a decode step. (..., in) -> (..., out).
-
-    Training, autograd, other devices and dtypes, and inputs of more than SKINNY_ROWS rows run
-    ``F.linear`` unchanged. For M <= SKINNY_ROWS fp32 rows on the CPU without autograd, MKL's sgemm
-    as F.linear calls it is slow: it runs one row on one thread and 2-8 rows at 5-7 GB/s of weight
-    reads (a 2-core AVX2 EPYC; bench/README.md, generate.py). The same product taken as
-    ``weight @ x.T`` (M > 1), or for one row as two half-weight products in one ``bmm`` (both
-    threads), runs 1.5-2.8x faster there. The sums are the same but the order of their float
-    additions can differ from F.linear's in the last bits.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // x.size(-1)
-        if (rows > SKINNY_ROWS or x.device.type != "cpu" or x.dtype != torch.float32
-                or torch.is_grad_enabled()):
-            return F.linear(x, self.weight, self.bias)
-        W = self.weight  # (N, K)
-        N, K = W.shape
-        x2 = x.reshape(rows, K)  # (M, K)
-        if rows == 1 and N % 2 == 0:
-            y = torch.bmm(W.reshape(2, N // 2, K), x2.t().expand(2, K, 1)).view(1, N)  # (2, N/2, 1) -> (1, N)
-            if self.bias is not None:
-                y = y + self.bias
-        elif self.bias is not None:
-            y = torch.addmm(self.bias[:, None], W, x2.t()).t().contiguous()  # (N, M) -> (M, N)
-        else:
-            y = torch.mm(W, x2.t()).t().contiguous()
-        return y.view(*x.shape[:-1], N)
-
-
-class Dropout(nn.Dropout):
-    """nn.Dropout with a cheaper random mask on the CPU. (...) -> (...), same shape and dtype.
-
-    In training each element is zeroed with probability p and the rest scaled by 1 / (1 - p)
-    (Srivastava et al. 2014). torch's CPU dropout draws a random number per element; here one
-    64-bit draw gives four elements 15 random bits each (random_ fills 63 uniform bits; the sign bit
-    of each 16-bit piece is masked off), so p is rounded to a multiple of 1/32768. On a 2-core EPYC
-    one (16, 128, 192) activation's forward and backward take 1.6 ms instead of 4.2, and the cpu
-    recipe's training step (nine dropouts) 4% less time (bench/dropout.py). Other devices (CUDA's
-    dropout is fused) and evaluation run nn.Dropout unchanged. The masks come from torch's CPU
-    generator, so ``torch.manual_seed`` and a saved RNG state reproduce them.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0 or x.device.type != "cpu":
-            return super().forward(x)
-        n = x.numel()
-        bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_()  # 63 uniform bits each
-        bits = bits.view(torch.int16)[:n].view(x.shape) & 0x7FFF  # (...) uniform in [0, 32768)
-        scale = (bits >= round(self.p * 32768)).to(x.dtype).mul_(1 / (1 - self.p))  # 0 or 1 / (1 - p)
-        return x * scale
-
-
 def make_norm(config: GPTConfig) -> nn.Module:
     """The residual-stream norm the config asks for: (B, T, C) -> (B, T, C)."""
     if config.norm == "layernorm":
@@ -349,7 +292,7 @@ class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with fused QKV, optional GQA, RoPE and QK-norm, via SDPA.
 
     forward(x (B, T, C), cos, sin (T, hs/2) or None, kv_cache or None) -> (B, T, C).
-    c_attn: Linear(C, (n_head + 2 n_kv_head) * hs), rows ordered q | k | v (GPT-2's c_attn, transposed).
+    c_attn: nn.Linear(C, (n_head + 2 n_kv_head) * hs), rows ordered q | k | v (GPT-2's c_attn, transposed).
     """
 
     def __init__(self, config: GPTConfig, layer_idx: int):
@@ -357,10 +300,10 @@ class CausalSelfAttention(nn.Module):
         self.layer_idx = layer_idx
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
         self.qk_norm = RMSNorm(config.norm_eps) if config.qk_norm else None
-        self.c_attn = Linear(config.n_embd, (config.n_head + 2 * config.n_kv_head) * config.head_dim,
+        self.c_attn = nn.Linear(config.n_embd, (config.n_head + 2 * config.n_kv_head) * config.head_dim,
                              bias=config.bias)
-        self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.resid_dropout = Dropout(config.dropout)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
 
     def forward(self, x, cos=None, sin=None, kv_cache: KVCache | None = None):
         B, T, C = x.size()
@@ -394,9 +337,9 @@ class FeedForward(nn.Module):
         super().__init__()
         self.kind = config.mlp
         width = 2 * config.mlp_hidden if config.mlp == "swiglu" else config.mlp_hidden
-        self.c_fc = Linear(config.n_embd, width, bias=config.bias)
-        self.c_proj = Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
-        self.dropout = Dropout(config.dropout)
+        self.c_fc = nn.Linear(config.n_embd, width, bias=config.bias)
+        self.c_proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
         h = self.c_fc(x)  # (B, T, H) or (B, T, 2H)
@@ -453,13 +396,13 @@ class GPT(nn.Module):
         t = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
         if config.positional == "learned":
             t["wpe"] = nn.Embedding(config.block_size, config.n_embd)
-        t["drop"] = Dropout(config.dropout)
+        t["drop"] = nn.Dropout(config.dropout)
         if config.embd_norm:
             t["ln_e"] = make_norm(config)
         t["h"] = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
         t["ln_f"] = make_norm(config)
         self.transformer = nn.ModuleDict(t)
-        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
         if config.positional == "rope":

@@ -27,6 +27,7 @@ from gptforge.checkpoint import RunState
 from gptforge.data.shards import open_shards
 from gptforge.errors import UserError
 from gptforge.models import build_model, model_config
+from gptforge.models.cpu import use_cpu_kernels
 from gptforge.train.batches import PretrainBatches, eval_offsets, lm_loss
 from gptforge.train.config import TrainConfig
 from gptforge.train.curriculum import CurriculumBatches
@@ -345,6 +346,8 @@ def setup(cfg: TrainConfig, resume: bool, d: Dist, data: TrainData | None = None
                          num_params=raw_model.num_params())
     state.config, state.tokens_per_step, state.world_size = cfg.to_dict(), tokens_per_step, d.world
     raw_model.to(d.device)
+    if d.device.type == "cpu":  # the CPU's faster Dropout (gptforge.models.cpu), as before it was opt-in
+        use_cpu_kernels(raw_model)
     model = eval_model = torch.compile(raw_model) if cfg.compile else raw_model
     if d.ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
