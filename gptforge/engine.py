@@ -42,11 +42,13 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
 from gptforge.config import check, setting
 from gptforge.errors import UserError
+from gptforge.models import GPT
 from gptforge.models.cpu import use_cpu_kernels
 from gptforge.tools import calculator
 
@@ -231,6 +233,77 @@ def prepare(rows: Sequence[Row], logits: torch.Tensor) -> tuple[torch.Tensor, li
     return logits, [t if r.greedy else None for t, r in zip(top, rows, strict=True)]
 
 
+class Where(NamedTuple):
+    """Where one forward pass's new tokens go in a KVCache (``KVCache.where``)."""
+
+    positions: torch.Tensor  # int64 (T,), shared by every row, or (B, T), each row's own
+    index: tuple[torch.Tensor, torch.Tensor] | None  # ragged rows' write index: (B, 1) rows, (B, T) positions
+    mask: torch.Tensor | None  # bool (T, L) or (B, 1, T, L): which keys each query sees; None: all
+    end: int  # L, keys the furthest row attends to (its last position + 1)
+
+
+class KVCache:
+    """Preallocated keys and values of a GPT for incremental decoding, ``model(idx, kv_cache=cache,
+    pos=pos)`` (Pope et al. 2022, "Efficiently Scaling Transformer Inference").
+
+    k, v: (n_layer, B, n_kv_head, max_len, head_dim), keys stored after RoPE and QK-norm. The cache
+    keeps no positions: each forward pass says where its tokens go (``pos``: one int for every row,
+    or B ints, one per row, for ragged rows) and the caller counts (``Slots`` does). A pass over
+    idx (b, T), b <= B, uses rows 0..b-1: row r's tokens sit at pos[r]..pos[r]+T-1 and attend to
+    that row's keys up to their own position only (later slots may hold stale keys of an earlier row).
+    """
+
+    def __init__(self, model: torch.nn.Module, batch_size: int, max_len: int | None = None):
+        cfg, p = model.config, model.lm_head.weight
+        shape = (cfg.n_layer, batch_size, cfg.n_kv_head, max_len or cfg.block_size, cfg.head_dim)
+        self.k = torch.zeros(shape, device=p.device, dtype=p.dtype)
+        self.v = torch.zeros(shape, device=p.device, dtype=p.dtype)
+
+    @property
+    def max_len(self) -> int:
+        """Positions the cache can hold."""
+        return self.k.size(3)
+
+    def where(self, pos: int | Sequence[int], B: int, T: int, device) -> Where:
+        """Where a forward pass over B rows of T new tokens starting at ``pos`` writes (computed once
+        per pass; every layer's ``update`` uses it).
+
+        Raises:
+            ValueError: a row would pass max_len.
+        """
+        start = [pos] * B if isinstance(pos, int) else list(pos)[:B]
+        L = max(start) + T
+        if L > self.max_len:
+            raise ValueError(f"KV cache holds {self.max_len} positions; cannot write up to position {L}")
+        if min(start) == L - T:  # one start for every row (a single row, say): plain slices
+            # query i sits at position L-T+i and may see keys 0..L-T+i; one new token sees everything
+            mask = None if T == 1 else torch.ones(T, L, dtype=torch.bool, device=device).tril(L - T)
+            return Where(torch.arange(L - T, L, device=device), None, mask, L)
+        pos = torch.tensor(start, device=device)[:, None] + torch.arange(T, device=device)  # (B, T)
+        # query t of row r sits at pos[r, t] and sees that row's keys 0..pos[r, t] (a mask even for T = 1)
+        mask = (torch.arange(L, device=device) <= pos[:, :, None]).unsqueeze(1)  # (B, 1, T, L)
+        return Where(pos, (torch.arange(B, device=device)[:, None], pos), mask, L)
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor, where: Where):
+        """Write k, v (B, n_kv_head, T, hs) of ``layer`` at ``where``; return that layer's keys and
+        values up to ``where.end``, each (B, n_kv_head, L, hs), and the attention mask to use."""
+        B, T, L = k.size(0), k.size(2), where.end
+        if where.index is None:
+            self.k[layer, :B, :, L - T:L] = k
+            self.v[layer, :B, :, L - T:L] = v
+        else:  # (B, T, nkv, hs) into the rows' (nkv, hs) slots at their positions
+            rows, pos = where.index
+            self.k[layer][rows, :, pos] = k.transpose(1, 2)
+            self.v[layer][rows, :, pos] = v.transpose(1, 2)
+        return self.k[layer, :B, :, :L], self.v[layer, :B, :, :L], where.mask
+
+    def copy_row(self, dst: int, src: int, n: int, other: KVCache | None = None) -> None:
+        """Positions 0..n-1 of row ``dst`` become those of row ``src`` of ``other`` (default: this cache)."""
+        other = other or self
+        self.k[:, dst, :, :n] = other.k[:, src, :, :n]
+        self.v[:, dst, :, :n] = other.v[:, src, :, :n]
+
+
 class Slots:
     """The rows being decoded: rows join (``add``: the prompt in one forward pass) and leave
     (``remove``) between decode steps (``step``: one new token per row, all rows together), each at
@@ -242,8 +315,8 @@ class Slots:
         logits = slots.step([tok0, tok1])          # (2, V): one new token per live row
         slots.remove(0)                            # row 1 is now row 0
 
-    With ``use_cache`` a GPT keeps one KV cache of ``max_rows`` rows with ragged positions
-    (``KVCache.row_pos``): a prompt is prefilled alone into a cache of its own and copied into the
+    With ``use_cache`` a GPT keeps one KV cache of ``max_rows`` rows, each at its own position
+    (``pos``): a prompt is prefilled alone into a cache of its own and copied into the
     next free rows; a step runs every row as one batch. A row that outgrows block_size is refilled
     from its last block_size - 1 tokens first (its context slides, as without the cache). The LSTM
     carries each row's recurrent state (``forward_step``); other models, and every model without
@@ -259,10 +332,10 @@ class Slots:
             use_cpu_kernels(model)  # a faster Linear for the few rows of a decode step
         self.cache = None
         self.recurrent = use_cache and hasattr(model, "forward_step")  # the LSTM: its state is its context
-        if use_cache and hasattr(model, "new_kv_cache"):
-            self.cache = model.new_kv_cache(max_rows, self.block_size)
-            self.cache.row_pos = [0] * max_rows
+        if use_cache and isinstance(model, GPT):
+            self.cache = KVCache(model, max_rows)
         self.tokens: list[list[int]] = []  # every row's tokens so far
+        self.pos: list[int] = []  # every row's tokens in the KV cache (the next token's position)
         self.states: list = []  # the LSTM's (h, c) per row
 
     def __len__(self) -> int:
@@ -275,11 +348,14 @@ class Slots:
     def _tensor(self, tokens: Sequence[int]) -> torch.Tensor:
         return torch.tensor([list(tokens)], dtype=torch.long, device=self.device)  # (1, T)
 
-    def _prefill(self, tokens: Sequence[int]):
-        """A KV cache of one row that has read ``tokens``, and its next-token logits (1, V)."""
-        one = self.model.new_kv_cache(1, len(tokens))
+    def _prefill(self, i: int, tokens: Sequence[int]) -> torch.Tensor:
+        """Row ``i`` of the KV cache reads ``tokens`` from position 0 (in a cache of its own, so the
+        other rows do not run); returns its next-token logits (1, V)."""
+        one = KVCache(self.model, 1, len(tokens))
         logits, _ = self.model(self._tensor(tokens), kv_cache=one)
-        return one, logits[:, -1]
+        self.cache.copy_row(i, 0, len(tokens), one)
+        self.pos[i] = len(tokens)
+        return logits[:, -1]
 
     def _row_logits(self, i: int) -> torch.Tensor:
         """Next-token logits (1, V) of row ``i`` without a KV cache."""
@@ -303,14 +379,16 @@ class Slots:
         if not prompt or (len(prompt) > self.block_size and not self.recurrent):
             raise ValueError(f"a prompt of {len(prompt)} tokens; expected 1..{self.block_size}")
         first = len(self.tokens)
-        if self.cache is not None:
-            one, logits = self._prefill(prompt)
-            for r in range(first, first + copies):
-                self.cache.copy_row(r, 0, one)
         for _ in range(copies):
             self.tokens.append(list(prompt))
+            self.pos.append(0)
             self.states.append(None)
-        if self.cache is None:
+        if self.cache is not None:
+            logits = self._prefill(first, prompt)
+            for r in range(first + 1, first + copies):
+                self.cache.copy_row(r, first, len(prompt))
+                self.pos[r] = len(prompt)
+        else:
             logits = self._row_logits(first)
             self.states[first + 1:] = [self.states[first]] * (copies - 1)  # (never changed in place)
         return logits.expand(copies, -1)
@@ -325,18 +403,19 @@ class Slots:
         if self.cache is None:
             return torch.cat([self._row_logits(i) for i in range(len(self.tokens))])
         for i, seq in enumerate(self.tokens):
-            if self.cache.row_pos[i] >= self.block_size:  # no room for the new token: slide the context
-                self.cache.copy_row(i, 0, self._prefill(seq[-self.block_size:-1])[0])
+            if self.pos[i] >= self.block_size:  # no room for the new token: slide the context
+                self._prefill(i, seq[-self.block_size:-1])
         idx = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]  # (n, 1)
-        logits, _ = self.model(idx, kv_cache=self.cache)
+        logits, _ = self.model(idx, kv_cache=self.cache, pos=self.pos)
+        self.pos = [p + 1 for p in self.pos]
         return logits[:, -1]
 
     def remove(self, i: int) -> None:
         """Row ``i`` leaves; the last row takes its number."""
         last = len(self.tokens) - 1
         if i != last and self.cache is not None:
-            self.cache.copy_row(i, last)
-        for rows in (self.tokens, self.states):
+            self.cache.copy_row(i, last, self.pos[last])
+        for rows in (self.tokens, self.pos, self.states):
             rows[i] = rows[last]
             rows.pop()
 
