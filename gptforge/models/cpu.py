@@ -3,8 +3,8 @@
     use_cpu_kernels(model)   # every nn.Linear becomes Linear, every nn.Dropout becomes Dropout
 
 Same parameters, state dict and results (up to float rounding in Linear's sums); each falls back to
-torch's own kernel off the CPU, in training (Linear) or in evaluation (Dropout). The engine swaps
-them in for a model on the CPU (gptforge.engine.Slots), the trainer for a CPU run; measurements in
+torch's own kernel off the CPU, with autograd (Linear) or in evaluation (Dropout). The engine swaps
+them in for a model on the CPU (gptforge.engine.Slots), the trainer for every run; measurements in
 bench/README.md (generate.py, dropout.py).
 """
 

@@ -346,8 +346,7 @@ def setup(cfg: TrainConfig, resume: bool, d: Dist, data: TrainData | None = None
                          num_params=raw_model.num_params())
     state.config, state.tokens_per_step, state.world_size = cfg.to_dict(), tokens_per_step, d.world
     raw_model.to(d.device)
-    if d.device.type == "cpu":  # the CPU's faster Dropout (gptforge.models.cpu), as before it was opt-in
-        use_cpu_kernels(raw_model)
+    use_cpu_kernels(raw_model)  # the CPU's faster Dropout, as before it was opt-in (torch's elsewhere)
     model = eval_model = torch.compile(raw_model) if cfg.compile else raw_model
     if d.ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
