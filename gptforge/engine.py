@@ -259,11 +259,6 @@ class KVCache:
         self.k = torch.zeros(shape, device=p.device, dtype=p.dtype)
         self.v = torch.zeros(shape, device=p.device, dtype=p.dtype)
 
-    @property
-    def max_len(self) -> int:
-        """Positions the cache can hold."""
-        return self.k.size(3)
-
     def where(self, pos: int | Sequence[int], B: int, T: int, device) -> Where:
         """Where a forward pass over B rows of T new tokens starting at ``pos`` writes (computed once
         per pass; every layer's ``update`` uses it).
@@ -273,8 +268,8 @@ class KVCache:
         """
         start = [pos] * B if isinstance(pos, int) else list(pos)[:B]
         L = max(start) + T
-        if L > self.max_len:
-            raise ValueError(f"KV cache holds {self.max_len} positions; cannot write up to position {L}")
+        if L > self.k.size(3):
+            raise ValueError(f"KV cache holds {self.k.size(3)} positions; cannot write up to position {L}")
         if min(start) == L - T:  # one start for every row (a single row, say): plain slices
             # query i sits at position L-T+i and may see keys 0..L-T+i; one new token sees everything
             mask = None if T == 1 else torch.ones(T, L, dtype=torch.bool, device=device).tril(L - T)
