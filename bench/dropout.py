@@ -4,7 +4,7 @@
 
 Three measurements, each best of ``--repeats`` rounds that take the variants in turn:
 1. one (16, 128, 192) activation (the cpu recipe's past five minutes), forward and backward through
-   ``gptforge.models.gpt.Dropout`` and through ``nn.Dropout``, p = 0.1;
+   ``gptforge.models.cpu.Dropout`` and through ``nn.Dropout``, p = 0.1;
 2. SDPA forward and backward on (16, 3, 128, 64) queries, keys and values, causal, with
    ``dropout_p`` 0 and 0.1 (why the GPT has no dropout on attention probabilities);
 3. an AdamW training step of that model (depth 4, n_embd 192, 3 heads, vocab 2048, B=16, T=128):
@@ -23,7 +23,7 @@ from generate import best_times  # bench/generate.py, next to this script
 from torch import nn
 
 from gptforge.models import build_model
-from gptforge.models.gpt import Dropout
+from gptforge.models.cpu import Dropout, use_cpu_kernels
 
 
 def best_ms(runs: dict, repeats: int, inner: int) -> dict[str, float]:
@@ -38,11 +38,8 @@ def training_step(dropout: float, torch_dropout: bool):
     torch.manual_seed(0)
     model = build_model("gpt", vocab_size=2048, block_size=128, preset="modern", depth=4, n_embd=192,
                         n_head=3, dropout=dropout).train()
-    if torch_dropout:
-        for module in list(model.modules()):
-            for name, child in module.named_children():
-                if isinstance(child, Dropout):
-                    setattr(module, name, nn.Dropout(child.p))
+    if not torch_dropout:
+        use_cpu_kernels(model)  # as the trainer does on the CPU
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
     x, y = torch.randint(0, 2048, (16, 128)), torch.randint(0, 2048, (16, 128))
 

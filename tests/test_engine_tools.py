@@ -9,7 +9,7 @@ import pytest
 import torch
 from helpers import randomize
 
-from gptforge.engine import ToolUse, generate, generate_stream
+from gptforge.engine import ToolUse, generate, generate_rows, generate_stream
 from gptforge.errors import UserError
 from gptforge.models import build_model
 from gptforge.models.bigram import Bigram, BigramConfig
@@ -109,6 +109,20 @@ def test_a_call_gets_its_answer_forced_in_and_the_model_continues():
     # without a tool the call tokens are ordinary: after call_end the table says id 0, forever
     plain = generate(m, [prompt], 12, temperature=0, stop_tokens=[EOT])[0]
     assert plain == ids(CALL, "12*3", CALL_END) + [0] * 6 and OUT not in plain
+
+
+def test_generate_rows_marks_which_tokens_were_sampled():
+    """For RL: each reply's tokens with a mask, True where the model sampled the token, False where
+    the engine forced a tool's answer in; k samples of one prompt are k rows, each seeded seed + i."""
+    m = scripted_bigram(SCRIPT, [OUT_END, ASSISTANT_END, EOT])
+    prompt = ids(USER, "q", ASSISTANT)
+    rows = generate_rows(m, [prompt] * 3, 50, temperature=1e-3, seed=5, stop_tokens=[EOT], tool=TOOL)
+    forced = ids(OUT, "36", OUT_END)
+    for r in rows:
+        assert r.tokens == ids(CALL, "12*3", CALL_END) + forced + ids(ASSISTANT_END) and r.stopped  # at EOT
+        assert r.sampled == [True] * 6 + [False] * len(forced) + [True]
+    assert [r.tokens for r in generate_rows(m, [prompt], 50, temperature=0, stop_tokens=[ASSISTANT_END],
+                                            tool=TOOL)] == [ids(CALL, "12*3", CALL_END) + forced]
 
 
 def test_forced_tokens_count_towards_max_new_tokens():

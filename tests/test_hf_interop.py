@@ -12,6 +12,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from helpers import randomize  # noqa: E402
 
+from gptforge.engine import KVCache  # noqa: E402
 from gptforge.errors import UserError  # noqa: E402
 from gptforge.models import build_model  # noqa: E402
 from gptforge.models.hf import from_hf, hf_arch, save_hf, to_hf  # noqa: E402
@@ -53,14 +54,14 @@ def hf_nanochat(**shape):
 
 def greedy(model, prompt, n):
     """Our greedy decoding, token by token through the KV cache: (B, T0) -> (B, T0 + n)."""
-    cache = model.new_kv_cache(prompt.size(0), BLOCK)
+    cache = KVCache(model, prompt.size(0), BLOCK)
     seq = prompt
     with torch.no_grad():
         logits, _ = model(prompt, kv_cache=cache)
         for _ in range(n):
             nxt = logits[:, -1].argmax(-1, keepdim=True)
             seq = torch.cat([seq, nxt], 1)
-            logits, _ = model(nxt, kv_cache=cache)
+            logits, _ = model(nxt, kv_cache=cache, pos=seq.size(1) - 1)
     return seq
 
 

@@ -4,8 +4,9 @@ import pytest
 import torch
 from helpers import randomize
 
+from gptforge.engine import KVCache
 from gptforge.models import GPT, build_model, gpt_config
-from gptforge.models import gpt as gpt_module
+from gptforge.models import cpu as cpu_kernels
 
 V = 71
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -30,16 +31,16 @@ def test_greedy_decode_with_kv_cache_equals_full_forward(name):
     model = make(name)
     torch.manual_seed(1)
     seq = torch.randint(0, V, (2, 5))  # prompt, B = 2
-    cache = model.new_kv_cache(batch_size=2, max_len=32)
+    cache = KVCache(model, batch_size=2, max_len=32)
     with torch.no_grad():
         logits, _ = model(seq, kv_cache=cache)  # prefill: positions 0..4
         steps = [logits]
         for _ in range(20):
             nxt = logits[:, -1].argmax(-1, keepdim=True)  # (B, 1) greedy
             seq = torch.cat([seq, nxt], dim=1)
-            logits, _ = model(nxt, kv_cache=cache)
+            logits, _ = model(nxt, kv_cache=cache, pos=seq.size(1) - 1)
             steps.append(logits)
-        assert cache.pos == seq.size(1) == 25
+        assert seq.size(1) == 25
         cached = torch.cat(steps, dim=1)  # (B, 25, V)
         full, _ = model(seq)
     torch.testing.assert_close(cached, full, atol=1e-4, rtol=0)
@@ -50,15 +51,15 @@ def test_greedy_decode_with_kv_cache_equals_full_forward(name):
 def test_chunked_prefill_builds_the_offset_causal_mask(name):
     model = make(name)
     seq = torch.randint(0, V, (2, 30))
-    cache = model.new_kv_cache(2)
+    cache = KVCache(model, 2)
     with torch.no_grad():
         full, _ = model(seq)
         chunks, start = [], 0
         for size in (4, 3, 1, 7, 2, 13):  # several new tokens at a non-zero position
-            chunks.append(model(seq[:, start:start + size], kv_cache=cache)[0])
+            chunks.append(model(seq[:, start:start + size], kv_cache=cache, pos=start)[0])
             start += size
         torch.testing.assert_close(torch.cat(chunks, 1), full, atol=1e-4, rtol=0)
-        cache.reset()  # reuse for another sequence
+        # reuse for another sequence: the cache keeps no positions, pos says where to write
         again, _ = model(seq[:, :10], kv_cache=cache)
     torch.testing.assert_close(again, full[:, :10], atol=1e-4, rtol=0)
 
@@ -70,7 +71,7 @@ def test_linear_decode_path_equals_f_linear(rows, bias, out):
     # the model's Linear takes weight @ x.T (or a two-way bmm for one row) at <= SKINNY_ROWS rows
     # without autograd: the same product as F.linear up to float rounding, in the same shape
     torch.manual_seed(0)
-    lin = randomize(gpt_module.Linear(48, out, bias=bias))
+    lin = randomize(cpu_kernels.Linear(48, out, bias=bias))
     x = torch.randn(rows, 1, 48)  # (B, T=1, C), a decode step's input
     ref = torch.nn.functional.linear(x, lin.weight, lin.bias)
     with torch.no_grad():
@@ -83,15 +84,14 @@ def test_linear_decode_path_equals_f_linear(rows, bias, out):
 
 def test_kv_cache_layout_and_limits():
     model = make("modern-gqa")
-    cache = model.new_kv_cache(batch_size=3, max_len=8)
+    cache = KVCache(model, batch_size=3, max_len=8)
     assert cache.k.shape == (2, 3, 2, 8, 8)  # (n_layer, B, n_kv_head, max_len, head_dim)
     assert cache.k[1].shape == (3, 2, 8, 8) and cache.k.dtype == torch.float32
     with torch.no_grad():
         model(torch.randint(0, V, (3, 6)), kv_cache=cache)
-        assert cache.pos == 6
         assert cache.k[:, :, :, 6:].abs().sum() == 0 and cache.k[:, :, :, :6].abs().sum() > 0
         with pytest.raises(ValueError, match="KV cache holds 8"):
-            model(torch.randint(0, V, (3, 3)), kv_cache=cache)
+            model(torch.randint(0, V, (3, 3)), kv_cache=cache, pos=6)
     with pytest.raises(ValueError, match="beyond block_size 32"):
         model(torch.randint(0, V, (1, 33)))
 
@@ -149,7 +149,7 @@ def test_cpu_dropout_matches_nn_dropout_in_law(p):
     mask; evaluation is the identity; a seed reproduces the mask."""
     n = 1 << 20
     x = torch.randn(n, requires_grad=True)
-    drop = gpt_module.Dropout(p).train()
+    drop = cpu_kernels.Dropout(p).train()
     torch.manual_seed(0)
     y = drop(x)
     zero = y == 0

@@ -177,7 +177,8 @@ def generate_replies(model: torch.nn.Module, tok: Tokenizer, prompts: Sequence[S
                      seed: int | None = None) -> list[tuple[list[dict], bool]]:
     """Greedy replies to completion prompts (``render_for_completion``), ``batch_size`` rows at a
     time (prompts of similar length together), with the calculator tool when ``tools``.
-    ``temperature`` > 0 samples instead (batch k seeded with ``seed + k`` when ``seed`` is given).
+    ``temperature`` > 0 samples instead (the reply to the i-th prompt in length order seeded with
+    ``seed + i`` when ``seed`` is given).
 
     A prompt longer than ``block_size - max_new_tokens`` (but at least half the block) keeps its
     last tokens, so the reply fits the context. Returns, in the order of ``prompts``,
@@ -193,7 +194,7 @@ def generate_replies(model: torch.nn.Module, tok: Tokenizer, prompts: Sequence[S
     for s in range(0, len(order), batch_size):
         rows = order[s: s + batch_size]
         replies = generate(model, [list(prompts[i])[-keep:] for i in rows], max_new_tokens,
-                           temperature=temperature, seed=None if seed is None else seed + s // batch_size,
+                           temperature=temperature, seed=None if seed is None else seed + s,
                            stop_tokens=[t.assistant_end, t.eot], tool=tool)
         for i, ids in zip(rows, replies, strict=True):
             out[i] = (reply_parts(ids, tok), len(ids) < max_new_tokens)

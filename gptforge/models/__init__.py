@@ -18,12 +18,12 @@ from contextlib import contextmanager
 import torch
 
 from gptforge.models.bigram import Bigram, BigramConfig
-from gptforge.models.gpt import GPT, PRESETS, GPTConfig, KVCache, gpt_config
+from gptforge.models.gpt import GPT, PRESETS, GPTConfig, gpt_config
 from gptforge.models.lstm import LSTM, LSTMConfig
 from gptforge.models.mlp import MLP, MLPConfig
 from gptforge.models.zoo import ARCHS, build_model, config_class, model_config, model_from_config
 
-__all__ = ["ARCHS", "GPT", "LSTM", "MLP", "PRESETS", "Bigram", "BigramConfig", "GPTConfig", "KVCache",
+__all__ = ["ARCHS", "GPT", "LSTM", "MLP", "PRESETS", "Bigram", "BigramConfig", "GPTConfig",
            "LSTMConfig", "MLPConfig", "build_model", "config_class", "eval_mode", "gpt_config",
            "model_config", "model_from_config"]
 

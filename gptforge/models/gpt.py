@@ -23,6 +23,7 @@ al. 2023 (QK-norm); Gemma 2 team 2024 (logit softcap); Ainslie et al. 2023 (GQA)
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -163,62 +164,6 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, (x.size(-1),), eps=self.eps)
 
 
-SKINNY_ROWS = 64  # at most this many rows (B * T) take Linear's decode path
-
-
-class Linear(nn.Linear):
-    """nn.Linear, faster on the CPU for the few rows of a decode step. (..., in) -> (..., out).
-
-    Training, autograd, other devices and dtypes, and inputs of more than SKINNY_ROWS rows run
-    ``F.linear`` unchanged. For M <= SKINNY_ROWS fp32 rows on the CPU without autograd, MKL's sgemm
-    as F.linear calls it is slow: it runs one row on one thread and a few rows far below the
-    memory bandwidth. The same product taken as ``weight @ x.T`` (M > 1), or for one row as two
-    half-weight products in one ``bmm`` (both threads), is faster (bench/README.md, generate.py).
-    The sums are the same but the order of their float additions can differ from F.linear's in
-    the last bits.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.numel() // x.size(-1)
-        if (rows > SKINNY_ROWS or x.device.type != "cpu" or x.dtype != torch.float32
-                or torch.is_grad_enabled()):
-            return F.linear(x, self.weight, self.bias)
-        W = self.weight  # (N, K)
-        N, K = W.shape
-        x2 = x.reshape(rows, K)  # (M, K)
-        if rows == 1 and N % 2 == 0:
-            y = torch.bmm(W.reshape(2, N // 2, K), x2.t().expand(2, K, 1)).view(1, N)  # (2, N/2, 1) -> (1, N)
-            if self.bias is not None:
-                y = y + self.bias
-        elif self.bias is not None:
-            y = torch.addmm(self.bias[:, None], W, x2.t()).t().contiguous()  # (N, M) -> (M, N)
-        else:
-            y = torch.mm(W, x2.t()).t().contiguous()
-        return y.view(*x.shape[:-1], N)
-
-
-class Dropout(nn.Dropout):
-    """nn.Dropout with a cheaper random mask on the CPU. (...) -> (...), same shape and dtype.
-
-    In training each element is zeroed with probability p and the rest scaled by 1 / (1 - p)
-    (Srivastava et al. 2014). torch's CPU dropout draws a random number per element; here one
-    64-bit draw gives four elements 15 random bits each (random_ fills 63 uniform bits; the sign bit
-    of each 16-bit piece is masked off), so p is rounded to a multiple of 1/32768: cheaper than
-    torch's (bench/README.md, dropout.py). Other devices (CUDA's
-    dropout is fused) and evaluation run nn.Dropout unchanged. The masks come from torch's CPU
-    generator, so ``torch.manual_seed`` and a saved RNG state reproduce them.
-    """
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.p == 0 or x.device.type != "cpu":
-            return super().forward(x)
-        n = x.numel()
-        bits = torch.empty((n + 3) // 4, dtype=torch.int64).random_()  # 63 uniform bits each
-        bits = bits.view(torch.int16)[:n].view(x.shape) & 0x7FFF  # (...) uniform in [0, 32768)
-        scale = (bits >= round(self.p * 32768)).to(x.dtype).mul_(1 / (1 - self.p))  # 0 or 1 / (1 - p)
-        return x * scale
-
-
 def make_norm(config: GPTConfig) -> nn.Module:
     """The residual-stream norm the config asks for: (B, T, C) -> (B, T, C)."""
     if config.norm == "layernorm":
@@ -248,107 +193,13 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return torch.cat((x1 * cos + x2 * sin, x2 * cos - x1 * sin), dim=-1)
 
 
-class KVCache:
-    """Preallocated keys and values for incremental decoding with `GPT.forward(..., kv_cache=cache)`.
-
-    k, v: (n_layer, B, n_kv_head, max_len, head_dim), so ``cache.k[layer]`` is one layer's
-    (B, n_kv_head, max_len, head_dim). Keys are stored after RoPE and QK-norm.
-    pos: int, number of positions already written (the position of the next token), the same for
-    every row. A forward pass over T new tokens writes positions pos..pos+T-1 in every layer, then
-    advances pos by T. Make one with `GPT.new_kv_cache`.
-
-    Ragged rows (continuous batching, ``gptforge.engine.Slots``): set ``row_pos`` to a list of B
-    ints, each row's own next position. A forward pass over idx (b, T) with b <= B then uses rows
-    0..b-1 only: row r's tokens sit at row_pos[r].. and attend to that row's cached keys alone, and
-    each of the b positions advances by T. ``copy_row`` moves rows in and between caches.
-    """
-
-    def __init__(self, n_layer: int, batch_size: int, n_kv_head: int, max_len: int, head_dim: int,
-                 device=None, dtype: torch.dtype = torch.float32):
-        shape = (n_layer, batch_size, n_kv_head, max_len, head_dim)
-        self.k = torch.zeros(shape, device=device, dtype=dtype)
-        self.v = torch.zeros(shape, device=device, dtype=dtype)
-        self.pos = 0
-        self.row_pos: list[int] | None = None
-        self._start, self._index, self._mask = 0, None, None  # this forward's (see ``positions``)
-
-    @property
-    def max_len(self) -> int:
-        """Positions the cache can hold."""
-        return self.k.size(3)
-
-    def reset(self) -> None:
-        """Forget everything written (keeps the memory)."""
-        self.pos = 0
-        if self.row_pos is not None:
-            self.row_pos = [0] * len(self.row_pos)
-
-    def positions(self, B: int, T: int, device) -> int | torch.Tensor:
-        """Called once per forward pass over B rows of T new tokens: the position of the first new
-        token when the B rows share it (an int), else each row's positions, int64 (B, T), for ragged
-        rows (and this pass's write index and attention mask, which every layer uses).
-
-        Raises:
-            ValueError: a row would pass max_len.
-        """
-        start = [self.pos] if self.row_pos is None else self.row_pos[:B]
-        L = max(start) + T  # keys the furthest row attends to
-        if L > self.max_len:
-            raise ValueError(f"KV cache holds {self.max_len} positions; cannot write up to position {L}")
-        self._index = self._mask = None
-        if min(start) == L - T:  # one position for all rows (a single row, say): plain slices, no mask
-            self._start = L - T
-            return self._start
-        pos = torch.tensor(start, device=device)[:, None] + torch.arange(T, device=device)  # (B, T)
-        self._index = (torch.arange(B, device=device)[:, None], pos)  # (B, 1), (B, T)
-        # query t of row r sits at pos[r, t] and sees that row's keys 0..pos[r, t]; later slots hold
-        # another request's stale keys or nothing, hence the mask even for T = 1
-        self._mask = (torch.arange(L, device=device) <= pos[:, :, None]).unsqueeze(1)  # (B, 1, T, L)
-        return pos
-
-    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor):
-        """Write k, v (B, n_kv_head, T, hs) at the next positions of `layer` (after ``positions``);
-        return that layer's keys and values up to the furthest position written, each
-        (B, n_kv_head, L, hs), and the boolean attention mask (B or 1, 1, T, L) to use with them
-        (None: every query sees every key). Does not advance the positions."""
-        B, T = k.size(0), k.size(2)
-        if self._index is not None:  # ragged rows
-            rows, pos = self._index
-            self.k[layer][rows, :, pos] = k.transpose(1, 2)  # (B, T, nkv, hs) into (B, nkv, L, hs) slots
-            self.v[layer][rows, :, pos] = v.transpose(1, 2)
-            L = self._mask.size(-1)
-            return self.k[layer, :B, :, :L], self.v[layer, :B, :, :L], self._mask
-        start, end = self._start, self._start + T
-        self.k[layer, :B, :, start:end] = k
-        self.v[layer, :B, :, start:end] = v
-        # query i sits at position start+i and may see keys 0..start+i; one new token sees everything
-        mask = None if T == 1 else torch.ones(T, end, dtype=torch.bool, device=k.device).tril(start)
-        return self.k[layer, :B, :, :end], self.v[layer, :B, :, :end], mask
-
-    def advance(self, B: int, T: int) -> None:
-        """After a forward pass over B rows of T tokens: move their positions on by T."""
-        if self.row_pos is None:
-            self.pos += T
-        else:
-            for r in range(B):
-                self.row_pos[r] += T
-
-    def copy_row(self, dst: int, src: int, other: KVCache | None = None) -> None:
-        """Row ``dst`` becomes a copy of row ``src`` of ``other`` (default: this cache), positions
-        included. Needs ``row_pos`` set here; ``other`` may be an ordinary (shared ``pos``) cache, e.g.
-        the one a prompt was prefilled into."""
-        other = other or self
-        n = other.row_pos[src] if other.row_pos is not None else other.pos
-        self.k[:, dst, :, :n] = other.k[:, src, :, :n]
-        self.v[:, dst, :, :n] = other.v[:, src, :, :n]
-        self.row_pos[dst] = n
-
-
 class CausalSelfAttention(nn.Module):
     """Multi-head causal self-attention with fused QKV, optional GQA, RoPE and QK-norm, via SDPA.
 
-    forward(x (B, T, C), cos, sin (T, hs/2) or None, kv_cache or None) -> (B, T, C).
-    c_attn: Linear(C, (n_head + 2 n_kv_head) * hs), rows ordered q | k | v (GPT-2's c_attn, transposed).
+    forward(x (B, T, C), cos, sin (T, hs/2) or (B, 1, T, hs/2) or None, kv_cache or None, where) -> (B, T, C);
+    with a KV cache (``gptforge.engine.KVCache``), keys and values are written at ``where`` and
+    the queries attend to the row's cached keys.
+    c_attn: nn.Linear(C, (n_head + 2 n_kv_head) * hs), rows ordered q | k | v (GPT-2's c_attn, transposed).
     """
 
     def __init__(self, config: GPTConfig, layer_idx: int):
@@ -356,12 +207,12 @@ class CausalSelfAttention(nn.Module):
         self.layer_idx = layer_idx
         self.n_head, self.n_kv_head, self.head_dim = config.n_head, config.n_kv_head, config.head_dim
         self.qk_norm = RMSNorm(config.norm_eps) if config.qk_norm else None
-        self.c_attn = Linear(config.n_embd, (config.n_head + 2 * config.n_kv_head) * config.head_dim,
+        self.c_attn = nn.Linear(config.n_embd, (config.n_head + 2 * config.n_kv_head) * config.head_dim,
                              bias=config.bias)
-        self.c_proj = Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.resid_dropout = Dropout(config.dropout)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.resid_dropout = nn.Dropout(config.dropout)
 
-    def forward(self, x, cos=None, sin=None, kv_cache: KVCache | None = None):
+    def forward(self, x, cos=None, sin=None, kv_cache=None, where=None):
         B, T, C = x.size()
         nh, nkv, hs = self.n_head, self.n_kv_head, self.head_dim
         q, k, v = self.c_attn(x).split([nh * hs, nkv * hs, nkv * hs], dim=2)
@@ -376,7 +227,7 @@ class CausalSelfAttention(nn.Module):
         if kv_cache is None:
             y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
         else:
-            k, v, mask = kv_cache.update(self.layer_idx, k, v)  # (B, nkv, L, hs), L = keys so far
+            k, v, mask = kv_cache.update(self.layer_idx, k, v, where)  # (B, nkv, L, hs), L = keys so far
             y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)
         y = y.transpose(1, 2).contiguous().view(B, T, C)  # (B, T, C): heads side by side
         return self.resid_dropout(self.c_proj(y))
@@ -393,9 +244,9 @@ class FeedForward(nn.Module):
         super().__init__()
         self.kind = config.mlp
         width = 2 * config.mlp_hidden if config.mlp == "swiglu" else config.mlp_hidden
-        self.c_fc = Linear(config.n_embd, width, bias=config.bias)
-        self.c_proj = Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
-        self.dropout = Dropout(config.dropout)
+        self.c_fc = nn.Linear(config.n_embd, width, bias=config.bias)
+        self.c_proj = nn.Linear(config.mlp_hidden, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x):
         h = self.c_fc(x)  # (B, T, H) or (B, T, 2H)
@@ -419,8 +270,8 @@ class Block(nn.Module):
         self.ln_2 = make_norm(config)
         self.mlp = FeedForward(config)
 
-    def forward(self, x, cos=None, sin=None, kv_cache=None):
-        x = x + self.attn(self.ln_1(x), cos, sin, kv_cache)
+    def forward(self, x, cos=None, sin=None, kv_cache=None, where=None):
+        x = x + self.attn(self.ln_1(x), cos, sin, kv_cache, where)
         x = x + self.mlp(self.ln_2(x))
         return x
 
@@ -432,14 +283,15 @@ class Block(nn.Module):
 class GPT(nn.Module):
     """Decoder-only Transformer language model.
 
-    forward(idx: LongTensor (B, T), targets: LongTensor (B, T) | None = None, kv_cache: KVCache | None = None)
-      -> (logits: float32 (B, T, vocab_size), loss: scalar float32 tensor | None)
+    forward(idx: LongTensor (B, T), targets: LongTensor (B, T) | None = None, kv_cache=None, select=None,
+            pos=0) -> (logits: float32 (B, T, vocab_size), loss: scalar float32 tensor | None)
     loss: mean cross-entropy in nats per token over targets != -1 (-1 masks a position out).
     select=(rows, cols), two LongTensors (N,): logits only at those positions, float32 (N, vocab_size)
     (log-likelihood scoring: the lm_head over every position dominates with a large vocabulary).
-    With kv_cache, idx holds only the new tokens; they sit at positions kv_cache.pos.. (or each row
-    at its own ``kv_cache.row_pos``) and attend to everything cached for their row; the cache
-    advances by T. Positions must stay below block_size.
+    kv_cache: a ``gptforge.engine.KVCache`` for incremental decoding: idx holds only the new tokens;
+    they sit at positions pos.. (pos: an int, or B ints, each row's own) and attend to what the
+    cache holds for their row before them; their keys and values are written there. Positions must
+    stay below block_size.
 
     Modules: transformer.wte (nn.Embedding V x C), transformer.wpe (nn.Embedding block_size x C, learned
     positions only), transformer.ln_e (embedding norm, if embd_norm), transformer.h (blocks),
@@ -452,13 +304,13 @@ class GPT(nn.Module):
         t = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
         if config.positional == "learned":
             t["wpe"] = nn.Embedding(config.block_size, config.n_embd)
-        t["drop"] = Dropout(config.dropout)
+        t["drop"] = nn.Dropout(config.dropout)
         if config.embd_norm:
             t["ln_e"] = make_norm(config)
         t["h"] = nn.ModuleList([Block(config, i) for i in range(config.n_layer)])
         t["ln_f"] = make_norm(config)
         self.transformer = nn.ModuleDict(t)
-        self.lm_head = Linear(config.n_embd, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
         if config.tie_embeddings:
             self.lm_head.weight = self.transformer.wte.weight
         if config.positional == "rope":
@@ -496,16 +348,15 @@ class GPT(nn.Module):
             else:  # wte, wpe
                 nn.init.normal_(p, mean=0.0, std=1.0)
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
-                kv_cache: KVCache | None = None, select: tuple[torch.Tensor, torch.Tensor] | None = None):
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, kv_cache=None,
+                select: tuple[torch.Tensor, torch.Tensor] | None = None, pos: int | Sequence[int] = 0):
         cfg = self.config
         B, T = idx.size()
-        pos = kv_cache.positions(B, T, idx.device) if kv_cache is not None else 0
-        rows = pos if isinstance(pos, torch.Tensor) else None  # ragged rows: (B, T) positions
-        end = pos + T if rows is None else max(kv_cache.row_pos[:B]) + T
+        where = kv_cache.where(pos, B, T, idx.device) if kv_cache is not None else None
+        positions = torch.arange(T, device=idx.device) if where is None else where.positions  # (T,) or (B, T)
+        end = T if where is None else where.end
         if end > cfg.block_size:
             raise ValueError(f"sequence reaches position {end}, beyond block_size {cfg.block_size}")
-        positions = torch.arange(pos, pos + T, device=idx.device) if rows is None else rows  # (T,) or (B, T)
         x = self.transformer.wte(idx)  # (B, T, C)
         if cfg.positional == "learned":
             x = x + self.transformer.wpe(positions)  # (T, C) broadcast, or (B, T, C)
@@ -513,33 +364,22 @@ class GPT(nn.Module):
         if cfg.embd_norm:
             x = self.transformer.ln_e(x)
         cos = sin = None
-        if cfg.positional == "rope" and rows is None:
-            cos, sin = self.rope_cos[pos:pos + T], self.rope_sin[pos:pos + T]  # (T, hs/2)
-        elif cfg.positional == "rope":
-            cos, sin = self.rope_cos[rows].unsqueeze(1), self.rope_sin[rows].unsqueeze(1)  # (B, 1, T, hs/2)
+        if cfg.positional == "rope":
+            cos, sin = self.rope_cos[positions], self.rope_sin[positions]  # (T, hs/2) or (B, T, hs/2)
+            if positions.dim() == 2:  # ragged rows
+                cos, sin = cos.unsqueeze(1), sin.unsqueeze(1)  # (B, 1, T, hs/2)
         for block in self.transformer.h:
-            x = block(x, cos, sin, kv_cache)
+            x = block(x, cos, sin, kv_cache, where)
         x = self.transformer.ln_f(x)
         if select is not None:
             x = x[select]  # (N, C)
         logits = self.lm_head(x).float()  # (B, T, V), or (N, V) with select
         if cfg.logit_softcap is not None:
             logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
-        if kv_cache is not None:
-            kv_cache.advance(B, T)
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
-
-    def new_kv_cache(self, batch_size: int, max_len: int | None = None, device=None,
-                     dtype: torch.dtype | None = None) -> KVCache:
-        """An empty `KVCache` for this model: max_len positions (default block_size), on the model's
-        device and in its parameter dtype unless given."""
-        p = self.lm_head.weight
-        cfg = self.config
-        return KVCache(cfg.n_layer, batch_size, cfg.n_kv_head, max_len or cfg.block_size, cfg.head_dim,
-                       device=device or p.device, dtype=dtype or p.dtype)
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
         """Number of parameters (a tied wte/lm_head matrix counts once).

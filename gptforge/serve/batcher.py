@@ -16,9 +16,11 @@ next request in the queue. So a request never waits for a running batch to end, 
 (and for prefills of requests admitted with it, which run between decode steps). Requests beyond
 ``max_batch`` wait in a bounded queue (``max_queue`` rows; beyond it ``submit`` raises ``QueueFull``).
 
-Every row has its own sampling settings (temperature, top-k, top-p, seed, stop strings, max tokens),
-its own tool calls (the engine's ``ToolCalls``) and its own incremental UTF-8 decoding
-(``TurnDecoder``), so a multi-byte character is never split across events.
+Every row is the engine's ``Row`` (its own sampler, seed, tool calls, stop tokens and max tokens, as
+in ``generate``), with its own stop strings and its own incremental UTF-8 decoding
+(``TurnDecoder``), so a multi-byte character is never split across events. A failure in one row's
+prefill, sampling, tool call or decoding ends that row (its client gets a server error); the others
+go on. Only a failed decode step (the batch's forward pass) ends every live row.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import torch
 
 from gptforge.chat.assistant import Piece, TurnDecoder
 from gptforge.chat.render import ChatTokens
-from gptforge.engine import Slots, ToolCalls, ToolUse, sample_next
+from gptforge.engine import Row, Slots, ToolUse, prepare
 
 
 class QueueFull(Exception):
@@ -213,9 +215,7 @@ class _Row:
     params: RowParams
     decoder: TurnDecoder | _TextDecoder
     stops: StopStrings
-    gen: torch.Generator
-    calls: ToolCalls | None  # chat rows of a tokenizer with tool tokens
-    produced: int = 0
+    row: Row  # the engine's decoder of this row: sampler, tool calls, stop tokens, tokens so far
     done: bool = False
     next: int = -1  # the token to feed at the next step
     events: list[Event] = field(default_factory=list)
@@ -241,7 +241,7 @@ class _Row:
             self.say(self.decoder.finish())
             tail = "" if self.stops.hit else self.stops.flush()
             self.events.append(Event(self.index, tail, finish="stop" if self.stops.hit else reason,
-                                     tokens=self.produced))
+                                     tokens=len(self.row.tokens)))
 
 
 def marker(p: Piece) -> str:
@@ -339,7 +339,12 @@ class Batcher:
                 jobs.append(job)
                 free -= len(job.rows)
         for job in jobs:  # prefill: the prompt once, its first token for each of the job's rows
-            logits = self.slots.add(job.prompt, len(job.rows))  # (n, V)
+            try:
+                logits = self.slots.add(job.prompt, len(job.rows))  # (n, V)
+            except Exception:  # this prompt's failure (the slots are unchanged): its rows end alone
+                traceback.print_exc(file=sys.stderr)
+                job.send([Event(i, finish="error") for i in range(len(job.rows))])
+                continue
             rows = [self._new_row(job, i, p) for i, p in enumerate(job.rows)]
             self.live.extend(rows)
             self.running = len(self.live)
@@ -363,40 +368,35 @@ class Batcher:
         self._leave()
 
     def _new_row(self, job: Job, index: int, params: RowParams) -> _Row:
-        gen = torch.Generator(device=self.device)
-        gen.manual_seed(params.seed + index if params.seed is not None else random.getrandbits(63))
+        seed = params.seed + index if params.seed is not None else random.getrandbits(63)
         decoder = TurnDecoder(self.tok) if job.chat else _TextDecoder(self.tok)
-        calls = ToolCalls(self.tool, 1) if job.chat and self.tool is not None else None
-        return _Row(job, index, params, decoder, StopStrings(params.stop), gen, calls)
+        # a chat turn ends at <|assistant_end|> or <|endoftext|>, plain text at <|endoftext|> (not sent)
+        stops = [t for t in ((self.end_turn, self.eot) if job.chat else (self.eot,)) if t is not None]
+        row = Row(params.max_new, params.temperature, params.top_k, params.top_p, seed, stops,
+                  self.tool if job.chat else None, device=self.device)
+        return _Row(job, index, params, decoder, StopStrings(params.stop), row)
 
     def _choose(self, rows: list[_Row], logits: torch.Tensor, first: int) -> None:
-        """Pick each row's next token from its logits (rows[i] has logits[i] and is slot first + i):
-        a queued tool-answer token, else greedy or sampled; then stream it or end the row."""
-        greedy = None
-        if any(r.params.temperature == 0 for r in rows):
-            greedy = logits.argmax(dim=-1).tolist()  # one call for all the temperature-0 rows
+        """Pick each row's next token (rows[i] has logits[i] and is slot first + i; ``Row.choose``),
+        then stream it or end the row."""
+        logits, greedy = prepare([r.row for r in rows], logits)
         for i, r in enumerate(rows):
-            forced = r.calls.pop(0) if r.calls is not None else None
-            if forced is not None:
-                tok = forced
-            elif r.params.temperature == 0:
-                tok = greedy[i]
-            else:
-                tok = sample_next(logits[i:i + 1], r.params.temperature, r.params.top_k, r.params.top_p,
-                                  r.gen).item()
-            if forced is None and tok in (self.end_turn, self.eot) and (r.job.chat or tok == self.eot):
-                r.end("stop")  # <|assistant_end|> or <|endoftext|> ends the turn (not sent)
-                continue
-            r.produced += 1
-            if forced is None and r.calls is not None:
-                r.calls.observe(0, tok)
-            r.say(r.decoder.feed(tok))
-            if r.stops.hit:
-                r.end("stop")
-            elif r.produced >= r.params.max_new or self.slots.length(first + i) >= self.slots.block_size:
-                r.end("length")  # (the server keeps prompt + max_tokens within the context)
-            else:
-                r.next = tok
+            try:
+                tok = r.row.choose(logits[i], greedy[i])
+                if tok is None:
+                    r.end("stop")
+                    continue
+                r.say(r.decoder.feed(tok))
+                if r.stops.hit:
+                    r.end("stop")
+                elif r.row.done or self.slots.length(first + i) >= self.slots.block_size:
+                    r.end("length")  # (the server keeps prompt + max_tokens within the context)
+                else:
+                    r.next = tok
+            except Exception:  # a bug in this row's sampling, tool call or decoding: it ends alone
+                traceback.print_exc(file=sys.stderr)
+                r.done = True
+                r.events.append(Event(r.index, finish="error"))
 
     def _leave(self) -> None:
         """Send this step's events, then drop the rows that are done from the slots."""

@@ -27,6 +27,7 @@ from gptforge.checkpoint import RunState
 from gptforge.data.shards import open_shards
 from gptforge.errors import UserError
 from gptforge.models import build_model, model_config
+from gptforge.models.cpu import use_cpu_kernels
 from gptforge.train.batches import PretrainBatches, eval_offsets, lm_loss
 from gptforge.train.config import TrainConfig, saved_config
 from gptforge.train.curriculum import CurriculumBatches
@@ -329,6 +330,7 @@ def setup(cfg: TrainConfig, resume: bool, d: Dist, data: TrainData | None = None
     state.config = saved_config(cfg, Path(cfg.out))
     state.tokens_per_step, state.world_size = tokens_per_step, d.world
     raw_model.to(d.device)
+    use_cpu_kernels(raw_model)  # the CPU's faster Dropout, as before it was opt-in (torch's elsewhere)
     model = eval_model = torch.compile(raw_model) if cfg.compile else raw_model
     if d.ddp:
         from torch.nn.parallel import DistributedDataParallel as DDP
