@@ -381,3 +381,37 @@ def test_serve_command_refuses_a_bad_checkpoint_in_one_line(capsys, tmp_path):
     assert capsys.readouterr().err == f"gptforge: error: --ckpt {tmp_path / 'nope'}: no such directory\n"
     assert main(["serve", "--ckpt", str(tmp_path), "--max-batch", "0"]) == 2
     assert "max-batch" in capsys.readouterr().err
+
+
+def test_web_pages_cannot_drive_a_local_server(server, models):
+    """Issue 27.20: loopback Host names only, no other site's Origin, JSON bodies only (no --api-key)."""
+    url, body = server[0], {"model": "chat", "messages": USER, "max_tokens": 2}
+    port = url.rsplit(":", 1)[1]
+    post = lambda headers, **kw: httpx.post(url + "/v1/chat/completions", json=body, headers=headers, **kw)  # noqa: E731
+    r = httpx.get(url + "/v1/models", headers={"Host": f"rebound.example:{port}"})  # DNS rebinding
+    assert r.status_code == 403 and r.json()["error"]["code"] == "host_not_allowed"
+    for host in (f"localhost:{port}", f"127.0.0.2:{port}", f"[::1]:{port}"):
+        assert httpx.get(url + "/v1/models", headers={"Host": host}).status_code == 200
+    r = post({"Origin": "https://evil.example"})  # a page of another site (blind cross-site request)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "origin_not_allowed"
+    assert post({"Origin": "null"}).status_code == 403
+    assert post({"Origin": url}).status_code == 200  # the server's own pages
+    r = httpx.post(url + "/v1/chat/completions", content=json.dumps(body),
+                   headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type"
+    assert httpx.post(url + "/v1/completions", data={"model": "base"}).status_code == 415  # a form
+    assert post({"Content-Type": "application/json; charset=utf-8"}).status_code == 200
+
+    app = create_app({"chat": models["chat"]}, allowed_hosts=["gpt.lan"], allowed_origins=["https://ok.example"])
+    with live_server(app) as url2:
+        assert httpx.get(url2 + "/v1/models", headers={"Host": "gpt.lan"}).status_code == 200
+        assert httpx.get(url2 + "/v1/models", headers={"Host": "other.lan"}).status_code == 403
+        r = httpx.post(url2 + "/v1/chat/completions", json=body, headers={"Origin": "https://ok.example"})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://ok.example"
+        pre = httpx.options(url2 + "/v1/chat/completions", headers={
+            "Origin": "https://ok.example", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type"})
+        assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == "https://ok.example"
+    app = create_app({"chat": models["chat"]}, host="0.0.0.0")  # exposed on purpose: any Host name
+    with live_server(app) as url3:
+        assert httpx.get(url3 + "/v1/models", headers={"Host": "box.lan"}).status_code == 200

@@ -34,6 +34,13 @@ def register(sub: argparse._SubParsersAction, help: str) -> None:
                    help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--api-key", default=None, help="require the header Authorization: Bearer KEY on /v1")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="with a loopback --host, also answer requests for this Host name (e.g. a name "
+                        "in /etc/hosts or a proxy's); repeatable, * for any. Other names get 403, which "
+                        "stops DNS-rebinding pages")
+    p.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let web pages of this origin (e.g. https://example.com) call the server "
+                        "(CORS); repeatable, * for any. Other sites' pages get 403")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
     p.add_argument("--arena-db", default="arena.db", metavar="FILE",
                    help="SQLite file for the arena's votes (/arena, with two or more chat models; "
@@ -75,7 +82,8 @@ def run(args) -> int:
         model, tok, _ = load_for_inference(path, args.which, args.device)
         models[name] = (model, tok)
         print(f"serving {name!r} from {path} ({model.config.block_size}-token context)", file=sys.stderr)
-    app = create_app(models, api_key=args.api_key, limits=limits, arena_db=args.arena_db)
+    app = create_app(models, api_key=args.api_key, limits=limits, arena_db=args.arena_db, host=args.host,
+                     allowed_hosts=args.allowed_host, allowed_origins=args.allowed_origin)
     print(f"open http://{args.host}:{args.port}/  (OpenAI base_url http://{args.host}:{args.port}/v1)",
           file=sys.stderr)
     if sum(m.chat for m in app.state.served.values()) >= 2:

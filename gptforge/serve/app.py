@@ -40,6 +40,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import json
 import sys
 import time
@@ -47,9 +48,11 @@ import traceback
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
@@ -87,6 +90,71 @@ class Limits:
         check(self, "limits")
 
 
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` (and its subdomains), 127.0.0.0/8 and ::1 (brackets allowed)."""
+    host = host.strip("[]").lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def host_name(authority: str) -> str:
+    """``"127.0.0.1:8000"`` -> ``"127.0.0.1"``, ``"[::1]:80"`` -> ``"::1"`` (lower case)."""
+    return (urlsplit("//" + authority).hostname or "") if authority else ""
+
+
+class Guard:
+    """ASGI middleware that keeps web pages from driving a local server (what Jupyter and local model
+    servers do against cross-site requests and DNS rebinding; a server with no --api-key is otherwise
+    open to any page its user visits):
+
+    - Host: when the server is bound to a loopback address, only loopback names (``localhost``,
+      127.x.x.x, ``[::1]``) and ``allowed_hosts`` are served (a rebound DNS name gets 403).
+    - Origin: a request whose ``Origin`` is not the server's own (``scheme://Host``) nor in
+      ``allowed_origins`` (``*``: any) gets 403; browsers send ``Origin`` with every cross-origin
+      request and every POST.
+    - Content-Type: a POST with a body type other than ``application/json`` gets 415, so a page
+      cannot send JSON as ``text/plain`` or a form (which browsers send without asking the server).
+      A request without the header (curl, scripts) is read as JSON.
+    """
+
+    def __init__(self, app, loopback: bool, allowed_hosts=(), allowed_origins=()):
+        self.app, self.loopback = app, loopback
+        self.hosts = {h.lower() for h in allowed_hosts}
+        self.origins = {o.rstrip("/").lower() for o in allowed_origins}
+
+    def refusal(self, scope) -> APIError | None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        host = headers.get("host", "")
+        name = host_name(host)
+        if self.loopback and not (is_loopback(name) or name in self.hosts or "*" in self.hosts):
+            return APIError(403, f"host {host!r} is not allowed: this server answers only to "
+                                 "localhost (start it with --allowed-host NAME to add one)",
+                            code="host_not_allowed", type="permission_error")
+        origin = headers.get("origin")
+        if origin is not None:
+            own = {f"{scheme}://{host}".lower() for scheme in ("http", "https")}
+            o = origin.rstrip("/").lower()
+            if o not in own and o not in self.origins and "*" not in self.origins:
+                return APIError(403, f"origin {origin!r} is not allowed: web pages of other sites cannot "
+                                     "use this server (start it with --allowed-origin ORIGIN to allow "
+                                     "one)", code="origin_not_allowed", type="permission_error")
+        kind = headers.get("content-type")
+        if scope["method"] == "POST" and kind is not None \
+                and kind.split(";")[0].strip().lower() != "application/json":
+            return APIError(415, f"Content-Type {kind!r}: expected application/json",
+                            code="unsupported_media_type")
+        return None
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and (e := self.refusal(scope)) is not None:
+            return await e.response()(scope, receive, send)
+        return await self.app(scope, receive, send)
+
+
 class APIError(Exception):
     """An error answered as OpenAI's error JSON with this HTTP status."""
 
@@ -114,9 +182,13 @@ class Served:
 
 
 def create_app(models: dict, api_key: str | None = None, limits: Limits | None = None,
-               arena_db: str | Path | None = None) -> FastAPI:
+               arena_db: str | Path | None = None, host: str = "127.0.0.1", allowed_hosts=(),
+               allowed_origins=()) -> FastAPI:
     """The FastAPI app serving ``models``, name -> (model in eval mode, tokenizer); each model gets a
     Batcher thread. ``api_key``: require ``Authorization: Bearer <api_key>`` on /v1 (401 otherwise).
+    ``host``: the address the server binds (loopback: only loopback Host names and ``allowed_hosts``
+    are served); ``allowed_origins``: other sites' origins (``https://example.com``) whose pages may
+    call it, with CORS headers; see `Guard`.
     ``arena_db``: an SQLite file for the arena's votes, which adds /arena and /arena/leaderboard
     (gptforge.serve.arena; None: no arena). ``app.state.served`` maps names to `Served` (tests read
     the batchers' statistics there).
@@ -138,6 +210,11 @@ def create_app(models: dict, api_key: str | None = None, limits: Limits | None =
 
     app = FastAPI(title="gptforge", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.served = served
+    if allowed_origins:  # the browser's preflight and response headers for the origins allowed
+        app.add_middleware(CORSMiddleware, allow_origins=list(allowed_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["authorization", "content-type"])
+    app.add_middleware(Guard, loopback=is_loopback(host), allowed_hosts=allowed_hosts,
+                       allowed_origins=allowed_origins)
 
     @app.exception_handler(APIError)
     async def _api_error(request, e: APIError):
