@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,11 +39,18 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
     """``with atomic_open(p, "wb") as f: f.write(...)``: ``p`` appears complete or not at all.
 
     Raises:
-        UserError: the target is a directory or its folder cannot be written (the message names it).
+        UserError: the target is a directory, exists but is not a regular file (a symlink, FIFO or
+            device: renaming over it would replace it, not write into it), or its folder cannot be
+            written; the message names it.
     """
     path = Path(path)
     if path.is_dir():
         raise UserError(f"{path}: is a directory; give a file name")
+    with contextlib.suppress(OSError):  # absent (or unreadable: mkstemp below says why)
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            kind = "a symlink" if path.is_symlink() else "not a regular file (a FIFO, socket or device)"
+            raise UserError(f"{path}: exists and is {kind}; gptforge writes only regular files, "
+                            "give another name")
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except FileNotFoundError:

@@ -346,6 +346,26 @@ def test_export_to_a_directory_is_a_clear_error_and_leaves_no_tmp(tmp_path, caps
     assert not (tmp_path / "out.tmp").exists()
 
 
+def test_out_that_is_a_fifo_or_a_symlink_is_refused_not_replaced(tmp_path, capsys):
+    """Issue 27.2: renaming over a FIFO, symlink or device node would replace it (as root, `--out
+    /dev/full` turned the device into a file); made here in tmp_path, /dev itself is never touched."""
+    from gptforge.io import atomic_write
+
+    run = _checkpoint(tmp_path, tiny("gpt2"))
+    fifo, target, link = tmp_path / "pipe", tmp_path / "kept.bin", tmp_path / "link.bin"
+    os.mkfifo(fifo)
+    target.write_bytes(b"precious")
+    link.symlink_to(target)
+    for out, needle in ((fifo, "not a regular file"), (link, "a symlink")):
+        assert gptforge_main(["export", "--ckpt", str(run), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and str(out) in err and len(err.strip().splitlines()) == 1
+        with pytest.raises(UserError, match=needle):
+            atomic_write(out, "{}")
+    assert fifo.is_fifo() and link.is_symlink() and target.read_bytes() == b"precious"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp file left
+
+
 def test_export_write_failure_leaves_no_tmp(tmp_path):
     (tmp_path / "file").write_text("x")  # so the output's parent directory cannot be created
     with pytest.raises(UserError, match="cannot write"):
