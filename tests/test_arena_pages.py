@@ -294,3 +294,21 @@ def test_arena_page_battle_vote_reveal_and_leaderboard(browser, tmp_path):
         assert d.execute_script("return document.getElementById('plot').naturalWidth") > 100  # the PNG
         assert "1 voted battle," in d.find_element(By.ID, "summary").text
         assert d.save_screenshot(str(tmp_path / "leaderboard.png"))
+
+
+def test_serve_refuses_a_damaged_or_foreign_arena_database_at_start(models, tmp_path):
+    """Issues 27.3 and 27.10: `PRAGMA quick_check` when the server opens the file; a file the arena
+    only reads (fewer than two chat models) is opened read-only and left as it was."""
+    from test_arena_store import damaged_arena, foreign_sqlite
+
+    from gptforge.errors import UserError
+
+    db = damaged_arena(tmp_path / "arena.db")
+    for chosen in ({"alpha": models["alpha"], "beta": models["beta"]}, {"alpha": models["alpha"]}):
+        with pytest.raises(UserError, match="damaged"):
+            create_app(chosen, arena_db=db)
+    other = tmp_path / "other.db"
+    before = foreign_sqlite(other)
+    with pytest.raises(UserError, match="not an arena database"):
+        create_app({"alpha": models["alpha"]}, arena_db=other)
+    assert other.read_bytes() == before and not Path(f"{other}-wal").exists()

@@ -319,7 +319,12 @@ def create_app(models: dict, api_key: str | None = None, limits: Limits | None =
     if arena_db is not None:
         from gptforge.serve.arena import add_arena  # here: that module builds on this one's helpers
 
-        add_arena(app, served, limits, arena_db, authorize)
+        try:
+            add_arena(app, served, limits, arena_db, authorize)
+        except BaseException:  # e.g. a damaged database: no batcher thread outlives the refusal
+            for s in served.values():
+                s.batcher.stop()
+            raise
     return app
 
 

@@ -44,7 +44,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response, StreamingResponse
 
 from gptforge.arena.ratings import leaderboard, plot_ratings
-from gptforge.arena.store import BattleError, VoteStore, is_sqlite
+from gptforge.arena.store import BattleError, VoteStore
 from gptforge.chat.assistant import fit_context
 from gptforge.chat.render import render_for_completion
 from gptforge.errors import UserError
@@ -95,6 +95,10 @@ def add_arena(app: FastAPI, served: dict[str, Served], limits: Limits, db_path: 
     ready = len(contenders) >= 2
     db_path = Path(db_path)
     store = VoteStore(db_path) if ready else None
+    # with the arena off, the leaderboard only reads: an existing file, opened read-only
+    reader = store or (VoteStore(db_path, readonly=True) if db_path.exists() else None)
+    if reader is not None:
+        reader.check()  # damage anywhere in the file: refuse to start, not a 500 at the first read
     rng = random.SystemRandom()  # the draw must not be predictable from outside
     why_off = (f"The arena needs at least two chat models; this server has {len(contenders)} "
                f"({', '.join(contenders) or 'none'}). Start it with two: "
@@ -110,12 +114,6 @@ def add_arena(app: FastAPI, served: dict[str, Served], limits: Limits, db_path: 
             response.set_cookie(COOKIE, session or secrets.token_urlsafe(32), max_age=COOKIE_MAX_AGE_S,
                                 path="/arena", httponly=True, samesite="strict")
         return response
-
-    def reading_store() -> VoteStore | None:
-        """The store, or with the arena off, an existing arena file (never creating one)."""
-        if store is not None:
-            return store
-        return VoteStore(db_path) if is_sqlite(db_path) else None
 
     @app.get("/arena")
     def arena_page(request: Request):
@@ -193,7 +191,7 @@ def add_arena(app: FastAPI, served: dict[str, Served], limits: Limits, db_path: 
             out.update(model_a=b["model_a"], model_b=b["model_b"])
         return out
 
-    board = Leaderboard(reading_store)
+    board = Leaderboard(reader)
 
     @app.get("/arena/leaderboard")
     def leaderboard_page():
@@ -287,15 +285,21 @@ class Leaderboard:
     of ROUNDS fits per request would be wasteful; votes are never taken back, so the number of voted
     battles and the latest vote time identify the data). Thread-safe: called via asyncio.to_thread."""
 
-    def __init__(self, open_store: Callable[[], VoteStore | None]):
-        self.open_store = open_store
+    def __init__(self, store: VoteStore | None):
+        self.store = store
         self.lock = threading.Lock()
         self.key, self.rows, self.png = None, [], None
 
     def get(self, want_png: bool) -> tuple[list, int, bytes | None]:
-        """(rows best first, number of voted battles, PNG bytes when ``want_png`` and there are votes)."""
-        store = self.open_store()
-        battles = store.fastchat_battles() if store is not None else []
+        """(rows best first, number of voted battles, PNG bytes when ``want_png`` and there are votes).
+
+        Raises:
+            APIError: 500 when the database cannot be read (damaged since the server started).
+        """
+        try:
+            battles = self.store.fastchat_battles() if self.store is not None else []
+        except UserError as e:
+            raise APIError(500, str(e), type="server_error", code="arena_database_error") from None
         key = (len(battles), max((b["tstamp"] or 0 for b in battles), default=0))
         with self.lock:
             if key != self.key:
