@@ -312,3 +312,15 @@ def test_serve_refuses_a_damaged_or_foreign_arena_database_at_start(models, tmp_
     with pytest.raises(UserError, match="not an arena database"):
         create_app({"alpha": models["alpha"]}, arena_db=other)
     assert other.read_bytes() == before and not Path(f"{other}-wal").exists()
+
+
+def test_a_prompt_with_a_lone_surrogate_is_400_before_generating(client, server):
+    """Issue 27.9: both replies were generated, then storing failed and the stream was cut."""
+    before = len(VoteStore(server[1]).battles(voted_only=False))
+    served = server[2].state.served
+    finished = sum(s.batcher.stats()["finished"] for s in served.values())
+    r = client.post("/arena/battles", content=b'{"prompt": "hi \\ud800 there", "max_tokens": 4}',
+                    headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and error_of(r)["param"] == "prompt" and "surrogate" in error_of(r)["message"]
+    assert len(VoteStore(server[1]).battles(voted_only=False)) == before
+    assert sum(s.batcher.stats()["finished"] for s in served.values()) == finished  # nothing generated

@@ -46,6 +46,7 @@ from fastapi.responses import FileResponse, HTMLResponse, Response, StreamingRes
 from gptforge.arena.ratings import leaderboard, plot_ratings
 from gptforge.arena.store import BattleError, VoteStore
 from gptforge.chat.assistant import fit_context
+from gptforge.chat.conversation import check_conversation
 from gptforge.chat.render import render_for_completion
 from gptforge.errors import UserError
 from gptforge.serve.app import (
@@ -146,7 +147,10 @@ def add_arena(app: FastAPI, served: dict[str, Served], limits: Limits, db_path: 
                            top_p=number(body, "top_p", 1.0, 0, 1, lo_open=True))
         settings = {"temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p,
                     "max_tokens": max_new}
-        convo = [{"role": "user", "content": prompt}]
+        try:  # a lone surrogate, as /v1 does: refused before anything is generated (storing it would fail)
+            convo = check_conversation([{"role": "user", "content": prompt}], ends_with_assistant=False)
+        except ValueError as e:
+            raise APIError(400, f"prompt: {e}", param="prompt") from None
         prompts = {}
         for side, s in pair.items():
             try:
