@@ -415,3 +415,76 @@ def test_web_pages_cannot_drive_a_local_server(server, models):
     app = create_app({"chat": models["chat"]}, host="0.0.0.0")  # exposed on purpose: any Host name
     with live_server(app) as url3:
         assert httpx.get(url3 + "/v1/models", headers={"Host": "box.lan"}).status_code == 200
+
+
+def test_a_half_sent_body_times_out_and_a_client_leaving_mid_upload_is_quiet(models, capfd):
+    """Issues 27.6 and 27.13: a client that never finishes its body gets 408 after body_timeout_s
+    (it held the server and its shutdown); one that leaves mid-upload logs no traceback."""
+    import socket
+
+    app = create_app({"chat": models["chat"]}, limits=Limits(body_timeout_s=0.5))
+    with live_server(app) as url:
+        host, port = url.removeprefix("http://").split(":")
+        head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"model\"").encode()
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(head)
+            t0 = time.monotonic()
+            reply = s.recv(4096).decode()
+            assert reply.startswith("HTTP/1.1 408") and "request_timeout" in reply
+            assert time.monotonic() - t0 < 5
+        capfd.readouterr()
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(head)
+        time.sleep(0.3)
+        assert httpx.get(url + "/health").status_code == 200
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_serve_stops_on_sigterm_while_a_client_holds_a_half_sent_request(tmp_path):
+    """Issue 27.6: SIGTERM did nothing for 90 s and more while a client held a half-sent request."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from helpers import save_checkpoint_dir
+
+    model, tok = tiny_chat_model()
+    run = save_checkpoint_dir(tmp_path, model, tok)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    proc = subprocess.Popen([sys.executable, "-m", "gptforge", "serve", "--ckpt", f"m={run}", "--port", str(port),
+                             "--body-timeout-s", "600"], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.2)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 100\r\n"
+                      "\r\n{".encode())
+            time.sleep(0.5)
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+            assert time.monotonic() - t0 < 15
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_max_queue_0_is_refused(capsys, tmp_path):
+    """Issue 27.12: --max-queue 0 was accepted, then every request got 429 on an idle server."""
+    from gptforge.cli import main
+
+    assert main(["serve", "--ckpt", str(tmp_path), "--max-queue", "0"]) == 2
+    assert "--max-queue 0" in capsys.readouterr().err
+    with pytest.raises(ValueError):
+        Limits(max_queue=0)

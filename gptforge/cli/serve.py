@@ -9,6 +9,8 @@ from pathlib import Path
 from gptforge.cli.flags import add_config_flags, flag_values
 from gptforge.errors import UserError
 
+SHUTDOWN_TIMEOUT_S = 5
+
 
 def register(sub: argparse._SubParsersAction, help: str) -> None:
     from gptforge.serve.app import Limits
@@ -90,7 +92,10 @@ def run(args) -> int:
         print(f"arena: http://{args.host}:{args.port}/arena  (votes in {Path(args.arena_db).resolve()})",
               file=sys.stderr)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        # on SIGTERM/Ctrl-C, requests still running after SHUTDOWN_TIMEOUT_S are cut (a stalled
+        # client cannot keep the port taken and the process alive)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
+                    timeout_graceful_shutdown=SHUTDOWN_TIMEOUT_S)
     except OSError as e:  # e.g. the port is taken
         raise UserError(f"cannot listen on {args.host}:{args.port}: {e}") from None
     return 0

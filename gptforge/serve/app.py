@@ -56,6 +56,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from gptforge.chat.assistant import fit_context
 from gptforge.chat.conversation import check_conversation
@@ -77,12 +78,14 @@ class Limits:
     """What one request may ask for, and how much the server queues (each field is a `serve` flag)."""
 
     max_batch: int = setting(32, "rows decoded together (continuous batching); also caps n", ge=1, le=4096)
-    max_queue: int = setting(64, "rows waiting per model; beyond it requests get 429", ge=0, le=1_000_000)
+    max_queue: int = setting(64, "rows waiting per model; beyond it requests get 429", ge=1, le=1_000_000)
     max_body_bytes: int = setting(1 << 20, "largest request body in bytes (413 beyond)", ge=1024, le=1 << 30)
     max_messages: int = setting(256, "messages per chat request", ge=1, le=100_000)
     max_chars: int = setting(200_000, "characters in all messages (or the prompt) of a request", ge=1,
                              le=100_000_000)
     max_n: int = setting(8, "choices per request (OpenAI's n)", ge=1, le=128)
+    body_timeout_s: float = setting(30.0, "seconds a client may take to send its request body (408 beyond)",
+                                    gt=0, le=3600)
     default_max_tokens: int = setting(256, "max_tokens when a request gives none (at most half the context)",
                                       ge=1, le=1_000_000)
 
@@ -265,7 +268,7 @@ def create_app(models: dict, api_key: str | None = None, limits: Limits | None =
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request):
         authorize(request)
-        body = await read_json(request, limits.max_body_bytes)
+        body = await read_json(request, limits)
         s = find_model(served, body.get("model"))
         if not s.chat:
             raise APIError(400, f"model {s.name!r} has no chat tokens (a base model); use /v1/completions",
@@ -285,7 +288,7 @@ def create_app(models: dict, api_key: str | None = None, limits: Limits | None =
     @app.post("/v1/completions")
     async def completions(request: Request):
         authorize(request)
-        body = await read_json(request, limits.max_body_bytes)
+        body = await read_json(request, limits)
         s = find_model(served, body.get("model"))
         text = body.get("prompt")
         if isinstance(text, list) and len(text) == 1:
@@ -331,19 +334,30 @@ def create_app(models: dict, api_key: str | None = None, limits: Limits | None =
 # --- reading requests ---------------------------------------------------------------------------------
 
 
-async def read_json(request: Request, limit: int) -> dict:
-    """The body as a JSON object. Raises APIError: 413 over ``limit`` bytes, 400 not a JSON object."""
+async def read_json(request: Request, limits: Limits) -> dict:
+    """The body as a JSON object. Raises APIError: 413 over ``limits.max_body_bytes``, 408 when it
+    takes longer than ``limits.body_timeout_s`` to arrive (a client holding a half-sent request would
+    otherwise hold the server, even its shutdown), 400 not a JSON object or the client left."""
+    limit = limits.max_body_bytes
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise APIError(413, f"request body is {declared} bytes, more than the {limit} allowed",
                        code="request_too_large")
     chunks, size = [], 0
-    async for chunk in request.stream():  # counted as it arrives: a chunked upload cannot exceed it either
-        size += len(chunk)
-        if size > limit:
-            raise APIError(413, f"request body is more than the {limit} bytes allowed",
-                           code="request_too_large")
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(limits.body_timeout_s):
+            async for chunk in request.stream():  # counted as it arrives: a chunked upload cannot exceed it
+                size += len(chunk)
+                if size > limit:
+                    raise APIError(413, f"request body is more than the {limit} bytes allowed",
+                                   code="request_too_large")
+                chunks.append(chunk)
+    except TimeoutError:
+        raise APIError(408, f"request body not received within {limits.body_timeout_s:g} s",
+                       code="request_timeout") from None
+    except ClientDisconnect:  # normal: the client left mid-upload (no one reads the answer)
+        raise APIError(400, "the client disconnected while sending the request",
+                       code="client_disconnected") from None
     try:
         body = json.loads(b"".join(chunks))
     except (ValueError, RecursionError) as e:

@@ -131,7 +131,7 @@ def add_arena(app: FastAPI, served: dict[str, Served], limits: Limits, db_path: 
         authorize(request)
         if not ready:
             raise APIError(400, why_off, code="arena_unavailable")
-        body = await read_json(request, limits.max_body_bytes)
+        body = await read_json(request, limits)
         prompt = body.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             raise APIError(400, "prompt: expected a non-empty string", param="prompt")
@@ -170,7 +170,7 @@ def add_arena(app: FastAPI, served: dict[str, Served], limits: Limits, db_path: 
 
     @app.post("/arena/battles/{battle_id}/vote")
     async def vote(battle_id: str, request: Request):
-        body = await read_json(request, limits.max_body_bytes)
+        body = await read_json(request, limits)
         choice = body.get("vote")
         if not isinstance(choice, str):
             raise APIError(400, 'vote: expected "a", "b", "tie" or "bothbad"', param="vote")
