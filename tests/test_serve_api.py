@@ -456,8 +456,8 @@ def test_serve_stops_on_sigterm_while_a_client_holds_a_half_sent_request(tmp_pat
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     sock.close()
-    proc = subprocess.Popen([sys.executable, "-m", "gptforge", "serve", "--ckpt", f"m={run}", "--port", str(port),
-                             "--body-timeout-s", "600"], stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "gptforge", "serve", "--ckpt", f"m={run}", "--port",
+                             str(port), "--body-timeout-s", "600"], stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 60
         while True:
