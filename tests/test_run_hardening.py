@@ -157,6 +157,9 @@ def test_huge_header_length(bins, tmp_path):
     (lambda h: h["tokenizer"]["special_tokens"].update({"": 31}), "special token ''"),
     (lambda h: h.update(tokenizer=[]), "tokenizer kind"),
     (lambda h: h.update(model=None), "not a GPT"),
+    (lambda h: [t.update(offset=0) for t in h["tensors"].values()], "overlap"),  # issue 27.17: garbage
+    (lambda h: h["tensors"]["transformer.h.0.ln_1.weight"].update(
+        offset=h["tensors"]["transformer.wte.weight"]["offset"] + 64), "overlap"),
 ])
 def test_invalid_header_fields_are_one_line_errors(bins, tmp_path, change, needle):
     f = mutated(bins["gpt2"], tmp_path / "m.bin", change)
