@@ -8,13 +8,12 @@ from pathlib import Path
 
 from gptforge.cli.flags import add_config_flags, flag_values
 from gptforge.errors import UserError
+from gptforge.serve.limits import Limits
 
 SHUTDOWN_TIMEOUT_S = 5
 
 
 def register(sub: argparse._SubParsersAction, help: str) -> None:
-    from gptforge.serve.app import Limits
-
     p = sub.add_parser(
         "serve", help=help, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Serve models over HTTP with OpenAI's Chat Completions and Completions protocols\n"
@@ -74,7 +73,7 @@ def run(args) -> int:
     import uvicorn
 
     from gptforge.engine import load_for_inference
-    from gptforge.serve.app import Limits, create_app
+    from gptforge.serve.app import create_app
 
     limits = Limits(**flag_values(args, Limits))
     if not 0 < args.port < 65536:

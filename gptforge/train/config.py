@@ -25,7 +25,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from gptforge.config import check, convert, setting
-from gptforge.models import ARCHS, PRESETS, config_class
+from gptforge.models import ARCHS, PRESETS
 
 BIG = 1 << 62  # upper bound of counts that only need to fit in an int64
 
@@ -130,6 +130,8 @@ def model_overrides(arch: str, model: dict, where: str = "model") -> dict:
     Raises:
         UserError: unknown arch, unknown key or a value of the wrong type or range.
     """
+    from gptforge.models import config_class  # here: the model modules import torch, --help must not
+
     cls = config_class(arch)
     return {k: convert(cls, k, v, where) for k, v in model.items()}
 
@@ -161,6 +163,10 @@ def make_config(base: dict | None = None, *layers: dict, where: str = "config") 
 FINETUNE_RESETS = {"out": "", "max_time": 0.0, "schedule_time": 0.0, "max_tokens": 0, "decay_steps": 0,
                    "warmup_steps": 10, "sampling": "random", "weight_decay": 0.0, "eval_interval": 50,
                    "ckpt_interval": 0, "keep_last": 1, "tokens_per_step": 0, "progress": "auto"}
+
+# what an SFT run changes from the base run's config unless told otherwise (the base's schedule shape
+# and learning rates stay); here rather than in chat/sft.py so that `sft --help` needs no torch
+SFT_DEFAULTS = {**FINETUNE_RESETS, "max_steps": 300, "eval_tokens": 65536}
 
 
 def finetune_config(base, task: str, defaults: dict, *layers: dict, purpose: str) -> TrainConfig:
