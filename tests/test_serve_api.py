@@ -430,8 +430,10 @@ def test_a_half_sent_body_times_out_and_a_client_leaving_mid_upload_is_quiet(mod
         with socket.create_connection((host, int(port)), timeout=10) as s:
             s.sendall(head)
             t0 = time.monotonic()
-            reply = s.recv(4096).decode()
-            assert reply.startswith("HTTP/1.1 408") and "request_timeout" in reply
+            reply = b""
+            while b"request_timeout" not in reply and (chunk := s.recv(4096)):  # headers, then the body
+                reply += chunk
+            assert reply.startswith(b"HTTP/1.1 408") and b"request_timeout" in reply
             assert time.monotonic() - t0 < 5
         capfd.readouterr()
         with socket.create_connection((host, int(port)), timeout=10) as s:
@@ -488,3 +490,59 @@ def test_max_queue_0_is_refused(capsys, tmp_path):
     assert "--max-queue 0" in capsys.readouterr().err
     with pytest.raises(ValueError):
         Limits(max_queue=0)
+
+
+def test_bodies_are_validated_by_pydantic_models_and_422_is_a_400_naming_the_field(server):
+    """Issue 26.4: the request bodies are pydantic models, so FastAPI validates them and its 422
+    handler (OpenAI's 400, naming the field) is what answers a mismatch."""
+    url, body = server[0], {"model": "chat", "messages": USER}
+    cases = [({"stream_options": {"include_usage": "yes"}}, "stream_options",
+              "stream_options.include_usage: "),
+             ({"temperature": "0.5"}, "temperature", 'temperature: "0.5": '),  # no "1" for 1
+             ({"n": True}, "n", "n: true: "), ({"stop": [""]}, "stop", "stop.")]
+    for extra, param, start in cases:
+        r = httpx.post(url + "/v1/chat/completions", json={**body, **extra})
+        err = r.json()["error"]
+        assert r.status_code == 400 and err["param"] == param and err["code"] == "invalid_value", err
+        assert err["message"].startswith(start), err
+    r = httpx.post(url + "/v1/chat/completions", content=b'{"model": "chat", "messages": [], "top_p": NaN}')
+    assert r.status_code == 400 and r.json()["error"]["param"] == "top_p"
+    r = httpx.post(url + "/v1/completions", json={"model": "base"})  # no prompt
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+
+
+def test_a_base_model_is_not_a_chat_model_even_with_chat_tokens(models, tmp_path, capsys, monkeypatch):
+    """Issue 28.3: a model is a chat model when its run was finetuned on conversations, not when its
+    tokenizer has the chat tokens; the arena turns on only with two chat models or --arena-db."""
+    from gptforge.checkpoint import RunState, save_checkpoint
+    from gptforge.cli import build_parser
+    from gptforge.cli.serve import build_app
+    from gptforge.models import model_config
+
+    model, tok = models["chat"]  # BPE with the chat tokens
+    tok_file = tok.save(tmp_path / "tok")
+    for name, task in (("sft", "sft"), ("base", "pretrain"), ("dpo", "dpo")):
+        state = RunState(step=1, model_config=model_config(model), tokenizer=tok.identity(),
+                         config={"task": task})
+        save_checkpoint(tmp_path / name, model, [], state, tokenizer_json=tok_file)
+    monkeypatch.chdir(tmp_path)
+
+    def app_of(*argv):
+        args = build_parser("serve").parse_args(["serve", *argv])
+        return build_app(args)
+
+    app = app_of("--ckpt", "sft", "--ckpt", "base")
+    assert {n: s.chat for n, s in app.state.served.items()} == {"sft": True, "base": False}
+    with live_server(app) as url:
+        cards = {m["id"]: m["chat"] for m in httpx.get(url + "/v1/models").json()["data"]}
+        assert cards == {"sft": True, "base": False}
+        r = httpx.post(url + "/v1/chat/completions", json={"model": "base", "messages": USER})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "not_a_chat_model"
+        assert httpx.get(url + "/arena").status_code == 404  # no arena at all
+    assert not (tmp_path / "arena.db").exists()
+    app = app_of("--ckpt", "sft", "--ckpt", "dpo")  # two chat models: the arena, in arena.db
+    assert (tmp_path / "arena.db").exists() and "arena: http" in capsys.readouterr().err
+    app = app_of("--ckpt", "sft", "--ckpt", "base", "--arena-db", "votes.db")  # asked for: leaderboard only
+    with live_server(app) as url:
+        assert httpx.get(url + "/arena").status_code == 400
+        assert httpx.get(url + "/arena/leaderboard.json").json()["battles"] == 0
