@@ -365,6 +365,8 @@ def test_out_that_is_a_fifo_or_a_symlink_is_refused_not_replaced(tmp_path, capsy
         assert needle in err and str(out) in err and len(err.strip().splitlines()) == 1
         with pytest.raises(UserError, match=needle):
             atomic_write(out, "{}")
+    assert gptforge_main(["data", "corpus", "shakespeare", "--out", str(link)]) == 2  # wrote through it
+    assert "a symlink" in capsys.readouterr().err
     assert fifo.is_fifo() and link.is_symlink() and target.read_bytes() == b"precious"
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp file left
 

@@ -32,9 +32,9 @@ characters, parameters out of range or of the wrong type, max_tokens that leave 
 prompt; FastAPI's 422 is mapped to 400 naming the field), 401 for a missing or wrong API key, 403 for
 a Host or Origin a local server does not serve (`Guard`), 404 for an unknown model or path, 408 for a
 body not sent within ``body_timeout_s``, 413 for a body over ``max_body_bytes``, 415 for a POST that
-is not JSON, 429 when the model's queue is full, 500 for a bug. A conversation longer than the context loses its oldest turns (``fit_context``; the response
-header ``X-Gptforge-Dropped-Messages`` says how many); when even its newest user turn does not fit,
-400 with code ``context_length_exceeded``.
+is not JSON, 429 when the model's queue is full, 500 for a bug. A conversation longer than the
+context loses its oldest turns (``fit_context``; the response header ``X-Gptforge-Dropped-Messages``
+says how many); when even its newest user turn does not fit, 400 with code ``context_length_exceeded``.
 """
 
 from __future__ import annotations

@@ -10,8 +10,10 @@
   ``{"side", "part": {"type": "tool_call"|"tool_output", "text"}}``, ``{"side", "finish":
   "stop"|"length"}``; once both replies are complete the battle is stored (prompt, replies,
   models, sides, settings, session) and ``{"battle_id": ...}`` is sent, then ``data: [DONE]``.
-  The model names are never sent here. A client that disconnects stops both generations and no
-  battle is stored.
+  The model names are never sent here, not even in an error: ``max_tokens`` defaults to what fits
+  the smallest context of all the arena's models, and every limit is checked against all of them,
+  so no answer before the vote depends on the pair drawn. A client that disconnects stops both
+  generations and no battle is stored.
 - ``POST /arena/battles/{id}/vote`` ``{"vote": "a"|"b"|"tie"|"bothbad"}`` -> ``{"id", "vote",
   "model_a", "model_b"}``: the names, revealed. It answers only after the store has committed
   (fsynced) the vote, so an acknowledged vote survives a crash.
