@@ -113,24 +113,16 @@ class ToolCalls:
             call.append(tok)
 
 
-def is_greedy(temperature: float) -> bool:
-    """Temperature 0, or one so small that float32 division by it overflows or divides by zero (it
-    would turn the top logit into nan): both pick the argmax."""
-    return temperature < torch.finfo(torch.float32).tiny
-
-
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                 top_p: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Pick the next token for each row. Any temperature >= 0, top_k >= 1 and top_p in (0, 1] gives
-    finite probabilities: a temperature below float32's smallest normal number is greedy, and the
-    most likely token always survives top-k and top-p (so a top_p that underflows is top-1).
+    """Pick the next token for each row.
 
     Args:
         logits: (B, V) float, unnormalised log-probabilities.
     Returns:
         (B,) int64 token ids.
     """
-    if is_greedy(temperature):
+    if temperature == 0:
         return logits.argmax(dim=-1)
     # shift the max to 0 first: a tiny temperature then sends the rest to -inf instead of inf - inf = nan
     logits = logits.float()
@@ -143,7 +135,6 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
         probs = torch.softmax(sorted_logits, dim=-1)
         # drop a token when the mass before it already reaches top_p (the top token always stays)
         drop = (probs.cumsum(dim=-1) - probs) >= top_p
-        drop[:, 0] = False  # (a top_p below float32's range compares as 0 and would drop every token)
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = torch.softmax(logits, dim=-1)
