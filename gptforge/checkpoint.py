@@ -339,7 +339,7 @@ def load_optimizer_state(optimizers: list[torch.optim.Optimizer], ckpt: Path,
     try:
         for opt, sd in zip(optimizers, states, strict=True):
             opt.load_state_dict(sd)
-    except (ValueError, KeyError, TypeError) as e:
+    except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:  # whatever the structure
         raise UserError(f"{f}: optimizer state does not match this run's optimizers ({e})") from None
 
 

@@ -41,16 +41,40 @@ def fsync(path: str | os.PathLike) -> None:
         os.close(fd)
 
 
+def check_target(path: str | os.PathLike) -> Path:
+    """``path`` if a file can be written there (by ``atomic_open``): for a command to check its
+    ``--out`` before its work rather than after.
+
+    Raises:
+        UserError: the target is a directory, exists but is not a regular file (a symlink, FIFO or
+            device: renaming over it would replace it, not write into it), or its folder is missing
+            or not writable; the message names it.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory; give a file name")
+    with contextlib.suppress(OSError):  # absent (or unreadable: writing will say why)
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            kind = "a symlink" if path.is_symlink() else "not a regular file (a FIFO, socket or device)"
+            raise UserError(f"{path}: exists and is {kind}; gptforge writes only regular files, "
+                            "give another name")
+    if not path.parent.is_dir():
+        if path.parent.exists():
+            raise UserError(f"{path}: cannot write ({path.parent} is not a folder)")
+        raise UserError(f"{path}: the folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise UserError(f"{path}: cannot write (the folder {path.parent} is not writable)")
+    return path
+
+
 @contextlib.contextmanager
 def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None = "utf-8") -> Iterator[IO]:
     """``with atomic_open(p, "wb") as f: f.write(...)``: ``p`` appears complete or not at all.
 
     Raises:
-        UserError: the target is a directory or its folder cannot be written (the message names it).
+        UserError: ``check_target`` refuses the target, or the temporary file cannot be made.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise UserError(f"{path}: is a directory; give a file name")
+    path = check_target(path)
     try:
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     except FileNotFoundError:

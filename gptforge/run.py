@@ -84,6 +84,10 @@ def tensor_shapes(cfg: dict) -> dict[str, tuple[int, ...]]:
     return want
 
 
+class BadHeader(Exception):
+    """One problem of a model.bin header (``check_header`` names the file)."""
+
+
 def check_header(header, file_size: int, path: str, data_start: int) -> dict[str, tuple[int, tuple]]:
     """Check a parsed model.bin header against what this runner implements, before allocating anything.
 
@@ -93,104 +97,124 @@ def check_header(header, file_size: int, path: str, data_start: int) -> dict[str
     generated, not with block_size). Returns {name: (byte offset in the file, shape)} of every tensor.
     Raises SystemExit("<path>: <problem>") for the first problem found.
     """
-    def bad(msg: str):
-        raise SystemExit(f"{path}: {msg}")
+    try:
+        if not isinstance(header, dict):
+            raise BadHeader("the header is not a JSON object")
+        cfg, dtype, tensors, tk = (header.get(k) for k in ("model", "dtype", "tensors", "tokenizer"))
+        if not isinstance(dtype, str) or dtype not in DTYPES:
+            raise BadHeader(f"unknown dtype {_show(dtype)} (this runner reads {', '.join(DTYPES)})")
+        _check_model(cfg)
+        plan = _check_tensors(cfg, dtype, tensors, file_size, data_start)
+        _check_tokenizer(tk, cfg["vocab_size"])
+    except BadHeader as e:
+        raise SystemExit(f"{path}: {e}") from None
+    return plan
 
-    if not isinstance(header, dict):
-        bad("the header is not a JSON object")
-    cfg, dtype, tensors, tk = (header.get(k) for k in ("model", "dtype", "tensors", "tokenizer"))
-    if not isinstance(dtype, str) or dtype not in DTYPES:
-        bad(f"unknown dtype {_show(dtype)} (this runner reads {', '.join(DTYPES)})")
+
+def _check_model(cfg) -> None:
     if not isinstance(cfg, dict) or cfg.get("arch") != "gpt":
-        bad("the model is not a GPT (this runner runs gptforge GPTs only)")
+        raise BadHeader("the model is not a GPT (this runner runs gptforge GPTs only)")
     for k in ("vocab_size", "block_size", "n_layer", "n_head", "n_kv_head", "n_embd", "mlp_hidden"):
         if not _size(cfg.get(k)):
-            bad(f"model {k} must be a positive integer, not {_show(cfg.get(k))}")
+            raise BadHeader(f"model {k} must be a positive integer, not {_show(cfg.get(k))}")
     for k, choices in (("positional", POSITIONALS), ("norm", NORMS), ("mlp", MLPS)):
         if cfg.get(k) not in choices:
-            bad(f"unknown model {k} {_show(cfg.get(k))} (this runner knows {', '.join(choices)})")
+            raise BadHeader(f"unknown model {k} {_show(cfg.get(k))} (this runner knows {', '.join(choices)})")
     for k in ("embd_norm", "qk_norm", "tie_embeddings", "bias"):
         if not isinstance(cfg.get(k), bool):
-            bad(f"model {k} must be true or false, not {_show(cfg.get(k))}")
+            raise BadHeader(f"model {k} must be true or false, not {_show(cfg.get(k))}")
     C, nh, nkv = cfg["n_embd"], cfg["n_head"], cfg["n_kv_head"]
     if C % nh or nh % nkv:
-        bad(f"model n_embd {C}, n_head {nh}, n_kv_head {nkv}: each must divide the one before")
+        raise BadHeader(f"model n_embd {C}, n_head {nh}, n_kv_head {nkv}: each must divide the one before")
     if cfg["positional"] == "rope" and C // nh % 2:
-        bad(f"RoPE needs an even head size, not n_embd / n_head = {C // nh}")
+        raise BadHeader(f"RoPE needs an even head size, not n_embd / n_head = {C // nh}")
     if cfg["positional"] == "rope" and not (_real(cfg.get("rope_theta")) and cfg["rope_theta"] > 0):
-        bad(f"model rope_theta must be a positive number, not {_show(cfg.get('rope_theta'))}")
+        raise BadHeader(f"model rope_theta must be a positive number, not {_show(cfg.get('rope_theta'))}")
     if not (_real(cfg.get("norm_eps")) and cfg["norm_eps"] >= 0):
-        bad(f"model norm_eps must be a number >= 0, not {_show(cfg.get('norm_eps'))}")
+        raise BadHeader(f"model norm_eps must be a number >= 0, not {_show(cfg.get('norm_eps'))}")
     cap = cfg.get("logit_softcap")
     if cap is not None and not (_real(cap) and cap > 0):
-        bad(f"model logit_softcap must be a positive number or null, not {_show(cap)}")
+        raise BadHeader(f"model logit_softcap must be a positive number or null, not {_show(cap)}")
 
-    # tensors: exactly the ones the config needs, each inside the file (n_layer is bounded by the
-    # number of tensors first, so a huge one cannot make the list of expected names huge)
+
+def _check_tensors(cfg: dict, dtype: str, tensors, file_size: int, data_start: int) -> dict:
+    """Exactly the tensors the config needs, each inside the file and none overlapping another
+    (n_layer is bounded by the number of tensors first, so a huge one cannot make the list of
+    expected names huge)."""
     if not isinstance(tensors, dict):
-        bad("the header has no tensor index")
+        raise BadHeader("the header has no tensor index")
     if cfg["n_layer"] > len(tensors):
-        bad(f"model n_layer {cfg['n_layer']} but only {len(tensors)} tensors")
+        raise BadHeader(f"model n_layer {cfg['n_layer']} but only {len(tensors)} tensors")
     want = tensor_shapes(cfg)
     for name in tensors:
         if name not in want:
-            bad(f"unexpected tensor {_show(name)} for this config")
-    plan = {}
+            raise BadHeader(f"unexpected tensor {_show(name)} for this config")
+    plan, spans = {}, []
     for name, shape in want.items():
         t = tensors.get(name)
         if t is None:
-            bad(f"tensor {name} is missing")
+            raise BadHeader(f"tensor {name} is missing")
         if not isinstance(t, dict) or t.get("shape") != list(shape):
             got = t.get("shape") if isinstance(t, dict) else t
-            bad(f"tensor {name} has shape {_show(got)}; the config needs {list(shape)}")
-        nbytes = DTYPES[dtype]
-        for d in shape:
-            nbytes *= d
+            raise BadHeader(f"tensor {name} has shape {_show(got)}; the config needs {list(shape)}")
+        nbytes = DTYPES[dtype] * math.prod(shape)
         offset = t.get("offset")
         if t.get("nbytes") != nbytes:
-            bad(f"tensor {name}: nbytes {_show(t.get('nbytes'))} is not {nbytes} ({list(shape)} {dtype})")
+            raise BadHeader(f"tensor {name}: nbytes {_show(t.get('nbytes'))} is not {nbytes} "
+                            f"({list(shape)} {dtype})")
         if not _size(offset, 0) or offset % ALIGN:
-            bad(f"tensor {name}: offset {_show(offset)} is not a multiple of {ALIGN}")
+            raise BadHeader(f"tensor {name}: offset {_show(offset)} is not a multiple of {ALIGN}")
         end = data_start + offset + nbytes
         if end > file_size:
-            bad(f"truncated: tensor {name} ends at byte {end}, but the file has {file_size}")
+            raise BadHeader(f"truncated: tensor {name} ends at byte {end}, but the file has {file_size}")
         plan[name] = (data_start + offset, shape)
+        spans.append((offset, offset + nbytes, name))
+    spans.sort()
+    for (_, end, a), (start, _, b) in zip(spans, spans[1:], strict=False):
+        if start < end:  # two names for one stretch of bytes: the exporter never writes that
+            raise BadHeader(f"tensors {a} and {b} overlap in the file")
+    return plan
 
-    # tokenizer: every id it can produce must be a row of wte
-    V = cfg["vocab_size"]
+
+def _check_tokenizer(tk, V: int) -> None:
+    """Every id the tokenizer can produce must be a row of wte."""
     if not isinstance(tk, dict) or tk.get("kind") not in TOKENIZER_KINDS:
         got = tk.get("kind") if isinstance(tk, dict) else tk
-        bad(f"unknown tokenizer kind {_show(got)} (this runner knows {', '.join(TOKENIZER_KINDS)})")
-    if tk["kind"] == "char":
-        if not isinstance(tk.get("chars"), str):
-            bad("char tokenizer without a string of chars")
-        n = len(tk["chars"])
-    else:
-        vocab = tk.get("vocab")
-        if not isinstance(vocab, list) or not all(isinstance(b, str) for b in vocab):
-            bad("BPE tokenizer without a list of base64 tokens")
-        try:
-            tokens = {base64.b64decode(b, validate=True) for b in vocab}
-        except ValueError:
-            bad("BPE tokenizer vocab holds something that is not base64")
-        if not {bytes([i]) for i in range(256)} <= tokens:  # every text must be encodable
-            bad("BPE tokenizer vocab lacks some of the 256 single bytes")
-        if not isinstance(tk.get("pattern"), str):
-            bad("BPE tokenizer without a split pattern")
-        try:
-            split_function(tk["pattern"])
-        except Exception as e:  # re.error, regex.error, or our own ValueError; all mean "unusable"
-            bad(f"BPE split pattern {_show(tk['pattern'])} does not compile: {' '.join(str(e).split())}")
-        n = len(vocab)
+        raise BadHeader(f"unknown tokenizer kind {_show(got)} "
+                        f"(this runner knows {', '.join(TOKENIZER_KINDS)})")
+    n = len(tk["chars"]) if tk["kind"] == "char" and isinstance(tk.get("chars"), str) else _check_bpe(tk)
     if n > V:
-        bad(f"the tokenizer has {n} tokens but the model's vocab_size is {V}")
+        raise BadHeader(f"the tokenizer has {n} tokens but the model's vocab_size is {V}")
     special = tk.get("special_tokens")
     if not isinstance(special, dict):
-        bad("the tokenizer has no special_tokens object")
+        raise BadHeader("the tokenizer has no special_tokens object")
     for s, i in special.items():
         if not s or not _size(i, n) or i >= V:  # "" would match everywhere; ids follow the ordinary ones
-            bad(f"special token {_show(s)} has id {_show(i)}, outside {n}..{V - 1}")
-    return plan
+            raise BadHeader(f"special token {_show(s)} has id {_show(i)}, outside {n}..{V - 1}")
+
+
+def _check_bpe(tk: dict) -> int:
+    """The number of ordinary tokens of a BPE tokenizer (``tk`` of kind bpe; a char tokenizer here
+    lacks its string of chars)."""
+    if tk["kind"] == "char":
+        raise BadHeader("char tokenizer without a string of chars")
+    vocab = tk.get("vocab")
+    if not isinstance(vocab, list) or not all(isinstance(b, str) for b in vocab):
+        raise BadHeader("BPE tokenizer without a list of base64 tokens")
+    try:
+        tokens = {base64.b64decode(b, validate=True) for b in vocab}
+    except ValueError:
+        raise BadHeader("BPE tokenizer vocab holds something that is not base64") from None
+    if not {bytes([i]) for i in range(256)} <= tokens:  # every text must be encodable
+        raise BadHeader("BPE tokenizer vocab lacks some of the 256 single bytes")
+    if not isinstance(tk.get("pattern"), str):
+        raise BadHeader("BPE tokenizer without a split pattern")
+    try:
+        split_function(tk["pattern"])
+    except Exception as e:  # re.error, regex.error, or our own ValueError; all mean "unusable"
+        raise BadHeader(f"BPE split pattern {_show(tk['pattern'])} does not compile: "
+                        f"{' '.join(str(e).split())}") from None
+    return len(vocab)
 
 
 def load(path: str) -> tuple[dict, dict[str, np.ndarray]]:

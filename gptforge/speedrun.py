@@ -290,9 +290,10 @@ def plan(sr: SpeedrunConfig, train_overrides: dict | None = None, progress: bool
     return cfg, budget
 
 
-def speedrun(sr: SpeedrunConfig, train_overrides: dict | None = None, progress: bool = True) -> Path:
+def speedrun(sr: SpeedrunConfig, train_overrides: dict | None = None, progress: bool = True) -> Path | None:
     """Run the stages of ``sr`` (module docstring) on ``sr.corpus`` into folder ``sr.out``; return the
-    report's path (the report may be from an earlier run when the report stage is skipped).
+    report's path (the report may be from an earlier run when the report stage is skipped), or None
+    when the folder has no report.
 
     ``train_overrides``: TrainConfig fields (``model`` for the model's) over the recipe's.
     ``progress``: show progress (bars on a terminal, log lines otherwise); False is silent but for
@@ -327,14 +328,14 @@ def speedrun(sr: SpeedrunConfig, train_overrides: dict | None = None, progress: 
         write_json(out_dir / "speedrun.json", info)
     total = time.time() - t_all
     _say(f"done in {total:.0f} s")
-    sft_dir = out_dir / "sft"
-    talk = sft_dir if (sft_dir / "ckpt").exists() else out_dir / "pretrain"
-    if talk == sft_dir:
-        _say(f"talk to it:  gptforge chat --ckpt {talk}\n"
-             f"serve it:    gptforge serve --ckpt {talk}   (OpenAI API and a chat page on http://127.0.0.1:8000)")
-    else:
-        _say(f"sample from it:  gptforge sample --ckpt {talk} --prompt 'ROMEO:'")
-    return out_dir / "report.md"
+    sft_dir, base_dir = out_dir / "sft", out_dir / "pretrain"
+    if (sft_dir / "ckpt").exists():  # hints only for what the folder holds (--only data trains nothing)
+        _say(f"talk to it:  gptforge chat --ckpt {sft_dir}\n"
+             f"serve it:    gptforge serve --ckpt {sft_dir}   (OpenAI API and a chat page on http://127.0.0.1:8000)")
+    elif (base_dir / "ckpt").exists():
+        _say(f"sample from it:  gptforge sample --ckpt {base_dir} --prompt 'ROMEO:'")
+    report = out_dir / "report.md"
+    return report if report.is_file() else None
 
 
 def _read_info(out_dir: Path) -> dict:

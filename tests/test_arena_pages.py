@@ -294,3 +294,58 @@ def test_arena_page_battle_vote_reveal_and_leaderboard(browser, tmp_path):
         assert d.execute_script("return document.getElementById('plot').naturalWidth") > 100  # the PNG
         assert "1 voted battle," in d.find_element(By.ID, "summary").text
         assert d.save_screenshot(str(tmp_path / "leaderboard.png"))
+
+
+def test_serve_refuses_a_damaged_or_foreign_arena_database_at_start(models, tmp_path):
+    """Issues 27.3 and 27.10: `PRAGMA quick_check` when the server opens the file; a file the arena
+    only reads (fewer than two chat models) is opened read-only and left as it was."""
+    from test_arena_store import damaged_arena, foreign_sqlite
+
+    from gptforge.errors import UserError
+
+    db = damaged_arena(tmp_path / "arena.db")
+    for chosen in ({"alpha": models["alpha"], "beta": models["beta"]}, {"alpha": models["alpha"]}):
+        with pytest.raises(UserError, match="damaged"):
+            create_app(chosen, arena_db=db)
+    other = tmp_path / "other.db"
+    before = foreign_sqlite(other)
+    with pytest.raises(UserError, match="not an arena database"):
+        create_app({"alpha": models["alpha"]}, arena_db=other)
+    assert other.read_bytes() == before and not Path(f"{other}-wal").exists()
+
+
+def test_a_prompt_with_a_lone_surrogate_is_400_before_generating(client, server):
+    """Issue 27.9: both replies were generated, then storing failed and the stream was cut."""
+    before = len(VoteStore(server[1]).battles(voted_only=False))
+    served = server[2].state.served
+    finished = sum(s.batcher.stats()["finished"] for s in served.values())
+    r = client.post("/arena/battles", content=b'{"prompt": "hi \\ud800 there", "max_tokens": 4}',
+                    headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and error_of(r)["param"] == "prompt" and "surrogate" in error_of(r)["message"]
+    assert len(VoteStore(server[1]).battles(voted_only=False)) == before
+    assert sum(s.batcher.stats()["finished"] for s in served.values()) == finished  # nothing generated
+
+
+def test_battle_limits_and_errors_never_tell_which_models_were_drawn(tmp_path):
+    """Issue 28.2: the page's default max tokens (128) was the demo models' whole context, and the
+    error named one of the hidden models. Defaults fit the smallest context; an error is the same
+    whichever pair was drawn, and names none."""
+    small = {"gamma": tiny_chat_model(block_size=64, seed=3)}
+    app = create_app({"alpha": tiny_chat_model(seed=0), "beta": tiny_chat_model(seed=1), **small},
+                     arena_db=tmp_path / "arena.db")
+    with live_server(app) as url, httpx.Client(base_url=url, timeout=60) as c:
+        c.get("/arena")
+        events = []
+        with c.stream("POST", "/arena/battles", json={"prompt": PROMPT, "temperature": 0}) as r:
+            assert r.status_code == 200  # the default fits the smallest context
+            events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: {")]
+        bid = next(e["battle_id"] for e in events if "battle_id" in e)
+        assert VoteStore(tmp_path / "arena.db").battles(voted_only=False)[0]["sampling"]["max_tokens"] == 32
+        assert not any("error" in e for e in events) and bid
+        for body in ({"prompt": PROMPT, "max_tokens": 100}, {"prompt": "The cat sat on the mat. " * 20}):
+            answers = {c.post("/arena/battles", json=body).text for _ in range(12)}  # many draws
+            assert len(answers) == 1  # the same answer whichever pair was drawn
+            text = answers.pop()
+            assert '"error"' in text and not any(n in text for n in ("alpha", "beta", "gamma"))
+    page = (ROOT / "gptforge" / "serve" / "static" / "arena.html").read_text()
+    assert 'id="max-tokens"' in page and 'value="128"' not in page  # empty: the server's default

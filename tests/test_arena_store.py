@@ -127,3 +127,70 @@ def test_acknowledged_votes_survive_kill_9_under_load(tmp_path):
         for ack in acks[k]:
             bid, vote = ack.split()
             assert (bid, vote) in got, f"acknowledged vote {ack} of writer {k} lost"
+
+
+def foreign_sqlite(path: Path) -> bytes:
+    """Another program's SQLite file (rollback journal, no arena table); returns its bytes."""
+    import sqlite3
+
+    db = sqlite3.connect(path)
+    db.execute("CREATE TABLE notes (body TEXT)")
+    db.execute("INSERT INTO notes VALUES ('keep me')")
+    db.commit()
+    db.close()
+    return path.read_bytes()
+
+
+def test_commands_that_only_read_leave_a_foreign_sqlite_file_alone(tmp_path, capsys):
+    """Issue 27.3: `arena ratings --db` and `dpo --db` created arena tables in any SQLite file and
+    switched it to WAL for good; they open it read-only now and say it is not an arena database."""
+    from gptforge.arena.dpo import read_preferences
+    from gptforge.cli import main
+    from gptforge.errors import UserError
+
+    other = tmp_path / "other.db"
+    before = foreign_sqlite(other)
+    assert main(["arena", "ratings", "--db", str(other), "--rounds", "100"]) == 2
+    err = capsys.readouterr().err
+    assert "not an arena database" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(UserError, match="not an arena database"):
+        read_preferences(other)
+    with pytest.raises(UserError, match="not an arena database"):
+        VoteStore(other, readonly=True)
+    assert other.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["other.db"]
+    # an arena file is read as before, and reading writes nothing to it either
+    s = VoteStore(tmp_path / "a.db")
+    s.record_vote(s.create_battle("x", "hi", "m1", "m2", "a", "b"), "x", "a")
+    data = (tmp_path / "a.db").read_bytes()
+    assert len(VoteStore(tmp_path / "a.db", readonly=True).preference_pairs()) == 1
+    assert (tmp_path / "a.db").read_bytes() == data
+
+
+def damaged_arena(path: Path) -> Path:
+    """An arena file with enough battles for many pages, its pages past the first overwritten."""
+    s = VoteStore(path)
+    for i in range(60):
+        bid = s.create_battle("x", f"prompt {i} " + "words " * 100, "m1", "m2", "a" * 200, "b" * 200)
+        s.record_vote(bid, "x", "a")
+    raw = bytearray(path.read_bytes())
+    assert len(raw) > 8 * 4096 and not Path(f"{path}-wal").exists()
+    raw[3 * 4096:] = b"\xa5" * (len(raw) - 3 * 4096)
+    path.write_bytes(bytes(raw))
+    return path
+
+
+def test_a_damaged_arena_database_is_one_line_everywhere(tmp_path, capsys):
+    """Issue 27.10: damage past the first page gave sqlite3.DatabaseError tracebacks (ratings, dpo)
+    and a 500 from the leaderboard; now one line (exit 2), and `check` (serve's start) finds it."""
+    from gptforge.arena.dpo import read_preferences
+    from gptforge.cli import main
+    from gptforge.errors import UserError
+
+    db = damaged_arena(tmp_path / "arena.db")
+    assert main(["arena", "ratings", "--db", str(db), "--rounds", "100"]) == 2
+    err = capsys.readouterr().err
+    assert str(db) in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    with pytest.raises(UserError, match="arena database"):
+        read_preferences(db)
+    with pytest.raises(UserError, match="damaged"):
+        VoteStore(db, readonly=True).check()

@@ -72,6 +72,16 @@ def test_a_pickle_in_optimizer_pt_is_refused_in_one_line(tmp_path):
     assert "optimizer.pt: corrupt or unsafe optimizer state" in str(e.value) and "\n" not in str(e.value)
 
 
+@pytest.mark.parametrize("states", [["x"], [3], [{"state": [], "param_groups": [{"params": [0]}]}], [[1, 2]]])
+def test_optimizer_pt_of_the_wrong_structure_is_one_line(tmp_path, states):
+    """Issue 27.11: an optimizer state of another shape raised AttributeError (a traceback)."""
+    run, m = _run(tmp_path)
+    ck = ckpt.find_checkpoint(run)
+    torch.save({"optimizers": states}, ck / "optimizer.pt")
+    with pytest.raises(UserError, match="optimizer state does not match this run's optimizers"):
+        ckpt.load_optimizer_state([torch.optim.AdamW(m.parameters())], ck)
+
+
 @pytest.mark.parametrize("content", [b"\x00\xff\xfe junk", b"../../etc/passwd", b"step_1\nstep_2", b"", None])
 def test_pointer_files_holding_junk_or_a_directory(tmp_path, content, capsys):
     run, _ = _run(tmp_path)

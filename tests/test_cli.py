@@ -89,3 +89,22 @@ def test_errors_replace_accepts_bad_bytes_and_debug_shows_traceback(tmp_path):
     r = run("--debug", *base)
     assert r.returncode != 0 and "Traceback" in r.stderr
     assert run(*base, "--errors", "replace").returncode == 0
+
+
+def test_help_and_flag_mistakes_never_import_torch():
+    """Issue 27.18: `--help` took 2.7-3.7 s for nine commands (torch was imported to build their
+    parsers), and a mistyped flag cost the same before its error."""
+    from gptforge.cli import COMMANDS
+
+    script = f"""
+import contextlib, io, sys
+from gptforge.cli import build_parser
+for command in {list(COMMANDS)!r}:
+    for argv in ([command, "--help"], [command, "--no-such-flag"]):
+        with contextlib.suppress(SystemExit), contextlib.redirect_stdout(io.StringIO()), \\
+                contextlib.redirect_stderr(io.StringIO()):
+            build_parser(command).parse_args(argv)
+print(sorted(m for m in ("torch", "numpy", "fastapi") if m in sys.modules))
+"""
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr

@@ -194,3 +194,18 @@ def test_dpo_command(base, tmp_path, capsys):
     assert main(["dpo", "--resume", str(tmp_path / "d"), "--max-steps", "3", "--progress", "none"]) == 0
     assert main(["dpo", "--ckpt", str(run), "--out", str(tmp_path / "e")]) == 2
     assert "--prefs FILE or --db ARENA.db" in capsys.readouterr().err
+
+
+def test_dpo_flag_mistakes_name_the_flag_given(base, tmp_path, capsys):
+    """Issue 27.19: `--db textfile` said "malformed JSON" (read as JSONL); `--beta nan` named --dpo-beta."""
+    from gptforge.cli import main
+
+    run, _ = base
+    text = tmp_path / "notes.txt"
+    text.write_text("just some notes\n")
+    assert main(["dpo", "--ckpt", str(run), "--db", str(text), "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert "--db" in err and "not an arena vote database" in err and "malformed JSON" not in err
+    assert main(["dpo", "--ckpt", str(run), "--db", str(text), "--beta", "nan"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gptforge: error: --beta nan: expected") and "dpo-beta" not in err

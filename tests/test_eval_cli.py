@@ -70,6 +70,17 @@ def test_eval_mistakes_are_one_line(base, tmp_path, capsys):
     assert "gptforge: error:" in capsys.readouterr().err
 
 
+def test_eval_checks_out_before_evaluating(base, tmp_path, capsys):
+    """Issue 27.16: a bad --out failed only after the whole evaluation, and its results were lost."""
+    _, run = base
+    for out, needle in ((tmp_path, "is a directory"), (tmp_path / "no" / "eval.json", "does not exist")):
+        assert main(["eval", "--ckpt", str(run), "--tasks", "arithmetic", "--limit", "2", "--no-progress",
+                     "--out", str(out)]) == 2
+        captured = capsys.readouterr()
+        assert needle in captured.err and captured.err.count("\n") == 1
+        assert captured.out == ""  # nothing was evaluated (the table is printed before writing)
+
+
 def test_eval_hugging_face_folder(tmp_path, capsys):
     """A GPT-2-layout model saved as an HF folder evaluates with --tokenizer (GPT-2's rank file) and
     scores the same as the model it was saved from."""

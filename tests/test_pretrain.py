@@ -239,6 +239,18 @@ def test_schedule_time_replans_the_wsd_schedule_to_fill_its_seconds(data, tmp_pa
         train(cfg_for(data, tmp_path / "cos", schedule="cosine", schedule_time=1.0))
 
 
+def test_a_run_killed_before_its_first_checkpoint_can_start_again(data, tmp_path):
+    """Issue 27.4: the folder could neither be reused ("already holds a run") nor resumed ("no
+    checkpoint here"); with no checkpoint there is nothing to keep, so a fresh start reuses it."""
+    import shutil
+
+    train(cfg_for(data, tmp_path / "run", max_steps=2))
+    shutil.rmtree(tmp_path / "run" / "ckpt")  # what a kill before the first save leaves: log and config
+    assert (tmp_path / "run" / "metrics.jsonl").exists()
+    s = train(cfg_for(data, tmp_path / "run", max_steps=1))
+    assert s["step"] == 1 and [r["step"] for r in metrics(tmp_path / "run") if "train_loss" in r] == [1]
+
+
 def test_user_errors(data, tmp_path):
     train(cfg_for(data, tmp_path / "run", max_steps=1))
     with pytest.raises(UserError, match="already holds a run"):

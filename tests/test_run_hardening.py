@@ -157,6 +157,9 @@ def test_huge_header_length(bins, tmp_path):
     (lambda h: h["tokenizer"]["special_tokens"].update({"": 31}), "special token ''"),
     (lambda h: h.update(tokenizer=[]), "tokenizer kind"),
     (lambda h: h.update(model=None), "not a GPT"),
+    (lambda h: [t.update(offset=0) for t in h["tensors"].values()], "overlap"),  # issue 27.17: garbage
+    (lambda h: h["tensors"]["transformer.h.0.ln_1.weight"].update(
+        offset=h["tensors"]["transformer.wte.weight"]["offset"] + 64), "overlap"),
 ])
 def test_invalid_header_fields_are_one_line_errors(bins, tmp_path, change, needle):
     f = mutated(bins["gpt2"], tmp_path / "m.bin", change)
@@ -344,6 +347,28 @@ def test_export_to_a_directory_is_a_clear_error_and_leaves_no_tmp(tmp_path, caps
     err = capsys.readouterr().err
     assert "is a directory" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "out.tmp").exists()
+
+
+def test_out_that_is_a_fifo_or_a_symlink_is_refused_not_replaced(tmp_path, capsys):
+    """Issue 27.2: renaming over a FIFO, symlink or device node would replace it (as root, `--out
+    /dev/full` turned the device into a file); made here in tmp_path, /dev itself is never touched."""
+    from gptforge.io import atomic_write
+
+    run = _checkpoint(tmp_path, tiny("gpt2"))
+    fifo, target, link = tmp_path / "pipe", tmp_path / "kept.bin", tmp_path / "link.bin"
+    os.mkfifo(fifo)
+    target.write_bytes(b"precious")
+    link.symlink_to(target)
+    for out, needle in ((fifo, "not a regular file"), (link, "a symlink")):
+        assert gptforge_main(["export", "--ckpt", str(run), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert needle in err and str(out) in err and len(err.strip().splitlines()) == 1
+        with pytest.raises(UserError, match=needle):
+            atomic_write(out, "{}")
+    assert gptforge_main(["data", "corpus", "shakespeare", "--out", str(link)]) == 2  # wrote through it
+    assert "a symlink" in capsys.readouterr().err
+    assert fifo.is_fifo() and link.is_symlink() and target.read_bytes() == b"precious"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp file left
 
 
 def test_export_write_failure_leaves_no_tmp(tmp_path):

@@ -437,3 +437,168 @@ def test_one_bad_request_leaves_the_other_streams_alone(server, models, monkeypa
         got = list(pool.map(stream, extras))
     assert got[4] == ("", "server_error")
     assert [g for i, g in enumerate(got) if i != 4] == [(want, None)] * 6
+
+
+def test_web_pages_cannot_drive_a_local_server(server, models):
+    """Issue 27.20: loopback Host names only, no other site's Origin, JSON bodies only (no --api-key)."""
+    url, body = server[0], {"model": "chat", "messages": USER, "max_tokens": 2}
+    port = url.rsplit(":", 1)[1]
+    post = lambda headers, **kw: httpx.post(url + "/v1/chat/completions", json=body, headers=headers, **kw)  # noqa: E731
+    r = httpx.get(url + "/v1/models", headers={"Host": f"rebound.example:{port}"})  # DNS rebinding
+    assert r.status_code == 403 and r.json()["error"]["code"] == "host_not_allowed"
+    for host in (f"localhost:{port}", f"127.0.0.2:{port}", f"[::1]:{port}"):
+        assert httpx.get(url + "/v1/models", headers={"Host": host}).status_code == 200
+    r = post({"Origin": "https://evil.example"})  # a page of another site (blind cross-site request)
+    assert r.status_code == 403 and r.json()["error"]["code"] == "origin_not_allowed"
+    assert post({"Origin": "null"}).status_code == 403
+    assert post({"Origin": url}).status_code == 200  # the server's own pages
+    r = httpx.post(url + "/v1/chat/completions", content=json.dumps(body),
+                   headers={"Content-Type": "text/plain"})
+    assert r.status_code == 415 and r.json()["error"]["code"] == "unsupported_media_type"
+    assert httpx.post(url + "/v1/completions", data={"model": "base"}).status_code == 415  # a form
+    assert post({"Content-Type": "application/json; charset=utf-8"}).status_code == 200
+
+    app = create_app({"chat": models["chat"]}, allowed_hosts=["gpt.lan"], allowed_origins=["https://ok.example"])
+    with live_server(app) as url2:
+        assert httpx.get(url2 + "/v1/models", headers={"Host": "gpt.lan"}).status_code == 200
+        assert httpx.get(url2 + "/v1/models", headers={"Host": "other.lan"}).status_code == 403
+        r = httpx.post(url2 + "/v1/chat/completions", json=body, headers={"Origin": "https://ok.example"})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://ok.example"
+        pre = httpx.options(url2 + "/v1/chat/completions", headers={
+            "Origin": "https://ok.example", "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type"})
+        assert pre.status_code == 200 and pre.headers["access-control-allow-origin"] == "https://ok.example"
+    app = create_app({"chat": models["chat"]}, host="0.0.0.0")  # exposed on purpose: any Host name
+    with live_server(app) as url3:
+        assert httpx.get(url3 + "/v1/models", headers={"Host": "box.lan"}).status_code == 200
+
+
+def test_a_half_sent_body_times_out_and_a_client_leaving_mid_upload_is_quiet(models, capfd):
+    """Issues 27.6 and 27.13: a client that never finishes its body gets 408 after body_timeout_s
+    (it held the server and its shutdown); one that leaves mid-upload logs no traceback."""
+    import socket
+
+    app = create_app({"chat": models["chat"]}, limits=Limits(body_timeout_s=0.5))
+    with live_server(app) as url:
+        host, port = url.removeprefix("http://").split(":")
+        head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                "Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{\"model\"").encode()
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(head)
+            t0 = time.monotonic()
+            reply = b""
+            while b"request_timeout" not in reply and (chunk := s.recv(4096)):  # headers, then the body
+                reply += chunk
+            assert reply.startswith(b"HTTP/1.1 408") and b"request_timeout" in reply
+            assert time.monotonic() - t0 < 5
+        capfd.readouterr()
+        with socket.create_connection((host, int(port)), timeout=10) as s:
+            s.sendall(head)
+        time.sleep(0.3)
+        assert httpx.get(url + "/health").status_code == 200
+    assert "Traceback" not in capfd.readouterr().err
+
+
+def test_serve_stops_on_sigterm_while_a_client_holds_a_half_sent_request(tmp_path):
+    """Issue 27.6: SIGTERM did nothing for 90 s and more while a client held a half-sent request."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    from helpers import save_checkpoint_dir
+
+    model, tok = tiny_chat_model()
+    run = save_checkpoint_dir(tmp_path, model, tok)
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    sock.close()
+    proc = subprocess.Popen([sys.executable, "-m", "gptforge", "serve", "--ckpt", f"m={run}", "--port",
+                             str(port), "--body-timeout-s", "600"], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline and proc.poll() is None
+                time.sleep(0.2)
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(f"POST /v1/completions HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 100\r\n"
+                      "\r\n{".encode())
+            time.sleep(0.5)
+            t0 = time.monotonic()
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+            assert time.monotonic() - t0 < 15
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_max_queue_0_is_refused(capsys, tmp_path):
+    """Issue 27.12: --max-queue 0 was accepted, then every request got 429 on an idle server."""
+    from gptforge.cli import main
+
+    assert main(["serve", "--ckpt", str(tmp_path), "--max-queue", "0"]) == 2
+    assert "--max-queue 0" in capsys.readouterr().err
+    with pytest.raises(ValueError):
+        Limits(max_queue=0)
+
+
+def test_bodies_are_validated_by_pydantic_models_and_422_is_a_400_naming_the_field(server):
+    """Issue 26.4: the request bodies are pydantic models, so FastAPI validates them and its 422
+    handler (OpenAI's 400, naming the field) is what answers a mismatch."""
+    url, body = server[0], {"model": "chat", "messages": USER}
+    cases = [({"stream_options": {"include_usage": "yes"}}, "stream_options",
+              "stream_options.include_usage: "),
+             ({"temperature": "0.5"}, "temperature", 'temperature: "0.5": '),  # no "1" for 1
+             ({"n": True}, "n", "n: true: "), ({"stop": [""]}, "stop", "stop.")]
+    for extra, param, start in cases:
+        r = httpx.post(url + "/v1/chat/completions", json={**body, **extra})
+        err = r.json()["error"]
+        assert r.status_code == 400 and err["param"] == param and err["code"] == "invalid_value", err
+        assert err["message"].startswith(start), err
+    r = httpx.post(url + "/v1/chat/completions", content=b'{"model": "chat", "messages": [], "top_p": NaN}')
+    assert r.status_code == 400 and r.json()["error"]["param"] == "top_p"
+    r = httpx.post(url + "/v1/completions", json={"model": "base"})  # no prompt
+    assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+
+
+def test_a_base_model_is_not_a_chat_model_even_with_chat_tokens(models, tmp_path, capsys, monkeypatch):
+    """Issue 28.3: a model is a chat model when its run was finetuned on conversations, not when its
+    tokenizer has the chat tokens; the arena turns on only with two chat models or --arena-db."""
+    from gptforge.checkpoint import RunState, save_checkpoint
+    from gptforge.cli import build_parser
+    from gptforge.cli.serve import build_app
+    from gptforge.models import model_config
+
+    model, tok = models["chat"]  # BPE with the chat tokens
+    tok_file = tok.save(tmp_path / "tok")
+    for name, task in (("sft", "sft"), ("base", "pretrain"), ("dpo", "dpo")):
+        state = RunState(step=1, model_config=model_config(model), tokenizer=tok.identity(),
+                         config={"task": task})
+        save_checkpoint(tmp_path / name, model, [], state, tokenizer_json=tok_file)
+    monkeypatch.chdir(tmp_path)
+
+    def app_of(*argv):
+        args = build_parser("serve").parse_args(["serve", *argv])
+        return build_app(args)
+
+    app = app_of("--ckpt", "sft", "--ckpt", "base")
+    assert {n: s.chat for n, s in app.state.served.items()} == {"sft": True, "base": False}
+    with live_server(app) as url:
+        cards = {m["id"]: m["chat"] for m in httpx.get(url + "/v1/models").json()["data"]}
+        assert cards == {"sft": True, "base": False}
+        r = httpx.post(url + "/v1/chat/completions", json={"model": "base", "messages": USER})
+        assert r.status_code == 400 and r.json()["error"]["code"] == "not_a_chat_model"
+        assert httpx.get(url + "/arena").status_code == 404  # no arena at all
+    assert not (tmp_path / "arena.db").exists()
+    app = app_of("--ckpt", "sft", "--ckpt", "dpo")  # two chat models: the arena, in arena.db
+    assert (tmp_path / "arena.db").exists() and "arena: http" in capsys.readouterr().err
+    app = app_of("--ckpt", "sft", "--ckpt", "base", "--arena-db", "votes.db")  # asked for: leaderboard only
+    with live_server(app) as url:
+        assert httpx.get(url + "/arena").status_code == 400
+        assert httpx.get(url + "/arena/leaderboard.json").json()["battles"] == 0

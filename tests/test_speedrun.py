@@ -220,3 +220,16 @@ def test_ctrl_c_stops_the_speedrun_after_saving(tmp_path, tinyshakespeare):
     assert proc.returncode == 130, err
     assert "interrupted: pretraining saved at step" in err and "--resume" in err
     assert (out / "pretrain" / "ckpt" / "latest").exists() and not (out / "report.md").exists()
+
+
+def test_only_data_prints_no_hints_for_stages_that_never_ran(tmp_path, capsys):
+    """Issue 27.15: `--only data` printed "sample from it" and "report:" though nothing was trained."""
+    from gptforge.data import shakespeare
+
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(shakespeare.corpus_text()[:20_000])
+    assert main(["speedrun", "--preset", "nanogpt-cpu", "--corpus", str(corpus), "--out", str(tmp_path / "r"),
+                 "--only", "data"]) == 0
+    captured = capsys.readouterr()
+    assert "report:" not in captured.out and "sample from it" not in captured.err
+    assert "talk to it" not in captured.err and not (tmp_path / "r" / "report.md").exists()

@@ -148,7 +148,7 @@ def read_preferences(path: str | Path, skip_bad: bool = False) -> tuple[list[dic
     if not p.is_file():
         raise UserError(f"{p}: preference file not found")
     if is_sqlite(p):
-        rows = [(f"{p}: battle {i}", r) for i, r in enumerate(VoteStore(p).preference_pairs())]
+        rows = [(f"{p}: battle {i}", r) for i, r in enumerate(VoteStore(p, readonly=True).preference_pairs())]
     else:
         opener = gzip.open if p.suffix == ".gz" else open
         rows = []

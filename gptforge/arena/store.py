@@ -72,32 +72,59 @@ class BattleError(UserError):
 
 
 class VoteStore:
-    """The battles of one SQLite file (created with its table on first use).
+    """The battles of one SQLite file. Writable (the default): created with its table on first use
+    and switched to WAL. ``readonly``: opened with ``mode=ro`` (what commands that only read use, so
+    that pointing one at another program's SQLite file changes nothing); the file must exist and
+    hold the ``battles`` table.
 
-    Raises (constructor):
-        UserError: the file cannot be opened or is not an arena database.
+    Raises (constructor and every method):
+        UserError: the file cannot be opened, is not an arena database, or is damaged (one line
+            naming it; SQLite's own errors never escape).
     """
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        try:
-            with self._connect() as db:
+    def __init__(self, path: str | Path, readonly: bool = False):
+        self.path, self.readonly = Path(path), readonly
+        if readonly and not self.path.is_file():
+            raise UserError(f"{self.path}: no such arena database")
+        with self._connect() as db:
+            if readonly:
+                if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'battles'"
+                              ).fetchone() is None:
+                    raise UserError(f"{self.path}: not an arena database (an SQLite file without its "
+                                    "battles table)")
+            else:
                 db.execute("PRAGMA journal_mode=WAL")
                 db.executescript(SCHEMA)
-        except sqlite3.DatabaseError as e:
-            raise UserError(f"{self.path}: not usable as an arena database ({e})") from None
+
+    def check(self) -> None:
+        """SQLite's ``PRAGMA quick_check`` over the whole file (damage past the first page is found
+        only by reading it), for a server to refuse a damaged file at start rather than fail later.
+
+        Raises:
+            UserError: the file is damaged (the message quotes SQLite's first finding).
+        """
+        with self._connect() as db:
+            found = db.execute("PRAGMA quick_check(1)").fetchone()[0]
+        if found != "ok":
+            raise UserError(f"{self.path}: the arena database is damaged ({found}); restore a copy "
+                            "or start a new one with --arena-db NEW")
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
-        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction means what it says
+        # isolation_level=None: we issue BEGIN/COMMIT ourselves, so a transaction means what it says.
+        # mode=ro: no write (no table, no journal-mode switch) can reach the file.
+        target = f"{self.path.resolve().as_uri()}?mode=ro" if self.readonly else self.path
         try:
-            db = sqlite3.connect(self.path, timeout=BUSY_TIMEOUT_S, isolation_level=None)
-        except sqlite3.OperationalError as e:
+            db = sqlite3.connect(target, timeout=BUSY_TIMEOUT_S, isolation_level=None, uri=self.readonly)
+        except sqlite3.Error as e:
             raise UserError(f"{self.path}: cannot open the arena database ({e})") from None
         try:
-            db.execute("PRAGMA synchronous=FULL")
+            if not self.readonly:
+                db.execute("PRAGMA synchronous=FULL")
             db.row_factory = sqlite3.Row
             yield db
+        except sqlite3.DatabaseError as e:  # not a database, or damaged past its first page
+            raise UserError(f"{self.path}: not usable as an arena database ({e})") from None
         finally:
             db.close()
 

@@ -29,12 +29,8 @@ from gptforge.chat.sources import conversations
 from gptforge.errors import UserError
 from gptforge.tokenizer import Tokenizer, load_tokenizer
 from gptforge.train.batches import lm_loss
-from gptforge.train.config import FINETUNE_RESETS, TrainConfig, finetune_config, from_saved
+from gptforge.train.config import SFT_DEFAULTS, TrainConfig, finetune_config, from_saved
 from gptforge.train.session import TrainData
-
-# what an SFT run changes from the base run's config unless told otherwise (the base's schedule shape
-# and learning rates stay)
-SFT_DEFAULTS = {**FINETUNE_RESETS, "max_steps": 300, "eval_tokens": 65536, "pretrain_mix": 0.25}
 
 
 @dataclass

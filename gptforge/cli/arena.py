@@ -102,7 +102,7 @@ def run_ratings(args) -> int:
         if not Path(args.db).is_file() or not is_sqlite(args.db):
             raise UserError(f"{args.db}: not an arena vote database (SQLite file)")
         battles = [check_battle(b, f"{args.db}: battle {b['question_id']}")
-                   for b in VoteStore(args.db).fastchat_battles()]
+                   for b in VoteStore(args.db, readonly=True).fastchat_battles()]
     else:
         battles = read_battles(args.battles)
     if not battles:

@@ -51,16 +51,13 @@ def register(sub: argparse._SubParsersAction, help: str) -> None:
 
 def cmd_corpus(args) -> int:
     from gptforge.data import shakespeare
+    from gptforge.io import atomic_write
 
     text = shakespeare.corpus_text(args.split)
     if args.out == "-":
         sys.stdout.write(text)
         return 0
-    try:
-        with open(args.out, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-    except OSError as e:
-        raise UserError(f"{args.out}: cannot write ({e.strerror})") from None
+    atomic_write(args.out, text)  # never through a symlink or into a FIFO or device (one line instead)
     print(f"wrote {args.out}: {len(text.encode('utf-8')):,} bytes, "
           f"{len(shakespeare.plays(args.split))} plays", file=sys.stderr)
     return 0

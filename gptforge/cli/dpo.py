@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from gptforge.cli.flags import FINETUNE_HELP, add_config_flags, flag_values
-from gptforge.config import convert
+from gptforge.config import convert, spec
 from gptforge.errors import UserError
 from gptforge.train.config import FINETUNE_RESETS, TrainConfig
 
@@ -51,13 +51,21 @@ def register(sub: argparse._SubParsersAction, help: str) -> None:
 def run(args) -> int:
     from gptforge import checkpoint as ckpt
     from gptforge.arena.dpo import dpo_data, read_preferences
+    from gptforge.arena.store import is_sqlite
     from gptforge.tokenizer import load_tokenizer
     from gptforge.train import resume_config, train
     from gptforge.train.config import finetune_config
 
     flags = flag_values(args, TrainConfig, skip=SKIP)
     if args.beta is not None:
-        flags["dpo_beta"] = convert(TrainConfig, "dpo_beta", args.beta, as_flag=True)
+        try:
+            flags["dpo_beta"] = convert(TrainConfig, "dpo_beta", args.beta, as_flag=True)
+        except UserError:  # convert names the config field's own flag, --dpo-beta, which dpo does not have
+            raise UserError(f"--beta {args.beta}: expected {spec(TrainConfig, 'dpo_beta').expected()}"
+                            ) from None
+    if args.db and not is_sqlite(args.db):  # read_preferences would take it for JSONL
+        raise UserError(f"--db {args.db}: not an arena vote database (an SQLite file); preference pairs "
+                        "in JSONL go with --prefs")
     if args.resume:
         if args.ckpt or args.prefs or args.db or (args.out and args.out != args.resume):
             raise UserError("--resume continues a DPO run with its own checkpoint and data; "

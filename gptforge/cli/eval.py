@@ -84,7 +84,7 @@ def load_model(ckpt: str, which: str, tokenizer: str | None, device: str):
 
 def run(args) -> int:
     from gptforge.eval.suite import evaluate, format_table, resolve_tasks
-    from gptforge.io import read_json, write_json
+    from gptforge.io import check_target, read_json, write_json
     from gptforge.train.config import from_saved
 
     if args.limit is not None and args.limit < 1:
@@ -92,6 +92,8 @@ def run(args) -> int:
     if args.shots is not None and args.shots < 0:
         raise UserError(f"--shots {args.shots}: expected an integer >= 0")
     plan = resolve_tasks(args.tasks)  # before loading: a typo fails fast
+    if args.out:
+        check_target(args.out)  # before the evaluation, which a bad --out would throw away at its end
     model, tok, run_dir = load_model(args.ckpt, args.which, args.tokenizer, args.device)
     bpb_data = args.data
     if plan.bpb and bpb_data is None and run_dir is not None:

@@ -6,8 +6,8 @@ import argparse
 import sys
 
 from gptforge.cli.flags import add_config_flags, flag_values
-from gptforge.engine import SamplingParams
 from gptforge.errors import UserError
+from gptforge.sampling import SamplingParams
 
 
 def register(sub: argparse._SubParsersAction, help: str) -> None:

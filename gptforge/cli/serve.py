@@ -8,19 +8,21 @@ from pathlib import Path
 
 from gptforge.cli.flags import add_config_flags, flag_values
 from gptforge.errors import UserError
+from gptforge.serve.limits import Limits
+
+SHUTDOWN_TIMEOUT_S = 5
 
 
 def register(sub: argparse._SubParsersAction, help: str) -> None:
-    from gptforge.serve.app import Limits
-
     p = sub.add_parser(
         "serve", help=help, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Serve models over HTTP with OpenAI's Chat Completions and Completions protocols\n"
                     "(POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health) and a\n"
                     "chat page at /. Concurrent requests to a model are decoded together (continuous\n"
                     "batching).\n"
-                    "With two or more chat models, /arena runs blind battles between them and stores the\n"
-                    "votes in --arena-db; /arena/leaderboard shows their ratings.",
+                    "With two or more chat models (runs finetuned on conversations: SFT, DPO), /arena runs\n"
+                    "blind battles between them and stores the votes in --arena-db; /arena/leaderboard\n"
+                    "shows their ratings.",
         epilog="examples:\n  gptforge serve --ckpt runs/sft                      # model name: sft\n"
                "  gptforge serve --ckpt chat=runs/sft --ckpt base=runs/pretrain --port 8080\n"
                "  gptforge serve --ckpt sft=runs/sft --ckpt dpo=runs/dpo --arena-db votes.db   # /arena\n"
@@ -34,10 +36,18 @@ def register(sub: argparse._SubParsersAction, help: str) -> None:
                    help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--api-key", default=None, help="require the header Authorization: Bearer KEY on /v1")
+    p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="with a loopback --host, also answer requests for this Host name (e.g. a name "
+                        "in /etc/hosts or a proxy's); repeatable, * for any. Other names get 403, which "
+                        "stops DNS-rebinding pages")
+    p.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN",
+                   help="let web pages of this origin (e.g. https://example.com) call the server "
+                        "(CORS); repeatable, * for any. Other sites' pages get 403")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
-    p.add_argument("--arena-db", default="arena.db", metavar="FILE",
-                   help="SQLite file for the arena's votes (/arena, with two or more chat models; "
-                        "default arena.db in the current folder, created only when the arena is on)")
+    p.add_argument("--arena-db", default=None, metavar="FILE",
+                   help="SQLite file for the arena's votes; turns the arena on (/arena battles need two "
+                        "or more chat models, /arena/leaderboard reads the file). Default: arena.db in the "
+                        "current folder when two or more chat models (finetuned runs) are served")
     add_config_flags(p, Limits)
     p.set_defaults(func=run)
 
@@ -61,28 +71,49 @@ def parse_ckpts(items: list[str]) -> dict[str, str]:
     return out
 
 
-def run(args) -> int:
-    import uvicorn
+def build_app(args):
+    """The app `serve` runs: every --ckpt loaded, each one a chat model when its run was finetuned on
+    conversations (SFT, DPO: its config's task), not merely because its tokenizer has chat tokens.
+    The arena is on with two or more chat models (votes in --arena-db, default arena.db) or when
+    --arena-db is given.
 
+    Raises:
+        UserError: a bad flag, checkpoint or arena database.
+    """
     from gptforge.engine import load_for_inference
-    from gptforge.serve.app import Limits, create_app
+    from gptforge.serve.app import create_app
 
     limits = Limits(**flag_values(args, Limits))
     if not 0 < args.port < 65536:
         raise UserError(f"--port {args.port}: expected 1..65535")
-    models = {}
+    models, chat = {}, set()
     for name, path in parse_ckpts(args.ckpt).items():
-        model, tok, _ = load_for_inference(path, args.which, args.device)
+        model, tok, state = load_for_inference(path, args.which, args.device)
         models[name] = (model, tok)
-        print(f"serving {name!r} from {path} ({model.config.block_size}-token context)", file=sys.stderr)
-    app = create_app(models, api_key=args.api_key, limits=limits, arena_db=args.arena_db)
+        if state.config.get("task", "pretrain") != "pretrain":
+            chat.add(name)
+        print(f"serving {name!r} from {path} ({model.config.block_size}-token context"
+              f"{', chat' if name in chat else ''})", file=sys.stderr)
+    arena_db = args.arena_db or ("arena.db" if len(chat) >= 2 else None)
+    app = create_app(models, api_key=args.api_key, limits=limits, arena_db=arena_db, host=args.host,
+                     allowed_hosts=args.allowed_host, allowed_origins=args.allowed_origin, chat_models=chat)
+    if sum(s.chat for s in app.state.served.values()) >= 2:
+        print(f"arena: http://{args.host}:{args.port}/arena  (votes in {Path(arena_db).resolve()})",
+              file=sys.stderr)
+    return app
+
+
+def run(args) -> int:
+    import uvicorn
+
+    app = build_app(args)
     print(f"open http://{args.host}:{args.port}/  (OpenAI base_url http://{args.host}:{args.port}/v1)",
           file=sys.stderr)
-    if sum(m.chat for m in app.state.served.values()) >= 2:
-        print(f"arena: http://{args.host}:{args.port}/arena  (votes in {Path(args.arena_db).resolve()})",
-              file=sys.stderr)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        # on SIGTERM/Ctrl-C, requests still running after SHUTDOWN_TIMEOUT_S are cut (a stalled
+        # client cannot keep the port taken and the process alive)
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning",
+                    timeout_graceful_shutdown=SHUTDOWN_TIMEOUT_S)
     except OSError as e:  # e.g. the port is taken
         raise UserError(f"cannot listen on {args.host}:{args.port}: {e}") from None
     return 0

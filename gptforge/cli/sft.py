@@ -2,7 +2,7 @@
 
 The run is a training run like `gptforge pretrain` (same flags, checkpoints, Ctrl-C and exact
 --resume); its config starts from the base run's (learning rates, optimizer, schedule), with the
-budgets reset and no weight decay (gptforge.chat.sft.SFT_DEFAULTS), then the flags given here.
+budgets reset and no weight decay (gptforge.train.config.SFT_DEFAULTS), then the flags given here.
 """
 
 from __future__ import annotations
@@ -10,10 +10,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from gptforge.chat.sft import SFT_DEFAULTS
 from gptforge.cli.flags import FINETUNE_HELP, add_config_flags, flag_values
 from gptforge.errors import UserError
-from gptforge.train.config import TrainConfig
+from gptforge.train.config import SFT_DEFAULTS, TrainConfig
 
 SKIP = ("task", "init_from", "arch", "preset", "depth", "dpo_beta")
 DESCRIPTION = """\

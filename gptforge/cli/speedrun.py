@@ -38,5 +38,6 @@ def run(args) -> int:
     arch = train.get("arch") or RECIPES[sr.preset].train.get("arch", "gpt")
     train["model"] = model_values(args.model, arch)
     report = speedrun(sr, train)
-    print(f"report: {report}")
+    if report is not None:  # --only/--skip may leave a folder with no report yet
+        print(f"report: {report}")
     return 0

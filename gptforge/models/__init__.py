@@ -13,23 +13,29 @@ embeddings are ``nn.Embedding`` modules and the output layer is an ``nn.Linear``
 (Bigram's table is both, so it has only the embedding).
 """
 
+import importlib
 from contextlib import contextmanager
 
-import torch
+# the names of the zoo, here so that the CLI's flags (choices) can be built without importing torch
+ARCHS = ("bigram", "mlp", "lstm", "gpt")
+PRESETS = ("gpt2", "modern")  # GPT's architecture presets (gpt.py)
 
-from gptforge.models.bigram import Bigram, BigramConfig
-from gptforge.models.gpt import GPT, PRESETS, GPTConfig, gpt_config
-from gptforge.models.lstm import LSTM, LSTMConfig
-from gptforge.models.mlp import MLP, MLPConfig
-from gptforge.models.zoo import ARCHS, build_model, config_class, model_config, model_from_config
+# everything else is imported on first use (PEP 562): `gptforge --help` must not pay for torch
+_LAZY = {"Bigram": "bigram", "BigramConfig": "bigram", "GPT": "gpt", "GPTConfig": "gpt",
+         "gpt_config": "gpt", "LSTM": "lstm", "LSTMConfig": "lstm", "MLP": "mlp", "MLPConfig": "mlp",
+         "build_model": "zoo", "config_class": "zoo", "model_config": "zoo", "model_from_config": "zoo"}
 
-__all__ = ["ARCHS", "GPT", "LSTM", "MLP", "PRESETS", "Bigram", "BigramConfig", "GPTConfig",
-           "LSTMConfig", "MLPConfig", "build_model", "config_class", "eval_mode", "gpt_config",
-           "model_config", "model_from_config"]
+__all__ = ["ARCHS", "PRESETS", "eval_mode", *_LAZY]
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"gptforge.models.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'gptforge.models' has no attribute {name!r}")
 
 
 @contextmanager
-def eval_mode(model: torch.nn.Module):
+def eval_mode(model):
     """``with eval_mode(model):`` runs the block in eval mode (no dropout) and restores the mode
     the model was in, train or eval, even when the block raises. Gradients still flow."""
     was = model.training

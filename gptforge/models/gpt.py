@@ -32,12 +32,12 @@ import torch.nn.functional as F
 
 from gptforge.config import check, convert, setting
 from gptforge.errors import UserError
+from gptforge.models import PRESETS  # the preset names live in the package, torch-free
 
 POSITIONALS = ("learned", "rope")
 NORMS = ("layernorm", "rmsnorm")
 MLPS = ("gelu", "relu2", "swiglu")
 INITS = ("gpt2", "nanochat")
-PRESETS = ("gpt2", "modern")
 
 
 @dataclass

@@ -8,12 +8,12 @@ import torch
 
 from gptforge.config import convert_all
 from gptforge.errors import UserError
+from gptforge.models import ARCHS
 from gptforge.models.bigram import Bigram, BigramConfig
 from gptforge.models.gpt import GPT, GPTConfig, gpt_config
 from gptforge.models.lstm import LSTM, LSTMConfig
 from gptforge.models.mlp import MLP, MLPConfig
 
-ARCHS = ("bigram", "mlp", "lstm", "gpt")
 _CLASSES = {"bigram": (Bigram, BigramConfig), "mlp": (MLP, MLPConfig), "lstm": (LSTM, LSTMConfig),
             "gpt": (GPT, GPTConfig)}
 

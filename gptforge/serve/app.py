@@ -25,14 +25,16 @@ non-streamed message has ``gptforge_parts``, the assistant turn as gptforge's li
 tool call or output has ``gptforge_part``. A client may send an assistant message back with
 ``content`` set to that list of parts, so the model sees its tool calls as the special tokens.
 
+Request bodies are pydantic models (``ChatRequest``, ``CompletionRequest``), validated by FastAPI.
 Errors are OpenAI-shaped, ``{"error": {"message", "type", "param", "code"}}``, never a traceback:
 400 for every invalid request (malformed JSON, missing or malformed messages, too many messages or
 characters, parameters out of range or of the wrong type, max_tokens that leave no room for the
-prompt; FastAPI's 422 is mapped to 400 too), 401 for a missing or wrong API key, 404 for an unknown
-model or path, 413 for a body over ``max_body_bytes``, 429 when the model's queue is full, 500 for a
-bug. A conversation longer than the context loses its oldest turns (``fit_context``; the response
-header ``X-Gptforge-Dropped-Messages`` says how many); when even its newest user turn does not fit,
-400 with code ``context_length_exceeded``.
+prompt; FastAPI's 422 is mapped to 400 naming the field), 401 for a missing or wrong API key, 403 for
+a Host or Origin a local server does not serve (`Guard`), 404 for an unknown model or path, 408 for a
+body not sent within ``body_timeout_s``, 413 for a body over ``max_body_bytes``, 415 for a POST that
+is not JSON, 429 when the model's queue is full, 500 for a bug. A conversation longer than the
+context loses its oldest turns (``fit_context``; the response header ``X-Gptforge-Dropped-Messages``
+says how many); when even its newest user turn does not fit, 400 with code ``context_length_exceeded``.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import ipaddress
 import json
 import sys
 import time
@@ -47,19 +50,24 @@ import traceback
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
+from urllib.parse import urlsplit
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from gptforge.chat.assistant import fit_context
 from gptforge.chat.conversation import check_conversation
 from gptforge.chat.render import render_for_completion
-from gptforge.config import check, setting
 from gptforge.errors import UserError
 from gptforge.serve.batcher import Batcher, Event, Inbox, Job, QueueFull, RowParams
+from gptforge.serve.limits import Limits  # torch-free there, for the CLI's flags
 
 STATIC = Path(__file__).parent / "static"
 # A stream writes at most once per STREAM_INTERVAL seconds (everything decoded meanwhile goes in one
@@ -69,22 +77,125 @@ STATIC = Path(__file__).parent / "static"
 STREAM_INTERVAL = 0.02
 
 
-@dataclass
-class Limits:
-    """What one request may ask for, and how much the server queues (each field is a `serve` flag)."""
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` (and its subdomains), 127.0.0.0/8 and ::1 (brackets allowed)."""
+    host = host.strip("[]").lower().rstrip(".")
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
-    max_batch: int = setting(32, "rows decoded together (continuous batching); also caps n", ge=1, le=4096)
-    max_queue: int = setting(64, "rows waiting per model; beyond it requests get 429", ge=0, le=1_000_000)
-    max_body_bytes: int = setting(1 << 20, "largest request body in bytes (413 beyond)", ge=1024, le=1 << 30)
-    max_messages: int = setting(256, "messages per chat request", ge=1, le=100_000)
-    max_chars: int = setting(200_000, "characters in all messages (or the prompt) of a request", ge=1,
-                             le=100_000_000)
-    max_n: int = setting(8, "choices per request (OpenAI's n)", ge=1, le=128)
-    default_max_tokens: int = setting(256, "max_tokens when a request gives none (at most half the context)",
-                                      ge=1, le=1_000_000)
 
-    def __post_init__(self):
-        check(self, "limits")
+def host_name(authority: str) -> str:
+    """``"127.0.0.1:8000"`` -> ``"127.0.0.1"``, ``"[::1]:80"`` -> ``"::1"`` (lower case)."""
+    return (urlsplit("//" + authority).hostname or "") if authority else ""
+
+
+class Guard:
+    """ASGI middleware in front of every route: what a request must be before any handler sees it.
+
+    Web pages cannot drive a local server (what Jupyter and local model servers do against
+    cross-site requests and DNS rebinding; a server with no --api-key is otherwise open to any page
+    its user visits):
+
+    - Host: when the server is bound to a loopback address, only loopback names (``localhost``,
+      127.x.x.x, ``[::1]``) and ``allowed_hosts`` are served (a rebound DNS name gets 403).
+    - Origin: a request whose ``Origin`` is not the server's own (``scheme://Host``) nor in
+      ``allowed_origins`` (``*``: any) gets 403; browsers send ``Origin`` with every cross-origin
+      request and every POST.
+    - Content-Type: a POST with a body type other than ``application/json`` gets 415, so a page
+      cannot send JSON as ``text/plain`` or a form (which browsers send without asking the server).
+      A request without the header (curl, scripts) is read as JSON.
+
+    A POST body is read here, whole, before the route parses it: 413 beyond ``limits.max_body_bytes``
+    (counted as it arrives, so a chunked upload cannot exceed it either), 408 when it takes longer
+    than ``limits.body_timeout_s`` (a client holding a half-sent request would otherwise hold the
+    server, even its shutdown); a client that leaves mid-upload is simply dropped (no traceback).
+    """
+
+    def __init__(self, app, limits: Limits, loopback: bool, allowed_hosts=(), allowed_origins=()):
+        self.app, self.limits, self.loopback = app, limits, loopback
+        self.hosts = {h.lower() for h in allowed_hosts}
+        self.origins = {o.rstrip("/").lower() for o in allowed_origins}
+
+    def refusal(self, scope, headers: dict) -> APIError | None:
+        host = headers.get("host", "")
+        name = host_name(host)
+        if self.loopback and not (is_loopback(name) or name in self.hosts or "*" in self.hosts):
+            return APIError(403, f"host {host!r} is not allowed: this server answers only to "
+                                 "localhost (start it with --allowed-host NAME to add one)",
+                            code="host_not_allowed", type="permission_error")
+        origin = headers.get("origin")
+        if origin is not None:
+            own = {f"{scheme}://{host}".lower() for scheme in ("http", "https")}
+            o = origin.rstrip("/").lower()
+            if o not in own and o not in self.origins and "*" not in self.origins:
+                return APIError(403, f"origin {origin!r} is not allowed: web pages of other sites cannot "
+                                     "use this server (start it with --allowed-origin ORIGIN to allow "
+                                     "one)", code="origin_not_allowed", type="permission_error")
+        kind = headers.get("content-type")
+        if scope["method"] == "POST" and kind is not None \
+                and kind.split(";")[0].strip().lower() != "application/json":
+            return APIError(415, f"Content-Type {kind!r}: expected application/json",
+                            code="unsupported_media_type")
+        return None
+
+    async def read_body(self, headers: dict, receive) -> bytes:
+        """The whole body. Raises APIError 413 or 408, or ClientDisconnect."""
+        limit, declared = self.limits.max_body_bytes, headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise APIError(413, f"request body is {declared} bytes, more than the {limit} allowed",
+                           code="request_too_large")
+        chunks, size, more = [], 0, True
+        try:
+            async with asyncio.timeout(self.limits.body_timeout_s):
+                while more:
+                    message = await receive()
+                    if message["type"] == "http.disconnect":
+                        raise ClientDisconnect()
+                    chunks.append(message.get("body", b""))
+                    size, more = size + len(chunks[-1]), message.get("more_body", False)
+                    if size > limit:
+                        raise APIError(413, f"request body is more than the {limit} bytes allowed",
+                                       code="request_too_large")
+        except TimeoutError:
+            raise APIError(408, f"request body not received within {self.limits.body_timeout_s:g} s",
+                           code="request_timeout") from None
+        return b"".join(chunks)
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        try:
+            if (e := self.refusal(scope, headers)) is not None:
+                raise e
+            if scope["method"] == "POST":
+                body = await self.read_body(headers, receive)
+                receive = replay(body, receive)
+                if "content-type" not in headers:  # read as JSON (curl, scripts), whatever FastAPI's default
+                    scope = {**scope, "headers": [*scope["headers"], (b"content-type", b"application/json")]}
+        except APIError as e:
+            return await e.response()(scope, receive, send)
+        except ClientDisconnect:  # normal: the client left mid-upload, no one reads an answer
+            return None
+        return await self.app(scope, receive, send)
+
+
+def replay(body: bytes, receive):
+    """An ASGI ``receive`` that hands over ``body`` (read already), then waits on ``receive``
+    (for the client's disconnect)."""
+    sent = False
+
+    async def again():
+        nonlocal sent
+        if not sent:
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+        return await receive()
+    return again
 
 
 class APIError(Exception):
@@ -102,21 +213,82 @@ class APIError(Exception):
 
 @dataclass
 class Served:
-    """A model the server offers: its batcher, context size and whether it can chat."""
+    """A model the server offers: its batcher, context size and whether it is a chat model
+    (finetuned on conversations: only then /v1/chat/completions and the arena take it)."""
 
     name: str
     batcher: Batcher
     block_size: int
+    chat: bool
 
-    @property
-    def chat(self) -> bool:
-        return self.batcher.chat_tokens is not None
+
+# --- request bodies (pydantic; FastAPI answers a mismatch with 422, which `validation_error` makes
+# a 400 naming the field). Strict: no "1" for 1, no true for 1; no NaN or infinity. Fields OpenAI has
+# and gptforge ignores (presence_penalty, user, ...) are allowed. ----------------------------------
+
+class Body(BaseModel):
+    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="allow")
+
+
+Text = Annotated[str, Field(min_length=1)]
+Temperature = Annotated[float, Field(ge=0, le=2)]
+TopK = Annotated[int, Field(ge=1, le=1 << 24)]
+TopP = Annotated[float, Field(gt=0, le=1)]
+MaxTokens = Annotated[int, Field(ge=1, le=1 << 30)]
+
+
+class StreamOptions(Body):
+    include_usage: bool = False
+
+
+class Sampling(Body):
+    """What /v1's two endpoints share: the sampling parameters (``top_k`` as an extra body field)."""
+
+    model: Text
+    max_tokens: MaxTokens | None = None
+    max_completion_tokens: MaxTokens | None = None
+    temperature: Temperature = 1.0
+    top_k: TopK | None = None
+    top_p: TopP = 1.0
+    n: Annotated[int, Field(ge=1, le=128)] = 1  # and at most --max-n and --max-batch (`sampling`)
+    seed: Annotated[int, Field(ge=0, le=2**63 - 1 - 128)] | None = None
+    stop: Text | Annotated[list[Text], Field(max_length=4)] | None = None
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+
+
+class ChatRequest(Sampling):
+    messages: list  # checked by `check_messages` (its messages name what is wrong in a conversation)
+
+
+class CompletionRequest(Sampling):
+    prompt: str | Annotated[list[str], Field(min_length=1, max_length=1)]
+
+
+def validation_error(request, e: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422, as a 400 in OpenAI's shape naming the field (``param``)."""
+    first = e.errors()[0] if e.errors() else {}
+    loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+    if first.get("type") == "json_invalid":
+        error = first.get("ctx", {}).get("error", "")
+        return APIError(400, f"request body is not valid JSON: {error}", code="invalid_json").response()
+    if not loc:  # the body itself: not an object, or absent
+        return APIError(400, "request body must be a JSON object", code="invalid_json").response()
+    what = f"{json.dumps(first['input'])[:40]}: " if "input" in first and len(loc) == 1 else ""
+    return APIError(400, f"{'.'.join(loc)}: {what}{first.get('msg', 'invalid')}", param=loc[0],
+                    code="invalid_value").response()
 
 
 def create_app(models: dict, api_key: str | None = None, limits: Limits | None = None,
-               arena_db: str | Path | None = None) -> FastAPI:
+               arena_db: str | Path | None = None, host: str = "127.0.0.1", allowed_hosts=(),
+               allowed_origins=(), chat_models=None) -> FastAPI:
     """The FastAPI app serving ``models``, name -> (model in eval mode, tokenizer); each model gets a
     Batcher thread. ``api_key``: require ``Authorization: Bearer <api_key>`` on /v1 (401 otherwise).
+    ``host``: the address the server binds (loopback: only loopback Host names and ``allowed_hosts``
+    are served); ``allowed_origins``: other sites' origins (``https://example.com``) whose pages may
+    call it, with CORS headers; see `Guard`. ``chat_models``: the names of the models finetuned on
+    conversations (`gptforge serve` reads it from each run; None: every model whose tokenizer has
+    the chat tokens).
     ``arena_db``: an SQLite file for the arena's votes, which adds /arena and /arena/leaderboard
     (gptforge.serve.arena; None: no arena). ``app.state.served`` maps names to `Served` (tests read
     the batchers' statistics there).
@@ -127,9 +299,12 @@ def create_app(models: dict, api_key: str | None = None, limits: Limits | None =
     limits = limits or Limits()
     if not models:
         raise ValueError("create_app needs at least one model")
-    served = {name: Served(name, Batcher(m, tok, limits.max_batch, limits.max_queue), m.config.block_size)
-              for name, (m, tok) in models.items()}
-    created = int(time.time())
+    served = {}
+    for name, (m, tok) in models.items():
+        batcher = Batcher(m, tok, limits.max_batch, limits.max_queue)
+        chat = batcher.chat_tokens is not None and (chat_models is None or name in chat_models)
+        served[name] = Served(name, batcher, m.config.block_size, chat)
+
     @contextlib.asynccontextmanager
     async def lifespan(app):
         yield
@@ -137,28 +312,49 @@ def create_app(models: dict, api_key: str | None = None, limits: Limits | None =
             s.batcher.stop()
 
     app = FastAPI(title="gptforge", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
-    app.state.served = served
+    app.state.served, app.state.limits, app.state.created = served, limits, int(time.time())
+    if allowed_origins:  # the browser's preflight and response headers for the origins allowed
+        app.add_middleware(CORSMiddleware, allow_origins=list(allowed_origins), allow_methods=["GET", "POST"],
+                           allow_headers=["authorization", "content-type"])
+    app.add_middleware(Guard, limits=limits, loopback=is_loopback(host), allowed_hosts=allowed_hosts,
+                       allowed_origins=allowed_origins)
+    app.add_exception_handler(APIError, lambda request, e: e.response())
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(Exception, bug)
+    authorize = Depends(authorizer(api_key))
+    app.add_api_route("/health", health)
+    app.add_api_route("/v1/models", list_models, dependencies=[authorize])
+    app.add_api_route("/v1/models/{name}", get_model, dependencies=[authorize])
+    app.add_api_route("/v1/chat/completions", chat_completions, methods=["POST"], dependencies=[authorize])
+    app.add_api_route("/v1/completions", completions, methods=["POST"], dependencies=[authorize])
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.add_api_route("/", lambda: FileResponse(STATIC / "index.html"))
+    if arena_db is not None:
+        from gptforge.serve.arena import add_arena  # here: that module builds on this one's helpers
 
-    @app.exception_handler(APIError)
-    async def _api_error(request, e: APIError):
-        return e.response()
+        try:
+            add_arena(app, served, limits, arena_db, authorize)
+        except BaseException:  # e.g. a damaged database: no batcher thread outlives the refusal
+            for s in served.values():
+                s.batcher.stop()
+            raise
+    return app
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request, e: RequestValidationError):  # FastAPI's 422, in OpenAI's shape
-        first = e.errors()[0] if e.errors() else {}
-        return APIError(400, f"invalid request: {first.get('msg', e)}").response()
 
-    @app.exception_handler(HTTPException)
-    async def _http_error(request, e: HTTPException):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
-        message = f"{request.method} {request.url.path}: {e.detail}"
-        return APIError(e.status_code, message, code=code).response()
+def http_error(request, e: HTTPException) -> JSONResponse:
+    code = {404: "not_found", 405: "method_not_allowed"}.get(e.status_code)
+    return APIError(e.status_code, f"{request.method} {request.url.path}: {e.detail}", code=code).response()
 
-    @app.exception_handler(Exception)
-    async def _bug(request, e: Exception):
-        traceback.print_exc(file=sys.stderr)
-        return APIError(500, "internal server error (see the server's log)", type="server_error").response()
 
+def bug(request, e: Exception) -> JSONResponse:
+    traceback.print_exception(e, file=sys.stderr)
+    return APIError(500, "internal server error (see the server's log)", type="server_error").response()
+
+
+def authorizer(api_key: str | None):
+    """A FastAPI dependency: ``Authorization: Bearer <api_key>`` or 401 (nothing with no key). As a
+    dependency it runs before the body is validated: without the key, no word about the body."""
     def authorize(request: Request) -> None:
         if api_key is None:
             return
@@ -166,149 +362,94 @@ def create_app(models: dict, api_key: str | None = None, limits: Limits | None =
         if not (got.startswith("Bearer ") and hmac.compare_digest(got[7:].encode(), api_key.encode())):
             raise APIError(401, "missing or wrong API key (send the header Authorization: Bearer KEY)",
                            code="invalid_api_key", type="authentication_error")
-
-    def model_card(s: Served) -> dict:
-        return {"id": s.name, "object": "model", "created": created, "owned_by": "gptforge",
-                "context_length": s.block_size, "chat": s.chat}
-
-    @app.get("/health")
-    def health():
-        return {"status": "ok", "models": {n: s.batcher.stats() for n, s in served.items()}}
-
-    @app.get("/v1/models")
-    def list_models(request: Request):
-        authorize(request)
-        return {"object": "list", "data": [model_card(s) for s in served.values()]}
-
-    @app.get("/v1/models/{name}")
-    def get_model(name: str, request: Request):
-        authorize(request)
-        return model_card(find_model(served, name))
-
-    @app.post("/v1/chat/completions")
-    async def chat_completions(request: Request):
-        authorize(request)
-        body = await read_json(request, limits.max_body_bytes)
-        s = find_model(served, body.get("model"))
-        if not s.chat:
-            raise APIError(400, f"model {s.name!r} has no chat tokens (a base model); use /v1/completions",
-                           param="model", code="not_a_chat_model")
-        messages = check_messages(body.get("messages"), limits)
-        max_new = max_tokens(body, s, limits)
-        try:
-            convo, dropped = fit_context(messages, s.batcher.tok, s.block_size - max_new)
-        except UserError as e:
-            raise APIError(400, f"{e} (or lower max_tokens)", param="messages",
-                           code="context_length_exceeded") from None
-        prompt = render_for_completion(convo, s.batcher.tok)
-        headers = {"X-Gptforge-Dropped-Messages": str(dropped)}
-        return await answer(request, s, prompt, sampling(body, max_new, limits), chat=True, body=body,
-                            headers=headers)
-
-    @app.post("/v1/completions")
-    async def completions(request: Request):
-        authorize(request)
-        body = await read_json(request, limits.max_body_bytes)
-        s = find_model(served, body.get("model"))
-        text = body.get("prompt")
-        if isinstance(text, list) and len(text) == 1:
-            text = text[0]
-        if not isinstance(text, str):
-            raise APIError(400, "prompt: expected a string", param="prompt")
-        if len(text) > limits.max_chars:
-            raise APIError(400, f"prompt: {len(text)} characters, more than the {limits.max_chars} allowed",
-                           param="prompt")
-        tok = s.batcher.tok
-        try:
-            prompt = tok.encode_ordinary(text) if text else ([tok.eot_id] if tok.eot_id is not None else [])
-        except ValueError as e:  # a char tokenizer meets a character it lacks
-            raise APIError(400, f"prompt: cannot tokenize: {e}", param="prompt") from None
-        if not prompt:
-            raise APIError(400, "prompt: empty, and this tokenizer has no <|endoftext|> to start from",
-                           param="prompt")
-        max_new = max_tokens(body, s, limits)
-        if len(prompt) + max_new > s.block_size:
-            raise APIError(400, f"prompt is {len(prompt)} tokens; with max_tokens {max_new} that is more "
-                                f"than the model's context of {s.block_size}", param="prompt",
-                           code="context_length_exceeded")
-        return await answer(request, s, prompt, sampling(body, max_new, limits), chat=False, body=body)
-
-    app.mount("/static", StaticFiles(directory=STATIC), name="static")
-
-    @app.get("/")
-    def page():
-        return FileResponse(STATIC / "index.html")
-
-    if arena_db is not None:
-        from gptforge.serve.arena import add_arena  # here: that module builds on this one's helpers
-
-        add_arena(app, served, limits, arena_db, authorize)
-    return app
+    return authorize
 
 
-# --- reading requests ---------------------------------------------------------------------------------
+# --- the routes -----------------------------------------------------------------------------------
+
+def model_card(request: Request, s: Served) -> dict:
+    return {"id": s.name, "object": "model", "created": request.app.state.created, "owned_by": "gptforge",
+            "context_length": s.block_size, "chat": s.chat}
 
 
-async def read_json(request: Request, limit: int) -> dict:
-    """The body as a JSON object. Raises APIError: 413 over ``limit`` bytes, 400 not a JSON object."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise APIError(413, f"request body is {declared} bytes, more than the {limit} allowed",
-                       code="request_too_large")
-    chunks, size = [], 0
-    async for chunk in request.stream():  # counted as it arrives: a chunked upload cannot exceed it either
-        size += len(chunk)
-        if size > limit:
-            raise APIError(413, f"request body is more than the {limit} bytes allowed",
-                           code="request_too_large")
-        chunks.append(chunk)
+def health(request: Request):
+    return {"status": "ok", "models": {n: s.batcher.stats() for n, s in request.app.state.served.items()}}
+
+
+def list_models(request: Request):
+    return {"object": "list", "data": [model_card(request, s) for s in request.app.state.served.values()]}
+
+
+def get_model(name: str, request: Request):
+    return model_card(request, find_model(request.app.state.served, name))
+
+
+async def chat_completions(body: ChatRequest, request: Request):
+    limits = request.app.state.limits
+    s = find_model(request.app.state.served, body.model)
+    if not s.chat:
+        raise APIError(400, f"model {s.name!r} is not a chat model (not finetuned on conversations); use "
+                            "/v1/completions", param="model", code="not_a_chat_model")
+    messages = check_messages(body.messages, limits)
+    max_new = max_tokens(body, s, limits)
     try:
-        body = json.loads(b"".join(chunks))
-    except (ValueError, RecursionError) as e:
-        raise APIError(400, f"request body is not valid JSON: {e}", code="invalid_json") from None
-    if not isinstance(body, dict):
-        raise APIError(400, "request body must be a JSON object", code="invalid_json")
-    return body
+        convo, dropped = fit_context(messages, s.batcher.tok, s.block_size - max_new)
+    except UserError as e:
+        raise APIError(400, f"{e} (or lower max_tokens)", param="messages",
+                       code="context_length_exceeded") from None
+    prompt = render_for_completion(convo, s.batcher.tok)
+    headers = {"X-Gptforge-Dropped-Messages": str(dropped)}
+    return await answer(request, s, prompt, sampling(body, max_new, limits), chat=True, body=body,
+                        headers=headers)
 
 
-def find_model(served: dict[str, Served], name) -> Served:
-    if not isinstance(name, str) or not name:
-        raise APIError(400, "model: required (see GET /v1/models)", param="model")
+async def completions(body: CompletionRequest, request: Request):
+    limits = request.app.state.limits
+    s = find_model(request.app.state.served, body.model)
+    text = body.prompt[0] if isinstance(body.prompt, list) else body.prompt
+    if len(text) > limits.max_chars:
+        raise APIError(400, f"prompt: {len(text)} characters, more than the {limits.max_chars} allowed",
+                       param="prompt")
+    tok = s.batcher.tok
+    try:
+        prompt = tok.encode_ordinary(text) if text else ([tok.eot_id] if tok.eot_id is not None else [])
+    except ValueError as e:  # a char tokenizer meets a character it lacks
+        raise APIError(400, f"prompt: cannot tokenize: {e}", param="prompt") from None
+    if not prompt:
+        raise APIError(400, "prompt: empty, and this tokenizer has no <|endoftext|> to start from",
+                       param="prompt")
+    max_new = max_tokens(body, s, limits)
+    if len(prompt) + max_new > s.block_size:
+        raise APIError(400, f"prompt is {len(prompt)} tokens; with max_tokens {max_new} that is more "
+                            f"than the model's context of {s.block_size}", param="prompt",
+                       code="context_length_exceeded")
+    return await answer(request, s, prompt, sampling(body, max_new, limits), chat=False, body=body)
+
+
+# --- checking requests ----------------------------------------------------------------------------
+
+
+def find_model(served: dict[str, Served], name: str) -> Served:
     if name not in served:
         raise APIError(404, f"model {name!r} does not exist; this server has {', '.join(served)}",
                        param="model", code="model_not_found")
     return served[name]
 
 
-def check_messages(messages, limits: Limits) -> list[dict]:
+def check_messages(messages: list, limits: Limits) -> list[dict]:
     """OpenAI messages -> a gptforge conversation ending with a user turn. ``developer`` counts as
     ``system``; a user message's content may be a list of ``{"type": "text", "text"}`` parts.
 
     Raises:
         APIError: 400 naming what is wrong (empty, too many, too long, malformed).
     """
-    if not isinstance(messages, list) or not messages:
+    if not messages:
         raise APIError(400, "messages: expected a non-empty list of messages", param="messages")
     if len(messages) > limits.max_messages:
         raise APIError(400, f"messages: {len(messages)} messages, more than the {limits.max_messages} "
                             "allowed", param="messages")
-    out, chars = [], 0
-    for i, m in enumerate(messages, start=1):
-        if not isinstance(m, dict):
-            raise APIError(400, f"messages: message {i} is not an object", param="messages")
-        m = {"role": "system" if m.get("role") == "developer" else m.get("role"), "content": m.get("content")}
-        c = m["content"]
-        if m["role"] in ("user", "system") and isinstance(c, list):  # OpenAI's content parts: text only
-            if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
-                       for p in c):
-                raise APIError(400, f"messages: message {i}: only text content parts are supported",
-                               param="messages")
-            m["content"] = c = "".join(p["text"] for p in c)
-        elif m["role"] == "assistant" and isinstance(c, list):  # gptforge_parts sent back: drop blank text
-            m["content"] = c = [p for p in c if not is_blank_text(p)]
-        chars += len(c) if isinstance(c, str) else sum(len(str(p.get("text", ""))) for p in c
-                                                       if isinstance(p, dict)) if isinstance(c, list) else 0
-        out.append(m)
+    out = [openai_message(m, i) for i, m in enumerate(messages, start=1)]
+    chars = sum(content_chars(m["content"]) for m in out)
     if chars > limits.max_chars:
         raise APIError(400, f"messages: {chars} characters, more than the {limits.max_chars} allowed",
                        param="messages")
@@ -321,72 +462,68 @@ def check_messages(messages, limits: Limits) -> list[dict]:
     return out
 
 
+def openai_message(m, i: int) -> dict:
+    """OpenAI message ``i`` (from 1) as gptforge's ``{"role", "content"}`` (checked afterwards)."""
+    if not isinstance(m, dict):
+        raise APIError(400, f"messages: message {i} is not an object", param="messages")
+    m = {"role": "system" if m.get("role") == "developer" else m.get("role"), "content": m.get("content")}
+    c = m["content"]
+    if m["role"] in ("user", "system") and isinstance(c, list):  # OpenAI's content parts: text only
+        if not all(isinstance(p, dict) and p.get("type") == "text" and isinstance(p.get("text"), str)
+                   for p in c):
+            raise APIError(400, f"messages: message {i}: only text content parts are supported",
+                           param="messages")
+        m["content"] = "".join(p["text"] for p in c)
+    elif m["role"] == "assistant" and isinstance(c, list):  # gptforge_parts sent back: drop blank text
+        m["content"] = [p for p in c if not is_blank_text(p)]
+    return m
+
+
+def content_chars(content) -> int:
+    """Characters of a message's content: a string, or the text of a list of parts."""
+    if isinstance(content, str):
+        return len(content)
+    if isinstance(content, list):
+        return sum(len(str(p.get("text", ""))) for p in content if isinstance(p, dict))
+    return 0
+
+
 def is_blank_text(part) -> bool:
     """A text part holding only whitespace (a reply can have one; the conversation check refuses it)."""
     return isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str) \
         and not part["text"].strip()
 
 
-def number(body: dict, name: str, default, lo, hi, *, integer: bool = False, lo_open: bool = False):
-    """``body[name]`` (None or absent: ``default``) checked to be a number in [lo, hi] (or (lo, hi]).
-
-    Raises:
-        APIError: 400 naming the parameter and its range.
-    """
-    v = body.get(name)
-    if v is None:
-        return default
-    kind = int if integer else (int, float)
-    ok = isinstance(v, kind) and not isinstance(v, bool) and (lo < v if lo_open else lo <= v) and v <= hi
-    if not ok or v != v:
-        rng = f"{'(' if lo_open else '['}{lo}, {hi}]"
-        what = "an integer" if integer else "a number"
-        raise APIError(400, f"{name}: {json.dumps(v)} is not {what} in {rng}", param=name,
-                       code="invalid_value")
-    return v
-
-
-def max_tokens(body: dict, s: Served, limits: Limits) -> int:
+def max_tokens(body, s: Served, limits: Limits) -> int:
     """max_completion_tokens (newer clients) or max_tokens; default: ``limits.default_max_tokens``, at
     most half the context. Raises APIError 400 when it leaves no room for the prompt."""
-    name = "max_completion_tokens" if body.get("max_completion_tokens") is not None else "max_tokens"
-    default = min(limits.default_max_tokens, s.block_size // 2)
-    n = number(body, name, default, 1, 1 << 30, integer=True)
+    name = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
+    n = getattr(body, name)
+    if n is None:
+        return min(limits.default_max_tokens, s.block_size // 2)
     if n > s.block_size - 8:  # the shortest chat prompt is about 5 tokens
         raise APIError(400, f"{name}: {n} is beyond model {s.name!r}'s context of {s.block_size} tokens "
                             f"(at most {s.block_size - 8})", param=name, code="context_length_exceeded")
     return n
 
 
-def sampling(body: dict, max_new: int, limits: Limits) -> list[RowParams]:
+def sampling(body: Sampling, max_new: int, limits: Limits) -> list[RowParams]:
     """One RowParams per choice (``n``) from the request's sampling parameters. Raises APIError 400."""
-    stop = body.get("stop")
-    if stop is None:
-        stop = []
-    elif isinstance(stop, str):
-        stop = [stop]
-    if not (isinstance(stop, list) and len(stop) <= 4 and all(isinstance(x, str) and x for x in stop)):
-        raise APIError(400, "stop: expected a non-empty string or a list of at most 4", param="stop")
-    for name in ("stream",):
-        if body.get(name) is not None and not isinstance(body[name], bool):
-            raise APIError(400, f"{name}: expected true or false", param=name)
-    opts = body.get("stream_options")
-    if opts is not None and not (isinstance(opts, dict) and isinstance(opts.get("include_usage", 0), bool)):
-        raise APIError(400, 'stream_options: expected {"include_usage": true|false}', param="stream_options")
-    n = number(body, "n", 1, 1, min(limits.max_n, limits.max_batch), integer=True)
-    params = RowParams(max_new=max_new, temperature=number(body, "temperature", 1.0, 0, 2),
-                       top_k=number(body, "top_k", None, 1, 1 << 24, integer=True),
-                       top_p=number(body, "top_p", 1.0, 0, 1, lo_open=True),
-                       seed=number(body, "seed", None, 0, 2**63 - 1 - limits.max_n, integer=True),
-                       stop=tuple(stop))
-    return [params] * n
+    most = min(limits.max_n, limits.max_batch)
+    if body.n > most:
+        raise APIError(400, f"n: {body.n} is more than the {most} choices a request may ask for", param="n",
+                       code="invalid_value")
+    stop = [body.stop] if isinstance(body.stop, str) else body.stop or []
+    params = RowParams(max_new=max_new, temperature=body.temperature, top_k=body.top_k, top_p=body.top_p,
+                       seed=body.seed, stop=tuple(stop))
+    return [params] * body.n
 
 
 # --- answering ----------------------------------------------------------------------------------------
 
 
 async def answer(request: Request, s: Served, prompt: list[int], rows: list[RowParams], *, chat: bool,
-                 body: dict, headers: dict | None = None) -> Response:
+                 body: Sampling, headers: dict | None = None) -> Response:
     """Queue the job, then stream its events as SSE or collect them into one JSON response. A client
     that goes away cancels the job (its rows stop at the batcher's next step)."""
     events = Inbox(asyncio.get_running_loop())
@@ -399,8 +536,8 @@ async def answer(request: Request, s: Served, prompt: list[int], rows: list[RowP
                        type="rate_limit_error") from None
     rid = ("chatcmpl-" if chat else "cmpl-") + uuid.uuid4().hex
     meta = {"id": rid, "created": int(time.time()), "model": s.name}
-    if body.get("stream"):
-        usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    if body.stream:
+        usage = body.stream_options is not None and body.stream_options.include_usage
         gen = sse(job, events, meta, chat, len(prompt), usage)
         return StreamingResponse(gen, media_type="text/event-stream", headers=headers)
     try:

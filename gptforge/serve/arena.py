@@ -10,8 +10,10 @@
   ``{"side", "part": {"type": "tool_call"|"tool_output", "text"}}``, ``{"side", "finish":
   "stop"|"length"}``; once both replies are complete the battle is stored (prompt, replies,
   models, sides, settings, session) and ``{"battle_id": ...}`` is sent, then ``data: [DONE]``.
-  The model names are never sent here. A client that disconnects stops both generations and no
-  battle is stored.
+  The model names are never sent here, not even in an error: ``max_tokens`` defaults to what fits
+  the smallest context of all the arena's models, and every limit is checked against all of them,
+  so no answer before the vote depends on the pair drawn. A client that disconnects stops both
+  generations and no battle is stored.
 - ``POST /arena/battles/{id}/vote`` ``{"vote": "a"|"b"|"tie"|"bothbad"}`` -> ``{"id", "vote",
   "model_a", "model_b"}``: the names, revealed. It answers only after the store has committed
   (fsynced) the vote, so an acknowledged vote survives a crash.
@@ -37,27 +39,29 @@ import random
 import secrets
 import tempfile
 import threading
-from collections.abc import Callable
 from pathlib import Path
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response, StreamingResponse
 
 from gptforge.arena.ratings import leaderboard, plot_ratings
-from gptforge.arena.store import BattleError, VoteStore, is_sqlite
+from gptforge.arena.store import BattleError, VoteStore
 from gptforge.chat.assistant import fit_context
+from gptforge.chat.conversation import check_conversation
 from gptforge.chat.render import render_for_completion
 from gptforge.errors import UserError
 from gptforge.serve.app import (
     STATIC,
     STREAM_INTERVAL,
     APIError,
+    Body,
     Limits,
+    MaxTokens,
     Served,
+    Temperature,
+    TopK,
+    TopP,
     add_part,
-    max_tokens,
-    number,
-    read_json,
     sse_line,
 )
 from gptforge.serve.batcher import Inbox, Job, QueueFull, RowParams
@@ -82,118 +86,34 @@ def reply_content(parts: list[dict]):
     return parts
 
 
+class BattleRequest(Body):
+    prompt: str
+    temperature: Temperature = 1.0
+    max_tokens: MaxTokens | None = None
+    top_k: TopK | None = None
+    top_p: TopP = 1.0
+
+
+class VoteRequest(Body):
+    vote: str  # a | b | tie | bothbad: the store refuses anything else (BattleError "invalid")
+
+
 def add_arena(app: FastAPI, served: dict[str, Served], limits: Limits, db_path: str | Path,
-              authorize: Callable[[Request], None]) -> None:
-    """Add the arena's routes (see the module docstring) to ``app``. The database is created now when
-    at least two chat models are served; with fewer, the arena is off but the leaderboard still reads
-    an existing file.
+              authorize) -> None:
+    """Add the arena's routes (see the module docstring) to ``app``; ``authorize``: the /v1 key
+    check (a FastAPI dependency), which starting a battle needs too. The database is created now
+    when at least two chat models are served; with fewer, the arena is off but the leaderboard
+    still reads an existing file (read-only).
 
     Raises:
-        UserError: ``db_path`` cannot be opened as an arena database.
+        UserError: ``db_path`` cannot be opened as an arena database, or is damaged.
     """
-    contenders = sorted(name for name, s in served.items() if s.chat)
-    ready = len(contenders) >= 2
-    db_path = Path(db_path)
-    store = VoteStore(db_path) if ready else None
-    rng = random.SystemRandom()  # the draw must not be predictable from outside
-    why_off = (f"The arena needs at least two chat models; this server has {len(contenders)} "
-               f"({', '.join(contenders) or 'none'}). Start it with two: "
-               "gptforge serve --ckpt a=DIR --ckpt b=DIR")
-
-    def session_of(request: Request) -> str:
-        return request.cookies.get(COOKIE, "")
-
-    def with_session(response: Response, request: Request, session: str | None = None) -> Response:
-        """Give the browser a session cookie (``session``, or a new random one) if it has none yet.
-        HttpOnly: the page's script never sees it; SameSite=Strict: another site cannot vote with it."""
-        if not session_of(request):
-            response.set_cookie(COOKIE, session or secrets.token_urlsafe(32), max_age=COOKIE_MAX_AGE_S,
-                                path="/arena", httponly=True, samesite="strict")
-        return response
-
-    def reading_store() -> VoteStore | None:
-        """The store, or with the arena off, an existing arena file (never creating one)."""
-        if store is not None:
-            return store
-        return VoteStore(db_path) if is_sqlite(db_path) else None
-
-    @app.get("/arena")
-    def arena_page(request: Request):
-        if not ready:
-            page = (f"<!doctype html><meta charset=utf-8><title>gptforge arena</title>"
-                    f"<link rel=stylesheet href=/static/style.css><main><h1>Arena unavailable</h1>"
-                    f"<p id=arena-off>{html.escape(why_off)}</p><p><a href=/>chat page</a> · "
-                    f"<a href=/arena/leaderboard>leaderboard</a></p></main>")
-            return HTMLResponse(page, status_code=400)
-        return with_session(FileResponse(STATIC / "arena.html"), request)
-
-    @app.post("/arena/battles")
-    async def new_battle(request: Request):
-        authorize(request)
-        if not ready:
-            raise APIError(400, why_off, code="arena_unavailable")
-        body = await read_json(request, limits.max_body_bytes)
-        prompt = body.get("prompt")
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise APIError(400, "prompt: expected a non-empty string", param="prompt")
-        if len(prompt) > limits.max_chars:
-            raise APIError(400, f"prompt: {len(prompt)} characters, more than the {limits.max_chars} allowed",
-                           param="prompt")
-        name_a, name_b = draw_pair(contenders, rng)
-        pair = {"a": served[name_a], "b": served[name_b]}
-        # the same settings on both sides: the smaller of the two models' max_tokens defaults
-        max_new = min(max_tokens(body, s, limits) for s in pair.values())
-        params = RowParams(max_new=max_new, temperature=number(body, "temperature", 1.0, 0, 2),
-                           top_k=number(body, "top_k", None, 1, 1 << 24, integer=True),
-                           top_p=number(body, "top_p", 1.0, 0, 1, lo_open=True))
-        settings = {"temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p,
-                    "max_tokens": max_new}
-        convo = [{"role": "user", "content": prompt}]
-        prompts = {}
-        for side, s in pair.items():
-            try:
-                fit_context(convo, s.batcher.tok, s.block_size - max_new)
-                prompts[side] = render_for_completion(convo, s.batcher.tok)
-            except UserError as e:  # too long for this model (which must not be named: "one model")
-                raise APIError(400, f"prompt: too long for one of the models: {e} (or lower max_tokens)",
-                               param="prompt", code="context_length_exceeded") from None
-            except ValueError as e:
-                raise APIError(400, f"prompt: cannot tokenize: {e}", param="prompt") from None
-        session = session_of(request) or secrets.token_urlsafe(32)
-        battle = Battle(pair, prompts, params)
-        battle.submit()  # before the response starts, so that a full queue is a plain 429
-        response = StreamingResponse(battle.stream(store, prompt, settings, session),
-                                     media_type="text/event-stream")
-        return with_session(response, request, session)
-
-    @app.post("/arena/battles/{battle_id}/vote")
-    async def vote(battle_id: str, request: Request):
-        body = await read_json(request, limits.max_body_bytes)
-        choice = body.get("vote")
-        if not isinstance(choice, str):
-            raise APIError(400, 'vote: expected "a", "b", "tie" or "bothbad"', param="vote")
-        if store is None:
-            raise APIError(400, why_off, code="arena_unavailable")
-        try:  # in a thread: the commit waits for an fsync, which must not stall the event loop
-            b = await asyncio.to_thread(store.record_vote, battle_id, session_of(request), choice)
-        except BattleError as e:
-            raise battle_error(e) from None
-        return {"id": b["id"], "vote": b["vote"], "model_a": b["model_a"], "model_b": b["model_b"]}
-
-    @app.get("/arena/battles/{battle_id}")
-    async def get_battle(battle_id: str, request: Request):
-        if store is None:
-            raise APIError(400, why_off, code="arena_unavailable")
-        try:
-            b = await asyncio.to_thread(store.get_battle, battle_id, session_of(request))
-        except BattleError as e:
-            raise battle_error(e) from None
-        out = {k: b[k] for k in ("id", "prompt", "reply_a", "reply_b", "sampling", "vote", "created_at")}
-        if b["vote"] is not None:  # blind until voted
-            out.update(model_a=b["model_a"], model_b=b["model_b"])
-        return out
-
-    board = Leaderboard(reading_store)
+    arena = Arena(served, limits, Path(db_path))
+    app.add_api_route("/arena", arena.page)
+    app.add_api_route("/arena/battles", arena.new_battle, methods=["POST"], dependencies=[authorize])
+    app.add_api_route("/arena/battles/{battle_id}/vote", arena.vote, methods=["POST"])
+    app.add_api_route("/arena/battles/{battle_id}", arena.get_battle)
+    board = Leaderboard(arena.reader)
 
     @app.get("/arena/leaderboard")
     def leaderboard_page():
@@ -210,6 +130,123 @@ def add_arena(app: FastAPI, served: dict[str, Served], limits: Limits, db_path: 
         if not rows:
             raise APIError(404, "no votes yet: no ratings to plot", code="no_votes")
         return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})
+
+
+class Arena:
+    """The arena's state (contenders, vote store) and its battle routes."""
+
+    def __init__(self, served: dict[str, Served], limits: Limits, db_path: Path):
+        self.served, self.limits = served, limits
+        self.contenders = sorted(name for name, s in served.items() if s.chat)
+        self.ready = len(self.contenders) >= 2
+        self.store = VoteStore(db_path) if self.ready else None
+        # with the arena off, the leaderboard only reads: an existing file, opened read-only
+        self.reader = self.store or (VoteStore(db_path, readonly=True) if db_path.exists() else None)
+        if self.reader is not None:
+            self.reader.check()  # damage anywhere in the file: refuse to start, not a 500 at a read
+        self.rng = random.SystemRandom()  # the draw must not be predictable from outside
+        self.why_off = (f"The arena needs at least two chat models; this server has {len(self.contenders)} "
+                        f"({', '.join(self.contenders) or 'none'}). Start it with two: "
+                        "gptforge serve --ckpt a=DIR --ckpt b=DIR")
+        # every limit a battle is checked against is the smallest over all contenders, never the
+        # drawn pair's: an error must not tell which models were drawn (nor name one) before the vote
+        self.context = min((served[n].block_size for n in self.contenders), default=0)
+
+    def page(self, request: Request):
+        if not self.ready:
+            page = (f"<!doctype html><meta charset=utf-8><title>gptforge arena</title>"
+                    f"<link rel=stylesheet href=/static/style.css><main><h1>Arena unavailable</h1>"
+                    f"<p id=arena-off>{html.escape(self.why_off)}</p><p><a href=/>chat page</a> · "
+                    f"<a href=/arena/leaderboard>leaderboard</a></p></main>")
+            return HTMLResponse(page, status_code=400)
+        return with_session(FileResponse(STATIC / "arena.html"), request)
+
+    def max_tokens(self, n: int | None) -> int:
+        """The battle's max_tokens: default ``default_max_tokens``, at most half the smallest
+        context. Raises APIError 400 beyond the smallest context (no model named)."""
+        if n is None:
+            return min(self.limits.default_max_tokens, self.context // 2)
+        if n > self.context - 8:
+            raise APIError(400, f"max_tokens: {n} is beyond the smallest context of the arena's models "
+                                f"({self.context} tokens; at most {self.context - 8})", param="max_tokens",
+                           code="context_length_exceeded")
+        return n
+
+    def prompts(self, prompt: str, max_new: int) -> dict[str, list[int]]:
+        """The prompt rendered for every contender: {name: token ids}. Raises APIError 400 when it is
+        not a valid prompt, or does not fit (or tokenize) for some contender (which is not named)."""
+        if not prompt.strip():
+            raise APIError(400, "prompt: expected a non-empty string", param="prompt")
+        if len(prompt) > self.limits.max_chars:
+            raise APIError(400, f"prompt: {len(prompt)} characters, more than the {self.limits.max_chars} "
+                                "allowed", param="prompt")
+        try:  # a lone surrogate, as /v1 does: refused before anything is generated (storing it would fail)
+            convo = check_conversation([{"role": "user", "content": prompt}], ends_with_assistant=False)
+        except ValueError as e:
+            raise APIError(400, f"prompt: {e}", param="prompt") from None
+        out = {}
+        for name in self.contenders:
+            s = self.served[name]
+            try:
+                fit_context(convo, s.batcher.tok, s.block_size - max_new)
+                out[name] = render_for_completion(convo, s.batcher.tok)
+            except UserError as e:
+                raise APIError(400, f"prompt: too long for the arena's models: {e} (or lower max_tokens)",
+                               param="prompt", code="context_length_exceeded") from None
+            except ValueError as e:
+                raise APIError(400, f"prompt: cannot tokenize: {e}", param="prompt") from None
+        return out
+
+    async def new_battle(self, body: BattleRequest, request: Request):
+        if not self.ready:
+            raise APIError(400, self.why_off, code="arena_unavailable")
+        max_new = self.max_tokens(body.max_tokens)
+        prompts = self.prompts(body.prompt, max_new)
+        params = RowParams(max_new=max_new, temperature=body.temperature, top_k=body.top_k, top_p=body.top_p)
+        settings = {"temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p,
+                    "max_tokens": max_new}
+        name_a, name_b = draw_pair(self.contenders, self.rng)
+        pair = {"a": self.served[name_a], "b": self.served[name_b]}
+        session = session_of(request) or secrets.token_urlsafe(32)
+        battle = Battle(pair, {"a": prompts[name_a], "b": prompts[name_b]}, params)
+        battle.submit()  # before the response starts, so that a full queue is a plain 429
+        response = StreamingResponse(battle.stream(self.store, body.prompt, settings, session),
+                                     media_type="text/event-stream")
+        return with_session(response, request, session)
+
+    async def vote(self, battle_id: str, body: VoteRequest, request: Request):
+        if self.store is None:
+            raise APIError(400, self.why_off, code="arena_unavailable")
+        try:  # in a thread: the commit waits for an fsync, which must not stall the event loop
+            b = await asyncio.to_thread(self.store.record_vote, battle_id, session_of(request), body.vote)
+        except BattleError as e:
+            raise battle_error(e) from None
+        return {"id": b["id"], "vote": b["vote"], "model_a": b["model_a"], "model_b": b["model_b"]}
+
+    async def get_battle(self, battle_id: str, request: Request):
+        if self.store is None:
+            raise APIError(400, self.why_off, code="arena_unavailable")
+        try:
+            b = await asyncio.to_thread(self.store.get_battle, battle_id, session_of(request))
+        except BattleError as e:
+            raise battle_error(e) from None
+        out = {k: b[k] for k in ("id", "prompt", "reply_a", "reply_b", "sampling", "vote", "created_at")}
+        if b["vote"] is not None:  # blind until voted
+            out.update(model_a=b["model_a"], model_b=b["model_b"])
+        return out
+
+
+def session_of(request: Request) -> str:
+    return request.cookies.get(COOKIE, "")
+
+
+def with_session(response: Response, request: Request, session: str | None = None) -> Response:
+    """Give the browser a session cookie (``session``, or a new random one) if it has none yet.
+    HttpOnly: the page's script never sees it; SameSite=Strict: another site cannot vote with it."""
+    if not session_of(request):
+        response.set_cookie(COOKIE, session or secrets.token_urlsafe(32), max_age=COOKIE_MAX_AGE_S,
+                            path="/arena", httponly=True, samesite="strict")
+    return response
 
 
 def battle_error(e: BattleError) -> APIError:
@@ -287,15 +324,21 @@ class Leaderboard:
     of ROUNDS fits per request would be wasteful; votes are never taken back, so the number of voted
     battles and the latest vote time identify the data). Thread-safe: called via asyncio.to_thread."""
 
-    def __init__(self, open_store: Callable[[], VoteStore | None]):
-        self.open_store = open_store
+    def __init__(self, store: VoteStore | None):
+        self.store = store
         self.lock = threading.Lock()
         self.key, self.rows, self.png = None, [], None
 
     def get(self, want_png: bool) -> tuple[list, int, bytes | None]:
-        """(rows best first, number of voted battles, PNG bytes when ``want_png`` and there are votes)."""
-        store = self.open_store()
-        battles = store.fastchat_battles() if store is not None else []
+        """(rows best first, number of voted battles, PNG bytes when ``want_png`` and there are votes).
+
+        Raises:
+            APIError: 500 when the database cannot be read (damaged since the server started).
+        """
+        try:
+            battles = self.store.fastchat_battles() if self.store is not None else []
+        except UserError as e:
+            raise APIError(500, str(e), type="server_error", code="arena_database_error") from None
         key = (len(battles), max((b["tstamp"] or 0 for b in battles), default=0))
         with self.lock:
             if key != self.key:

@@ -28,10 +28,9 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from gptforge import checkpoint as ckpt
 from gptforge.config import check, convert, convert_all, setting
 from gptforge.errors import UserError
-from gptforge.models import ARCHS, PRESETS, config_class
+from gptforge.models import ARCHS, PRESETS
 
 BIG = 1 << 62  # upper bound of counts that only need to fit in an int64
 
@@ -178,6 +177,8 @@ def make_config(base: dict | None = None, *layers: dict, where: str = "config") 
             v = convert(TrainConfig, k, v, where)
             values[k] = {**values["model"], **v} if k == "model" else v
     arch = convert(TrainConfig, "arch", values["arch"], where)
+    from gptforge.models import config_class  # here: the model modules import torch, --help must not
+
     values["model"] = convert_all(config_class(arch), values["model"], f"{where}: model")
     return TrainConfig(**values)
 
@@ -189,7 +190,12 @@ def make_config(base: dict | None = None, *layers: dict, where: str = "config") 
 # hundred steps of little data (nanochat's SFT uses none either)
 FINETUNE_RESETS = {"out": "", "max_time": 0.0, "schedule_time": 0.0, "max_tokens": 0, "decay_steps": 0,
                    "warmup_steps": 10, "sampling": "random", "weight_decay": 0.0, "eval_interval": 50,
-                   "ckpt_interval": 0, "keep_last": 1, "tokens_per_step": 0, "progress": "auto"}
+                   "ckpt_interval": 0, "keep_last": 1, "tokens_per_step": 0, "progress": "auto",
+                   "pretrain_mix": 0.0}
+
+# what an SFT run changes from the base run's config unless told otherwise (the base's schedule shape
+# and learning rates stay); here rather than in chat/sft.py so that `sft --help` needs no torch
+SFT_DEFAULTS = {**FINETUNE_RESETS, "max_steps": 300, "eval_tokens": 65536, "pretrain_mix": 0.25}
 
 
 def finetune_config(base, task: str, defaults: dict, *layers: dict, purpose: str) -> TrainConfig:
@@ -202,6 +208,8 @@ def finetune_config(base, task: str, defaults: dict, *layers: dict, purpose: str
         UserError: no checkpoint at ``base``, a base model that is not a GPT, or a bad setting.
     """
     try:
+        from gptforge import checkpoint as ckpt  # here: it imports torch, --help must not
+
         found = ckpt.find_checkpoint(base, "best")
     except UserError:
         found = ckpt.find_checkpoint(base, "latest")

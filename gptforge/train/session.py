@@ -155,7 +155,9 @@ def claim_run_dir(cfg: TrainConfig, resume: bool, d: Dist):
         lock.close()
         raise UserError(f"{run_dir}: another gptforge run is using this directory; choose another --out"
                         ) from None
-    if not resume and (ckpt.read_pointer(run_dir / "ckpt", "latest") or (run_dir / "metrics.jsonl").exists()):
+    # a run killed before its first checkpoint left only a log and a config: nothing to resume, so
+    # the folder is free again (a fresh start rewrites both)
+    if not resume and ckpt.read_pointer(run_dir / "ckpt", "latest"):
         lock.close()
         raise UserError(f"{run_dir}: already holds a run; continue it with --resume {run_dir} "
                         "or choose another --out")

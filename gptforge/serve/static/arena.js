@@ -45,8 +45,10 @@ async function battle(prompt) {
   $("send").disabled = true;
   setState("busy");
   setStatus("both models are answering…");
-  const body = { prompt, temperature: parseFloat($("temperature").value),
-                 max_tokens: parseInt($("max-tokens").value, 10) };
+  // max tokens left empty: the server's default, which fits the smallest model's context
+  const body = { prompt, temperature: parseFloat($("temperature").value) };
+  const maxTokens = parseInt($("max-tokens").value, 10);
+  if (maxTokens > 0) body.max_tokens = maxTokens;
   try {
     const resp = await fetch("/arena/battles", { method: "POST", headers: headers(), body: JSON.stringify(body) });
     if (!resp.ok) throw new Error(await errorText(resp));
