@@ -107,46 +107,24 @@ class ToolUse:
         return cls(*ids, decode=tok.decode, encode=tok.encode, run=run)
 
 
-class ToolCalls:
-    """Per-row tool-call state: the tokens of an open call, and the answer tokens still to force."""
-
-    def __init__(self, tool: ToolUse, batch_size: int):
-        self.tool = tool
-        self.open: list[list[int] | None] = [None] * batch_size  # a call's tokens so far; None: no call
-        self.queue: list[deque[int]] = [deque() for _ in range(batch_size)]
-
-    def pending(self) -> bool:
-        return any(self.queue)
-
-    def pop(self, row: int) -> int | None:
-        """The next token to force into ``row``, or None when nothing is queued."""
-        return self.queue[row].popleft() if self.queue[row] else None
-
-    def observe(self, row: int, tok: int) -> None:
-        """Track a token the model sampled for ``row``; on a call's end, run the tool and queue its answer."""
-        t = self.tool
-        call = self.open[row]
-        if call is None:
-            if tok == t.call_start:
-                self.open[row] = []
-        elif tok == t.call_end:
-            self.open[row] = None
-            result = t.run(t.decode(call))
-            self.queue[row].extend([t.output_start, *t.encode(result), t.output_end])
-        else:
-            call.append(tok)
+def is_greedy(temperature: float) -> bool:
+    """Temperature 0, or one so small that float32 division by it overflows or divides by zero (it
+    would turn the top logit into nan): both pick the argmax."""
+    return temperature < torch.finfo(torch.float32).tiny
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                 top_p: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Pick the next token for each row.
+    """Pick the next token for each row. Any temperature >= 0, top_k >= 1 and top_p in (0, 1] gives
+    finite probabilities: a temperature below float32's smallest normal number is greedy, and the
+    most likely token always survives top-k and top-p (so a top_p that underflows is top-1).
 
     Args:
         logits: (B, V) float, unnormalised log-probabilities.
     Returns:
         (B,) int64 token ids.
     """
-    if temperature == 0:
+    if is_greedy(temperature):
         return logits.argmax(dim=-1)
     # shift the max to 0 first: a tiny temperature then sends the rest to -inf instead of inf - inf = nan
     logits = logits.float()
@@ -159,238 +137,286 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
         probs = torch.softmax(sorted_logits, dim=-1)
         # drop a token when the mass before it already reaches top_p (the top token always stays)
         drop = (probs.cumsum(dim=-1) - probs) >= top_p
+        drop[:, 0] = False  # (a top_p below float32's range compares as 0 and would drop every token)
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
     probs = torch.softmax(logits, dim=-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
-class DecodeContext:
-    """Feeds tokens to a model and returns next-token logits, keeping whatever state it can."""
+class Row:
+    """One reply being decoded: its sampler, its tool calls and its stop tokens (module docstring).
+    The engine's generate and the server's batcher decode every row through ``Row.choose``.
 
-    def __init__(self, model: torch.nn.Module, batch_size: int, use_cache: bool):
-        self.model = model
-        self.block_size = model.config.block_size
-        self.device = next(model.parameters()).device
-        self.mode = "window"
-        if use_cache and hasattr(model, "new_kv_cache"):
-            self.mode = "kv"
-        elif use_cache and hasattr(model, "forward_step"):
-            self.mode = "state"
-        self.batch_size = batch_size
-        self.state = None
-        self.cached = 0  # tokens of the sequence the state covers
+    Attributes:
+        tokens: the reply so far (prompt excluded), sampled and forced tokens alike.
+        sampled: one bool per token: True when the model sampled it, False when it was forced (a tool's
+            answer, ``<|tool_output_start|> ... <|tool_output_end|>``), e.g. to leave forced tokens
+            out of a policy-gradient loss.
+        stopped: the row sampled one of its stop tokens (which is not in ``tokens``).
+        done: stopped, or ``max_new_tokens`` tokens produced.
+    """
 
-    def _reset(self):
-        if self.mode == "kv":
-            dtype = next(self.model.parameters()).dtype
-            self.state = self.model.new_kv_cache(self.batch_size, self.block_size, self.device, dtype)
+    def __init__(self, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float = 1.0, seed: int | None = None, stop_tokens: Sequence[int] = (),
+                 tool: ToolUse | None = None, banned: Sequence[int] = (), device: str | torch.device = "cpu"):
+        self.max_new, self.temperature, self.top_k, self.top_p = max_new_tokens, temperature, top_k, top_p
+        self.gen = None if seed is None else torch.Generator(device=device).manual_seed(seed)
+        self.stops, self.tool, self.banned = frozenset(stop_tokens), tool, list(banned)
+        self.tokens: list[int] = []
+        self.sampled: list[bool] = []
+        self.stopped = False
+        self.call: list[int] | None = None  # the tokens of an open tool call
+        self.queue: deque[int] = deque()  # the tool's answer, still to force
+
+    @property
+    def done(self) -> bool:
+        return self.stopped or len(self.tokens) >= self.max_new
+
+    @property
+    def greedy(self) -> bool:
+        return is_greedy(self.temperature)
+
+    def choose(self, logits: torch.Tensor, greedy: int | None = None) -> int | None:
+        """Take the row's next token and return it: a queued tool-answer token, else ``greedy`` (the
+        argmax, for a greedy row) or a sample from ``logits`` (V,) float. Returns None, and the row is
+        done, when the model sampled a stop token. A call's end runs the tool and queues its answer."""
+        if self.queue:
+            tok = self.queue.popleft()
+            self.tokens.append(tok)
+            self.sampled.append(False)
+            return tok
+        if greedy is None:
+            greedy = int(sample_next(logits[None], self.temperature, self.top_k, self.top_p, self.gen)[0])
+        if greedy in self.stops:
+            self.stopped = True
+            return None
+        self.tokens.append(greedy)
+        self.sampled.append(True)
+        if self.tool is not None and not self.done:
+            self._observe(greedy)
+        return greedy
+
+    def _observe(self, tok: int) -> None:
+        t = self.tool
+        if self.call is None:
+            if tok == t.call_start:
+                self.call = []
+        elif tok == t.call_end:
+            result = t.run(t.decode(self.call))
+            self.call = None
+            self.queue.extend([t.output_start, *t.encode(result), t.output_end])
         else:
-            self.state = None
-        self.cached = 0
+            self.call.append(tok)
 
-    def logits(self, seq: torch.Tensor) -> torch.Tensor:
-        """seq: (B, T_total) all tokens so far. Returns (B, V) logits for the next position."""
-        T = seq.size(1)
-        if self.mode == "window":
-            logits, _ = self.model(seq[:, -self.block_size:])
-            return logits[:, -1, :]
-        if self.mode == "state":  # LSTM: unbounded context, state carries it
-            if self.cached == 0:
-                self.state = None
-            logits, self.state = self.model.forward_step(seq[:, self.cached:], self.state)
-            self.cached = T
-            return logits[:, -1, :]
-        # KV cache: refill from the cropped window when the sequence outgrows the cache
-        if self.cached == 0 or T > self.block_size:
-            self._reset()
-            new = seq[:, -self.block_size:]
-        else:
-            new = seq[:, self.cached:]
-        logits, _ = self.model(new, kv_cache=self.state)
-        self.cached = min(T, self.block_size)
-        return logits[:, -1, :]
 
+def prepare(rows: Sequence[Row], logits: torch.Tensor) -> tuple[torch.Tensor, list[int | None]]:
+    """(logits (n, V) with each row's banned tokens at -inf, row i's in logits[i]; the argmax of each
+    greedy row, from one call for all of them, and None for the others)."""
+    if any(r.banned for r in rows):
+        logits = logits.clone()
+        for i, r in enumerate(rows):
+            logits[i, r.banned] = float("-inf")
+    if not any(r.greedy for r in rows):
+        return logits, [None] * len(rows)
+    top = logits.argmax(dim=-1).tolist()
+    return logits, [t if r.greedy else None for t, r in zip(top, rows, strict=True)]
 
 
 class Slots:
-    """Continuous batching's decoding state: rows join (``add``) and leave (``remove``) between decode
-    steps, each at its own position, so a new request never waits for a running batch to finish
-    (iteration-level scheduling: Yu et al. 2022, Orca; vLLM).
+    """The rows being decoded: rows join (``add``: the prompt in one forward pass) and leave
+    (``remove``) between decode steps (``step``: one new token per row, all rows together), each at
+    its own position, so a new request never waits for a running batch to finish (iteration-level
+    scheduling: Yu et al. 2022, Orca; vLLM).
 
         slots = Slots(model, max_rows=32)
         logits = slots.add(prompt_ids, copies=2)   # (2, V): rows 0 and 1, the same prompt
         logits = slots.step([tok0, tok1])          # (2, V): one new token per live row
         slots.remove(0)                            # row 1 is now row 0
 
-    A GPT keeps one KV cache of ``max_rows`` rows with ragged positions (``KVCache.row_pos``): a
-    prompt is prefilled alone, in one forward pass, into a cache of its own and copied into the next
-    free rows; a decode step runs every live row as one batch. Other models (LSTM, MLP, bigram) keep
-    a ``DecodeContext`` per row and run their rows one after the other.
+    With ``use_cache`` a GPT keeps one KV cache of ``max_rows`` rows with ragged positions
+    (``KVCache.row_pos``): a prompt is prefilled alone into a cache of its own and copied into the
+    next free rows; a step runs every row as one batch. A row that outgrows block_size is refilled
+    from its last block_size - 1 tokens first (its context slides, as without the cache). The LSTM
+    carries each row's recurrent state (``forward_step``); other models, and every model without
+    ``use_cache``, run each row's last block_size tokens through the model at every step, row by row.
     Rows are numbered 0..n-1 in the order they joined; ``remove(i)`` moves the last row into i.
-    Every row must stay within the model's block_size (``length``); the caller ends a row there.
     """
 
-    def __init__(self, model: torch.nn.Module, max_rows: int):
+    def __init__(self, model: torch.nn.Module, max_rows: int, use_cache: bool = True):
         self.model, self.max_rows = model, max_rows
         self.block_size = model.config.block_size
         self.device = next(model.parameters()).device
         self.cache = None
-        if hasattr(model, "new_kv_cache"):
+        self.recurrent = use_cache and hasattr(model, "forward_step")  # the LSTM: its state is its context
+        if use_cache and hasattr(model, "new_kv_cache"):
             self.cache = model.new_kv_cache(max_rows, self.block_size)
             self.cache.row_pos = [0] * max_rows
-        self.rows: list[tuple[DecodeContext, list[int]] | None] = []  # per row: (context, tokens) or None
+        self.tokens: list[list[int]] = []  # every row's tokens so far
+        self.states: list = []  # the LSTM's (h, c) per row
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.tokens)
 
     def length(self, i: int) -> int:
         """Tokens row ``i`` has been fed (prompt included)."""
-        return self.cache.row_pos[i] if self.cache is not None else len(self.rows[i][1])
+        return len(self.tokens[i])
+
+    def _tensor(self, tokens: Sequence[int]) -> torch.Tensor:
+        return torch.tensor([list(tokens)], dtype=torch.long, device=self.device)  # (1, T)
+
+    def _prefill(self, tokens: Sequence[int]):
+        """A KV cache of one row that has read ``tokens``, and its next-token logits (1, V)."""
+        one = self.model.new_kv_cache(1, len(tokens))
+        logits, _ = self.model(self._tensor(tokens), kv_cache=one)
+        return one, logits[:, -1]
+
+    def _row_logits(self, i: int) -> torch.Tensor:
+        """Next-token logits (1, V) of row ``i`` without a KV cache."""
+        seq = self.tokens[i]
+        if not self.recurrent:
+            return self.model(self._tensor(seq[-self.block_size:]))[0][:, -1]
+        new = seq if self.states[i] is None else seq[-1:]
+        logits, self.states[i] = self.model.forward_step(self._tensor(new), self.states[i])
+        return logits[:, -1]
 
     @torch.inference_mode()
     def add(self, prompt: Sequence[int], copies: int = 1) -> torch.Tensor:
         """Append ``copies`` rows that have read ``prompt``; returns their next-token logits, (copies, V).
 
         Raises:
-            ValueError: no room for ``copies`` more rows, or a prompt empty or longer than block_size.
+            ValueError: no room for ``copies`` more rows, or a prompt empty or longer than block_size
+                (any length for the LSTM).
         """
-        if len(self.rows) + copies > self.max_rows:
-            raise ValueError(f"{len(self.rows)} rows live; {copies} more exceed max_rows {self.max_rows}")
-        if not 0 < len(prompt) <= self.block_size:
+        if len(self.tokens) + copies > self.max_rows:
+            raise ValueError(f"{len(self.tokens)} rows live; {copies} more exceed max_rows {self.max_rows}")
+        if not prompt or (len(prompt) > self.block_size and not self.recurrent):
             raise ValueError(f"a prompt of {len(prompt)} tokens; expected 1..{self.block_size}")
-        idx = torch.tensor([list(prompt)], dtype=torch.long, device=self.device)  # (1, T)
+        first = len(self.tokens)
         if self.cache is not None:
-            one = self.model.new_kv_cache(1, len(prompt))
-            logits, _ = self.model(idx, kv_cache=one)
-            for _ in range(copies):
-                self.cache.copy_row(len(self.rows), 0, one)
-                self.rows.append(None)
-            return logits[:, -1].expand(copies, -1)
+            one, logits = self._prefill(prompt)
+            for r in range(first, first + copies):
+                self.cache.copy_row(r, 0, one)
         for _ in range(copies):
-            ctx = DecodeContext(self.model, 1, use_cache=True)
-            logits = ctx.logits(idx)
-            self.rows.append((ctx, list(prompt)))
+            self.tokens.append(list(prompt))
+            self.states.append(None)
+        if self.cache is None:
+            logits = self._row_logits(first)
+            self.states[first + 1:] = [self.states[first]] * (copies - 1)  # (never changed in place)
         return logits.expand(copies, -1)
 
     @torch.inference_mode()
     def step(self, tokens: Sequence[int]) -> torch.Tensor:
         """Feed each live row its next token (``tokens[i]`` to row i); returns next-token logits (n, V)."""
-        if len(tokens) != len(self.rows):
-            raise ValueError(f"{len(tokens)} tokens for {len(self.rows)} rows")
-        if self.cache is not None:
-            idx = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]  # (n, 1)
-            logits, _ = self.model(idx, kv_cache=self.cache)
-            return logits[:, -1]
-        out = []
-        for (ctx, seq), tok in zip(self.rows, tokens, strict=True):
+        if len(tokens) != len(self.tokens):
+            raise ValueError(f"{len(tokens)} tokens for {len(self.tokens)} rows")
+        for seq, tok in zip(self.tokens, tokens, strict=True):
             seq.append(tok)
-            out.append(ctx.logits(torch.tensor([seq], dtype=torch.long, device=self.device)))
-        return torch.cat(out)
+        if self.cache is None:
+            return torch.cat([self._row_logits(i) for i in range(len(self.tokens))])
+        for i, seq in enumerate(self.tokens):
+            if self.cache.row_pos[i] >= self.block_size:  # no room for the new token: slide the context
+                self.cache.copy_row(i, 0, self._prefill(seq[-self.block_size:-1])[0])
+        idx = torch.tensor(tokens, dtype=torch.long, device=self.device)[:, None]  # (n, 1)
+        logits, _ = self.model(idx, kv_cache=self.cache)
+        return logits[:, -1]
 
     def remove(self, i: int) -> None:
         """Row ``i`` leaves; the last row takes its number."""
-        last = len(self.rows) - 1
+        last = len(self.tokens) - 1
         if i != last and self.cache is not None:
             self.cache.copy_row(i, last)
-        self.rows[i] = self.rows[last]
-        self.rows.pop()
+        for rows in (self.tokens, self.states):
+            rows[i] = rows[last]
+            rows.pop()
 
 
 @torch.inference_mode()
-def generate_stream(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int = 256,
-                    *, temperature: float = 1.0, top_k: int | None = None, top_p: float = 1.0,
-                    seed: int | None = None, stop_tokens: Sequence[int] = (),
-                    use_cache: bool = True, tool: ToolUse | None = None,
-                    banned: Sequence[int] = ()) -> Iterator[list[int | None]]:
-    """Generate from a batch of prompts, yielding after every decoding step.
+def decode(model: torch.nn.Module, prompts: Sequence[Sequence[int]], rows: Sequence[Row],
+           use_cache: bool = True) -> Iterator[list[int | None]]:
+    """Decode ``rows[i]`` from ``prompts[i]`` (each prefilled in one forward pass; a prompt longer than
+    block_size keeps its last block_size tokens, except for the LSTM), all rows one step at a time.
+    Yields, per step, each row's new token (``Row.choose``), or None for a row that stopped at this
+    step or earlier; ends when every row is done."""
+    slots = Slots(model, len(rows), use_cache)
+    live = [i for i, r in enumerate(rows) if not r.done]  # live[j]: the row in slot j
+    if not live:
+        return
+    crop = (lambda p: p) if slots.recurrent else (lambda p: list(p)[-slots.block_size:])
+    logits = torch.cat([slots.add(crop(prompts[i])) for i in live])  # (n, V)
+    while live:
+        picked = [rows[i] for i in live]
+        logits, greedy = prepare(picked, logits)
+        out: list[int | None] = [None] * len(rows)
+        for j, (r, g) in enumerate(zip(picked, greedy, strict=True)):
+            out[live[j]] = r.choose(logits[j], g)
+        yield out
+        for j in range(len(live) - 1, -1, -1):
+            if rows[live[j]].done:
+                slots.remove(j)
+                live[j] = live[-1]
+                live.pop()
+        if live:
+            logits = slots.step([rows[i].tokens[-1] for i in live])
 
-    Args:
-        model: any gptforge model (``forward(idx) -> (logits, loss)``), in eval mode.
-        prompts: B lists of token ids, each non-empty; lengths may differ.
-        stop_tokens: a row that samples one of these stops (the stop token is not yielded).
-        tool: run the tool calls the model makes (module docstring); None: tool tokens are ordinary
-            tokens. Forced answer tokens are yielded, count towards ``max_new_tokens`` and are never
-            taken as stop tokens; calls are recognised in sampled tokens only, not in the prompt.
-        banned: ids never sampled (their logits are set to -inf), e.g. ``<|tool_call_start|>`` to
-            make a chat model answer directly.
-    Yields:
-        a list of B entries per step: the new token id of each row (sampled, or forced by a tool
-        answer), or None for a row that is still reading its prompt or has stopped. Ends when every
-        row has produced ``max_new_tokens`` tokens or a stop token; a call or answer still open
-        then is cut off.
+
+def make_rows(prompts: Sequence[Sequence[int]], max_new_tokens: int = 256, *, temperature: float = 1.0,
+              top_k: int | None = None, top_p: float = 1.0, seed: int | None = None,
+              stop_tokens: Sequence[int] = (), tool: ToolUse | None = None, banned: Sequence[int] = (),
+              device: str | torch.device = "cpu") -> list[Row]:
+    """One Row per prompt with these settings; row i samples with its own generator seeded
+    ``seed + i`` (the server's choices do the same).
+
     Raises:
         UserError: empty prompt or sampling settings out of range.
     """
     SamplingParams(max_new_tokens, temperature, top_k, top_p, seed)  # checks the ranges
     if not prompts or any(len(p) == 0 for p in prompts):
         raise UserError("every prompt needs at least one token")
+    return [Row(max_new_tokens, temperature, top_k, top_p, None if seed is None else (seed + i) % 2**63,
+                stop_tokens, tool, banned, device) for i in range(len(prompts))]
+
+
+def generate_stream(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int = 256,
+                    *, use_cache: bool = True, **kwargs) -> Iterator[list[int | None]]:
+    """Generate from a batch of prompts, yielding after every decoding step.
+
+    Args:
+        model: any gptforge model (``forward(idx) -> (logits, loss)``), in eval mode.
+        prompts: B lists of token ids, each non-empty; lengths may differ.
+        kwargs: ``make_rows``'s: temperature, top_k, top_p, seed; stop_tokens: a row that samples one
+            of these stops (the stop token is not yielded); tool: run the tool calls the model makes
+            (module docstring); None: tool tokens are ordinary tokens. Forced answer tokens are
+            yielded, count towards ``max_new_tokens`` and are never taken as stop tokens; calls are
+            recognised in sampled tokens only, not in the prompt. banned: ids never sampled (their
+            logits are set to -inf), e.g. ``<|tool_call_start|>`` to make a chat model answer directly.
+    Yields:
+        a list of B entries per step: the new token id of each row (sampled, or forced by a tool
+        answer), or None for a row that has stopped. Ends when every row has produced
+        ``max_new_tokens`` tokens or a stop token; a call or answer still open then is cut off.
+    Raises:
+        UserError: empty prompt or sampling settings out of range.
+    """
     device = next(model.parameters()).device
-    B = len(prompts)
-    lens = [len(p) for p in prompts]
-    start = min(lens)
-    total = max(lens) + max_new_tokens  # longest possible sequence; shorter rows stop earlier
-    seq = torch.zeros((B, total), dtype=torch.long, device=device)
-    for i, p in enumerate(prompts):
-        seq[i, : len(p)] = torch.tensor(p, dtype=torch.long)
-    gen = None
-    if seed is not None:
-        gen = torch.Generator(device=device)
-        gen.manual_seed(seed)
-    stops = set(stop_tokens)
-    produced = [0] * B
-    done = [False] * B
-    ctx = DecodeContext(model, B, use_cache)
-    calls = ToolCalls(tool, B) if tool is not None else None
-    longest = max(lens)
-    for t in range(start, total):
-        if all(done) or max_new_tokens == 0:
-            return
-        logits = ctx.logits(seq[:, :t])
-        if banned:  # tokens the caller never wants sampled (e.g. a tool call, to force a direct answer)
-            logits[:, list(banned)] = float("-inf")
-        nxt = sample_next(logits, temperature, top_k, top_p, gen)
-        if t < longest:  # rows still inside their prompt take the prompt's token
-            nxt = torch.where(t < torch.tensor(lens, device=device), seq[:, t], nxt)
-        forced = [False] * B
-        if calls is not None and calls.pending():  # rows answering a tool call take the answer's token
-            nxt, forced = _force(nxt, calls, done)
-        seq[:, t] = nxt
-        out: list[int | None] = nxt.tolist()
-        for i, tok in enumerate(out):
-            if t < lens[i] or done[i]:
-                out[i] = None
-            elif tok in stops and not forced[i]:
-                out[i], done[i] = None, True
-            else:
-                produced[i] += 1
-                done[i] = produced[i] >= max_new_tokens
-                if calls is not None and not forced[i] and not done[i]:
-                    calls.observe(i, tok)
-        yield out
+    rows = make_rows(prompts, max_new_tokens, device=device, **kwargs)
+    yield from decode(model, prompts, rows, use_cache)
 
 
-def _force(nxt: torch.Tensor, calls: ToolCalls, done: list[bool]) -> tuple[torch.Tensor, list[bool]]:
-    """nxt (B,) with each live row's next queued tool-answer token in place of its sample, and which
-    rows were forced. (A row with a queue has finished its prompt: calls open only after it.)"""
-    tokens = nxt.tolist()
-    forced = [False] * len(tokens)
-    for i in range(len(tokens)):
-        tok = calls.pop(i)  # a stopped row's queue drains unused, so pending() turns False again
-        if tok is not None and not done[i]:
-            tokens[i], forced[i] = tok, True
-    return torch.tensor(tokens, dtype=nxt.dtype, device=nxt.device), forced
+def generate_rows(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int = 256,
+                  *, use_cache: bool = True, **kwargs) -> list[Row]:
+    """Like ``generate_stream``, but returns each prompt's finished ``Row``: ``tokens`` (prompt
+    excluded), ``sampled`` (which tokens the model sampled, which a tool forced) and ``stopped``.
+    For k samples per prompt, repeat the prompt k times (row i is seeded ``seed + i``)."""
+    rows = make_rows(prompts, max_new_tokens, device=next(model.parameters()).device, **kwargs)
+    for _ in decode(model, prompts, rows, use_cache):
+        pass
+    return rows
 
 
 def generate(model: torch.nn.Module, prompts: Sequence[Sequence[int]], max_new_tokens: int = 256,
              **kwargs) -> list[list[int]]:
-    """Like ``generate_stream`` but returns the new tokens of each row (prompt excluded)."""
-    out: list[list[int]] = [[] for _ in prompts]
-    for step in generate_stream(model, prompts, max_new_tokens, **kwargs):
-        for row, tok in zip(out, step, strict=True):
-            if tok is not None:
-                row.append(tok)
-    return out
+    """Like ``generate_rows`` but returns only the new tokens of each row (prompt excluded)."""
+    return [r.tokens for r in generate_rows(model, prompts, max_new_tokens, **kwargs)]
 
 
 def load_for_inference(ckpt: str, which: str = "best", device: str = "cpu", verify: bool = True):

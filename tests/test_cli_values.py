@@ -105,3 +105,36 @@ def test_numeric_flag_values_never_traceback(cmd, flag, value, inputs, tmp_path,
         assert err.startswith("gptforge") and err.count("\n") == 1, err
         squash = lambda t: t.replace("-", "").replace("_", "").replace(" ", "")
         assert squash(flag) in squash(err) or MISSING in err, err
+
+
+UNDERFLOW = ["1e-46", "5e-324", "1e-320"]  # positive, but 0 in float32
+SAMPLING_CASES = [(cmd, flag, v) for cmd in ("sample", "chat") for flag in _numeric_flags([cmd])
+                  if flag != "--num-samples" for v in UNDERFLOW]
+
+
+@pytest.fixture(scope="module")
+def chat_run(tmp_path_factory) -> str:
+    from helpers import tiny_chat_base
+
+    return str(tiny_chat_base(tmp_path_factory.mktemp("chat"), 64)[0])
+
+
+@pytest.mark.parametrize("cmd, flag, value", SAMPLING_CASES)
+def test_sampling_flags_that_underflow_float32_never_traceback(cmd, flag, value, chat_run, capsys):
+    """Every sampling flag of `sample` and `chat` (on a model with the chat tokens) given a positive
+    value that is 0 in float32: a temperature is greedy, a top_p keeps the top token; integer flags
+    refuse it in one line."""
+    argv = [cmd, "--ckpt", chat_run, "--max-new-tokens", "3", flag, value]
+    argv += ["--prompt", "hi"] if cmd == "sample" else ["-p", "hi"]
+    try:
+        code = main(argv)
+    except SystemExit as e:
+        code = e.code
+    out, err = capsys.readouterr()
+    assert "Traceback" not in err, err
+    if flag in ("--temperature", "--top-p"):
+        assert code == 0, err
+        greedy = [cmd, "--ckpt", chat_run, "--max-new-tokens", "3", "--temperature", "0"] + argv[-2:]
+        assert main(greedy) == 0 and capsys.readouterr().out == out
+    else:
+        assert code == 2 and err.count("\n") == 1 and flag.lstrip("-") in err, err

@@ -10,7 +10,7 @@ import torch
 from helpers import randomize, save_checkpoint_dir
 
 from gptforge.cli import main
-from gptforge.engine import DecodeContext, Slots, generate, generate_stream, sample_next
+from gptforge.engine import Slots, ToolUse, generate, generate_stream, sample_next
 from gptforge.errors import UserError
 from gptforge.export import export_model
 from gptforge.models import build_model
@@ -44,11 +44,13 @@ def test_kv_cache_greedy_equals_full_forward(preset, kw):
 def test_each_cached_step_matches_full_forward_logits(preset, kw):
     m = gpt(preset, **kw)
     seq = torch.randint(0, TOK.vocab_size, (2, 20))
-    ctx = DecodeContext(m, 2, use_cache=True)
+    slots = Slots(m, 2)
     with torch.no_grad():
         full, _ = m(seq)
-        for t in range(5, 21):
-            assert torch.allclose(ctx.logits(seq[:, :t]), full[:, t - 1], atol=1e-4)
+        steps = [torch.cat([slots.add(seq[i, :5].tolist()) for i in range(2)])]  # (2, V) each
+        steps += [slots.step(seq[:, t].tolist()) for t in range(5, 20)]
+    for t, logits in zip(range(5, 21), steps, strict=True):
+        assert torch.allclose(logits, full[:, t - 1], atol=1e-4)
 
 
 def run_slots(m, prompts, starts, n_new, max_rows=3):
@@ -118,6 +120,22 @@ def test_sampling_filters():
     assert (cold == 0).float().mean() > 0.99
 
 
+@pytest.mark.parametrize("tiny", [1e-46, 5e-324, 1e-320, 1e-40])
+def test_settings_below_float32s_range_are_greedy_or_top_1(tiny):
+    """A positive temperature or top_p that is 0 (or subnormal) in float32 gives finite probabilities:
+    the argmax, as greedy decoding does; top_k at its bounds (1, the vocabulary, beyond it) too."""
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(64, 50, generator=g)
+    logits[:, 7] = float("-inf")  # a banned token
+    top = logits.argmax(-1)
+    assert torch.equal(sample_next(logits, tiny, generator=g), top)
+    assert torch.equal(sample_next(logits, 1.0, top_p=tiny, generator=g), top)
+    assert torch.equal(sample_next(logits, 1.0, top_k=1, generator=g), top)
+    for k in (None, 49, 50, 51, 1 << 24):
+        assert (sample_next(logits, tiny, top_k=k, top_p=tiny, generator=g) == top).all()
+        assert (sample_next(logits, 2.0, top_k=k, generator=g) != 7).all()
+
+
 def test_seeded_sampling_is_reproducible_and_stop_tokens_end_rows():
     m = gpt("modern")
     a = generate(m, [[1, 2]] * 3, 20, temperature=1.0, top_k=10, seed=7)
@@ -132,9 +150,8 @@ def test_seeded_sampling_is_reproducible_and_stop_tokens_end_rows():
 def test_stream_yields_token_by_token():
     m = gpt("gpt2")
     steps = list(generate_stream(m, [[1, 2, 3], [4]], 4, temperature=0))
-    # row 1 starts generating at position 1, row 0 at 3: 2 forced steps for row 0
-    assert [s[0] for s in steps][:2] == [None, None]
-    assert sum(s[1] is not None for s in steps) == 4 and sum(s[0] is not None for s in steps) == 4
+    # each prompt is prefilled in one pass, whatever its length: both rows yield from the first step
+    assert len(steps) == 4 and all(None not in s for s in steps)
 
 
 @pytest.mark.parametrize("kw,msg", [({"temperature": -1}, "temperature"), ({"top_p": 0}, "top_p"),
@@ -256,3 +273,61 @@ def test_numpy_runner_with_bpe_tokenizer(tmp_path, without_regex):
                         "--max-new-tokens", "30", "--temperature", "0", "--ids"],
                        capture_output=True, text=True, check=True)
     assert json.loads(r.stdout) == want
+
+
+# Greedy tokens of the engine as of commit 3518e21 (before the decode loops were merged into one):
+# a refactor must give exactly these. Prompts of different lengths, 30 new tokens (rows run past
+# block_size 24), batched and one at a time, with and without the KV cache and tool calls.
+PIN_PROMPTS = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11], [12, 13, 14, 15, 16, 1, 2, 3, 4]]
+PINNED = {
+    "modern":
+    [[17, 7, 7, 7, 7, 6, 8, 16, 25, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 23, 8, 7, 7, 4, 8, 7, 4, 6, 18,
+      18],
+     [18, 14, 12, 18, 7, 22, 7, 12, 18, 18, 18, 18, 18, 18, 18, 18, 18, 18, 18, 18, 18, 18, 18, 18,
+      18, 16, 16, 7, 22, 22],
+     [22, 22, 22, 22, 14, 14, 4, 14, 18, 14, 18, 14, 4, 3, 17, 7, 7, 7, 7, 8, 16, 16, 16, 8, 12, 7,
+      16, 7, 16, 8],
+     [5, 16, 12, 23, 12, 16, 0, 16, 0, 16, 22, 18, 22, 22, 31, 16, 16, 16, 23, 0, 16, 22, 18, 22,
+      23, 22, 23, 22, 18, 16]],
+    "gpt2":
+    [[9, 9, 9, 3, 9, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 13, 3, 3, 9, 9, 3, 3, 3, 3, 3],
+     [9, 9, 9, 9, 9, 9, 9, 13, 9, 9, 13, 9, 9, 9, 9, 9, 3, 13, 9, 9, 13, 9, 9, 9, 9, 3, 3, 3, 3, 3],
+     [3, 3, 9, 9, 9, 3, 9, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 3, 13, 3, 3, 9, 9, 3, 3, 3],
+     [9, 9, 9, 9, 9, 9, 3, 9, 9, 9, 9, 9, 9, 9, 9, 3, 13, 3, 3, 9, 9, 9, 3, 3, 3, 3, 3, 3, 3, 3]],
+    # calls open at 7 and close at 18; the tool's answer (the call's text reversed) comes between 25 and 23
+    "modern-tools":
+    [[17, 7, 7, 7, 7, 6, 8, 16, 25, 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 23, 8, 7, 7, 4, 8, 7, 4, 6, 18,
+      25],
+     [18, 14, 12, 18, 7, 22, 7, 12, 18, 25, 12, 7, 22, 23, 22, 10, 18, 7, 10, 18, 25, 10, 23, 10,
+      16, 8, 19, 7, 1, 7],
+     [22, 22, 22, 22, 14, 14, 4, 14, 18, 14, 18, 14, 4, 3, 17, 7, 7, 7, 7, 8, 16, 16, 16, 8, 12, 7,
+      16, 7, 16, 8],
+     [5, 16, 12, 23, 12, 16]],
+    "lstm":
+    [[22, 26, 26, 26, 6, 1, 1, 26, 1, 26, 15, 27, 27, 12, 27, 12, 12, 27, 27, 12, 27, 27, 12, 31,
+      10, 10, 31, 2, 12, 31],
+     [27, 27, 27, 27, 26, 26, 26, 26, 26, 26, 27, 27, 26, 27, 27, 22, 22, 27, 26, 27, 27, 27, 27,
+      27, 27, 27, 27, 27, 27, 27],
+     [26, 6, 26, 2, 31, 31, 27, 27, 27, 26, 26, 26, 27, 27, 4, 29, 18, 18, 18, 31, 17, 12, 12, 12,
+      31, 1, 1, 29, 1, 15],
+     [12, 27, 27, 27, 27, 27, 27, 27, 13, 27, 27, 27, 27, 27, 27, 27, 27, 15, 15, 15, 15, 15, 4, 31,
+      31, 27, 31, 6, 15, 15]],
+}
+
+
+@pytest.mark.parametrize("case", PINNED)
+def test_greedy_tokens_are_pinned(case):
+    kw = {}
+    if case == "lstm":
+        torch.manual_seed(0)
+        m = randomize(build_model("lstm", vocab_size=TOK.vocab_size, block_size=24))
+    else:
+        m = gpt(case.split("-")[0])
+    if case == "modern-tools":
+        tool = ToolUse(7, 18, 25, 23, decode=TOK.decode, encode=TOK.encode, run=lambda s: s[::-1] or "z")
+        kw = dict(tool=tool, stop_tokens=[31, 0])
+    want = PINNED[case]
+    assert generate(m, PIN_PROMPTS, 30, temperature=0, **kw) == want
+    if case != "lstm":  # (without its state the LSTM sees only block_size tokens: other tokens)
+        assert generate(m, PIN_PROMPTS, 30, temperature=0, use_cache=False, **kw) == want
+    assert [generate(m, [p], 30, temperature=0, **kw)[0] for p in PIN_PROMPTS] == want

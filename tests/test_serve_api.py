@@ -381,3 +381,59 @@ def test_serve_command_refuses_a_bad_checkpoint_in_one_line(capsys, tmp_path):
     assert capsys.readouterr().err == f"gptforge: error: --ckpt {tmp_path / 'nope'}: no such directory\n"
     assert main(["serve", "--ckpt", str(tmp_path), "--max-batch", "0"]) == 2
     assert "max-batch" in capsys.readouterr().err
+
+
+UNDERFLOW = ["1e-46", "5e-324", "1e-320"]  # positive, but 0 in float32
+
+
+@pytest.mark.parametrize("field", ["temperature", "top_p", "top_k"])
+@pytest.mark.parametrize("value", UNDERFLOW)
+def test_sampling_values_that_underflow_float32(server, field, value):
+    """A temperature below float32's range is greedy and such a top_p keeps the top token only (both
+    used to make torch.multinomial raise on nan probabilities); a top_k that is not an integer is a 400."""
+    body = {"model": "chat", "messages": USER, "max_tokens": 8, "seed": 1}
+    url = server[0] + "/v1/chat/completions"
+    greedy = httpx.post(url, json={**body, "temperature": 0}, timeout=60).json()
+    sent = {**body, "temperature": 1.0, field: json.loads(value)}
+    r = httpx.post(url, json=sent, timeout=60)
+    if field == "top_k":
+        assert r.status_code == 400 and r.json()["error"]["param"] == "top_k"
+        return
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["message"] == greedy["choices"][0]["message"]
+
+
+def test_one_bad_request_leaves_the_other_streams_alone(server, models, monkeypatch):
+    """Requests with a temperature or top_p that underflows float32 run beside ordinary streams: all
+    finish normally. A row whose sampling fails (injected here: the sampler raises for one row) ends
+    with a server error alone; the rows decoding beside it finish with their own replies."""
+    import gptforge.serve.batcher as batcher_module
+
+    url = server[0]
+    model, tok = models["chat"]
+    want = "".join(p.text for p in respond(model, tok, USER, 30, temperature=0, top_k=None))
+    real = batcher_module.sample_next
+
+    def fails_at_top_p_0_5(logits, temperature, top_k, top_p, gen):  # the fault: one row's sampler raises
+        if top_p == 0.5:
+            raise RuntimeError("injected sampler failure")
+        return real(logits, temperature, top_k, top_p, gen)
+
+    monkeypatch.setattr(batcher_module, "sample_next", fails_at_top_p_0_5)
+
+    def stream(extra):
+        body = {"model": "chat", "messages": USER, "max_tokens": 30, "stream": True, "temperature": 0,
+                **extra}
+        with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as r:
+            events = [json.loads(x.removeprefix("data: ")) for x in r.iter_lines()
+                      if x.startswith("data: {")]
+        text = "".join(c["choices"][0]["delta"].get("content") or "" for c in events if c.get("choices"))
+        error = next((c["error"]["type"] for c in events if "error" in c), None)
+        return text, error
+
+    extras = [{}, {"temperature": 1e-46}, {"top_p": 5e-324, "temperature": 1.0}, {},
+              {"top_p": 0.5, "temperature": 1.0}, {"temperature": 1e-320}, {}]
+    with ThreadPoolExecutor(len(extras)) as pool:
+        got = list(pool.map(stream, extras))
+    assert got[4] == ("", "server_error")
+    assert [g for i, g in enumerate(got) if i != 4] == [(want, None)] * 6

@@ -18,7 +18,9 @@ next request in the queue. So a request never waits for a running batch to end, 
 
 Every row has its own sampling settings (temperature, top-k, top-p, seed, stop strings, max tokens),
 its own tool calls (the engine's ``ToolCalls``) and its own incremental UTF-8 decoding
-(``TurnDecoder``), so a multi-byte character is never split across events.
+(``TurnDecoder``), so a multi-byte character is never split across events. A failure in one row's
+prefill, sampling, tool call or decoding ends that row (its client gets a server error); the others
+go on. Only a failed decode step (the batch's forward pass) ends every live row.
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ import torch
 
 from gptforge.chat.assistant import Piece, TurnDecoder
 from gptforge.chat.render import ChatTokens
-from gptforge.engine import Slots, ToolCalls, ToolUse, sample_next
+from gptforge.engine import Slots, ToolCalls, ToolUse, is_greedy, sample_next
 
 
 class QueueFull(Exception):
@@ -339,7 +341,12 @@ class Batcher:
                 jobs.append(job)
                 free -= len(job.rows)
         for job in jobs:  # prefill: the prompt once, its first token for each of the job's rows
-            logits = self.slots.add(job.prompt, len(job.rows))  # (n, V)
+            try:
+                logits = self.slots.add(job.prompt, len(job.rows))  # (n, V)
+            except Exception:  # this prompt's failure (the slots are unchanged): its rows end alone
+                traceback.print_exc(file=sys.stderr)
+                job.send([Event(i, finish="error") for i in range(len(job.rows))])
+                continue
             rows = [self._new_row(job, i, p) for i, p in enumerate(job.rows)]
             self.live.extend(rows)
             self.running = len(self.live)
@@ -373,30 +380,39 @@ class Batcher:
         """Pick each row's next token from its logits (rows[i] has logits[i] and is slot first + i):
         a queued tool-answer token, else greedy or sampled; then stream it or end the row."""
         greedy = None
-        if any(r.params.temperature == 0 for r in rows):
-            greedy = logits.argmax(dim=-1).tolist()  # one call for all the temperature-0 rows
+        if any(is_greedy(r.params.temperature) for r in rows):
+            greedy = logits.argmax(dim=-1).tolist()  # one call for all the greedy rows
         for i, r in enumerate(rows):
-            forced = r.calls.pop(0) if r.calls is not None else None
-            if forced is not None:
-                tok = forced
-            elif r.params.temperature == 0:
-                tok = greedy[i]
-            else:
-                tok = sample_next(logits[i:i + 1], r.params.temperature, r.params.top_k, r.params.top_p,
-                                  r.gen).item()
-            if forced is None and tok in (self.end_turn, self.eot) and (r.job.chat or tok == self.eot):
-                r.end("stop")  # <|assistant_end|> or <|endoftext|> ends the turn (not sent)
-                continue
-            r.produced += 1
-            if forced is None and r.calls is not None:
-                r.calls.observe(0, tok)
-            r.say(r.decoder.feed(tok))
-            if r.stops.hit:
-                r.end("stop")
-            elif r.produced >= r.params.max_new or self.slots.length(first + i) >= self.slots.block_size:
-                r.end("length")  # (the server keeps prompt + max_tokens within the context)
-            else:
-                r.next = tok
+            try:
+                self._choose_one(r, logits, i, first, greedy)
+            except Exception:  # a bug in this row's sampling, tool call or decoding: it ends alone
+                traceback.print_exc(file=sys.stderr)
+                r.done = True
+                r.events.append(Event(r.index, finish="error"))
+
+    def _choose_one(self, r: _Row, logits: torch.Tensor, i: int, first: int, greedy: list[int] | None):
+        """Row r's next token (logits[i]; greedy[i] when greedy): stream it or end the row."""
+        forced = r.calls.pop(0) if r.calls is not None else None
+        if forced is not None:
+            tok = forced
+        elif is_greedy(r.params.temperature):
+            tok = greedy[i]
+        else:
+            tok = sample_next(logits[i:i + 1], r.params.temperature, r.params.top_k, r.params.top_p,
+                              r.gen).item()
+        if forced is None and tok in (self.end_turn, self.eot) and (r.job.chat or tok == self.eot):
+            r.end("stop")  # <|assistant_end|> or <|endoftext|> ends the turn (not sent)
+            return
+        r.produced += 1
+        if forced is None and r.calls is not None:
+            r.calls.observe(0, tok)
+        r.say(r.decoder.feed(tok))
+        if r.stops.hit:
+            r.end("stop")
+        elif r.produced >= r.params.max_new or self.slots.length(first + i) >= self.slots.block_size:
+            r.end("length")  # (the server keeps prompt + max_tokens within the context)
+        else:
+            r.next = tok
 
     def _leave(self) -> None:
         """Send this step's events, then drop the rows that are done from the slots."""
