@@ -197,7 +197,7 @@ def plan_wall_clock(cfg, seconds: float, data=None) -> tuple[int, float, int]:
 STAGES = ("data", "pretrain", "sft", "eval", "report")
 SFT_DATA = "arithmetic:20000,spelling:10000,identity,smalltalk"
 CORE_SUBSET = "arc_easy,piqa,winogrande,copa,lambada_openai"  # quick, and the ones small models move on
-CHAT_TASKS = "arithmetic,letter_count,chat:arc_easy"
+CHAT_TASKS = "arithmetic,letter_count,social,chat:arc_easy"
 TRANSCRIPT = "What is 123 + 456?"
 
 

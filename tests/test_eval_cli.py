@@ -109,3 +109,25 @@ def test_report_puts_runs_side_by_side(base, tmp_path, capsys):
     assert "give a file name ending in .md" in capsys.readouterr().err
     assert main(["report", str(tmp_path)]) == 2
     assert "no metrics.jsonl" in capsys.readouterr().err
+
+
+def test_accuracies_carry_wilson_intervals_and_report_compares_on_the_same_items(base, tmp_path, capsys):
+    """eval.json keeps per-item correctness and a Wilson interval per accuracy (statsmodels'); the
+    report card states the paired (McNemar) difference between neighbouring runs in words."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    d, run = base
+    out = tmp_path / "e.json"
+    assert main(["eval", "--ckpt", str(run), "--tasks", "piqa,chat:letter_count", "--limit", "6",
+                 "--out", str(out), "--no-progress"]) == 0
+    assert "95% interval" in capsys.readouterr().out
+    res = json.loads(out.read_text())
+    for name in ("core:piqa", "chat:letter_count"):
+        r = res["tasks"][name]
+        assert len(r["correct"]) == r["n"] and sum(r["correct"]) / r["n"] == pytest.approx(r["accuracy"])
+        want = proportion_confint(sum(r["correct"]), r["n"], method="wilson")
+        assert r["ci95"] == pytest.approx(list(want))
+    (run / "eval.json").write_text(out.read_text())
+    assert main(["report", str(run), str(run), "--out", str(tmp_path / "r.md")]) == 0
+    text = (tmp_path / "r.md").read_text()
+    assert f"{run.name} vs {run.name} on chat:letter_count: +0 points, p = 1 (not significant" in text

@@ -32,7 +32,7 @@ from gptforge.train.session import TrainData
 
 # what an SFT run changes from the base run's config unless told otherwise (the base's schedule shape
 # and learning rates stay)
-SFT_DEFAULTS = {**FINETUNE_RESETS, "max_steps": 300, "eval_tokens": 65536}
+SFT_DEFAULTS = {**FINETUNE_RESETS, "max_steps": 300, "eval_tokens": 65536, "pretrain_mix": 0.25}
 
 
 @dataclass
@@ -101,27 +101,51 @@ def targets(rows: np.ndarray, masks: np.ndarray, device="cpu") -> tuple[torch.Te
 
 @dataclass
 class SFTBatches:
-    """B random packed rows per micro-batch: ``get(index, device) -> (x, y)``, a pure function of
-    (seed, index) (``gptforge.train.batches.batch_index``)."""
+    """B rows per micro-batch: ``get(index, device) -> (x, y)``, a pure function of (seed, index)
+    (``gptforge.train.batches.batch_index``).
+
+    Each row is a random packed conversation row, or, with probability ``pretrain_mix`` (drawn
+    per row), a random window of T + 1 tokens of ``pretrain`` (the base run's own train split)
+    with every target trained on: plain language modelling, so SFT keeps its pretraining text
+    (nanochat's midtraining mixes pretraining data in the same way). ``pretrain_mix`` 0 gives the
+    conversation rows alone, the same batches as without the option.
+    """
 
     rows: np.ndarray
     masks: np.ndarray
     B: int
     seed: int
+    pretrain: np.ndarray | None = None
+    pretrain_mix: float = 0.0
 
     def get(self, index: int, device="cpu"):
-        pick = np.random.default_rng([self.seed, index]).integers(0, len(self.rows), size=self.B)
-        return targets(self.rows[pick], self.masks[pick], device)
+        rng = np.random.default_rng([self.seed, index])
+        pick = rng.integers(0, len(self.rows), size=self.B)
+        rows, masks = self.rows[pick], self.masks[pick]
+        if self.pretrain is not None and self.pretrain_mix > 0:
+            text = rng.random(self.B) < self.pretrain_mix
+            if text.any():
+                T = rows.shape[1] - 1
+                starts = rng.integers(0, len(self.pretrain) - T, size=int(text.sum()))
+                rows, masks = rows.copy(), masks.copy()
+                rows[text] = np.stack([self.pretrain[o:o + T + 1] for o in starts])
+                masks[text] = 1
+        return targets(rows, masks, device)
 
 
 def sft_data(cfg: TrainConfig, tok: Tokenizer, tokenizer_json: str | Path, train: Iterable[list[dict]],
-             test: Iterable[list[dict]]) -> tuple[TrainData, PackStats, PackStats]:
+             test: Iterable[list[dict]], pretrain: np.ndarray | None = None
+             ) -> tuple[TrainData, PackStats, PackStats]:
     """The TrainData of an SFT run: ``train`` conversations packed into rows of
     ``cfg.block_size + 1``, ``test`` ones packed the same way for validation (the first
     ceil(eval_tokens / T) rows, or all with eval_tokens 0). Returns (data, train stats, test stats).
+    ``pretrain``: token ids (1-D) of pretraining text that ``cfg.pretrain_mix`` of the rows are
+    drawn from (``SFTBatches``; default, when the mix is > 0: ``base_train_tokens(cfg.init_from)``);
+    validation stays on conversations.
 
     Raises:
-        UserError: no chat tokens in ``tok``, or no train or no test conversation.
+        UserError: no chat tokens in ``tok``, no train or no test conversation; with
+            ``cfg.pretrain_mix`` > 0, no pretraining text (``base_train_tokens``) or too little.
     """
     T = cfg.block_size
     rows, masks, stats = pack(train, tok, T)
@@ -136,7 +160,14 @@ def sft_data(cfg: TrainConfig, tok: Tokenizer, tokenizer_json: str | Path, train
             sel = mine[i:i + cfg.batch_size]
             yield targets(vrows[sel], vmasks[sel], device)
 
-    data = TrainData(batches=SFTBatches(rows, masks, cfg.batch_size, cfg.seed), loss_fn=lm_loss,
+    if cfg.pretrain_mix > 0 and pretrain is None:
+        pretrain = base_train_tokens(cfg.init_from, tok)
+    if cfg.pretrain_mix > 0 and len(pretrain) <= T:
+        raise UserError(f"--pretrain-mix: the pretraining text holds {len(pretrain)} tokens, not more than "
+                        f"block_size = {T}")
+    batches = SFTBatches(rows, masks, cfg.batch_size, cfg.seed, pretrain if cfg.pretrain_mix > 0 else None,
+                         cfg.pretrain_mix)
+    data = TrainData(batches=batches, loss_fn=lm_loss,
                      val_batches=val_batches, train_tokens=int(rows.size), eval_tokens=int(vrows.size),
                      tokenizer_json=Path(tokenizer_json), tokenizer=tok.identity(),
                      token_bytes=tok.token_bytes())
@@ -173,3 +204,28 @@ def sft_run_data(cfg: TrainConfig, strict: bool = False) -> tuple[TrainData, Pac
     data, tr, te = sft_data(cfg, tok, tok_file, train_convs, test_convs)
     tr.files = files
     return data, tr, te
+
+
+def base_train_tokens(init_from: str | Path, tok: Tokenizer) -> np.ndarray:
+    """The train split (1-D memmap of token ids) of the shards the base checkpoint ``init_from``
+    was pretrained on (its run config's ``data``; for a finetuned base, that of the pretraining run
+    it descends from), checked against ``tok``.
+
+    Raises:
+        UserError: the base was not pretrained on a shard directory, or the directory is missing,
+            corrupt or made with another tokenizer.
+    """
+    from gptforge import checkpoint as ckpt
+    from gptforge.data.shards import open_shards
+
+    state = ckpt.read_trainer_state(ckpt.find_checkpoint(init_from))
+    for _ in range(100):  # a finetuned base: follow its init_from back to the pretraining run
+        if state.config.get("task", "pretrain") == "pretrain" or not state.config.get("init_from"):
+            break
+        state = ckpt.read_trainer_state(ckpt.find_checkpoint(state.config["init_from"]))
+    shards = state.config.get("data", "") if state.config.get("task", "pretrain") == "pretrain" else ""
+    if not shards or not Path(shards).is_dir():
+        raise UserError(f"--pretrain-mix: the base model's pretraining shards ({shards or 'none recorded'}) "
+                        "are not here; mix pretraining text only from a base run trained on a shard "
+                        "directory that still exists, or give --pretrain-mix 0")
+    return open_shards(shards, tok).tokens("train")

@@ -12,7 +12,8 @@ EPILOG = """\
 tasks (comma-separated):
   core            the CORE tasks present offline (missing ones are named in the output)
   chat            arc_easy, arc_challenge (lettered), gsm8k and humaneval (generation, the
-                  calculator; code runs in a sandboxed process), arithmetic, letter_count, mt_bench
+                  calculator; code runs in a sandboxed process), arithmetic, letter_count (each
+                  also on template-seen and -unseen phrasings apart), social, mt_bench
   bpb             bits per byte on --data (a shard directory or a text file; default: the run's
                   own val shards)
   NAME            a CORE task (arc_easy, piqa, lambada_openai, ...) or a chat task (gsm8k, ...);
@@ -30,7 +31,8 @@ def register(sub: argparse._SubParsersAction, help: str) -> None:
         "eval", help=help, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Evaluate a checkpoint: multiple-choice, schema and language-modelling tasks scored "
                     "by log-likelihood (CORE), chat tasks by the model's replies, bits per byte. Prints "
-                    "a table and writes every figure to a JSON file.")
+                    "a table (each accuracy with its 95% Wilson interval) and writes every figure to a "
+                    "JSON file, with per-item correctness for paired comparisons.")
     e.add_argument("--ckpt", required=True,
                    help="run or checkpoint directory, or a Hugging Face folder "
                         "(config.json + model.safetensors)")

@@ -43,6 +43,8 @@ class TrainConfig:
                             "dpo: preference pairs (JSONL or an arena database)", metavar="DIR")
     dpo_beta: float = setting(0.1, "dpo only: beta, the strength of the pull towards the reference model",
                               gt=0, le=1000)
+    pretrain_mix: float = setting(0.0, "sft only: share of rows that are the base run's pretraining text",
+                                  ge=0, lt=1)
     init_from: str = setting("", "start from this checkpoint's weights (a run or checkpoint directory); "
                                  "empty -> a new model", metavar="DIR")
     out: str = setting("", "run directory; empty -> runs/<YYYYmmdd-HHMMSS-pid>", metavar="DIR")
@@ -82,7 +84,7 @@ class TrainConfig:
                             choices=("cosine", "wsd"))
     warmup_steps: int = setting(20, "linear warmup steps", ge=0, le=BIG)
     warmdown_frac: float = setting(0.2, "wsd: share of the steps spent decaying linearly at the end",
-                                   ge=0, le=1)
+                                   ge=0, lt=1)
     min_lr_frac: float = setting(0.1, "final lr as a fraction of the peak", ge=0, le=1)
     decay_steps: int = setting(0, "schedule horizon in steps; 0 -> the step budget", ge=0, le=BIG)
     # budgets (whichever comes first; the schedule follows max_steps / max_tokens)
