@@ -174,9 +174,9 @@ def test_pretrain_mix_puts_windows_of_the_base_runs_own_shards_in_the_batches(ba
     plain = SFTBatches(data.batches.rows, data.batches.masks, 8, cfg.seed)
     windows = rows = 0
     for step in range(40):
-        x, y = data.batches.get(step, 0, 1, 0, 1)
-        assert torch.equal(x, data.batches.get(step, 0, 1, 0, 1)[0])  # a pure function of the index
-        px, _ = plain.get(step, 0, 1, 0, 1)
+        x, y = data.batches.get(step)
+        assert torch.equal(x, data.batches.get(step)[0])  # a pure function of the index
+        px, _ = plain.get(step)
         for i in range(len(x)):
             rows += 1
             if (y[i] >= 0).all():  # every target trained on: a window of the base's own text
@@ -187,7 +187,7 @@ def test_pretrain_mix_puts_windows_of_the_base_runs_own_shards_in_the_batches(ba
             else:  # a conversation row: the one the batch without the mix has in its place
                 assert torch.equal(x[i], px[i])
     assert 0.35 < windows / rows < 0.65
-    assert not any((plain.get(s, 0, 1, 0, 1)[1] >= 0).all(dim=1).any() for s in range(5))
+    assert not any((plain.get(s)[1] >= 0).all(dim=1).any() for s in range(5))
     gone = tmp_path / "gone"
     shutil.copytree(run, gone)
     for tj in gone.glob("ckpt/*/trainer.json"):
