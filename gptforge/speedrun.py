@@ -5,9 +5,10 @@ Stages, each writing into the run folder ``OUT``::
     data      OUT/tokenizer.json, OUT/data/   a tokenizer trained on the train split, token shards
     pretrain  OUT/pretrain/                   the base model (metrics.jsonl, ckpt/, config.json)
     sft       OUT/sft/                        the base finetuned on conversations with tool calls
-    eval      OUT/pretrain/eval.json, OUT/sft/eval.json
-                                              bits per byte, a CORE subset, chat and tool tasks
-    report    OUT/report.md                   base vs SFT, loss curves, samples, a chat transcript
+    rl        OUT/rl/                         the SFT model tuned by policy gradient on arithmetic and
+                                              letter counting, rewarded by the tasks' checkers
+    eval      OUT/{pretrain,sft,rl}/eval.json bits per byte, a CORE subset, chat and tool tasks
+    report    OUT/report.md                   base vs SFT vs RL, loss curves, samples, a chat transcript
               (+ loss.png, compare.png, samples.txt, chat.txt, summary.json)
 
 Each stage can be skipped (``skip``) or run alone (``only``) on what earlier stages left in OUT.
@@ -17,7 +18,9 @@ char-level recipe skips it, and says so).
 A recipe is a tokenizer plus a pretraining config (``RECIPES``). Budgets (``time``, ``sft_time``)
 are the *wall-clock* seconds of their stage, evaluation and checkpoints included: the number of
 steps comes from a short calibration run (so the learning-rate schedule and its warmdown end in
-time), planned with room for the evaluations, and the stage stops at its budget in any case. The
+time), planned with room for the evaluations, and the stage stops at its budget in any case. RL
+(``rl_time``) trains at a constant learning rate, so it needs no plan: it takes steps until its
+budget, counted from the stage's start, is spent, then evaluates and saves. The
 report gives both the wall time and the time in optimizer steps (what the benchmarks compare).
 The budget also sizes the model (``Recipe.tiers``): the `cpu` recipe trains depth 2 x 128 up to a
 minute, 4 x 192 up to five minutes and 4 x 192 with dropout 0.1 beyond, each the best measured there.
@@ -51,6 +54,7 @@ class Recipe:
     train: TrainConfig fields (see gptforge.train.config).
     time: default pretraining budget in wall-clock seconds (None: the config's max_steps decides).
     sft_time: default SFT budget in wall-clock seconds (None: SFT_DEFAULTS' max_steps).
+    rl_time: default RL budget in wall-clock seconds (None: RL_DEFAULTS' max_steps).
     tiers: ``(seconds, overrides)`` pairs, shortest first: a budget of at most ``seconds`` trains
         ``train`` with the first such ``overrides`` (the model grows with the budget).
     """
@@ -60,6 +64,7 @@ class Recipe:
     train: dict
     time: float | None = None
     sft_time: float | None = None
+    rl_time: float | None = None
     sample_tokens: int = 300
     tiers: tuple[tuple[float, dict], ...] = ()
 
@@ -100,7 +105,7 @@ CPU_TIERS = ((SHORT_BUDGET, dict(depth=2, model={"n_embd": 128, "n_head": 2, "dr
 
 RECIPES: dict[str, Recipe] = {
     "cpu": Recipe("small modern GPT (RoPE, RMSNorm, ReLU^2, QK-norm) with Muon, BPE tokens; minutes on a "
-                  "laptop CPU", "bpe:2048", CPU, time=240, sft_time=120, tiers=CPU_TIERS),
+                  "laptop CPU", "bpe:2048", CPU, time=240, sft_time=120, rl_time=60, tiers=CPU_TIERS),
     "nanogpt-cpu": Recipe("nanoGPT's CPU shakespeare_char recipe, reproduced (char-level, 4x128, 2000 "
                           "iterations of AdamW)", "char", NANOGPT_CPU),
     "gpu-small": Recipe("nanochat-style d12 modern GPT on one GPU, bf16 autocast, torch.compile",
@@ -196,8 +201,10 @@ def plan_wall_clock(cfg, seconds: float, data=None) -> tuple[int, float, int]:
     return steps, per_step, eval_tokens
 
 
-STAGES = ("data", "pretrain", "sft", "eval", "report")
+STAGES = ("data", "pretrain", "sft", "rl", "eval", "report")
 SFT_DATA = "arithmetic:20000,spelling:10000,identity,smalltalk"
+RL_TASKS = "arithmetic,letter_count"
+RL_EVAL_ITEMS = 4  # held-out prompts per task in RL's own pass@k evaluations (the eval stage scores more)
 CORE_SUBSET = "arc_easy,piqa,winogrande,copa,lambada_openai"  # quick, and the ones small models move on
 CHAT_TASKS = "arithmetic,letter_count,social,chat:arc_easy"
 TRANSCRIPT = "What is 123 + 456?"
@@ -218,6 +225,9 @@ class SpeedrunConfig:
                                      gt=0, le=7 * 86400)
     sft_steps: int | None = setting(None, "SFT optimizer steps instead of a time budget", ge=1, le=10**9)
     sft_data: str = setting(SFT_DATA, "SFT conversations (as gptforge sft --data)")
+    rl_time: float | None = setting(None, "RL budget in wall-clock seconds; none -> the preset's (cpu: 60)",
+                                    gt=0, le=7 * 86400)
+    rl_steps: int | None = setting(None, "RL optimizer steps instead of a time budget", ge=1, le=10**9)
     eval_limit: int = setting(50, "items per task in the eval stage", ge=1, le=100_000)
     out: str = setting("", "run folder; empty -> runs/speedrun-<preset>-<YYYYmmdd-HHMMSS>", metavar="DIR")
     only: str = setting("", "run this stage alone on what OUT holds: " + ", ".join(STAGES), metavar="STAGE")
@@ -278,12 +288,14 @@ def plan(sr: SpeedrunConfig, train_overrides: dict | None = None, progress: bool
         open_corpus(sr.corpus)  # a missing corpus fails here, not after a stage
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: exists and is not a directory; choose another --out")
-    made = {"data": out_dir / "data", "pretrain": out_dir / "pretrain", "sft": out_dir / "sft"}
+    made = {"data": out_dir / "data", "pretrain": out_dir / "pretrain", "sft": out_dir / "sft",
+            "rl": out_dir / "rl"}
     for stage, path in made.items():
         if stage in stages and path.exists():
             raise UserError(f"{out_dir} already holds a speedrun's {stage} stage ({path}); choose another "
                             "--out, delete it, or run the later stages with --only")
-    needed = (("pretrain", "data"), ("sft", "pretrain"), ("eval", "pretrain"), ("report", "pretrain"))
+    needed = (("pretrain", "data"), ("sft", "pretrain"), ("rl", "sft"), ("eval", "pretrain"),
+              ("report", "pretrain"))
     for stage, needs in needed:
         if stage in stages and needs not in stages and not made[needs].exists():
             raise UserError(f"the {stage} stage needs {made[needs]}; run the {needs} stage first")
@@ -320,6 +332,8 @@ def speedrun(sr: SpeedrunConfig, train_overrides: dict | None = None, progress: 
             info["pretrain"] = _stage_pretrain(cfg, budget)
         elif stage == "sft":
             info["sft"] = _stage_sft(sr, recipe, out_dir, progress)
+        elif stage == "rl":
+            info["rl"] = _stage_rl(sr, recipe, out_dir, progress)
         elif stage == "eval":
             info["eval"] = _stage_eval(sr, out_dir, progress)
         else:
@@ -328,14 +342,19 @@ def speedrun(sr: SpeedrunConfig, train_overrides: dict | None = None, progress: 
         write_json(out_dir / "speedrun.json", info)
     total = time.time() - t_all
     _say(f"done in {total:.0f} s")
-    sft_dir, base_dir = out_dir / "sft", out_dir / "pretrain"
-    if (sft_dir / "ckpt").exists():  # hints only for what the folder holds (--only data trains nothing)
-        _say(f"talk to it:  gptforge chat --ckpt {sft_dir}\n"
-             f"serve it:    gptforge serve --ckpt {sft_dir}   (OpenAI API and a chat page on http://127.0.0.1:8000)")
+    talk, base_dir = _chat_run(out_dir), out_dir / "pretrain"
+    if talk:  # hints only for what the folder holds (--only data trains nothing)
+        _say(f"talk to it:  gptforge chat --ckpt {talk}\n"
+             f"serve it:    gptforge serve --ckpt {talk}   (OpenAI API and a chat page on http://127.0.0.1:8000)")
     elif (base_dir / "ckpt").exists():
         _say(f"sample from it:  gptforge sample --ckpt {base_dir} --prompt 'ROMEO:'")
     report = out_dir / "report.md"
     return report if report.is_file() else None
+
+
+def _chat_run(out_dir: Path) -> Path | None:
+    """The last chat model of the run: OUT/rl when it was trained, else OUT/sft, else None."""
+    return next((out_dir / n for n in ("rl", "sft") if (out_dir / n / "ckpt").exists()), None)
 
 
 def _read_info(out_dir: Path) -> dict:
@@ -423,8 +442,38 @@ def _stage_sft(sr: SpeedrunConfig, recipe: Recipe, out_dir: Path, progress: bool
             "conversations": tr.conversations, "cropped": tr.cropped}
 
 
+def _stage_rl(sr: SpeedrunConfig, recipe: Recipe, out_dir: Path, progress: bool) -> dict:
+    """The SFT model tuned by policy gradient on the verifiable tasks (gptforge.finetune.rl), for
+    ``rl_time`` seconds of wall clock from the stage's start (or ``rl_steps`` steps)."""
+    from gptforge.finetune.rl import rl_config, rl_run_data
+    from gptforge.train import make_config, train
+
+    if not (out_dir / "sft" / "ckpt").exists():
+        _say("      skipped: no SFT model to tune")
+        return {"skipped": "no SFT model"}
+    started = time.time()
+    budget = sr.rl_time if sr.rl_time is not None else recipe.rl_time
+    cfg = rl_config(out_dir / "sft", {"data": RL_TASKS, "out": str(out_dir / "rl"), "eval_interval": 10**9,
+                                      "rl_eval_items": RL_EVAL_ITEMS,
+                                      "progress": "auto" if progress else "none"})
+    if sr.rl_steps is not None:
+        cfg, budget = make_config(cfg.to_dict(), {"max_steps": sr.rl_steps}), None
+    elif budget:
+        cfg = make_config(cfg.to_dict(), {"max_time": budget, "max_steps": 10**9})
+    data = rl_run_data(cfg)
+    _say(f"      RL on {RL_TASKS} ({cfg.batch_size // cfg.rl_samples} prompts x {cfg.rl_samples} samples "
+         f"per step" + (f", {budget:.0f} s" if budget else f", {cfg.max_steps} steps") + f") -> {cfg.out}")
+    summary = train(cfg, data=data, started=started if budget else None)
+    if summary["stopped_by"] == "signal":
+        _say(f"interrupted: RL saved at step {summary['step']} in {cfg.out}; "
+             f"continue it with gptforge rl --resume {cfg.out}")
+        raise KeyboardInterrupt
+    summary.pop("step_times_s")
+    return {**summary, "budget_s": budget, "wall_s": time.time() - started}
+
+
 def _stage_eval(sr: SpeedrunConfig, out_dir: Path, progress: bool) -> dict:
-    """Both models on the same tasks: bits per byte on the whole val split, a CORE subset, and the
+    """Every model on the same tasks: bits per byte on the whole val split, a CORE subset, and the
     chat and tool tasks (a base model has never seen a conversation: its chat scores show what SFT
     buys)."""
     from gptforge.chat.render import ChatTokens
@@ -433,7 +482,7 @@ def _stage_eval(sr: SpeedrunConfig, out_dir: Path, progress: bool) -> dict:
     from gptforge.eval.suite import evaluate, format_table, resolve_tasks
 
     out = {}
-    for name in ("pretrain", "sft"):
+    for name in ("pretrain", "sft", "rl"):
         run = out_dir / name
         if not (run / "ckpt").exists():
             continue
@@ -469,7 +518,7 @@ def _stage_report(sr: SpeedrunConfig, recipe: Recipe, out_dir: Path, info: dict)
     from gptforge.train.config import TrainConfig
     from gptforge.train.plot import plot_runs, read_metrics
 
-    runs = [out_dir / n for n in ("pretrain", "sft") if (out_dir / n / "metrics.jsonl").exists()]
+    runs = [out_dir / n for n in ("pretrain", "sft", "rl") if (out_dir / n / "metrics.jsonl").exists()]
     plot_runs([str(r) for r in runs], out_dir / "loss.png")
     cards = [run_card(r) for r in runs]
     compare_png(cards, out_dir / "compare.png")
@@ -484,9 +533,9 @@ def _stage_report(sr: SpeedrunConfig, recipe: Recipe, out_dir: Path, info: dict)
     texts = [tok.decode(r) for r in rows]
     atomic_write(out_dir / "samples.txt",
                  "".join(f"--- sample {i + 1} ---\n{t}\n\n" for i, t in enumerate(texts)))
-    transcript = None
-    if (out_dir / "sft" / "ckpt").exists():
-        chat_model, chat_tok, _ = load_for_inference(str(out_dir / "sft"), "best")
+    transcript, chat_run = None, _chat_run(out_dir)
+    if chat_run is not None:
+        chat_model, chat_tok, _ = load_for_inference(str(chat_run), "best")
         pieces = respond(chat_model, chat_tok, [{"role": "user", "content": TRANSCRIPT}], 64, temperature=0)
         reply = "".join(p.shown() for p in pieces)
         transcript = f"you> {TRANSCRIPT}\nassistant> {reply}\n"
@@ -494,12 +543,13 @@ def _stage_report(sr: SpeedrunConfig, recipe: Recipe, out_dir: Path, info: dict)
     cfg = TrainConfig(**read_json(out_dir / "pretrain" / "config.json", what="run config"))
     pre = info.get("pretrain") or {}
     text = _report(sr.preset, recipe, meta, cfg, pre, state, read_metrics(out_dir / "pretrain"), texts,
-                   compare_markdown(cards), transcript, info)
+                   compare_markdown(cards), transcript, info, chat_run.name if chat_run else None)
     atomic_write(out_dir / "report.md", text)
     write_json(out_dir / "summary.json",
                {"recipe": sr.preset, "corpus": (info.get("data") or {}).get("corpus", sr.corpus), **pre,
                 "best_checkpoint": state.path, "best_val_loss": state.val_loss, "best_val_bpb": state.val_bpb,
-                "sft": info.get("sft"), "eval": info.get("eval"), "stage_s": info.get("stage_s")})
+                "sft": info.get("sft"), "rl": info.get("rl"), "eval": info.get("eval"),
+                "stage_s": info.get("stage_s")})
     return {"path": str(out_dir / "report.md")}
 
 
@@ -507,7 +557,8 @@ def _fmt(x, spec=".4f", none="-"):
     return none if x is None or (isinstance(x, float) and math.isnan(x)) else format(x, spec)
 
 
-def _report(name, recipe, meta, cfg, pre, state, metrics, texts, comparison, transcript, info) -> str:
+def _report(name, recipe, meta, cfg, pre, state, metrics, texts, comparison, transcript, info,
+            chat_name) -> str:
     from gptforge.train.config import format_config
 
     tr, va = meta["splits"]["train"], meta["splits"]["val"]
@@ -556,10 +607,10 @@ def _report(name, recipe, meta, cfg, pre, state, metrics, texts, comparison, tra
     ]
     if pre.get("per_step_s"):
         lines += [f"Pretraining calibrated at {pre['per_step_s'] * 1000:.0f} ms/step.", ""]
-    lines += ["## Base vs SFT", "", "![loss and accuracy](compare.png)", "",
-              comparison.replace("## ", "### "), ""]
+    lines += ["## Base vs SFT" + (" vs RL" if (info.get("rl") or {}).get("step") else ""), "",
+              "![loss and accuracy](compare.png)", "", comparison.replace("## ", "### "), ""]
     if transcript:
-        lines += ["## A chat with the SFT model", "",
+        lines += [f"## A chat with the {chat_name.upper()} model", "",
                   "Greedy, with the calculator tool: the engine runs the call and forces its output into "
                   "the reply.", "", "```text", transcript.rstrip("\n"), "```", ""]
     lines += ["## Pretraining loss", "", "![loss curves](loss.png)", "",

@@ -57,7 +57,7 @@ def test_speedrun_to_an_assistant(tmp_path, capsys):
     assert main(["speedrun", "--corpus", str(corpus), "--out", str(out), "--samples", "1",
                  "--eval-limit", "3", "--train", "max_steps=4", "--train", "eval_interval=2",
                  "--model", "n_embd=48", "--train", "depth=1", "--sft-data", "arithmetic:40,identity",
-                 "--sft-steps", "3"]) == 0
+                 "--sft-steps", "3", "--skip", "rl"]) == 0
     err = capsys.readouterr().err
     assert "gptforge chat --ckpt" in err and "gptforge serve --ckpt" in err
     report = (out / "report.md").read_text()
@@ -68,6 +68,35 @@ def test_speedrun_to_an_assistant(tmp_path, capsys):
         assert ev["tasks"]["chat:arithmetic"]["n"] == 3 and ev["bpb"]["bpb"] > 0
     info = json.loads((out / "speedrun.json").read_text())
     assert list(info["stage_s"]) == ["data", "pretrain", "sft", "eval", "report"]
+
+
+def test_speedrun_rl_stage(tmp_path, capsys):
+    """data -> pretrain -> sft -> rl -> eval -> report on a tiny model: the RL run tunes the SFT model,
+    is evaluated on the same items, gets a column and a paired comparison in the report, and is the
+    model the chat transcript and the closing lines point to."""
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(CHAT_TEXT * 20)
+    out = tmp_path / "run"
+    assert main(["speedrun", "--corpus", str(corpus), "--out", str(out), "--samples", "1",
+                 "--eval-limit", "2", "--train", "max_steps=2", "--train", "eval_interval=2",
+                 "--model", "n_embd=48", "--train", "depth=1", "--sft-data", "arithmetic:40,spelling:20",
+                 "--sft-steps", "2", "--rl-steps", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "[4/6] rl" in err
+    assert "RL on arithmetic,letter_count (2 prompts x 8 samples per step, 2 steps)" in err
+    assert f"gptforge chat --ckpt {out / 'rl'}" in err
+    info = json.loads((out / "speedrun.json").read_text())
+    assert list(info["stage_s"]) == ["data", "pretrain", "sft", "rl", "eval", "report"]
+    assert info["rl"]["step"] == 2 and json.loads((out / "rl" / "config.json").read_text())["task"] == "rl"
+    recs = [json.loads(line) for line in (out / "rl" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in recs if "val_pass1" in r] == [0, 2]
+    assert all("train_reward" in r for r in recs if "train_loss" in r)
+    report = (out / "report.md").read_text()
+    assert "## Base vs SFT vs RL" in report and "| | pretrain | sft | rl |" in report
+    assert "RL held-out pass@1 / pass@k (sampled)" in report and "rl vs sft on chat:arithmetic" in report
+    assert "## A chat with the RL model" in report
+    ev = json.loads((out / "rl" / "eval.json").read_text())
+    assert ev["tasks"]["chat:letter_count"]["n"] == 2
 
 
 def test_wall_clock_budget_plans_steps_and_evaluations(tmp_path, tinyshakespeare, capsys):

@@ -46,6 +46,7 @@ from gptforge.arena.store import VoteStore, is_sqlite
 from gptforge.chat.render import ChatTokens, render
 from gptforge.chat.sft import targets
 from gptforge.errors import UserError
+from gptforge.finetune.logprobs import sequence_logprobs
 from gptforge.models import eval_mode
 from gptforge.tokenizer import Tokenizer
 from gptforge.train.config import TrainConfig
@@ -70,15 +71,6 @@ def dpo_loss(pi_c: torch.Tensor, pi_r: torch.Tensor, ref_c: torch.Tensor, ref_r:
     loss = -F.logsigmoid(beta * h).mean()
     margin = (beta * h).detach()
     return loss, {"reward_margin": margin.mean(), "reward_accuracy": (margin > 0).float().mean()}
-
-
-def sequence_logprobs(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Sum of log p(y_t | x_<=t) over the targets with y != -1: (B,) float32 nats.
-    x, y: int64 (B, T) inputs and targets (-1 = not scored)."""
-    logits, _ = model(x)  # (B, T, V)
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    picked = logp.gather(-1, y.clamp(min=0).unsqueeze(-1)).squeeze(-1)  # (B, T)
-    return (picked * (y != -1)).sum(dim=1)
 
 
 # ---------------------------------------------------------------------------------------------

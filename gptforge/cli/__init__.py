@@ -26,6 +26,7 @@ COMMANDS = {
     "sft": "finetune a base model on conversations (SFT) with tool use",
     "chat": "talk to a finetuned model in the terminal (or answer one prompt)",
     "dpo": "preference-tune a chat model on chosen/rejected pairs (Direct Preference Optimization)",
+    "rl": "tune a chat model by policy gradient on verifiable rewards (GRPO-style), e.g. arithmetic",
     "eval": "evaluate a model: CORE tasks, chat and tool tasks, bits per byte",
     "arena": "arena ratings (Bradley-Terry, bootstrap intervals) and an offline arena judged by answers",
     "report": "compare runs side by side (markdown and a PNG)",

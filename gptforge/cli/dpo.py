@@ -18,7 +18,8 @@ from gptforge.train.config import FINETUNE_RESETS, TrainConfig
 # DPO moves a finetuned model a little: a small AdamW step, short runs
 DPO_DEFAULTS = {**FINETUNE_RESETS, "optimizer": "adamw", "lr": 1e-4, "max_steps": 200, "batch_size": 8,
                 "grad_clip": 1.0}
-SKIP = ("task", "init_from", "arch", "preset", "depth", "data", "dpo_beta", "pretrain_mix")
+SKIP = ("task", "init_from", "arch", "preset", "depth", "data", "dpo_beta", "pretrain_mix", "rl_samples",
+        "rl_kl", "rl_std", "rl_eval_items")
 
 EPILOG = """\
 preference data: JSONL (.gz allowed) with "prompt" (messages or a string), "chosen" and "rejected"

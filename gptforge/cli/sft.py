@@ -14,7 +14,8 @@ from gptforge.cli.flags import FINETUNE_HELP, add_config_flags, flag_values
 from gptforge.errors import UserError
 from gptforge.train.config import SFT_DEFAULTS, TrainConfig
 
-SKIP = ("task", "init_from", "arch", "preset", "depth", "dpo_beta")
+SKIP = ("task", "init_from", "arch", "preset", "depth", "dpo_beta", "rl_samples", "rl_kl", "rl_std",
+        "rl_eval_items")
 DESCRIPTION = """\
 Finetune a pretrained GPT on conversations: loss on what the assistant says (text, tool calls,
 <|assistant_end|>), none on the rest. Settings not given come from the base run (learning rates,

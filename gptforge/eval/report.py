@@ -42,7 +42,11 @@ def run_card(run_dir: str | os.PathLike, eval_file: str | os.PathLike | None = N
             "train_s": train[-1].get("train_time_s") if train else None,
             "val_loss": val[-1]["val_loss"] if val else None,
             "val_bpb": val[-1].get("val_bpb") if val else None,
-            "curve": [(r["tokens"], r["val_loss"]) for r in val], "eval": None}
+            "curve": [(r["tokens"], r["val_loss"]) for r in val], "eval": None, "pass": None}
+    if card["task"] == "rl":  # its val_loss is 1 - pass@1, not nats: show the sampled pass@1 and pass@k
+        k = cfg.get("rl_samples", 8)
+        card["pass"] = (val[-1].get("val_pass1"), val[-1].get(f"val_pass{k}"), k) if val else None
+        card["val_loss"], card["curve"] = None, []
     f = Path(eval_file) if eval_file else d / "eval.json"
     if f.is_file() or eval_file:
         card["eval"] = read_json(f, what="evaluation file (gptforge eval)")
@@ -70,6 +74,10 @@ def compare_markdown(cards: list[dict]) -> str:
     out += row("training seconds", [_num(c["train_s"], ".1f") for c in cards])
     out += row("val loss (nats/token)", [_num(c["val_loss"]) for c in cards])
     out += row("val bits per byte", [_num(c["val_bpb"]) for c in cards])
+    if any(c["pass"] for c in cards):
+        out += row("RL held-out pass@1 / pass@k (sampled)",
+                   [f"{_num(c['pass'][0], '.1%')} / {_num(c['pass'][1], '.1%')} (k={c['pass'][2]})" if c["pass"] else "-"
+                    for c in cards])
     evals = [c["eval"] or {} for c in cards]
     if any(e.get("bpb") for e in evals):
         out += row("bits per byte (eval)", [_num((e.get("bpb") or {}).get("bpb")) for e in evals])

@@ -41,15 +41,22 @@ class TrainConfig:
     seconds."""
 
     # task, data and output
-    task: str = setting("pretrain", "pretrain on token shards, sft: finetune on conversations, or dpo: "
-                                    "preference-tune on chosen/rejected pairs",
-                        choices=("pretrain", "sft", "dpo"))
+    task: str = setting("pretrain", "pretrain on token shards, sft: finetune on conversations, dpo: "
+                                    "preference-tune on chosen/rejected pairs, or rl: policy gradient on "
+                                    "verifiable rewards",
+                        choices=("pretrain", "sft", "dpo", "rl"))
     data: str = setting("", "pretrain: shard directory (`gptforge data prepare`); sft: conversations; "
-                            "dpo: preference pairs (JSONL or an arena database)", metavar="DIR")
+                            "dpo: preference pairs (JSONL or an arena database); rl: tasks", metavar="DIR")
     dpo_beta: float = setting(0.1, "dpo only: beta, the strength of the pull towards the reference model",
                               gt=0, le=1000)
     pretrain_mix: float = setting(0.0, "sft only: share of rows that are the base run's pretraining text",
                                   ge=0, lt=1)
+    rl_samples: int = setting(8, "rl only: replies sampled per prompt (the group; batch_size counts replies)",
+                              ge=2, le=4096)
+    rl_kl: float = setting(0.0, "rl only: weight of the KL penalty against the starting model", ge=0, le=1000)
+    rl_std: bool = setting(False, "rl only: divide each group's advantages by its reward std (GRPO)")
+    rl_eval_items: int = setting(16, "rl only: held-out prompts per task in each evaluation", ge=1,
+                                 le=100_000)
     init_from: str = setting("", "start from this checkpoint's weights (a run or checkpoint directory); "
                                  "empty -> a new model", metavar="DIR")
     out: str = setting("", "run directory; empty -> runs/<YYYYmmdd-HHMMSS> (-2, -3, ... when taken)",
@@ -183,7 +190,7 @@ def make_config(base: dict | None = None, *layers: dict, where: str = "config") 
     return TrainConfig(**values)
 
 
-# what every finetuning run (SFT, DPO) changes from its base run's config: a run directory of its
+# what every finetuning run (SFT, DPO, RL) changes from its base run's config: a run directory of its
 # own (empty: a new timestamped one, never the base's), fresh budgets, a short warmup, random
 # batches (of conversations or pairs, whatever the base's sampling was), frequent evaluation, one
 # checkpoint kept, and no weight decay, which would pull the trained weights toward zero over a few
