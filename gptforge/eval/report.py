@@ -76,8 +76,8 @@ def compare_markdown(cards: list[dict]) -> str:
     out += row("val bits per byte", [_num(c["val_bpb"]) for c in cards])
     if any(c["pass"] for c in cards):
         out += row("RL held-out pass@1 / pass@k (sampled)",
-                   [f"{_num(c['pass'][0], '.1%')} / {_num(c['pass'][1], '.1%')} (k={c['pass'][2]})" if c["pass"] else "-"
-                    for c in cards])
+                   [f"{_num(c['pass'][0], '.1%')} / {_num(c['pass'][1], '.1%')} (k={c['pass'][2]})"
+                    if c["pass"] else "-" for c in cards])
     evals = [c["eval"] or {} for c in cards]
     if any(e.get("bpb") for e in evals):
         out += row("bits per byte (eval)", [_num((e.get("bpb") or {}).get("bpb")) for e in evals])
