@@ -40,6 +40,7 @@ from gptforge.errors import UserError
 from gptforge.io import write_json
 from gptforge.train.config import FIXED_ON_RESUME, TrainConfig, format_config, make_config
 from gptforge.train.log import Logger, MetricsFile
+from gptforge.train.mfu import describe_peak, device_peak, mfu_caveat
 from gptforge.train.optim import lr_multiplier, replan_steps, set_lr
 from gptforge.train.session import Dist, StopSignal, TrainData, setup
 
@@ -85,6 +86,7 @@ def train(cfg: TrainConfig, resume: bool = False, logger: Logger | None = None,
 def _loop(s, log: Logger, resume: bool) -> dict:
     cfg, d, st = s.cfg, s.d, s.state
     metrics = MetricsFile(s.run_dir, st.step if resume else None, enabled=d.main)
+    peak_dtype, mfu_explained = torch.bfloat16 if s.dtype == "bfloat16" else torch.float32, False
     if d.main and not resume:
         write_json(s.run_dir / "config.json", cfg.to_dict())
     log.info(f"{'resuming' if resume else 'training'} {cfg.arch} ({st.num_params:,} parameters, "
@@ -92,7 +94,7 @@ def _loop(s, log: Logger, resume: bool) -> dict:
              f"  -> {d.world} process(es) on {d.device.type}, {s.dtype}, B={cfg.batch_size} "
              f"T={cfg.block_size} accum={s.accum}: {s.tokens_per_step:,} tokens/step, {s.total_steps} steps "
              f"in the schedule; {s.data.train_tokens:,} train / {s.data.eval_tokens:,} "
-             f"eval tokens; MFU against a peak of {s.peak / 1e12 if s.peak else float('nan'):.2f} TFLOP/s")
+             f"eval tokens" + (f"\n  {describe_peak(d.device, peak_dtype)}" if d.main else ""))
     t_start, time_offset, saved_at, last_ckpt = time.time(), st.time_s, None, st.path
     if resume:
         saved_at = st.step
@@ -156,6 +158,10 @@ def _loop(s, log: Logger, resume: bool) -> dict:
             st.train_time_s += dt
             tok_s = s.tokens_per_step / dt
             mfu = s.flops_per_token * tok_s / d.world / s.peak if s.peak else None
+            why = "" if mfu is None or mfu_explained else mfu_caveat(mfu, device_peak(d.device, peak_dtype))
+            if why:  # once a run: an implausible MFU is never printed without its reason
+                log.info(why)
+                mfu_explained = True
 
             # -- evaluate, log, save
             st.time_s = time_offset + time.time() - t_start
