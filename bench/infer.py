@@ -1,7 +1,7 @@
 """Decoding speed against batch size: tokens/s, latency per token, memory-bandwidth utilisation.
 
     .venv/bin/python bench/infer.py [--ckpt RUN] [--device cpu|cuda] [--dtype float32|bfloat16]
-                                    [--batches 1,2,4,8,16,32] [--new-tokens 64] [--json FILE]
+                                    [--batches 1,2,4,8,16,32] [--new-tokens 32] [--json FILE]
 
 Greedy decoding with gptforge's engine (KV cache) from random prompts of ``--prompt-len`` tokens,
 best of ``--repeats`` rounds after a warm-up, as nanochat's ``infer_bench.py`` does. Without
@@ -100,7 +100,7 @@ def main() -> None:
     ap.add_argument("--block-size", type=int, default=256)
     ap.add_argument("--batches", default="1,2,4,8,16,32")
     ap.add_argument("--prompt-len", type=int, default=16)
-    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--json", default="", metavar="FILE", help="also write the figures as JSON here")
