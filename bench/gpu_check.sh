@@ -5,8 +5,8 @@
 #   GPU_CHECK_DEVICE=cpu bash bench/gpu_check.sh  # a dry run of every line on the CPU (tiny sizes)
 #
 # Stages (each under `timeout`; one that fails is reported and the next runs where it can):
-#   env      Python, torch, the GPU; pure-Python wheels from .whl/ (bench/gpu_wheels.sh fetches them on
-#            a machine with network) installed into /tmp/site when the machine has no network
+#   env      Python, torch, the GPU; wheels from .whl/ (bench/gpu_wheels.sh fetches them on a machine with
+#            network) installed into $GPU_CHECK_WORK/site, first on PYTHONPATH
 #   compile  torch.compile of a tiny function: when it fails, training runs without compile
 #   data     the built-in Shakespeare as one text file; BPE 32768 (the gpu-small preset's tokenizer) and
 #            GPT-2's own tokenizer (.whl/r50k_base.tiktoken, else BPE 50257 trained here); shards
@@ -107,10 +107,10 @@ env_stage() {
     wheels+=(.whl/if-missing/*.whl)
   fi
   if [ ${#wheels[@]} -gt 0 ]; then
-    echo "installing ${#wheels[@]} wheels from .whl into /tmp/site"
-    if ! "$PY" -m pip install -q --no-index --no-deps --no-compile --target /tmp/site "${wheels[@]}"; then
+    echo "installing ${#wheels[@]} wheels from .whl into $SITE"
+    if ! "$PY" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "${wheels[@]}"; then
       echo "pip install failed; unpacking the wheels instead"
-      for w in "${wheels[@]}"; do "$PY" -m zipfile -e "$w" /tmp/site; done
+      for w in "${wheels[@]}"; do "$PY" -m zipfile -e "$w" "$SITE"; done
     fi
   fi
   "$PY" - <<'EOF'
@@ -132,9 +132,11 @@ print("cpu", platform.processor() or platform.machine())
 EOF
   if command -v nvidia-smi >/dev/null; then nvidia-smi || true; fi
 }
-if [ -d .whl ]; then export PYTHONPATH=/tmp/site:$PYTHONPATH; fi
+SITE=$WORK/site  # a fresh folder each run: a stale install there never shadows these wheels
+if [ -d .whl ]; then export PYTHONPATH=$SITE:$PYTHONPATH; fi
+export SITE
 export -f env_stage
-stage env 60 env_stage
+stage env 120 env_stage
 
 # ---- compile: does torch.compile work here (a C compiler for triton/inductor, ...)?
 COMPILE=true
