@@ -59,10 +59,11 @@ else
   GPT2_EXTRA=()
   DECODE=(--device "$DEVICE" --new-tokens 128 --batches 1,2,4,8,16,32 --repeats 2)
 fi
-# max_time: a clean stop (evaluated and saved) well before the stage's timeout and the budget's end
+# max_time: a clean stop (evaluated and saved) well before the stage's timeout and the budget's end (the
+# timeout's SIGTERM also stops training cleanly: the step ends, the run is saved within --kill-after)
 max_time() {
   local t=$((BUDGET - SECONDS - ${1:-0} - 40))
-  [ "$t" -gt 150 ] && t=150
+  [ "$t" -gt 140 ] && t=140
   [ "$t" -lt 20 ] && t=20
   echo "$t"
 }
@@ -84,9 +85,9 @@ stage() {
   local t0=$SECONDS
   # a function runs in a child bash (exported with export -f), so that timeout can stop it
   if [ "$(type -t "$1")" = function ]; then
-    timeout --kill-after=10 "$limit" bash -euo pipefail -c '"$@"' _ "$@" || rc=$?
+    timeout --kill-after=30 "$limit" bash -euo pipefail -c '"$@"' _ "$@" || rc=$?
   else
-    timeout --kill-after=10 "$limit" "$@" || rc=$?
+    timeout --kill-after=30 "$limit" "$@" || rc=$?
   fi
   if [ "$rc" -eq 0 ]; then
     echo "$name ok $((SECONDS - t0))" >>"$STATUS"
@@ -215,11 +216,11 @@ export -f run_cli
 
 # ---- gpu-small preset, then gpt2 preset (the presets as they are; only steps and the safety stop set here)
 if ok data; then
-  stage small 200 run_cli small speedrun --preset gpu-small --only pretrain --out "$WORK/small" \
+  stage small 220 run_cli small speedrun --preset gpu-small --only pretrain --out "$WORK/small" \
     --train max_steps="$SMALL_STEPS" --train max_time="$(max_time 150)" --train compile=$COMPILE \
     --train progress=log --train log_interval=5 ${SMALL_EXTRA[@]+"${SMALL_EXTRA[@]}"}
   # the preset warms up over 700 steps; 50 steps would hardly move the loss: a short warmup instead
-  stage gpt2 200 run_cli gpt2 speedrun --preset gpt2 --only pretrain --out "$WORK/gpt2" \
+  stage gpt2 220 run_cli gpt2 speedrun --preset gpt2 --only pretrain --out "$WORK/gpt2" \
     --train max_steps="$GPT2_STEPS" --train warmup_steps=$((GPT2_STEPS / 5)) --train max_time="$(max_time 50)" \
     --train compile=$COMPILE --train progress=log --train log_interval=5 ${GPT2_EXTRA[@]+"${GPT2_EXTRA[@]}"}
 else
