@@ -31,16 +31,17 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
-import math
 import os
 import random
 import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
 import torch
+from pydantic import ConfigDict, Field, TypeAdapter
 from safetensors import SafetensorError
 from safetensors.numpy import load_file as load_numpy
 from safetensors.numpy import save_file as save_numpy
@@ -48,12 +49,18 @@ from safetensors.torch import load_model, save_model
 
 from gptforge import __version__
 from gptforge.errors import UserError
-from gptforge.io import atomic_write, fsync, read_json, write_json
+from gptforge.io import atomic_write, fsync, read_file, read_json, validate, write_json
+from gptforge.models import model_from_config
 
 FORMAT = "gptforge.checkpoint"
 FORMAT_VERSION = 1
 STEP_DIR = re.compile(r"^step_(\d+)$")
 SAMPLER_FILE = "sampler.safetensors"
+# trainer.json's types (``read_trainer_state``): exact JSON types (no bool for an int, no "1" for a
+# number), counts and seconds >= 0, losses of any sign (DPO's may be negative)
+Count = Annotated[int, Field(ge=0, strict=True)]
+Seconds = Annotated[float, Field(ge=0, strict=True)]
+Loss = Annotated[float, Field(strict=True)]
 
 
 @dataclass
@@ -71,18 +78,18 @@ class RunState:
     (kind, vocab_size, sha256). ``path`` is where it was read from (not saved).
     """
 
-    step: int = 0
-    tokens: int = 0
-    time_s: float = 0.0
-    train_time_s: float = 0.0
-    schedule_steps: int | None = None
-    tokens_per_step: int | None = None
-    world_size: int = 1
-    val_loss: float | None = None
-    val_bpb: float | None = None
-    val_step: int | None = None
-    best_val_loss: float | None = None
-    num_params: int = 0
+    step: Count = 0
+    tokens: Count = 0
+    time_s: Seconds = 0.0
+    train_time_s: Seconds = 0.0
+    schedule_steps: Count | None = None
+    tokens_per_step: Count | None = None
+    world_size: Count = 1
+    val_loss: Loss | None = None
+    val_bpb: Loss | None = None
+    val_step: Count | None = None
+    best_val_loss: Loss | None = None
+    num_params: Count = 0
     config: dict = field(default_factory=dict)
     model_config: dict = field(default_factory=dict)
     tokenizer: dict = field(default_factory=dict)
@@ -91,38 +98,17 @@ class RunState:
     weights_sha256: str | None = None
     path: str | None = None
 
+    __pydantic_config__ = ConfigDict(allow_inf_nan=False)  # trainer.json has no NaN
+
     def to_json(self) -> dict:
-        """The trainer.json object (without ``path``)."""
+        """The trainer.json object (without ``path``; ``io.write_json`` writes NaN as null)."""
         d = dataclasses.asdict(self)
         d.pop("path")
-        # JSON has no NaN: an undefined loss (e.g. bpb of a split with no text bytes) is null
-        return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in d.items()}
+        return d
 
-    @classmethod
-    def from_json(cls, d: dict, where: str) -> RunState:
-        """Check types and ranges of a parsed trainer.json; unknown keys are ignored.
 
-        Raises:
-            UserError: a missing required key or a value of the wrong type (naming ``where``).
-        """
-        hints = {"int": int, "float": float, "dict": dict, "list": list, "str": str}
-        kwargs = {}
-        for f in dataclasses.fields(cls):
-            if f.name == "path" or f.name not in d:
-                if f.name in ("step", "tokens", "config", "model_config", "tokenizer"):
-                    raise UserError(f"{where}: corrupt checkpoint metadata (no {f.name!r})")
-                continue
-            v = d[f.name]
-            base = hints[str(f.type).split(" ")[0]]
-            ok = (v is None and "None" in str(f.type)) or (
-                isinstance(v, base) and not isinstance(v, bool)) or (base is float and isinstance(v, int)
-                                                                     and not isinstance(v, bool))
-            if ok and isinstance(v, int | float) and not isinstance(v, bool):
-                ok = math.isfinite(v) and (v >= 0 or f.name.startswith("val_") or f.name == "best_val_loss")
-            if not ok:
-                raise UserError(f"{where}: corrupt checkpoint metadata ({f.name}={str(v)[:40]!r})")
-            kwargs[f.name] = float(v) if base is float and v is not None else v
-        return cls(**kwargs)
+# keys a trainer.json must have (the others default)
+REQUIRED = ("step", "tokens", "config", "model_config", "tokenizer")
 
 
 # --- RNG states as JSON ---------------------------------------------------------------------------
@@ -182,14 +168,9 @@ def read_pointer(ckpt_root: Path, name: str) -> str | None:
         UserError: the pointer is a directory, unreadable, or does not hold a ``step_N`` name.
     """
     f = ckpt_root / name
-    try:
-        raw = f.read_bytes()
-    except FileNotFoundError:
+    if not os.path.lexists(f):
         return None
-    except IsADirectoryError:
-        raise UserError(f"{f}: is a directory; expected a pointer file naming a checkpoint") from None
-    except OSError as e:
-        raise UserError(f"{f}: cannot read ({e.strerror})") from None
+    raw = read_file(f, "pointer file naming a checkpoint", max_bytes=4096)
     text = raw[:64].decode("ascii", errors="replace").strip()
     if len(raw) > 64 or not STEP_DIR.match(text):
         raise UserError(f"{f}: corrupt pointer file (expected a name like step_000100)")
@@ -256,6 +237,9 @@ def _prune(root: Path, keep_last: int) -> None:
             shutil.rmtree(p, ignore_errors=True)
 
 
+_TRAINER_JSON = TypeAdapter(RunState)
+
+
 # --- reading --------------------------------------------------------------------------------------
 def find_checkpoint(path: str | os.PathLike, which: str = "latest") -> Path:
     """Resolve a run directory (its ``ckpt/latest`` or ``ckpt/best``) or a checkpoint directory.
@@ -288,9 +272,10 @@ def read_trainer_state(ckpt: Path) -> RunState:
         UserError: missing, corrupt, not a gptforge checkpoint, or an unsupported version.
     """
     f = ckpt / "trainer.json"
-    state = RunState.from_json(read_json(f, FORMAT, (FORMAT_VERSION,), what="checkpoint metadata"), str(f))
-    state.path = str(ckpt)
-    return state
+    d = read_json(f, FORMAT, (FORMAT_VERSION,), what="checkpoint metadata")
+    if missing := [k for k in REQUIRED if k not in d]:
+        raise UserError(f"{f}: corrupt checkpoint metadata (no {missing[0]!r})")
+    return validate(_TRAINER_JSON, {**d, "path": str(ckpt)}, f, "checkpoint metadata")
 
 
 def read_sampler_state(ckpt: Path) -> dict[str, np.ndarray] | None:
@@ -369,8 +354,6 @@ def load_checkpoint(path: str | os.PathLike, which: str = "latest", device: str 
     Raises:
         UserError: missing, incomplete, corrupt or incompatible checkpoint (the message names it).
     """
-    from gptforge.models import model_from_config
-
     ck = find_checkpoint(path, which)
     state = read_trainer_state(ck)
     try:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
-import math
 import tomllib
 import types
 import typing
@@ -125,55 +124,40 @@ def convert(cls: type, name: str, value, where: str = "config", as_flag: bool = 
             the field's choices or bounds; the message names ``where``, the key and the value.
     """
     s = spec(cls, name, where)
-
-    def bad():
+    try:
+        return _adapter(cls, name).validate_python(_from_text(s, value))
+    except ValueError:  # what int()/float() raise for a bad string, and pydantic's ValidationError
         if as_flag:
-            return UserError(f"--{name.replace('_', '-')} {value}: expected {s.expected()}")
-        return UserError(f"{where}: {name}={value!r}: expected {s.expected()}")
+            raise UserError(f"--{name.replace('_', '-')} {value}: expected {s.expected()}") from None
+        raise UserError(f"{where}: {name}={value!r}: expected {s.expected()}") from None
 
-    v = value
-    if v is None or (isinstance(v, str) and v.strip().lower() in _NONE and s.type is not str):
-        if s.optional:
-            return None
-        raise bad()
+
+def _from_text(s: Spec, v):
+    """A string (command line, or TOML) parsed as the field's type says: none/null, the boolean
+    words, integers with ``_`` separators; JSON/TOML's 0 and 1 as booleans; other values unchanged."""
+    if s.type is bool and type(v) is int and v in (0, 1):
+        return bool(v)
+    if not isinstance(v, str) or s.type is str:
+        return v
+    t = v.strip().lower()
+    if t in _NONE:
+        return None
     if s.type is bool:
-        if isinstance(v, str) and v.strip().lower() in _TRUE + _FALSE:
-            v = v.strip().lower() in _TRUE
-        elif isinstance(v, int) and not isinstance(v, bool) and v in (0, 1):
-            v = bool(v)
-        if not isinstance(v, bool):
-            raise bad()
-    elif s.type is int:
-        if isinstance(v, str):
-            try:
-                v = int(v.strip().replace("_", ""), 10)
-            except ValueError:
-                raise bad() from None
-        if not isinstance(v, int) or isinstance(v, bool):
-            raise bad()
-    elif s.type is float:
-        if isinstance(v, str):
-            try:
-                v = float(v.strip())
-            except ValueError:
-                raise bad() from None
-        if not isinstance(v, int | float) or isinstance(v, bool):
-            raise bad()
-        v = float(v)
-        if not math.isfinite(v):
-            raise bad()
-    elif s.type is str:
-        if not isinstance(v, str):
-            raise bad()
-    elif not isinstance(v, dict):
-        raise bad()
-    if s.choices is not None and v not in s.choices:
-        raise bad()
-    if s.type in (int, float) and not (
-            (s.ge is None or v >= s.ge) and (s.gt is None or v > s.gt)
-            and (s.le is None or v <= s.le) and (s.lt is None or v < s.lt)):
-        raise bad()
-    return v
+        return True if t in _TRUE else False if t in _FALSE else v
+    return int(t.replace("_", ""), 10) if s.type is int else float(t) if s.type is float else v
+
+
+@functools.cache
+def _adapter(cls: type, name: str):
+    """A pydantic validator of field ``name``: its exact type (strict: no bool for an int, no "1" for
+    a number), finite, inside its bounds and choices, or None if optional."""
+    from pydantic import Field, TypeAdapter  # here, not at the top: `--help` needs only specs()
+
+    s = specs(cls)[name]
+    finite = {"allow_inf_nan": False} if s.type is float else {}
+    typ = typing.Literal[s.choices] if s.choices else typing.Annotated[
+        s.type, Field(strict=True, ge=s.ge, gt=s.gt, le=s.le, lt=s.lt, **finite)]
+    return TypeAdapter(typ | None if s.optional else typ)
 
 
 def check(obj, where: str | None = None) -> None:
@@ -202,11 +186,18 @@ def overrides(cls: type, items: list[str], where: str = "--model") -> dict:
     Raises:
         UserError: an item without ``=``, an unknown key or a value ``convert`` refuses.
     """
-    out = {}
-    for item in items:
-        key, value = split_item(item, where)
-        out[key] = convert(cls, key, value, where)
-    return out
+    return convert_all(cls, dict(split_item(item, where) for item in items), where)
+
+
+def convert_all(cls: type, values: dict, where: str = "config") -> dict:
+    """``values`` converted key by key as ``cls``'s fields declare (``convert``): e.g. a TOML
+    ``[model]`` table or JSON ``{"bias": "false", "logit_softcap": "none"}`` -> ``{"bias": False,
+    "logit_softcap": None}``.
+
+    Raises:
+        UserError: an unknown key or a value ``convert`` refuses.
+    """
+    return {k: convert(cls, k, v, where) for k, v in values.items()}
 
 
 def load_toml(path: str | Path) -> dict:

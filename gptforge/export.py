@@ -33,6 +33,7 @@ import torch
 
 from gptforge.errors import UserError
 from gptforge.io import atomic_open
+from gptforge.models import model_config
 from gptforge.tokenizer import Tokenizer
 
 # run.py repeats these (it imports nothing from gptforge); tests/test_run_hardening.py checks they agree
@@ -69,8 +70,6 @@ def export_model(model: torch.nn.Module, tok: Tokenizer, out: str | os.PathLike,
         UserError: the model is not a GPT, the tokenizer cannot be described portably or has more tokens
             than the model's vocab_size, dtype is unknown, or ``out`` is a directory or cannot be written.
     """
-    from gptforge.models import model_config
-
     cfg = model_config(model)
     if cfg.get("arch") != "gpt":
         raise UserError(f"export supports GPT models only, not {cfg.get('arch')!r}")

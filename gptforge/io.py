@@ -6,20 +6,28 @@ directory, are fsynced and renamed over the target, so a crash or Ctrl-C leaves 
 file or the new one, never half of one, and never a stray temporary file after an error.
 
 JSON files that carry a format name and version (``write_json(..., fmt="gptforge.checkpoint",
-version=1)``) are read back with ``read_json``, which names the path in every error.
+version=1)``) are read back with ``read_json``, which names the path in every error, reads only
+regular files of at most ``MAX_JSON_BYTES`` (a FIFO, a device or a sparse 8 GB file in a run or
+shard directory is refused, not waited on or read into memory) and checks a pydantic schema.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO
 
 from gptforge.errors import UserError
+
+#: the largest JSON file ``read_json`` reads: a trainer.json with the RNG states of 1,000
+#: processes or the tokenizer.json of a 200k vocabulary are a few MB
+MAX_JSON_BYTES = 64 << 20
 
 
 def fsync(path: str | os.PathLike) -> None:
@@ -73,29 +81,53 @@ def atomic_write(path: str | os.PathLike, data: str | bytes) -> Path:
 def write_json(path: str | os.PathLike, obj: dict, fmt: str | None = None,
                version: int | None = None) -> Path:
     """Write ``obj`` as indented JSON atomically, with ``{"format": fmt, "version": version}`` first.
-
-    Raises:
-        ValueError: a NaN or infinity in ``obj`` (not JSON; the caller has a bug).
-    """
+    JSON has no NaN or infinity: such a float (the bpb of a split without text bytes, the
+    accuracy of a task with no items) is written as null."""
     head = {"format": fmt, "version": version} if fmt else {}
-    return atomic_write(path, json.dumps({**head, **obj}, indent=1, allow_nan=False) + "\n")
+    return atomic_write(path, json.dumps(_finite({**head, **obj}), indent=1, allow_nan=False) + "\n")
 
 
-def read_file(path: str | os.PathLike, what: str = "file") -> bytes:
-    """The bytes of ``path``.
+def _finite(x):
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite(v) for v in x]
+    return None if isinstance(x, float) and not math.isfinite(x) else x
+
+
+def read_file(path: str | os.PathLike, what: str = "file", max_bytes: int | None = None) -> bytes:
+    """The bytes of ``path``; with ``max_bytes``, only of a regular file of at most that many bytes.
 
     Raises:
-        UserError: missing, a directory or unreadable; the message names the path and ``what``.
+        UserError: missing, a directory or unreadable; with ``max_bytes``, also not a regular file
+            (a FIFO would block, a device never end) or larger. The message names the path and ``what``.
     """
     p = Path(path)
     try:
-        return p.read_bytes()
+        return p.read_bytes() if max_bytes is None else _read_regular(p, what, max_bytes)
     except FileNotFoundError:
         raise UserError(f"{p}: missing ({what} expected here)") from None
     except IsADirectoryError:
         raise UserError(f"{p}: is a directory, not a {what}") from None
     except OSError as e:
         raise UserError(f"{p}: cannot read ({e.strerror})") from None
+
+
+def _read_regular(p: Path, what: str, max_bytes: int) -> bytes:
+    with open(os.open(p, os.O_RDONLY | os.O_NONBLOCK), "rb") as f:  # a FIFO opens without a writer
+        st = os.fstat(f.fileno())
+        if stat.S_ISDIR(st.st_mode):
+            raise IsADirectoryError
+        if not stat.S_ISREG(st.st_mode):
+            raise UserError(f"{p}: not a regular file (a FIFO, device or socket); a {what} expected here")
+        data = f.read(st.st_size + 1) if st.st_size <= max_bytes else b""
+        # grown since fstat, or a /proc file (size 0): read on, 1 MiB at a time, up to the bound
+        while st.st_size < len(data) <= max_bytes and (more := f.read(1 << 20)):
+            data += more
+    if st.st_size > max_bytes or len(data) > max_bytes:
+        raise UserError(f"{p}: {max(st.st_size, len(data)):,} bytes, more than a {what} can be "
+                        f"(at most {max_bytes:,})")
+    return data
 
 
 def read_text(path: str | os.PathLike, what: str = "file") -> str:
@@ -112,16 +144,18 @@ def read_text(path: str | os.PathLike, what: str = "file") -> str:
 
 
 def read_json(path: str | os.PathLike, fmt: str | None = None, versions: tuple[int, ...] = (1,),
-              what: str = "file") -> dict:
-    """A JSON object from ``path``; with ``fmt``, its "format" must be ``fmt`` and "version" one of
-    ``versions``.
+              what: str = "file", schema=None):
+    """A JSON object from ``path`` (a regular file of at most ``MAX_JSON_BYTES``); with ``fmt``, its
+    "format" must be ``fmt`` and "version" one of ``versions``; with ``schema`` (see ``validate``),
+    the object it validates to is returned.
 
     Raises:
-        UserError: missing, a directory, unreadable, not UTF-8 JSON, not an object, or another
-            format or version; the message names the path.
+        UserError: missing, a directory, not a regular file, too large, unreadable, not UTF-8 JSON,
+            not an object, another format or version, or not valid for ``schema``; the message
+            names the path.
     """
     p = Path(path)
-    raw = read_file(p, what)
+    raw = read_file(p, what, MAX_JSON_BYTES)
     try:
         obj = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError, RecursionError) as e:
@@ -130,8 +164,37 @@ def read_json(path: str | os.PathLike, fmt: str | None = None, versions: tuple[i
         raise UserError(f"{p}: corrupt {what} (not a JSON object)")
     if fmt is not None:
         if obj.get("format") != fmt:
-            raise UserError(f"{p}: not a {what} (format {obj.get('format')!r}, expected {fmt!r})")
-        if obj.get("version") not in versions:
-            raise UserError(f"{p}: {what} version {obj.get('version')!r} is not supported "
+            raise UserError(f"{p}: not a {what} (format {str(obj.get('format'))[:40]!r}, expected {fmt!r})")
+        if type(obj.get("version")) is not int or obj["version"] not in versions:
+            raise UserError(f"{p}: {what} version {str(obj.get('version'))[:40]} is not supported "
                             f"(this gptforge reads {', '.join(map(str, versions))})")
-    return obj
+    return obj if schema is None else validate(schema, obj, p, what)
+
+
+def validate(schema, obj, path: str | os.PathLike, what: str = "file"):
+    """``obj`` validated by ``schema`` (a pydantic model class or ``TypeAdapter``), its first error
+    as one line: ``PATH: corrupt WHAT ("splits.val.tokens" must be an integer >= 0, not -3)``. A
+    model field's ``description`` says what it must be; otherwise pydantic's message does.
+
+    Raises:
+        UserError: ``obj`` does not validate.
+    """
+    from pydantic import BaseModel, ValidationError  # here, not at the top: `gptforge --help` stays fast
+
+    try:
+        return schema.model_validate(obj) if isinstance(schema, type) else schema.validate_python(obj)
+    except ValidationError as e:
+        err = e.errors(include_url=False)[0]
+        loc, want, model = err["loc"], None, schema
+        for key in loc:  # the description of the field at loc, through nested models
+            field = model.model_fields.get(key) if isinstance(model, type) and issubclass(model, BaseModel) \
+                else None
+            want, model = (field.description, field.annotation) if field else (None, None)
+        got = "missing" if err["type"] == "missing" else repr(err["input"])[:60]
+        if not loc:  # a check across fields: its own message
+            detail = str(err.get("ctx", {}).get("error", err["msg"]))
+        elif want:
+            detail = f'"{".".join(map(str, loc))}" must be {want}, not {got}'
+        else:
+            detail = f'{".".join(map(str, loc))}={got}: {err["msg"]}'
+        raise UserError(f"{Path(path)}: corrupt {what} ({detail})") from None

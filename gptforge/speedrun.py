@@ -25,8 +25,10 @@ minute, 4 x 192 up to five minutes and 4 x 192 with dropout 0.1 beyond, each the
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -36,6 +38,9 @@ from gptforge.config import check, setting
 from gptforge.errors import UserError
 from gptforge.io import atomic_write, read_json, write_json
 
+# The stages' modules (tokenizer training, shards, torch, training, evaluation) are imported inside
+# the functions that run them: `gptforge speedrun --help` builds its flags from SpeedrunConfig here
+# and stays fast without torch.
 
 @dataclass
 class Recipe:
@@ -133,20 +138,18 @@ def build_tokenizer(spec: str, corpus: str, progress: bool):
     return train_on_corpus(corpus, int(n), progress=progress)
 
 
-def probe_step_time(cfg, probe_steps: int = 12, data=None) -> tuple[float, int]:
+def probe_step_time(cfg, probe_steps: int = 12, data=None, max_time: float = 0.0) -> tuple[float, int]:
     """(seconds per optimizer step, tokens per step) of this config: the median of ``probe_steps`` real
-    steps, warm-up left out, run in a scratch folder silently (``data`` as for ``train``). On a 2-core
-    CPU sustained steps differ from it by up to +-20%: `timed` lets a wsd run correct the plan."""
-    import dataclasses
-    import tempfile
-
+    steps, warm-up left out, run in a scratch folder silently (``data`` as for ``train``), stopping
+    early after ``max_time`` seconds (0: no limit). Sustained steps on a CPU can differ from it
+    noticeably (bench/README.md): `timed` lets a wsd run correct the plan."""
     from gptforge.train import Logger, train
 
     with tempfile.TemporaryDirectory(prefix="gptforge-calib-") as tmp:
-        probe = dataclasses.replace(cfg, out=str(Path(tmp) / "run"), max_steps=probe_steps, max_time=0.0,
+        probe = dataclasses.replace(cfg, out=str(Path(tmp) / "run"), max_steps=probe_steps, max_time=max_time,
                                     eval_interval=10**9, eval_tokens=cfg.block_size, compile=False)
         summary = train(probe, logger=Logger("none"), data=data)
-    times = summary["step_times_s"][2:]
+    times = summary["step_times_s"][2:] or summary["step_times_s"] or [max_time]  # cut short: what ran
     per_step = sorted(times)[len(times) // 2]
     return per_step, summary["tokens"] // max(summary["step"], 1)
 
@@ -183,17 +186,20 @@ def fit_budget(seconds: float, per_step: float, tokens_per_step: int, eval_token
 
 
 def plan_wall_clock(cfg, seconds: float, data=None) -> tuple[int, float, int]:
-    """(steps, seconds per step, eval tokens) for a stage of ``seconds`` wall time (`fit_budget`)."""
-    per_step, tokens_per_step = probe_step_time(cfg, data=data)
+    """(steps, seconds per step, eval tokens) for a stage of ``seconds`` wall time that begins now:
+    the probe (at most a quarter of it) counts, `fit_budget` plans what is left."""
+    t0 = time.time()
+    per_step, tokens_per_step = probe_step_time(cfg, data=data, max_time=seconds / 4)
+    left = max(0.0, seconds - (time.time() - t0))
     eval_tokens = cfg.eval_tokens or (data.eval_tokens if data is not None else 10**9)
-    steps, eval_tokens = fit_budget(seconds, per_step, tokens_per_step, eval_tokens, cfg.eval_interval)
+    steps, eval_tokens = fit_budget(left, per_step, tokens_per_step, eval_tokens, cfg.eval_interval)
     return steps, per_step, eval_tokens
 
 
 STAGES = ("data", "pretrain", "sft", "eval", "report")
 SFT_DATA = "arithmetic:20000,spelling:10000,identity,smalltalk"
 CORE_SUBSET = "arc_easy,piqa,winogrande,copa,lambada_openai"  # quick, and the ones small models move on
-CHAT_TASKS = "arithmetic,letter_count,chat:arc_easy"
+CHAT_TASKS = "arithmetic,letter_count,social,chat:arc_easy"
 TRANSCRIPT = "What is 123 + 456?"
 
 
@@ -318,7 +324,7 @@ def speedrun(sr: SpeedrunConfig, train_overrides: dict | None = None, progress: 
         else:
             info["report"] = _stage_report(sr, recipe, out_dir, info)
         info.setdefault("stage_s", {})[stage] = time.time() - t0
-        write_json(out_dir / "speedrun.json", _finite_tree(info))
+        write_json(out_dir / "speedrun.json", info)
     total = time.time() - t_all
     _say(f"done in {total:.0f} s")
     sft_dir = out_dir / "sft"
@@ -350,12 +356,15 @@ def _stage_data(sr: SpeedrunConfig, recipe: Recipe, out_dir: Path, progress: boo
 
 
 def _budgeted(cfg, budget: float | None, data=None, what: str = "training"):
-    """``cfg`` with max_steps planned for a wall-clock ``budget`` and max_time set to it (None: as is);
-    a wsd schedule also gets the steps' share of the budget as ``schedule_time`` (`timed`)."""
+    """``(cfg, seconds per step, started)``: ``cfg`` with max_steps planned for a wall-clock ``budget``
+    and max_time set to it, counted from ``started`` (before the calibration probe, which counts;
+    pass it to ``train``); a wsd schedule also gets the steps' share of the budget as ``schedule_time``
+    (`timed`). No budget: ``(cfg, None, None)``."""
     from gptforge.train import make_config
 
     if not budget:
-        return cfg, None
+        return cfg, None, None
+    started = time.time()
     _say(f"      calibrating: how many {what} steps fit in {budget:.0f} s")
     steps, per_step, eval_tokens = plan_wall_clock(cfg, budget, data=data)
     cfg = make_config(cfg.to_dict(), {"max_time": budget, "eval_tokens": eval_tokens})
@@ -363,16 +372,16 @@ def _budgeted(cfg, budget: float | None, data=None, what: str = "training"):
     _say(f"      {per_step * 1000:.1f} ms/step -> {steps} steps (evaluating {eval_tokens:,} tokens "
          f"every {cfg.eval_interval} steps)" + ("; the count follows the measured step times until the "
                                                 "warmdown" if cfg.schedule_time else ""))
-    return cfg, per_step
+    return cfg, per_step, started
 
 
 def _stage_pretrain(cfg, budget: float | None) -> dict:
     from gptforge.train import train
 
-    cfg, per_step = _budgeted(cfg, budget)
+    cfg, per_step, started = _budgeted(cfg, budget)
     _say(f"      pretraining -> {cfg.out}")
     t0 = time.time()
-    summary = train(cfg)
+    summary = train(cfg, started=started)
     if summary["stopped_by"] == "signal":  # Ctrl-C / SIGTERM: the run is saved; stop here, not at the end
         _say(f"interrupted: pretraining saved at step {summary['step']} in {cfg.out}; "
              f"continue it with gptforge pretrain --resume {cfg.out}")
@@ -400,10 +409,10 @@ def _stage_sft(sr: SpeedrunConfig, recipe: Recipe, out_dir: Path, progress: bool
     budget = sr.sft_time if sr.sft_time is not None else recipe.sft_time
     if sr.sft_steps is not None:
         cfg, budget = make_config(cfg.to_dict(), {"max_steps": sr.sft_steps}), None
-    cfg, per_step = _budgeted(cfg, budget, data, "SFT")
+    cfg, per_step, started = _budgeted(cfg, budget, data, "SFT")
     _say(f"      SFT -> {cfg.out}")
     t0 = time.time()
-    summary = train(cfg, data=data)
+    summary = train(cfg, data=data, started=started)
     if summary["stopped_by"] == "signal":
         _say(f"interrupted: SFT saved at step {summary['step']} in {cfg.out}; "
              f"continue it with gptforge sft --resume {cfg.out}")
@@ -444,7 +453,7 @@ def _stage_eval(sr: SpeedrunConfig, out_dir: Path, progress: bool) -> dict:
             plan_ = resolve_tasks(spec + ",bpb")
         _say(f"      {name}: {spec if plan_.core else 'bpb'} (up to {sr.eval_limit} items per task)")
         res = evaluate(model, tok, plan_, bpb_data=out_dir / "data", limit=sr.eval_limit, out_dir=run)
-        write_json(run / "eval.json", _finite_tree(res))
+        write_json(run / "eval.json", res)
         if progress:
             _say("\n".join("      " + line for line in format_table(res).splitlines()))
         out[name] = {"core": res["core"], "chatcore": res["chatcore"], "bpb": res["bpb"]["bpb"],
@@ -478,8 +487,7 @@ def _stage_report(sr: SpeedrunConfig, recipe: Recipe, out_dir: Path, info: dict)
     if (out_dir / "sft" / "ckpt").exists():
         chat_model, chat_tok, _ = load_for_inference(str(out_dir / "sft"), "best")
         pieces = respond(chat_model, chat_tok, [{"role": "user", "content": TRANSCRIPT}], 64, temperature=0)
-        reply = "".join(f"[calculator: {p.text}" if p.kind == "tool_call" else f" = {p.text}]"
-                        if p.kind == "tool_output" else p.text for p in pieces)
+        reply = "".join(p.shown() for p in pieces)
         transcript = f"you> {TRANSCRIPT}\nassistant> {reply}\n"
         atomic_write(out_dir / "chat.txt", transcript)
     cfg = TrainConfig(**read_json(out_dir / "pretrain" / "config.json", what="run config"))
@@ -487,20 +495,11 @@ def _stage_report(sr: SpeedrunConfig, recipe: Recipe, out_dir: Path, info: dict)
     text = _report(sr.preset, recipe, meta, cfg, pre, state, read_metrics(out_dir / "pretrain"), texts,
                    compare_markdown(cards), transcript, info)
     atomic_write(out_dir / "report.md", text)
-    write_json(out_dir / "summary.json", _finite_tree(
-        {"recipe": sr.preset, "corpus": (info.get("data") or {}).get("corpus", sr.corpus), **pre,
-         "best_checkpoint": state.path, "best_val_loss": state.val_loss, "best_val_bpb": state.val_bpb,
-         "sft": info.get("sft"), "eval": info.get("eval"), "stage_s": info.get("stage_s")}))
+    write_json(out_dir / "summary.json",
+               {"recipe": sr.preset, "corpus": (info.get("data") or {}).get("corpus", sr.corpus), **pre,
+                "best_checkpoint": state.path, "best_val_loss": state.val_loss, "best_val_bpb": state.val_bpb,
+                "sft": info.get("sft"), "eval": info.get("eval"), "stage_s": info.get("stage_s")})
     return {"path": str(out_dir / "report.md")}
-
-
-def _finite_tree(x):
-    """``x`` with every non-finite float replaced by None (JSON has no NaN), recursively."""
-    if isinstance(x, dict):
-        return {k: _finite_tree(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_finite_tree(v) for v in x]
-    return None if isinstance(x, float) and not math.isfinite(x) else x
 
 
 def _fmt(x, spec=".4f", none="-"):

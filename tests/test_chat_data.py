@@ -399,3 +399,88 @@ def test_calculate():
         with pytest.raises(ValueError):
             M.calculate(bad)
     assert M.MIXTURES == ("arithmetic", "spelling", "identity", "smalltalk", "gsm8k")
+
+
+# ------------------------------------------------------------------------------------------------
+# phrasing families and the verifiable tasks
+
+_NUMBER_WORD = (r"\b(?:(?:twenty|thirty|forty|fifty|sixty|seventy|eighty|ninety)(?:-(?:one|two|three|four|"
+                r"five|six|seven|eight|nine))?|zero|one hundred|one|two|three|four|five|six|seven|eight|nine|"
+                r"ten|eleven|twelve|thirteen|fourteen|fifteen|sixteen|seventeen|eighteen|nineteen)\b")
+
+
+def skeleton(name, conv):
+    """The question with its content taken out (numbers, names, things, the word and letter), case
+    and punctuation dropped: what is left is the phrasing, decoration included."""
+    q = conv[0]["content"].lower()
+    if name == "arithmetic":
+        q = re.sub(r"\d+", "N", q)
+        q = re.sub(_NUMBER_WORD, "N", q)
+        q = re.sub(r"\b(" + "|".join(n.lower() for n in M._NAMES + M._THINGS) + r")\b", "X", q)
+    else:
+        call = next(p["text"] for p in conv[-1]["content"] if p["type"] == "tool_call")
+        word = re.search(r'"([a-z]+)"', call).group(1)
+        q = re.sub(rf"\b{word}\b", "W", q)
+        letter = re.search(r'count\("([a-z])"\)', call)
+        if letter:
+            q = re.sub(rf"\b{letter.group(1)}(?='s\b|s\b|\b)", "L", q)
+    return " ".join(re.findall(r"[a-z]+|[NXWL]|[+*/%x-]", q.replace("NXWL", "")))
+
+
+@pytest.mark.parametrize("name", ["arithmetic", "spelling"])
+def test_test_split_phrasing_families_never_occur_in_the_train_split(name):
+    """Asserted over the generator's text: no phrasing of the test split is ever trained on."""
+    train = {skeleton(name, c) for seed in (0, 1) for c in M.mixture(name, "train", 3000, seed=seed)}
+    test = {skeleton(name, c) for c in M.mixture(name, "test", 1500, seed=0)}
+    assert len(train) > 200 and len(test) > 50  # many phrasings, composed
+    assert not train & test, sorted(train & test)[:5]
+    # the families themselves: train items only of train families, test items only of held-out ones
+    from gptforge.chat import tasks
+
+    for task in ("arithmetic", "letter_count"):
+        for split, phrasings in (("train", "train"), ("test", "test"), ("test", "train")):
+            fams = {f for _, _, f in tasks.items(task, split, 400, phrasings=phrasings)}
+            assert fams and all(tasks.held_out(f) == (phrasings == "test") for f in fams)
+            assert len(fams) >= (3 if phrasings == "test" else 8)
+
+
+def test_composed_questions_use_words_decoration_and_right_answers():
+    convs = list(M.mixture("arithmetic", "train", 3000, seed=7, max_digits=3))
+    questions = [c[0]["content"] for c in convs]
+    assert sum(bool(re.search(_NUMBER_WORD, q.lower())) for q in questions) > 150  # numbers in words
+    assert sum(q == q.lower() for q in questions) > 300  # lower case
+    assert sum(q.startswith(("Quick question: ", "Hey, ", "Math question: ")) for q in questions) > 50
+    for word in ("plus", "add", "sum", "minus", "subtract", "difference", "times", "multiply", "product",
+                 "divided by", "split", "quotient", "share"):
+        assert any(word in q.lower() for q in questions), word
+    for conv in convs:  # a number said in words is the same number in the tool call
+        q = conv[0]["content"].lower().removeprefix("here's one: ")  # a preamble's "one" is no operand
+        call = next(p["text"] for p in conv[-1]["content"] if p["type"] == "tool_call")
+        for n in range(101):
+            if re.search(rf"(?<![\w-]){M.number_words(n)}(?![\w-])", q):
+                assert str(n) in re.findall(r"\d+", call), (q, call)
+    assert [M.number_words(n) for n in (0, 13, 20, 42, 99, 100)] == [
+        "zero", "thirteen", "twenty", "forty-two", "ninety-nine", "one hundred"]
+    with pytest.raises(ValueError):
+        M.number_words(101)
+
+
+def test_social_items_and_checker():
+    from gptforge.chat import tasks
+
+    items = tasks.items("social", "test", 500)
+    topics = {ref for _, ref, _ in items}
+    assert {"greeting", "thanks", "creative", "facts"} <= topics and len(items) >= 15
+    train_q = {c[0]["content"] for c in M.mixture("identity", "train")}
+    assert not {p[0]["content"] for p, _, _ in items} & train_q  # held-out questions
+    for topic, (_, answers) in M.IDENTITY.items():  # every training answer passes its own check
+        for answer in answers:
+            assert tasks.reply_correct("social", [P("text", answer)], topic), (topic, answer)
+    assert not tasks.reply_correct("social", [P("text", "Hello!"), P("tool_call", "1+1"),
+                                              P("tool_output", "2")], "greeting")
+    assert not tasks.reply_correct("social", [P("text", "49 x 7 = 49.")], "creative")
+    assert not tasks.reply_correct("social", [P("text", "This is fine")], "greeting")  # "hi" in "this"
+    assert tasks.reply_correct("arithmetic", TOOL, "4") and not tasks.reply_correct("arithmetic", TOOL, "5")
+    assert tasks.reply_correct("gsm8k", [P("text", "so 3 then 7\n#### 12")], "12")
+    with pytest.raises(ValueError):
+        tasks.items("poetry")

@@ -6,7 +6,10 @@ latest/best pointer files.
 """
 
 import json
+import os
 import pickle
+import re
+import signal
 
 import pytest
 import torch
@@ -16,6 +19,7 @@ from hypothesis import strategies as st
 
 from gptforge import checkpoint as ckpt
 from gptforge.cli import main
+from gptforge.data.shards import open_shards, prepare
 from gptforge.engine import load_for_inference
 from gptforge.errors import UserError
 from gptforge.models import build_model
@@ -230,3 +234,42 @@ def test_run_py_treats_prompt_special_tokens_like_sample(tmp_path):
         assert r.returncode == 0, r.stderr
         want = generate(m, [ids], 4, temperature=0, stop_tokens=[TOK.eot_id])[0]
         assert r.stdout == prompt + TOK.decode(want) + "\n", special
+
+
+# --- bounded reads: a FIFO, a device or a sparse giant in place of a JSON file ---------------------
+def _replace(f, kind):
+    f.unlink()
+    if kind == "fifo":
+        os.mkfifo(f)  # opened for reading without O_NONBLOCK, this would wait for a writer forever
+    elif kind == "dev-zero":
+        f.symlink_to("/dev/zero")  # read whole, this never ends
+    else:
+        with open(f, "wb") as out:  # 8 GB that take no disk space; read whole, they take 8 GB of memory
+            out.truncate(8 << 30)
+
+
+@pytest.mark.parametrize("kind, message", [("fifo", "not a regular file"), ("dev-zero", "not a regular file"),
+                                           ("sparse", "8,589,934,592 bytes, more than")])
+@pytest.mark.parametrize("name", ["trainer.json", "tokenizer.json", "latest", "meta.json",
+                                  "shard tokenizer.json"])
+def test_json_files_are_read_bounded(tmp_path, capsys, name, kind, message):
+    run, _ = _run(tmp_path)
+    ck = ckpt.find_checkpoint(run)
+    (tmp_path / "c.txt").write_text("abc def\n" * 100)
+    prepare(str(tmp_path / "c.txt"), TOK, tmp_path / "data", workers=1, progress=False)
+    f = {"trainer.json": ck / "trainer.json", "tokenizer.json": ck / "tokenizer.json",
+         "latest": run / "ckpt" / "latest", "meta.json": tmp_path / "data" / "meta.json",
+         "shard tokenizer.json": tmp_path / "data" / "tokenizer.json"}[name]
+    _replace(f, kind)
+    signal.signal(signal.SIGALRM, lambda *_: pytest.fail(f"reading {f} hangs"))
+    signal.alarm(20)  # a hang fails the test instead of stalling the suite
+    try:
+        with pytest.raises(UserError, match=re.escape(str(f)) + ": .*" + message):
+            if f.parent.name == "data":
+                open_shards(tmp_path / "data")
+            else:
+                load_for_inference(run)
+        if f.parent.name != "data":
+            _one_line_exit_2(capsys, ["sample", "--ckpt", str(run), "--max-new-tokens", "1"])
+    finally:
+        signal.alarm(0)

@@ -48,7 +48,7 @@ def tiny(vocab: int, **kw) -> torch.nn.Module:
 
 
 def batch_of(tokens, rows=4):
-    return PretrainBatches(tokens, rows, T, seed=1).get(0, 0, 1, 0, 1)
+    return PretrainBatches(tokens, rows, T, seed=1).get(0)
 
 
 class SoftmaxGPT(torch.nn.Module):
@@ -86,15 +86,15 @@ class Stuck:
     def __init__(self, inner):
         self.inner = inner
 
-    def get(self, step, micro, accum, rank, world, device="cpu"):
-        return self.inner.get(0, 0, accum, rank, world, device)
+    def get(self, index, device="cpu"):
+        return self.inner.get(0, device)
 
 
 class Unshifted(Stuck):
     """Planted: a corrupted batch, targets equal to the inputs."""
 
-    def get(self, step, micro, accum, rank, world, device="cpu"):
-        x, _ = self.inner.get(step, micro, accum, rank, world, device)
+    def get(self, index, device="cpu"):
+        x, _ = self.inner.get(index, device)
         return x, x.clone()
 
 
@@ -113,7 +113,7 @@ class Lowercasing:
 
 def no_zero_grad_step(model, optimizers, batch, loss_fn):
     """Planted: the optimizer step without zero_grad."""
-    loss_fn(model, batch).backward()
+    loss_fn(model, batch)[0].backward()
     for opt in optimizers:
         opt.step()
 
@@ -214,7 +214,7 @@ def test_chat_tokens(setup):
     _, tok, _, _ = setup
     rows, masks, _ = pack(convs(40), tok, T)
     good = SFTBatches(rows, masks, 4, seed=0)
-    assert dr.check_chat_tokens(tok, [good.get(s, 0, 1, 0, 1) for s in range(3)]).status == "PASS"
+    assert dr.check_chat_tokens(tok, [good.get(s) for s in range(3)]).status == "PASS"
     # planted: the conversations written out as text with the markers, encoded as ordinary text
     plain = []
     for c in convs(40):
@@ -222,10 +222,10 @@ def test_chat_tokens(setup):
         plain.append(tok.encode_ordinary(tok.decode(ids))[:T + 1])
     plain = np.array([p + [0] * (T + 1 - len(p)) for p in plain], dtype=np.int32)
     bad = SFTBatches(plain, np.ones_like(plain, dtype=np.uint8), 4, seed=0)
-    c = dr.check_chat_tokens(tok, [bad.get(s, 0, 1, 0, 1) for s in range(3)])
+    c = dr.check_chat_tokens(tok, [bad.get(s) for s in range(3)])
     assert c.status == "FAIL" and "plain text" in c.reason
     char = CharTokenizer.train("abc")
-    assert dr.check_chat_tokens(char, [good.get(0, 0, 1, 0, 1)]).status == "FAIL"
+    assert dr.check_chat_tokens(char, [good.get(0)]).status == "FAIL"
 
 
 TINY = {"depth": 1, "block_size": T, "batch_size": 8, "tokens_per_step": 2048, "threads": 1, "lr": 1e-2,
@@ -247,3 +247,25 @@ def test_run_doctor_clean_setup_passes(setup, capsys):
     # a flag on top of the file: a learning rate far too high is a WARN, not a failure
     assert main(["doctor", "--config", str(toml), "--lr", "5"]) == 0
     assert "WARN  lr and batch size" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("broken", ["zero_grad", "step"])
+def test_run_doctor_fails_when_the_training_step_is_broken(setup, monkeypatch, broken):
+    """Doctor takes the training loop's own optimizer step: planted in it, a lost zero_grad or
+    optimizer.step() fails the checklist."""
+    from gptforge.train import step
+
+    real = step.optimizer_step
+
+    def broken_step(model, optimizers, *args, **kw):
+        for opt in optimizers:  # the instance's method shadowed by one that does nothing
+            setattr(opt, broken, lambda *a, **k: None)
+        return real(model, optimizers, *args, **kw)
+
+    monkeypatch.setattr(step, "optimizer_step", broken_step)
+    d, _, _, _ = setup
+    checks = dr.run_doctor(make_config({**TINY, "data": str(d / "data")}))
+    failed = {c.name for c in checks if c.status == "FAIL"}
+    assert "zero_grad between steps" in failed
+    if broken == "step":
+        assert "overfit one batch" in failed

@@ -64,7 +64,7 @@ def test_preference_formats(tmp_path):
              "chosen": [{"role": "assistant", "content": [{"type": "text", "text": "hello"}]}],
              "rejected": [{"role": "assistant", "content": "no"}]}]
     msgs.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    pairs = read_preferences(msgs)
+    pairs, _ = read_preferences(msgs)
     assert pairs[0] == {"prompt": [{"role": "user", "content": "hi"}],
                         "chosen": [{"role": "assistant", "content": "hello"}],
                         "rejected": [{"role": "assistant", "content": "go away"}]}
@@ -74,21 +74,21 @@ def test_preference_formats(tmp_path):
         head = "\n\nHuman: Hi there\n\nAssistant: Hello!\n\nHuman: 2+2?\n\nAssistant: "
         f.write(json.dumps({"chosen": head + "4", "rejected": head + "5"})
                 + "\n")
-    (p,) = read_preferences(hh)
+    (p,), _ = read_preferences(hh)
     assert [m["role"] for m in p["prompt"]] == ["user", "assistant", "user"]
     assert p["prompt"][2]["content"] == "2+2?"
     assert p["chosen"][0]["content"] == "4" and p["rejected"][0]["content"] == "5"
     real = SHARED / "preference" / "hh_rlhf_harmless_base_test.jsonl.gz"
     if real.exists():
-        skipped: list[str] = []
-        n = len(read_preferences(real, skipped))
+        pairs, skipped = read_preferences(real, skip_bad=True)
+        n = len(pairs)
         assert n + len(skipped) == 2312 and len(skipped) < 25, skipped[:3]
         with pytest.raises(UserError, match=r"jsonl.gz:\d+: "):
             read_preferences(real)
     db = VoteStore(tmp_path / "a.db")
     bid = db.create_battle("s", "2+2?", "x", "y", "4", "5")
     db.record_vote(bid, "s", "b")
-    (p,) = read_preferences(tmp_path / "a.db")
+    (p,), _ = read_preferences(tmp_path / "a.db")
     assert p["chosen"][0]["content"] == "5"
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"prompt": "hi", "chosen": "a", "rejected": "b"}\n{"prompt": "x", "chosen": "a"}\n')
@@ -125,7 +125,7 @@ def test_policy_runs_without_dropout(base):
     rows, masks, _ = encode_pairs(pairs, tok, 64)
     ref = reference_logprobs(model, rows, masks)
     model.train()
-    loss, stats = dpo_step_loss(0.1)(model, DPOBatches(rows, masks, ref, 4, 0).get(0, 0, 1, 0, 1))
+    loss, stats = dpo_step_loss(0.1)(model, DPOBatches(rows, masks, ref, 4, 0).get(0))
     assert loss.item() == pytest.approx(math.log(2), abs=1e-5) and model.training
     loss.backward()  # gradients flow through the eval-mode forward
 
@@ -177,7 +177,7 @@ def test_dpo_raises_the_margin_and_resumes_bit_exactly(base, tmp_path):
 def read_preferences_from(rows, tmp_path):
     f = tmp_path / "prefs.jsonl"
     f.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return read_preferences(f)
+    return read_preferences(f)[0]
 
 
 def test_dpo_command(base, tmp_path, capsys):

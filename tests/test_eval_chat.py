@@ -216,3 +216,34 @@ def test_user_errors_are_one_clear_line(tmp_path):
         evaluate_chat(model, plain, ["arc_easy"], tmp_path)
     with pytest.raises(UserError, match="limit must be >= 1"):
         evaluate_chat(model, TOK, ["arithmetic"], tmp_path, limit=0)
+
+
+# ---------------------------------------------------------------------------------------------
+# synthetic tasks: template-seen and -unseen phrasings, and the social family
+
+def test_synthetic_tasks_score_seen_and_unseen_phrasings_apart_and_social_replies_in_kind(tmp_path):
+    """A model that answers "Hello! 7" to everything: right on the greetings and on the arithmetic
+    items whose answer is 7, wrong on every other social item (a reply not in kind)."""
+    from gptforge.chat import tasks
+
+    def hello_seven(row):
+        if turn(row) is None:
+            return 0
+        plan = [*TOK.encode("Hello! 7"), ASSISTANT_END]
+        k = len(turn(row)[1])
+        return plan[k] if k < len(plan) else 0
+
+    res = evaluate_chat(Scripted(hello_seven), TOK, ["arithmetic", "social"], tmp_path, limit=40,
+                        batch_size=8)
+    social = tasks.items("social", "test", 40)
+    s = res["tasks"]["social"]
+    assert s["n"] == len(social) and s["baseline"] == 0
+    assert s["correct"] == [int(ref == "greeting") for _, ref, _ in social] and 0 < sum(s["correct"]) < s["n"]
+    a = res["tasks"]["arithmetic"]
+    seen, unseen = a["by_phrasing"]["seen"], a["by_phrasing"]["unseen"]
+    assert (a["n"], seen["n"], unseen["n"]) == (40, 20, 20)
+    want = [ref == "7" for _, ref, _ in tasks.items("arithmetic", "test", 20, phrasings="train")]
+    assert seen["correct"] == [int(w) for w in want]
+    want = [ref == "7" for _, ref, _ in tasks.items("arithmetic", "test", 20, phrasings="test")]
+    assert unseen["correct"] == [int(w) for w in want]
+    assert a["correct"] == seen["correct"] + unseen["correct"]

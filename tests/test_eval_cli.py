@@ -12,6 +12,7 @@ from gptforge.engine import load_for_inference
 from gptforge.errors import UserError
 from gptforge.eval import bpb, core
 from gptforge.eval.suite import resolve_tasks
+from gptforge.io import write_json
 
 pytestmark = needs_shared
 
@@ -109,3 +110,34 @@ def test_report_puts_runs_side_by_side(base, tmp_path, capsys):
     assert "give a file name ending in .md" in capsys.readouterr().err
     assert main(["report", str(tmp_path)]) == 2
     assert "no metrics.jsonl" in capsys.readouterr().err
+
+
+def test_accuracies_carry_wilson_intervals_and_report_compares_on_the_same_items(base, tmp_path, capsys):
+    """eval.json keeps per-item correctness and a Wilson interval per accuracy (statsmodels'); the
+    report card states the paired (McNemar) difference between neighbouring runs in words."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    d, run = base
+    out = tmp_path / "e.json"
+    assert main(["eval", "--ckpt", str(run), "--tasks", "piqa,chat:letter_count", "--limit", "6",
+                 "--out", str(out), "--no-progress"]) == 0
+    assert "95% interval" in capsys.readouterr().out
+    res = json.loads(out.read_text())
+    for name in ("core:piqa", "chat:letter_count"):
+        r = res["tasks"][name]
+        assert len(r["correct"]) == r["n"] and sum(r["correct"]) / r["n"] == pytest.approx(r["accuracy"])
+        want = proportion_confint(sum(r["correct"]), r["n"], method="wilson")
+        assert r["ci95"] == pytest.approx(list(want))
+    (run / "eval.json").write_text(out.read_text())
+    assert main(["report", str(run), str(run), "--out", str(tmp_path / "r.md")]) == 0
+    text = (tmp_path / "r.md").read_text()
+    assert f"{run.name} vs {run.name} on chat:letter_count: +0 points, p = 1 (not significant" in text
+
+
+def test_json_writer_turns_undefined_numbers_into_null(tmp_path):
+    """eval.json, trainer.json and the speedrun's files go through write_json: the accuracy of a task
+    with no items (nan) or an infinite value must not crash the write (JSON has no NaN)."""
+    obj = {"tasks": {"empty": {"n": 0, "accuracy": float("nan")}}, "ratios": [1.0, float("inf")]}
+    write_json(tmp_path / "eval.json", obj)
+    assert json.loads((tmp_path / "eval.json").read_text()) == {
+        "tasks": {"empty": {"n": 0, "accuracy": None}}, "ratios": [1.0, None]}

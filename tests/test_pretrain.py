@@ -5,6 +5,7 @@ checkpoints, errors, the CLI and plots. Tiny models, a few steps, 1 thread per p
 import json
 import math
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -365,3 +366,27 @@ def test_log_lines_when_not_a_terminal(data, tmp_path):
     assert r.returncode == 0, r.stderr
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("step ") and "tok/s" in ln]
     assert len(lines) == 8 and "ETA" in lines[0] and lines[-1].startswith("step 8/8")
+
+
+def test_a_moved_run_resumes_from_anywhere(data, tmp_path, monkeypatch, capsys):
+    proj = tmp_path / "proj"
+    shutil.copytree(data, proj / "data")
+    monkeypatch.chdir(proj)  # started with paths relative to this directory, as the speedrun does
+    tiny = ["--depth", "1", "--model", "n_embd=16", "--model", "n_head=1", "--batch-size", "2",
+            "--block-size", "16", "--eval-tokens", "64", "--threads", "1", "--progress", "none"]
+    assert main(["pretrain", "--data", "data", "--out", "runs/a", "--max-steps", "2", *tiny]) == 0
+    assert json.loads((proj / "runs/a/config.json").read_text())["data"] == "../../data"
+    shutil.move(proj, tmp_path / "moved")
+    monkeypatch.chdir(tmp_path / "moved" / "runs")  # another working directory, another folder
+    assert main(["pretrain", "--resume", "a", "--max-steps", "3"]) == 0
+    assert main(["inspect", "batch", "--run", "a", "--step", "1", "--rows", "1"]) == 0
+    assert load_checkpoint("a")[1].step == 3
+    (tmp_path / "moved" / "data").rename(tmp_path / "moved" / "data2")
+    capsys.readouterr()
+    assert main(["pretrain", "--resume", "a", "--max-steps", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "the run's shard directory" in err and "--data DIR overrides it" in err
+    assert main(["inspect", "batch", "--run", "a", "--step", "1"]) == 2
+    assert "--data DIR overrides it" in capsys.readouterr().err
+    assert main(["pretrain", "--resume", "a", "--max-steps", "4", "--data", "../data2"]) == 0
+    assert load_checkpoint("a")[1].step == 4

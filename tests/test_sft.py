@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers import CHAT_TEXT as TEXT
 from helpers import tiny_chat_base
 
@@ -153,3 +154,48 @@ def test_sft_refuses_tokenizers_and_models_that_cannot_chat(base, tmp_path, caps
     assert "SFT finetunes GPT models; this one is 'bigram'" in capsys.readouterr().err
     with pytest.raises(UserError, match="char tokenizer has no chat tokens"):
         pack(convs(1), tok, 64)
+
+
+def test_pretrain_mix_puts_windows_of_the_base_runs_own_shards_in_the_batches(base, tmp_path):
+    """--pretrain-mix: about that share of rows are windows of the base run's train split, trained on
+    in full (no masked target); 0 gives the conversation rows alone; a base whose shards are gone
+    is one clear error."""
+    import shutil
+
+    from gptforge.chat.sft import SFTBatches, sft_config
+    from gptforge.data.shards import open_shards
+
+    run, tok = base
+    tok_json = Path(run) / "ckpt" / "step_000002" / "tokenizer.json"
+    text = np.asarray(open_shards(Path(run).parent / "data").tokens("train"))
+    cfg = sft_config(run, {"out": str(tmp_path / "s"), "pretrain_mix": 0.5, "batch_size": 8})
+    assert sft_config(run, {"out": str(tmp_path / "s")}).pretrain_mix == 0.25  # the SFT default
+    data, _, _ = sft_data(cfg, tok, tok_json, convs(100), convs(10, seed=1))
+    plain = SFTBatches(data.batches.rows, data.batches.masks, 8, cfg.seed)
+    windows = rows = 0
+    for step in range(40):
+        x, y = data.batches.get(step)
+        assert torch.equal(x, data.batches.get(step)[0])  # a pure function of the index
+        px, _ = plain.get(step)
+        for i in range(len(x)):
+            rows += 1
+            if (y[i] >= 0).all():  # every target trained on: a window of the base's own text
+                windows += 1
+                seq = np.concatenate([x[i].numpy(), y[i, -1:].numpy()])
+                starts = np.flatnonzero(text[: len(text) - len(seq) + 1] == seq[0])
+                assert any((text[s: s + len(seq)] == seq).all() for s in starts)
+            else:  # a conversation row: the one the batch without the mix has in its place
+                assert torch.equal(x[i], px[i])
+    assert 0.35 < windows / rows < 0.65
+    from gptforge.explore.doctor import check_chat_tokens  # the doctor tells text windows from chat rows
+
+    assert check_chat_tokens(tok, [data.batches.get(s) for s in range(4)]).status == "PASS"
+    assert not any((plain.get(s)[1] >= 0).all(dim=1).any() for s in range(5))
+    gone = tmp_path / "gone"
+    shutil.copytree(run, gone)
+    for tj in gone.glob("ckpt/*/trainer.json"):
+        st = json.loads(tj.read_text())
+        st["config"]["data"] = str(tmp_path / "nowhere")
+        tj.write_text(json.dumps(st))
+    with pytest.raises(UserError, match="--pretrain-mix: the base model's pretraining shards"):
+        sft_data(sft_config(gone, {"out": ""}), tok, tok_json, convs(10), convs(2))

@@ -92,6 +92,44 @@ def test_wall_clock_budget_plans_steps_and_evaluations(tmp_path, tinyshakespeare
     assert pre["time_s"] < 4 * 1.5 + 2 and time.time() - t0 < 120
 
 
+def test_a_budget_holds_when_steps_slow_down_after_calibration(tmp_path, monkeypatch):
+    """Steps that take 0.3 s while calibrating and 0.6 s after it (a machine that gets busier), a
+    4 s budget: the probe counts, the short plan (< 10 steps) follows the measured step times to
+    the end of its warmdown, and the stage ends within the budget."""
+    import dataclasses
+
+    import torch._dynamo  # noqa: F401 (the first optimizer imports it: seconds, once per process)
+    from helpers import shakespeare_char_shards
+
+    from gptforge.speedrun import _budgeted
+    from gptforge.train import make_config, train
+    from gptforge.train import session as train_session
+    from gptforge.train.session import shard_data
+
+    monkeypatch.setattr(train_session, "peak_flops", lambda *a: 1e12)  # no MFU probe in the timing
+    shards = shakespeare_char_shards(tmp_path, 50_000)
+    cfg = make_config({"arch": "gpt", "preset": "modern", "depth": 1, "model": {"n_embd": 32, "n_head": 2},
+                       "batch_size": 4, "block_size": 32, "eval_tokens": 512, "eval_interval": 10**6,
+                       "warmup_steps": 1, "schedule": "wsd", "warmdown_frac": 0.4, "threads": 1,
+                       "progress": "none", "data": str(shards), "out": str(tmp_path / "run")})
+    data = shard_data(cfg)
+    delay, loss_fn = [0.3], data.loss_fn
+
+    def slow(model, batch):
+        time.sleep(delay[0])
+        return loss_fn(model, batch)
+
+    data = dataclasses.replace(data, loss_fn=slow)
+    t0 = time.time()
+    planned, _, started = _budgeted(cfg, 4.0, data)
+    delay[0] = 0.6
+    s = train(planned, data=data, started=started)
+    wall = time.time() - t0
+    assert planned.max_steps < 10 and planned.schedule_time > 0
+    assert s["stopped_by"] == "max_steps" and s["step"] < planned.max_steps  # re-planned to fewer
+    assert wall < 4.0 + 0.5, wall
+
+
 def test_fit_budget_leaves_room_for_evaluation():
     # 0.1 s steps of 1,000 tokens; evaluations of 30,000 tokens cost 1 s each (a third of a step per token)
     steps, eval_tokens = fit_budget(100, 0.1, 1000, 30_000, 200)  # 7 evaluations: 7 s, under 10%

@@ -23,7 +23,9 @@ import torch
 
 from gptforge.arena.store import VoteStore
 from gptforge.chat.render import render_for_completion
+from gptforge.errors import UserError
 from gptforge.eval.chat import MAX_NEW, generate_replies, reply_correct, task_items, text_of
+from gptforge.eval.stats import format_interval, format_p, paired_test, wilson_interval
 
 ORACLE = "oracle"
 AUTO_TASKS = ("arithmetic", "letter_count", "gsm8k")
@@ -41,21 +43,22 @@ def run_auto(models: dict[str, tuple[torch.nn.Module, object]], tasks: Sequence[
     least two.
 
     Returns ``{"battles": [FastChat battle dicts], "accuracy": {model: {task: fraction right}},
-    "n": items per task}``; battles are also stored in ``store`` when given.
+    "ci95": {model: {task: [low, high]}} (Wilson), "paired": [{"task", "model_a", "model_b", and
+    `gptforge.eval.stats.paired_test`'s figures: points (B minus A), only_a, only_b, p (exact
+    McNemar)}] for every pair of models on every task, "n": items per task}``; battles are also
+    stored in ``store`` when given.
 
     Raises:
         UserError: fewer than two models, an unknown task, or a missing data file.
         ValueError: n < 1.
     """
-    from gptforge.errors import UserError
-
     if len(models) < 2:
         raise UserError("an arena needs at least two models (--ckpt A --ckpt B)")
     if n < 1:
         raise ValueError(f"n must be >= 1, not {n}")
     names = list(models)
     rng = np.random.default_rng(seed)
-    battles, accuracy = [], {m: {} for m in names}
+    battles, accuracy, intervals, paired = [], {m: {} for m in names}, {m: {} for m in names}, []
     sampling = {"temperature": temperature, "seed": seed if temperature > 0 else None}
     for task in tasks:
         if task not in AUTO_TASKS:
@@ -74,8 +77,17 @@ def run_auto(models: dict[str, tuple[torch.nn.Module, object]], tasks: Sequence[
             right[m] = [reply_correct(task, parts, ref)
                         for (parts, _), (_, ref) in zip(out, items, strict=True)]
             accuracy[m][task] = float(np.mean(right[m]))
+            lo, hi = wilson_interval(sum(right[m]), len(right[m]))
+            intervals[m][task] = [lo, hi]
             if log:
-                log(f"{task}: {m} answered {len(items)} items, {accuracy[m][task]:.1%} right")
+                log(f"{task}: {m} answered {len(items)} items, {accuracy[m][task]:.1%} right "
+                    f"(95% interval {format_interval(lo, hi)})")
+        for ma, mb in itertools.combinations(names, 2):  # same items for every model: a paired test
+            t = paired_test(right[ma], right[mb])
+            paired.append({"task": task, "model_a": ma, "model_b": mb, **t})
+            if log:
+                log(f"{task}: {mb} vs {ma}: {t['points']:+.0f} points, {format_p(t['p'])} (exact McNemar; "
+                    f"{t['only_b']} items only {mb} got right, {t['only_a']} only {ma})")
         for i, (q, ref) in enumerate(items):
             pairs = (list(itertools.combinations(names, 2)) if all_pairs
                      else [tuple(rng.choice(names, size=2, replace=False))])
@@ -91,4 +103,4 @@ def run_auto(models: dict[str, tuple[torch.nn.Module, object]], tasks: Sequence[
                                 "winner": {"a": "model_a", "b": "model_b", "tie": "tie",
                                            "bothbad": "tie (bothbad)"}[vote],
                                 "reply_a": text_of(replies[a][i]), "reply_b": text_of(replies[b][i])})
-    return {"battles": battles, "accuracy": accuracy, "n": n}
+    return {"battles": battles, "accuracy": accuracy, "ci95": intervals, "paired": paired, "n": n}

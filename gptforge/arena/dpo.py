@@ -25,7 +25,7 @@ rows with ``chosen`` and ``rejected`` holding whole dialogues ("\\n\\nHuman: ...
 ..."), the prompt being everything before the final assistant turn; or an arena vote database
 (gptforge.arena.store: battles with a winner).
 
-    pairs = read_preferences("prefs.jsonl")
+    pairs, _ = read_preferences("prefs.jsonl")
     data = dpo_data(cfg, tok, tok_json, pairs, reference_model)     # a TrainData
     train(cfg, data=data)
 """
@@ -44,7 +44,9 @@ import torch.nn.functional as F
 
 from gptforge.arena.store import VoteStore, is_sqlite
 from gptforge.chat.render import ChatTokens, render
+from gptforge.chat.sft import targets
 from gptforge.errors import UserError
+from gptforge.models import eval_mode
 from gptforge.tokenizer import Tokenizer
 from gptforge.train.config import TrainConfig
 from gptforge.train.session import TrainData
@@ -132,14 +134,15 @@ def pair_from_row(row: dict, where: str) -> dict:
     return {"prompt": prompt, "chosen": chosen, "rejected": rejected}
 
 
-def read_preferences(path: str | Path, skipped: list[str] | None = None) -> list[dict]:
-    """Preference pairs from a JSONL file (.gz allowed; messages or hh-rlhf format) or an arena
-    vote database, as ``pair_from_row`` returns them. ``skipped``: when a list, a row that is
-    valid JSON but not a usable pair (hh-rlhf has a few dialogues with a garbled last turn) is
-    skipped and its error appended there, instead of raised.
+def read_preferences(path: str | Path, skip_bad: bool = False) -> tuple[list[dict], list[str]]:
+    """``(pairs, skipped)``: the preference pairs of a JSONL file (.gz allowed; messages or hh-rlhf
+    format) or an arena vote database, as ``pair_from_row`` returns them, and the errors of the rows
+    left out. ``skip_bad``: a row that is valid JSON but not a usable pair (hh-rlhf has a few
+    dialogues with a garbled last turn) is left out instead of raised.
 
     Raises:
-        UserError: missing or unreadable file, malformed JSON or a bad row (file:line), no pairs.
+        UserError: missing or unreadable file, malformed JSON or (without ``skip_bad``) a bad row
+            (file:line), no pairs.
     """
     p = Path(path)
     if not p.is_file():
@@ -159,17 +162,17 @@ def read_preferences(path: str | Path, skipped: list[str] | None = None) -> list
                             raise UserError(f"{p}:{n}: malformed JSON ({e.msg})") from None
         except (OSError, UnicodeDecodeError) as e:
             raise UserError(f"{p}: cannot read ({e})") from None
-    pairs = []
+    pairs, skipped = [], []
     for where, r in rows:
         try:
             pairs.append(pair_from_row(r, where))
         except UserError as e:
-            if skipped is None:
+            if not skip_bad:
                 raise
             skipped.append(str(e))
     if not pairs:
         raise UserError(f"{p}: no preference pairs (an arena database needs battles voted A or B)")
-    return pairs
+    return pairs, skipped
 
 
 # ---------------------------------------------------------------------------------------------
@@ -219,31 +222,23 @@ def encode_pairs(pairs: list[dict], tok: Tokenizer, T: int) -> tuple[np.ndarray,
     return np.asarray(rows, dtype=np.int32), np.asarray(masks, dtype=np.uint8), st
 
 
-def _xy(rows: np.ndarray, masks: np.ndarray, device) -> tuple[torch.Tensor, torch.Tensor]:
-    r = torch.from_numpy(rows.astype(np.int64))
-    m = torch.from_numpy(masks[:, 1:].astype(bool))
-    return r[:, :-1].to(device), r[:, 1:].masked_fill(~m, -1).to(device)
-
-
 @torch.no_grad()
 def reference_logprobs(model: torch.nn.Module, rows: np.ndarray, masks: np.ndarray, batch_size: int = 16,
                        device="cpu") -> np.ndarray:
     """(2, N) float32: the reference model's summed reply log-probabilities of every row."""
-    was = model.training
-    model.eval()
     out = np.zeros(rows.shape[:2], dtype=np.float32)
-    for k in range(2):
-        for i in range(0, rows.shape[1], batch_size):
-            x, y = _xy(rows[k, i:i + batch_size], masks[k, i:i + batch_size], device)
-            out[k, i:i + batch_size] = sequence_logprobs(model, x, y).cpu().numpy()
-    model.train(was)
+    with eval_mode(model):
+        for k in range(2):
+            for i in range(0, rows.shape[1], batch_size):
+                x, y = targets(rows[k, i:i + batch_size], masks[k, i:i + batch_size], device)
+                out[k, i:i + batch_size] = sequence_logprobs(model, x, y).cpu().numpy()
     return out
 
 
 @dataclass
 class DPOBatches:
-    """B random pairs per micro-batch, a pure function of (seed, index) as in SFT:
-    ``get(...) -> (x (2B, T), y (2B, T), ref (2B,))``, chosen rows first, then their rejected rows."""
+    """B random pairs per micro-batch, a pure function of (seed, index) as in SFT: ``get(index,
+    device) -> (x (2B, T), y (2B, T), ref (2B,))``, chosen rows first, then their rejected rows."""
 
     rows: np.ndarray  # (2, N, T + 1)
     masks: np.ndarray
@@ -251,11 +246,10 @@ class DPOBatches:
     B: int
     seed: int
 
-    def get(self, step: int, micro: int, accum: int, rank: int, world: int, device="cpu"):
-        index = (step * accum + micro) * world + rank
+    def get(self, index: int, device="cpu"):
         pick = np.random.default_rng([self.seed, index]).integers(0, self.rows.shape[1], size=self.B)
-        x, y = _xy(self.rows[:, pick].reshape(2 * self.B, -1), self.masks[:, pick].reshape(2 * self.B, -1),
-                   device)
+        x, y = targets(self.rows[:, pick].reshape(2 * self.B, -1),
+                       self.masks[:, pick].reshape(2 * self.B, -1), device)
         return x, y, torch.from_numpy(self.ref[:, pick].reshape(-1)).to(device)
 
 
@@ -271,12 +265,8 @@ def dpo_step_loss(beta: float):
 
     def loss_fn(model, batch):
         x, y, ref = batch
-        was = model.training
-        model.eval()
-        try:
+        with eval_mode(model):
             pi = sequence_logprobs(model, x, y)
-        finally:
-            model.train(was)
         B = len(pi) // 2
         return dpo_loss(pi[:B], pi[B:], ref[:B], ref[B:], beta)
 
@@ -305,22 +295,19 @@ def dpo_data(cfg: TrainConfig, tok: Tokenizer, tokenizer_json: str | Path, pairs
 
     @torch.no_grad()
     def evaluate(model, d, amp):
-        was = model.training
-        model.eval()
         sums = torch.zeros(4, dtype=torch.float64)  # loss, margin, correct, pairs
         mine = np.arange(va[0].shape[1])[d.rank::d.world]
         for i in range(0, len(mine), cfg.batch_size):
             sel = mine[i:i + cfg.batch_size]
-            x, y = _xy(va[0][:, sel].reshape(2 * len(sel), -1), va[1][:, sel].reshape(2 * len(sel), -1),
-                       d.device)
-            with amp:
+            x, y = targets(va[0][:, sel].reshape(2 * len(sel), -1), va[1][:, sel].reshape(2 * len(sel), -1),
+                           d.device)
+            with amp, eval_mode(model):
                 pi = sequence_logprobs(model, x, y)
             r = torch.from_numpy(va[2][:, sel]).to(d.device)
             h = (pi[:len(sel)] - r[0]) - (pi[len(sel):] - r[1])
             sums += torch.stack([-F.logsigmoid(cfg.dpo_beta * h).sum(), (cfg.dpo_beta * h).sum(),
                                  (h > 0).sum(), torch.tensor(float(len(sel)))]).double().cpu()
         d.all_sum(sums)
-        model.train(was)
         loss, margin, correct, n = sums.tolist()
         return {"val_loss": loss / n, "val_reward_margin": margin / n, "val_reward_accuracy": correct / n}
 

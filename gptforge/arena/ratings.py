@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 from gptforge.errors import UserError
-from gptforge.io import read_text
+from gptforge.io import atomic_open, read_text
 
 WINNERS = ("model_a", "model_b", "tie", "tie (bothbad)")
 BASE, SCALE, INIT = 10.0, 400.0, 1000.0
@@ -275,8 +275,6 @@ def plot_ratings(rows: Sequence[Rating], path: str | Path, title: str = "Arena r
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-
-    from gptforge.io import atomic_open
 
     rows = list(rows)[::-1]
     fig, ax = plt.subplots(figsize=(7, 1.2 + 0.45 * len(rows)))

@@ -31,6 +31,11 @@ class Piece:
     kind: str
     text: str
 
+    def shown(self) -> str:
+        """As a transcript shows it: the text, or ``[calculator: 12*34`` then `` = 408]``."""
+        return {"tool_call": f"[calculator: {self.text}", "tool_output": f" = {self.text}]"}.get(
+            self.kind, self.text)
+
 
 def fit_context(conversation: list[dict], tok: Tokenizer, budget: int) -> tuple[list[dict], int]:
     """``(conversation, dropped)``: the newest turns whose completion prompt is at most ``budget``

@@ -5,11 +5,19 @@
 - ``arithmetic``: integer +, -, x, exact /, integer division ``//`` and remainder ``%`` (both said
   in words), bare and as short word problems, operands of up to ``max_digits`` digits (default 4).
   The assistant writes the expression as a ``tool_call``, the calculator's result follows as the
-  ``tool_output``, then a ``text`` part gives the answer.
+  ``tool_output``, then a ``text`` part gives the answer. Questions are composed, not listed: a
+  phrasing family (operation words: plus/add/sum/total/and, minus/subtract/take away/difference/
+  less, times/multiply/product/of, divided by/split/quotient/share; word order; a noun phrase in
+  a frame such as "Could you work out {x} for me?", or a sentence of its own), numbers up to 100
+  sometimes in words, then decoration (a preamble such as "Quick question:", a thank-you, lower
+  case, missing punctuation).
 - ``spelling``: count a letter in a word (``"strawberry".count("r")``), a word's length
   (``len("word")``), or spell it out, over the lower-case words of the public-domain ``web2`` list
-  (Webster's Second) shipped by the ``english-words`` package (MIT).
-- ``identity``: who the assistant is and what it can and cannot do, in gptforge's own words.
+  (Webster's Second) shipped by the ``english-words`` package (MIT). Letter counts are asked in 14
+  forms, the word bare or quoted, decorated as arithmetic is.
+- ``identity``: who the assistant is and what it can and cannot do, in gptforge's own words, and
+  greetings, thanks and requests it cannot serve (a poem, facts), each answered shortly in kind
+  and never with a tool call (``IDENTITY``; ``IDENTITY_KEYWORDS`` says what each topic's answers say).
 - ``smalltalk``: English dialogues from the ``chatterbot-corpus`` package (BSD), minus the
   categories that give the bot another persona or teach code (see ``SMALLTALK_CATEGORIES``).
 - ``gsm8k``: the GSM8K training set (``train.jsonl`` in ``gsm8k_dir``, by default
@@ -22,6 +30,11 @@ Splits: every item has a canonical key (the expression with + and x operands sor
 normalised question, the GSM8K problem text), and ``split_of(name, key)`` assigns it by a stable hash
 of the key, ``TEST_FRACTION`` of keys to ``"test"``. The split never depends on the seed, the
 position or ``n``, so no test item can appear in any training stream, whatever seeds are used.
+
+Phrasing families: arithmetic and letter-count questions also have a family (``"arithmetic:+:sum"``,
+``"count:how_often"``), and the families in ``HELD_OUT`` are asked only in the test split (the
+other families only in the train split), so the test split measures phrasings never trained on.
+``gptforge.chat.tasks`` draws test items in either kind of phrasing (template-seen or -unseen).
 
 Determinism: the same ``(name, split, n, seed, options)`` give the same conversations, on any
 machine (``random.Random`` seeded with a string, no ``hash()``).
@@ -43,6 +56,7 @@ from functools import cache
 from itertools import islice
 from pathlib import Path
 
+import gptforge
 from gptforge.chat.conversation import check_conversation
 from gptforge.errors import UserError
 from gptforge.tools import calculator
@@ -91,7 +105,9 @@ def mixture(name: str, split: str = "train", n: int | None = None, seed: int = 0
             in a new order.
         seed: order and generated content; any int.
         options: per mixture: ``max_digits`` (arithmetic, 1 to 4, default 4), ``gsm8k_dir``
-            (gsm8k: the directory holding ``train.jsonl``), ``categories`` (smalltalk).
+            (gsm8k: the directory holding ``train.jsonl``), ``categories`` (smalltalk),
+            ``phrasings`` (arithmetic, spelling: ``"train"`` or ``"test"`` phrasing families;
+            default those of ``split``).
 
     Raises:
         UserError: unknown name; gsm8k's ``train.jsonl`` missing or unreadable.
@@ -101,9 +117,9 @@ def mixture(name: str, split: str = "train", n: int | None = None, seed: int = 0
 
         >>> conv = next(mixture("arithmetic", "train", n=1, seed=0, max_digits=3))
         >>> conv[0]["content"]
-        'How much is 237 divided by 237?'
-        >>> [(part["type"], part["text"]) for part in conv[1]["content"]][1:]
-        [('tool_call', '237/237'), ('tool_output', '1'), ('text', '1')]
+        'The quotient of 237 and 237 = ?'
+        >>> [(part["type"], part["text"]) for part in conv[1]["content"]]
+        [('tool_call', '237/237'), ('tool_output', '1'), ('text', '237 / 237 = 1.')]
     """
     if name not in _BUILDERS:
         raise UserError(f"unknown mixture {name!r} (choose from {', '.join(MIXTURES)})")
@@ -175,14 +191,22 @@ def _shuffled(name: str, items: list[tuple[str, list[dict]]], split: str, seed: 
             return
 
 
-def _generated(name: str, split: str, seed: int, make: Callable[[random.Random], tuple[str, list[dict]]]
-               ) -> Iterator[list[dict]]:
-    """Endless stream of ``make(rng)`` items whose key falls in ``split`` (others are dropped)."""
+def generated_items(name: str, split: str, seed: int,
+                    make: Callable[[random.Random], tuple[str, list[dict], str]]
+                    ) -> Iterator[tuple[list[dict], str]]:
+    """Endless stream of ``(conversation, family)`` of the ``make(rng) -> (key, conversation,
+    family)`` items whose key falls in ``split`` (others, and conversations None, are dropped)."""
     rng = random.Random(f"{name}:{split}:{seed}")
     while True:
-        key, conv = make(rng)
-        if split_of(name, key) == split:
-            yield check_conversation(conv)
+        key, conv, family = make(rng)
+        if conv is not None and split_of(name, key) == split:
+            yield check_conversation(conv), family
+
+
+def _generated(name: str, split: str, seed: int, make: Callable[[random.Random], tuple[str, list[dict], str]]
+               ) -> Iterator[list[dict]]:
+    """``generated_items`` without the families."""
+    return (conv for conv, _ in generated_items(name, split, seed, make))
 
 
 def _norm(text: str) -> str:
@@ -206,22 +230,68 @@ _NAMES = ("Ava", "Ben", "Chloe", "Dev", "Elena", "Farid", "Grace", "Hiro", "Ines
 _THINGS = ("apples", "marbles", "stickers", "books", "pencils", "cookies", "cards", "stamps", "coins",
            "eggs", "shells", "beads")
 
-# op -> phrasings of the bare question
-_ASK = {
-    "+": ("What is {a} + {b}?", "What is {a} plus {b}?", "Calculate {a} + {b}.", "Add {a} and {b}.",
-          "What's the sum of {a} and {b}?", "{a}+{b}=?", "Compute {a} + {b}, please.", "{a} plus {b}?"),
-    "-": ("What is {a} - {b}?", "What is {a} minus {b}?", "Subtract {b} from {a}.", "Calculate {a} - {b}.",
-          "What do you get if you take {b} away from {a}?", "{a}-{b}=?", "{a} minus {b}?"),
-    "*": ("What is {a} * {b}?", "What is {a} times {b}?", "What is {a} x {b}?", "Multiply {a} by {b}.",
-          "What's the product of {a} and {b}?", "{a}*{b}=?", "Calculate {a} x {b}."),
-    "/": ("What is {a} / {b}?", "What is {a} divided by {b}?", "Divide {a} by {b}.",
-          "How much is {a} divided by {b}?", "{a}/{b}=?"),
-    "//": ("What is {a} // {b} (integer division, rounded down)?",
-           "What is {a} divided by {b}, rounded down to a whole number?",
-           "How many whole times does {b} go into {a}?",
-           "Integer division: what is {a} divided by {b}, without the remainder?"),
-    "%": ("What is the remainder when {a} is divided by {b}?", "What is {a} mod {b}?",
-          "What is {a} % {b}?", "What is left over when you divide {a} by {b}?"),
+# A question is composed: a phrasing (the family: a noun phrase set in a frame, "What is {x}?", or a
+# sentence of its own), numbers as digits or words, then decoration (a preamble, politeness, lower
+# case, missing punctuation). Families in HELD_OUT are asked only in the test split, so the test
+# measures phrasings never trained on; frames, operation words and decoration occur in both.
+_NOUN = {  # op -> (name, noun phrase); "-" phrases other than minus/sign get a >= b
+    "+": (("plus", "{a} plus {b}"), ("sign", "{a} + {b}"), ("sum", "the sum of {a} and {b}"),
+          ("total", "the total of {a} and {b}"), ("together", "{a} and {b} together"),
+          ("added_to", "{b} added to {a}"), ("increased", "{a} increased by {b}")),
+    "-": (("minus", "{a} minus {b}"), ("sign", "{a} - {b}"),
+          ("difference", "the difference between {a} and {b}"), ("less_than", "{b} less than {a}"),
+          ("less", "{a} less {b}"), ("take_away", "{a} take away {b}"),
+          ("decreased", "{a} decreased by {b}")),
+    "*": (("times", "{a} times {b}"), ("sign_x", "{a} x {b}"), ("sign", "{a} * {b}"),
+          ("product", "the product of {a} and {b}"), ("multiplied", "{a} multiplied by {b}"),
+          ("lots_of", "{a} lots of {b}"), ("groups_of", "{a} groups of {b}")),
+    "/": (("divided", "{a} divided by {b}"), ("sign", "{a} / {b}"),
+          ("quotient", "the quotient of {a} and {b}"), ("over", "{a} over {b}"),
+          ("split_ways", "{a} split {b} ways")),
+}
+_SENTENCE = {  # op -> (name, a whole question); // and % always say they are integer division
+    "+": (("add", "Add {a} and {b}."), ("add_to", "Add {b} to {a}."), ("sum_up", "Sum up {a} and {b}."),
+          ("more", "If I have {a} and get {b} more, how many do I have?")),
+    "-": (("subtract", "Subtract {b} from {a}."), ("take", "Take {b} away from {a}."),
+          ("left", "If I have {a} and give away {b}, how many are left?")),
+    "*": (("multiply", "Multiply {a} by {b}."), ("multiply_together", "Multiply {a} and {b} together.")),
+    "/": (("divide", "Divide {a} by {b}."),
+          ("split", "Split {a} into {b} equal parts. How big is each part?"),
+          ("share", "Share {a} equally between {b} people. How much does each get?")),
+    "//": (("floor_sign", "What is {a} // {b} (integer division, rounded down)?"),
+           ("rounded", "What is {a} divided by {b}, rounded down to a whole number?"),
+           ("whole_times", "How many whole times does {b} go into {a}?"),
+           ("integer", "Integer division: what is {a} divided by {b}, without the remainder?")),
+    "%": (("remainder", "What is the remainder when {a} is divided by {b}?"), ("mod", "What is {a} mod {b}?"),
+          ("sign", "What is {a} % {b}?"), ("left_over", "What is left over when you divide {a} by {b}?")),
+}
+_FRAMES = ("What is {x}?", "What's {x}?", "Calculate {x}.", "Compute {x}.", "Work out {x}.", "{x}?",
+           "{x} = ?", "How much is {x}?", "Find {x}.", "Tell me {x}.", "Could you work out {x} for me?",
+           "Can you tell me {x}?", "Please calculate {x}.", "I need {x}.", "Do you know {x}?",
+           "What do you get for {x}?")
+_PREAMBLES = ("Quick question: ", "Hey, ", "Hi! ", "Question: ", "Math question: ", "Hello, ",
+              "Help me out: ", "OK, ", "I have a question. ", "Here's one: ", "Hi there. ")
+_POLITE = (" Please.", " Thanks!", " Thank you.", " Thanks in advance.", " Cheers.")
+# op -> (family name, question, answer) of word problems; a and b are at least 2, and a >= b for "-"
+_WORD = {
+    "+": (("word_has", "{name} has {a} {things} and gets {b} more. How many {things} does {name} have now?",
+           "{name} has {r} {things} now."),
+          ("word_shop", "A shop sold {a} {things} on Monday and {b} on Tuesday. How many {things} did it "
+           "sell in total?", "It sold {r} {things} in total.")),
+    "-": (("word_gave", "{name} had {a} {things} and gave away {b}. How many {things} are left?",
+           "{name} has {r} {things} left."),
+          ("word_box", "A box holds {a} {things}. {name} takes out {b} of them. How many {things} are still "
+           "in the box?", "{r} {things} are still in the box.")),
+    "*": (("word_bags", "There are {a} bags with {b} {things} in each bag. How many {things} are there "
+           "altogether?", "There are {r} {things} altogether."),
+          ("word_packs", "{name} buys {a} packs of {b} {things}. How many {things} does {name} buy?",
+           "{name} buys {r} {things}.")),
+    "/": (("word_friends", "{a} {things} are shared equally among {b} friends. How many {things} does each "
+           "friend get?", "Each friend gets {r} {things}."),),
+    "//": (("word_boxes", "{name} packs {a} {things} into boxes of {b}. How many boxes can {name} fill "
+            "completely?", "{name} can fill {r} boxes completely."),),
+    "%": (("word_left", "{name} packs {a} {things} into boxes of {b}. How many {things} are left over?",
+           "{r} {things} are left over."),),
 }
 _SAY = {
     "+": ("{a} + {b} = {r}.", "The sum is {r}.", "{r}", "The answer is {r}."),
@@ -232,30 +302,68 @@ _SAY = {
            "Rounded down, the answer is {r}."),
     "%": ("The remainder is {r}.", "{a} mod {b} is {r}.", "{r} is left over."),
 }
-# op -> (question, answer) of word problems; a and b are at least 2, and a >= b for "-"
-_WORD = {
-    "+": (("{name} has {a} {things} and gets {b} more. How many {things} does {name} have now?",
-           "{name} has {r} {things} now."),
-          ("A shop sold {a} {things} on Monday and {b} on Tuesday. How many {things} did it sell in total?",
-           "It sold {r} {things} in total.")),
-    "-": (("{name} had {a} {things} and gave away {b}. How many {things} are left?",
-           "{name} has {r} {things} left."),
-          ("A box holds {a} {things}. {name} takes out {b} of them. How many {things} are still in the box?",
-           "{r} {things} are still in the box.")),
-    "*": (("There are {a} bags with {b} {things} in each bag. How many {things} are there altogether?",
-           "There are {r} {things} altogether."),
-          ("{name} buys {a} packs of {b} {things}. How many {things} does {name} buy?",
-           "{name} buys {r} {things}.")),
-    "/": (("{a} {things} are shared equally among {b} friends. How many {things} does each friend get?",
-           "Each friend gets {r} {things}."),),
-    "//": (("{name} packs {a} {things} into boxes of {b}. How many boxes can {name} fill completely?",
-            "{name} can fill {r} boxes completely."),),
-    "%": (("{name} packs {a} {things} into boxes of {b}. How many {things} are left over?",
-           "{r} {things} are left over."),),
-}
+# families asked only in the test split: about a quarter per operation, each with its operation
+# word seen in training in another family ("total" in "sell in total", "multiplied" beside "multiply")
+HELD_OUT = frozenset({
+    "arithmetic:+:total", "arithmetic:+:increased", "arithmetic:+:add_to", "arithmetic:+:word_has",
+    "arithmetic:-:less", "arithmetic:-:take_away", "arithmetic:-:left", "arithmetic:-:word_box",
+    "arithmetic:*:multiplied", "arithmetic:*:groups_of", "arithmetic:*:multiply_together",
+    "arithmetic:*:word_packs",
+    "arithmetic:/:over", "arithmetic:/:split",
+    "arithmetic://:integer", "arithmetic:%:left_over",
+    "count:number_of", "count:count_the", "count:what_count", "count:shows_up",
+})
 _OPS = ("+", "-", "*", "/", "//", "%")
+_PY_OPS = {"+": int.__add__, "-": int.__sub__, "*": int.__mul__, "/": lambda a, b: a // b,  # exact
+           "//": int.__floordiv__, "%": int.__mod__}
 _OP_WEIGHTS = (3, 3, 3, 2, 1, 1)
 _INTROS = ("Let me calculate that.", "I'll use the calculator.", "Let me work that out.")
+_ONES = ("zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen "
+         "sixteen seventeen eighteen nineteen").split()
+_TENS = "twenty thirty forty fifty sixty seventy eighty ninety".split()
+
+
+def number_words(n: int) -> str:
+    """0 <= n <= 100 in English words: 7 -> "seven", 42 -> "forty-two", 100 -> "one hundred".
+
+    Raises:
+        ValueError: n outside 0..100.
+    """
+    if not 0 <= n <= 100:
+        raise ValueError(f"number_words covers 0 to 100, not {n}")
+    if n == 100:
+        return "one hundred"
+    if n < 20:
+        return _ONES[n]
+    tens, ones = divmod(n, 10)
+    return _TENS[tens - 2] + (f"-{_ONES[ones]}" if ones else "")
+
+
+def family_split(family: str) -> str:
+    """``"test"`` for a held-out phrasing family (``HELD_OUT``), else ``"train"``."""
+    return "test" if family in HELD_OUT else "train"
+
+
+def _pick_family(rng: random.Random, names: list[str], phrasings: str) -> str | None:
+    """A family of ``names`` whose split is ``phrasings``, or None when none is."""
+    pool = [f for f in names if family_split(f) == phrasings]
+    return rng.choice(pool) if pool else None
+
+
+def decorate(rng: random.Random, question: str) -> str:
+    """A user question as people type it: sometimes a preamble ("Quick question: "), a thank-you,
+    all lower case, or no final punctuation. The same decoration in both splits."""
+    if rng.random() < 0.2:
+        first = question.split(" ", 1)[0]
+        lower = first in _NAMES or first.isupper()  # "Priya", "I": capitals that stay
+        question = rng.choice(_PREAMBLES) + (question if lower else question[0].lower() + question[1:])
+    if rng.random() < 0.12:
+        question += rng.choice(_POLITE)
+    if rng.random() < 0.2:
+        question = question.lower()
+    if rng.random() < 0.2:
+        question = question.rstrip("?.!")
+    return question
 
 
 def _operand(rng: random.Random, max_digits: int) -> int:
@@ -264,43 +372,72 @@ def _operand(rng: random.Random, max_digits: int) -> int:
     return rng.randint(0 if d == 1 else 10 ** (d - 1), 10**d - 1)
 
 
-def arithmetic_problem(rng: random.Random, max_digits: int = 4) -> tuple[str, list[dict]]:
-    """One arithmetic conversation and its canonical key (the expression, + and * operands sorted).
+def _say_number(rng: random.Random, n: int) -> str:
+    """``n`` in digits, or (a quarter of the time, up to 100) in words."""
+    return number_words(n) if n <= 100 and rng.random() < 0.25 else str(n)
 
-    Operands are non-negative ints of at most ``max_digits`` digits; ``/`` is always exact (the
+
+def arithmetic_problem(rng: random.Random, max_digits: int = 4, phrasings: str = "train",
+                       split: str | None = None) -> tuple[str, list[dict] | None, str]:
+    """One arithmetic conversation: ``(key, conversation, family)``; the key is the expression with
+    + and * operands sorted, the family names the phrasing (``"arithmetic:+:sum"``), drawn from the
+    families of split ``phrasings`` (see ``HELD_OUT``). With ``split``, an item whose key falls in
+    the other split comes back with conversation None, before any text is written (cheap to skip).
+
+    Operands are non-negative ints of at most ``max_digits`` digits, written in the question as
+    digits or, up to 100, in words; the tool call always has digits. ``/`` is always exact (the
     dividend is a multiple of the divisor), ``//`` and ``%`` are asked as integer division and
-    remainder in words. Results of ``-`` may be negative.
+    remainder in words. Results of ``-`` may be negative ("5 minus 9").
     """
-    op = rng.choices(_OPS, weights=_OP_WEIGHTS)[0]
-    a, b = _operand(rng, max_digits), _operand(rng, max_digits)
-    if op == "/":
-        b = max(b, 1)
-        a = b * rng.randint(0, (10**max_digits - 1) // b)  # exact, and still max_digits digits
-    elif op in ("//", "%"):
-        b = max(b, 2)
-    word = rng.random() < 0.35 and a >= 2 and b >= 2
-    if word and op == "-" and a < b:
-        a, b = b, a  # "gave away more than they had" is no word problem
+    family = None
+    while family is None:  # until the drawn kind of question has a family of split `phrasings`
+        op = rng.choices(_OPS, weights=_OP_WEIGHTS)[0]
+        a, b = _operand(rng, max_digits), _operand(rng, max_digits)
+        if op == "/":
+            b = max(b, 1)
+            a = b * rng.randint(0, (10**max_digits - 1) // b)  # exact, and still max_digits digits
+        elif op in ("//", "%"):
+            b = max(b, 2)
+        word = rng.random() < 0.3 and a >= 2 and b >= 2
+        if word and op == "-" and a < b:
+            a, b = b, a  # "gave away more than they had" is no word problem
+        word = word and _PY_OPS[op](a, b) != 1  # "1 apples" reads badly
+        if word:
+            forms = {f"arithmetic:{op}:{name}": (q, ans) for name, q, ans in _WORD[op]}
+        elif op in _NOUN and rng.random() < 0.65:
+            forms = {f"arithmetic:{op}:{name}": ("{x}", t) for name, t in _NOUN[op]}
+        else:
+            forms = {f"arithmetic:{op}:{name}": (t, None) for name, t in _SENTENCE[op]}
+        family = _pick_family(rng, list(forms), phrasings)
+    if op == "-" and a < b and not family.endswith((":minus", ":sign")):
+        a, b = b, a  # "the difference between 3 and 9", "9 less than 3": no
     expression = f"{a}{op}{b}"
-    result = calculate(expression)
     key = f"{min(a, b)}{op}{max(a, b)}" if op in "+*" else expression
-    if word and result != "1":  # "1 apples" reads badly; the bare form is fine
-        question, answer = rng.choice(_WORD[op])
+    if split is not None and split_of("arithmetic", key) != split:
+        return key, None, family
+    result = calculate(expression)
+    template, answer = forms[family]
+    if word:
         fill = {"a": a, "b": b, "r": result, "name": rng.choice(_NAMES), "things": rng.choice(_THINGS)}
-        question, answer = question.format(**fill), answer.format(**fill)
+        question, answer = template.format(**fill), answer.format(**fill)
     else:
-        fill = {"a": a, "b": b, "r": result}
-        question, answer = rng.choice(_ASK[op]).format(**fill), rng.choice(_SAY[op]).format(**fill)
+        if template == "{x}":  # a noun phrase in a frame
+            template = rng.choice(_FRAMES).replace("{x}", answer)
+        question = template.format(a=_say_number(rng, a), b=_say_number(rng, b))
+        question = question[0].upper() + question[1:]
+        answer = rng.choice(_SAY[op]).format(a=a, b=b, r=result)
     parts = [("tool_call", expression), ("tool_output", result), ("text", answer)]
     if rng.random() < 0.25:
         parts.insert(0, ("text", rng.choice(_INTROS)))
-    return key, [_user(question), _assistant(*parts)]
+    return key, [_user(decorate(rng, question)), _assistant(*parts)], family
 
 
-def _arithmetic(split: str, seed: int, repeat: bool, max_digits: int = 4) -> Iterator[list[dict]]:
+def _arithmetic(split: str, seed: int, repeat: bool, max_digits: int = 4, phrasings: str | None = None
+                ) -> Iterator[list[dict]]:
     if not (isinstance(max_digits, int) and 1 <= max_digits <= 4):
         raise ValueError(f"max_digits must be 1, 2, 3 or 4, not {max_digits!r}")
-    return _generated("arithmetic", split, seed, lambda rng: arithmetic_problem(rng, max_digits))
+    return _generated("arithmetic", split, seed,
+                      lambda rng: arithmetic_problem(rng, max_digits, phrasings or split, split))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -320,30 +457,47 @@ def spelling_words() -> tuple[str, ...]:
     return tuple(sorted(w for w in words if 3 <= len(w) <= 12 and re.fullmatch(r"[a-z]+", w)))
 
 
-_COUNT_ASK = ("How many {L}'s are in {w}?", "How many times does the letter {L} appear in \"{w}\"?",
-              "How many {L} are there in {w}?", "Count the letter {L} in the word {w}.",
-              "In the word {w}, how many times does {L} occur?", "how many {L} in {w}")
+# letter counting asked in many forms (family "count:NAME"); {w} is the word, bare or quoted
+_COUNT_ASK = (
+    ("how_many_s", "How many {L}'s are in {w}?"),
+    ("times_letter", "How many times does the letter {L} appear in {w}?"),
+    ("are_there", "How many {L} are there in {w}?"),
+    ("count_letter", "Count the letter {L} in the word {w}."),
+    ("occur", "In the word {w}, how many times does {L} occur?"), ("terse", "how many {L} in {w}"),
+    ("how_often", "How often does {L} appear in the word {w}?"), ("colon", "{w}: how many {L}s?"),
+    ("does_have", "How many {L}s does {w} have?"), ("any", "Does {w} have any {L}'s? How many?"),
+    ("number_of", "Number of {L}'s in {w}?"), ("count_the", "Count the {L}'s in {w}."),
+    ("what_count", "What is the count of the letter {L} in {w}?"),
+    ("shows_up", "Tell me how many times {L} shows up in {w}."),
+)
 _LEN_ASK = ("How many letters are in the word {w}?", "How long is the word {w}?",
-            "What is the length of \"{w}\" in letters?", "Count the letters in {w}.")
+            "What is the length of {w} in letters?", "Count the letters in {w}.")
 _SPELL_ASK = ("How do you spell {w}?", "Spell {w} letter by letter.", "Can you spell the word {w}?",
-              "Spell out \"{w}\".")
+              "Spell out {w}.")
 
 
 def _times(r: int) -> str:
     return {1: "once", 2: "twice"}.get(r, f"{r} times")
 
 
-def spelling_problem(rng: random.Random, words: tuple[str, ...] | None = None) -> tuple[str, list[dict]]:
-    """One letter-count, length or spelling conversation and its key (the word)."""
+def spelling_problem(rng: random.Random, words: tuple[str, ...] | None = None, phrasings: str = "train"
+                     ) -> tuple[str, list[dict], str]:
+    """One letter-count, length or spelling conversation: ``(key, conversation, family)``; the key is
+    the word, the family the phrasing (``"count:how_often"``, ``"len"``, ``"spell"``), a letter-count
+    family drawn from the split ``phrasings`` (see ``HELD_OUT``; lengths and spelling are train
+    phrasings only, so the test split holds letter counts alone)."""
     w = rng.choice(words or spelling_words())
     spelled = "-".join(w)
-    kind = rng.choices(("count", "len", "spell"), weights=(6, 2, 2))[0]
+    kind = "count" if phrasings == "test" else rng.choices(("count", "len", "spell"), weights=(6, 2, 2))[0]
+    said = rng.choice((w, w, f'"{w}"', f"'{w}'"))
     if kind == "count":
         # mostly a letter of the word, sometimes any letter, so 0 is a possible answer
         letter = rng.choice(w) if rng.random() < 0.7 else rng.choice("abcdefghijklmnopqrstuvwxyz")
         expression = f'"{w}".count("{letter}")'
         r = w.count(letter)
-        question = rng.choice(_COUNT_ASK).format(L=letter, w=w)
+        forms = {f"count:{name}": t for name, t in _COUNT_ASK}
+        family = _pick_family(rng, list(forms), phrasings)
+        question = forms[family].format(L=letter, w=said)
         answer = rng.choice((f"The letter {letter} appears {_times(r)} in \"{w}\"." if r else
                              f"The letter {letter} does not appear in \"{w}\".",
                              f"There is 1 {letter} in {w}." if r == 1 else
@@ -352,24 +506,24 @@ def spelling_problem(rng: random.Random, words: tuple[str, ...] | None = None) -
         intro = rng.choice(("", f"{w} is spelled {spelled}. Let me count with the calculator.",
                             "Let me count with the calculator."))
     elif kind == "len":
-        expression, r = f'len("{w}")', len(w)
-        question = rng.choice(_LEN_ASK).format(w=w)
+        expression, r, family = f'len("{w}")', len(w), "len"
+        question = rng.choice(_LEN_ASK).format(w=said)
         answer = rng.choice((f"\"{w}\" has {r} letters.", f"{w} is {r} letters long.", f"{r}"))
         intro = rng.choice(("", f"{w} is spelled {spelled}."))
     else:
-        expression, r = f'len("{w}")', len(w)
-        question = rng.choice(_SPELL_ASK).format(w=w)
+        expression, r, family = f'len("{w}")', len(w), "spell"
+        question = rng.choice(_SPELL_ASK).format(w=said)
         intro = f"{w} is spelled {spelled}."
         answer = f"That's {r} letters."
     parts = [("tool_call", expression), ("tool_output", str(r)), ("text", answer)]
     if intro:
         parts.insert(0, ("text", intro))
-    return w, [_user(question), _assistant(*parts)]
+    return w, [_user(decorate(rng, question)), _assistant(*parts)], family
 
 
-def _spelling(split: str, seed: int, repeat: bool) -> Iterator[list[dict]]:
+def _spelling(split: str, seed: int, repeat: bool, phrasings: str | None = None) -> Iterator[list[dict]]:
     words = spelling_words()
-    return _generated("spelling", split, seed, lambda rng: spelling_problem(rng, words))
+    return _generated("spelling", split, seed, lambda rng: spelling_problem(rng, words, phrasings or split))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -441,16 +595,75 @@ IDENTITY: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 }
 
 
+_CREATIVE = [form.format(kind=kind, about=about)
+             for form in ("Write a {kind} about {about}.", "Can you write me a {kind} about {about}?",
+                          "Compose a {kind} about {about}.")
+             for kind in ("poem", "short story", "song", "haiku")
+             for about in ("the sea", "love", "cats", "autumn", "the moon")]
+_FACTS = ([f"What is the capital of {c}?" for c in ("France", "Japan", "Peru", "Kenya", "Canada", "Norway")]
+          + [f"Who wrote {b}?" for b in ("Hamlet", "War and Peace", "Don Quixote", "Pride and Prejudice")]
+          + [f"Who invented the {t}?" for t in ("telephone", "light bulb", "printing press")]
+          + [f"How tall is {m}?" for m in ("Mount Everest", "the Eiffel Tower")]
+          + [f"What is the population of {c}?" for c in ("Tokyo", "Lagos", "Brazil")]
+          + ["When did World War II end?", "Who was the first person on the moon?",
+             "What is the largest animal on Earth?", "Who painted the Mona Lisa?",
+             "What language do they speak in Brazil?", "How far away is the sun?"])
+# topics that are not about the assistant itself: greetings and thanks get the same in kind, and
+# requests it cannot serve a short no (never a tool call: there is nothing to compute)
+IDENTITY.update({
+    "greeting": (
+        ("Hello!", "Hi", "Hey there!", "Good morning!", "Good evening.", "Good afternoon", "Hi, how are you?",
+         "Hello, how are you doing?", "Hey!", "Greetings!", "Howdy!", "Hiya", "Morning!", "Hello there",
+         "Hi there, nice to meet you.", "Hey, what's up?"),
+        ("Hello! I'm a small assistant: I can do arithmetic and count the letters in a word. What would "
+         "you like to know?",
+         "Hi! How can I help you today?",
+         "Hello there! Ask me a sum, or how many times a letter appears in a word.")),
+    "thanks": (
+        ("Thanks!", "Thank you.", "Thanks a lot!", "Thank you so much.", "Cheers!", "Great, thanks!",
+         "Perfect, thank you.", "Thanks for your help.", "Much appreciated.", "That's helpful, thanks.",
+         "Awesome, thank you!", "Nice, thanks"),
+        ("You're welcome!", "You're welcome! Anything else I can do?", "Glad I could help.",
+         "No problem, happy to help!")),
+    "creative": (
+        tuple(_CREATIVE),
+        ("Sorry, I can't do creative writing like that: I'm a small model. I can do arithmetic or count "
+         "the letters in a word for you.",
+         "Sorry, I'm not able to write that well; I'm a small model. Try me on a sum or a letter count "
+         "instead.")),
+    "facts": (
+        tuple(_FACTS),
+        ("Sorry, I don't know that reliably. I'm a small model with no internet access, so I might make "
+         "it up; please check a reliable source.",
+         "I'm not sure, sorry: my knowledge of facts is weak and I can't look things up. I can do "
+         "arithmetic and count letters, though.")),
+})
+# topic -> what every answer of it says (lower case, a regex): the check of an answer "in kind"
+IDENTITY_KEYWORDS = {
+    "who": r"assistant|language model|gptforge", "made": r"gptforge|trained", "can": r"arithmetic|calculator",
+    "math": r"calculator|arithmetic", "letters": r"calculator|tool", "limits": r"mistakes|wrong",
+    "internet": r"internet", "feelings": r"feelings|not a being", "hardware": r"cpu",
+    "greeting": r"\b(hello|hi|hey)\b", "thanks": r"welcome|glad|happy to help",
+    "creative": r"sorry|can't|not able", "facts": r"sorry|don't know|not sure",
+}
+
+
 def identity_items() -> list[tuple[str, list[dict]]]:
     """Every (key, conversation) of ``identity``: each question of a topic with each of its answers,
     also asked in lower case without punctuation; the key is the normalised question."""
+    return [(key, conv) for key, conv, _ in identity_topic_items()]
+
+
+@cache
+def identity_topic_items() -> tuple[tuple[str, list[dict], str], ...]:
+    """``identity_items`` with each item's topic (a key of ``IDENTITY``) as a third element."""
     items = []
-    for questions, answers in IDENTITY.values():
+    for topic, (questions, answers) in IDENTITY.items():
         for q in questions:
             for asked in (q, _norm(q)):
                 for answer in answers:
-                    items.append((_norm(q), [_user(asked), {"role": "assistant", "content": answer}]))
-    return items
+                    items.append((_norm(q), [_user(asked), {"role": "assistant", "content": answer}], topic))
+    return tuple(items)
 
 
 def _identity(split: str, seed: int, repeat: bool) -> Iterator[list[dict]]:
@@ -475,7 +688,9 @@ def smalltalk_items(categories: tuple[str, ...] = SMALLTALK_CATEGORIES) -> list[
     user message (so every reply to one opening line lands in the same split).
 
     Each dialogue alternates user, assistant from its first line; a dialogue with an odd number of
-    lines loses its last (user) line so it ends with the assistant.
+    lines loses its last (user) line so it ends with the assistant. Dialogues that open with a
+    question of the identity mixture are left out (it answers those, in gptforge's words), bar
+    greetings and thanks (a "Hi" to a "Hello" agrees with it).
 
     Raises:
         UserError: a category has no file in the installed package.
@@ -484,6 +699,7 @@ def smalltalk_items(categories: tuple[str, ...] = SMALLTALK_CATEGORIES) -> list[
     from chatterbot_corpus.corpus import DATA_DIRECTORY
 
     items, seen = [], set()
+    own = {key for key, _, topic in identity_topic_items() if topic not in ("greeting", "thanks")}
     for cat in categories:
         path = Path(DATA_DIRECTORY) / "english" / f"{cat}.yml"
         if not path.is_file():
@@ -495,6 +711,8 @@ def smalltalk_items(categories: tuple[str, ...] = SMALLTALK_CATEGORIES) -> list[
             if not lines:
                 continue
             if tuple(lines) in seen:  # a few dialogues appear in two categories
+                continue
+            if _norm(lines[0]) in own:  # "Who are you?" gets gptforge's answer, not a persona's
                 continue
             seen.add(tuple(lines))
             conv = [{"role": ("user", "assistant")[i % 2], "content": s} for i, s in enumerate(lines)]
@@ -511,8 +729,6 @@ def _smalltalk(split: str, seed: int, repeat: bool, categories=SMALLTALK_CATEGOR
 
 def default_gsm8k_dir() -> Path:
     """``../shared/data/evals/gsm8k`` beside the repository (where developers and CI keep it)."""
-    import gptforge
-
     return Path(gptforge.__file__).resolve().parents[1].parent / "shared" / "data" / "evals" / "gsm8k"
 
 

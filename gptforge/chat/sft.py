@@ -17,34 +17,38 @@ run continues bit for bit.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from gptforge import checkpoint as ckpt
 from gptforge.chat.render import ChatTokens, render
+from gptforge.chat.sources import conversations
 from gptforge.errors import UserError
-from gptforge.tokenizer import Tokenizer
+from gptforge.tokenizer import Tokenizer, load_tokenizer
 from gptforge.train.batches import lm_loss
-from gptforge.train.config import FINETUNE_RESETS, TrainConfig, finetune_config
+from gptforge.train.config import FINETUNE_RESETS, TrainConfig, finetune_config, from_saved
 from gptforge.train.session import TrainData
 
 # what an SFT run changes from the base run's config unless told otherwise (the base's schedule shape
 # and learning rates stay)
-SFT_DEFAULTS = {**FINETUNE_RESETS, "max_steps": 300, "eval_tokens": 65536}
+SFT_DEFAULTS = {**FINETUNE_RESETS, "max_steps": 300, "eval_tokens": 65536, "pretrain_mix": 0.25}
 
 
 @dataclass
 class PackStats:
     """What packing did: conversations in, rows out, conversations cropped to a row, and the
-    tokens: all of them and the trained (mask 1) ones."""
+    tokens: all of them and the trained (mask 1) ones; ``files``: gptforge.chat.sources.ReadStats of
+    the files read, when they are known."""
 
     conversations: int = 0
     rows: int = 0
     cropped: int = 0
     tokens: int = 0
     trained_tokens: int = 0
+    files: list = field(default_factory=list)  # each file's reading stats (sft_run_data's train split)
 
 
 def pack(conversations: Iterable[list[dict]], tok: Tokenizer, T: int
@@ -99,28 +103,51 @@ def targets(rows: np.ndarray, masks: np.ndarray, device="cpu") -> tuple[torch.Te
 
 @dataclass
 class SFTBatches:
-    """B random packed rows per micro-batch: ``get(step, micro, accum, rank, world, device) -> (x, y)``,
-    a pure function of (seed, index) with index = (step * accum + micro) * world + rank."""
+    """B rows per micro-batch: ``get(index, device) -> (x, y)``, a pure function of (seed, index)
+    (``gptforge.train.batches.batch_index``).
+
+    Each row is a random packed conversation row, or, with probability ``pretrain_mix`` (drawn
+    per row), a random window of T + 1 tokens of ``pretrain`` (the base run's own train split)
+    with every target trained on: plain language modelling, so SFT keeps its pretraining text
+    (nanochat's midtraining mixes pretraining data in the same way). ``pretrain_mix`` 0 gives the
+    conversation rows alone, the same batches as without the option.
+    """
 
     rows: np.ndarray
     masks: np.ndarray
     B: int
     seed: int
+    pretrain: np.ndarray | None = None
+    pretrain_mix: float = 0.0
 
-    def get(self, step: int, micro: int, accum: int, rank: int, world: int, device="cpu"):
-        index = (step * accum + micro) * world + rank
-        pick = np.random.default_rng([self.seed, index]).integers(0, len(self.rows), size=self.B)
-        return targets(self.rows[pick], self.masks[pick], device)
+    def get(self, index: int, device="cpu"):
+        rng = np.random.default_rng([self.seed, index])
+        pick = rng.integers(0, len(self.rows), size=self.B)
+        rows, masks = self.rows[pick], self.masks[pick]
+        if self.pretrain is not None and self.pretrain_mix > 0:
+            text = rng.random(self.B) < self.pretrain_mix
+            if text.any():
+                T = rows.shape[1] - 1
+                starts = rng.integers(0, len(self.pretrain) - T, size=int(text.sum()))
+                rows, masks = rows.copy(), masks.copy()
+                rows[text] = np.stack([self.pretrain[o:o + T + 1] for o in starts])
+                masks[text] = 1
+        return targets(rows, masks, device)
 
 
 def sft_data(cfg: TrainConfig, tok: Tokenizer, tokenizer_json: str | Path, train: Iterable[list[dict]],
-             test: Iterable[list[dict]]) -> tuple[TrainData, PackStats, PackStats]:
+             test: Iterable[list[dict]], pretrain: np.ndarray | None = None
+             ) -> tuple[TrainData, PackStats, PackStats]:
     """The TrainData of an SFT run: ``train`` conversations packed into rows of
     ``cfg.block_size + 1``, ``test`` ones packed the same way for validation (the first
     ceil(eval_tokens / T) rows, or all with eval_tokens 0). Returns (data, train stats, test stats).
+    ``pretrain``: token ids (1-D) of pretraining text that ``cfg.pretrain_mix`` of the rows are
+    drawn from (``SFTBatches``; default, when the mix is > 0: ``base_train_tokens(cfg.init_from)``);
+    validation stays on conversations.
 
     Raises:
-        UserError: no chat tokens in ``tok``, or no train or no test conversation.
+        UserError: no chat tokens in ``tok``, no train or no test conversation; with
+            ``cfg.pretrain_mix`` > 0, no pretraining text (``base_train_tokens``) or too little.
     """
     T = cfg.block_size
     rows, masks, stats = pack(train, tok, T)
@@ -135,7 +162,14 @@ def sft_data(cfg: TrainConfig, tok: Tokenizer, tokenizer_json: str | Path, train
             sel = mine[i:i + cfg.batch_size]
             yield targets(vrows[sel], vmasks[sel], device)
 
-    data = TrainData(batches=SFTBatches(rows, masks, cfg.batch_size, cfg.seed), loss_fn=lm_loss,
+    if cfg.pretrain_mix > 0 and pretrain is None:
+        pretrain = base_train_tokens(cfg.init_from, tok)
+    if cfg.pretrain_mix > 0 and len(pretrain) <= T:
+        raise UserError(f"--pretrain-mix: the pretraining text holds {len(pretrain)} tokens, not more than "
+                        f"block_size = {T}")
+    batches = SFTBatches(rows, masks, cfg.batch_size, cfg.seed, pretrain if cfg.pretrain_mix > 0 else None,
+                         cfg.pretrain_mix)
+    data = TrainData(batches=batches, loss_fn=lm_loss,
                      val_batches=val_batches, train_tokens=int(rows.size), eval_tokens=int(vrows.size),
                      tokenizer_json=Path(tokenizer_json), tokenizer=tok.identity(),
                      token_bytes=tok.token_bytes())
@@ -152,20 +186,48 @@ def sft_config(base: str | Path, *layers: dict) -> TrainConfig:
     return finetune_config(base, "sft", SFT_DEFAULTS, *layers, purpose="SFT finetunes GPT models")
 
 
-def sft_run_data(cfg: TrainConfig, strict: bool = False, read_stats: list | None = None
-                 ) -> tuple[TrainData, PackStats, PackStats]:
+def sft_run_data(cfg: TrainConfig, strict: bool = False) -> tuple[TrainData, PackStats, PackStats]:
     """``sft_data`` for ``cfg``: its ``data`` spec's train and test conversations (gptforge.chat.sources),
-    the tokenizer of its ``init_from`` checkpoint. ``read_stats`` gets each file's reading stats.
+    the tokenizer of its ``init_from`` checkpoint. The train stats' ``files`` hold each file's reading
+    stats.
 
     Raises:
         UserError: a bad data spec or file (``strict``: any bad row), or no chat tokens.
     """
-    from gptforge import checkpoint as ckpt
-    from gptforge.chat.sources import conversations
-    from gptforge.tokenizer import load_tokenizer
-
     tok_file = ckpt.find_checkpoint(cfg.init_from) / "tokenizer.json"
     tok = load_tokenizer(tok_file)
-    train_convs = conversations(cfg.data, "train", cfg.seed, strict, read_stats)
+    files: list = []  # filled as the train conversations are read
+    train_convs = conversations(cfg.data, "train", cfg.seed, strict, files)
     test_convs = conversations(cfg.data, "test", cfg.seed, strict)
-    return sft_data(cfg, tok, tok_file, train_convs, test_convs)
+    data, tr, te = sft_data(cfg, tok, tok_file, train_convs, test_convs)
+    tr.files = files
+    return data, tr, te
+
+
+def base_train_tokens(init_from: str | Path, tok: Tokenizer) -> np.ndarray:
+    """The train split (1-D memmap of token ids) of the shards the base checkpoint ``init_from``
+    was pretrained on (its run config's ``data``; for a finetuned base, that of the pretraining run
+    it descends from), checked against ``tok``.
+
+    Raises:
+        UserError: the base was not pretrained on a shard directory, or the directory is missing,
+            corrupt or made with another tokenizer.
+    """
+    from gptforge import checkpoint as ckpt
+    from gptforge.data.shards import open_shards
+
+    def saved(at):  # the config a checkpoint saved, its paths made whole again (they are run-relative)
+        ck = ckpt.find_checkpoint(at)
+        return from_saved(ckpt.read_trainer_state(ck).config, ck.parent.parent)
+
+    config = saved(init_from)
+    for _ in range(100):  # a finetuned base: follow its init_from back to the pretraining run
+        if config.get("task", "pretrain") == "pretrain" or not config.get("init_from"):
+            break
+        config = saved(config["init_from"])
+    shards = config.get("data", "") if config.get("task", "pretrain") == "pretrain" else ""
+    if not shards or not Path(shards).is_dir():
+        raise UserError(f"--pretrain-mix: the base model's pretraining shards ({shards or 'none recorded'}) "
+                        "are not here; mix pretraining text only from a base run trained on a shard "
+                        "directory that still exists, or give --pretrain-mix 0")
+    return open_shards(shards, tok).tokens("train")

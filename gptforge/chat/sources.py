@@ -2,7 +2,8 @@
 
 A spec is a comma-separated list; each item is a built-in mixture (``arithmetic``, ``spelling``,
 ``identity``, ``smalltalk``, ``gsm8k``; see gptforge.chat.mixtures), optionally with a count of
-train conversations (``arithmetic:2000``; its test split gets a tenth of that), or conversation
+train conversations (``arithmetic:2000``; a generated mixture's test split gets a tenth of that, a
+finite set's test split each of its items once; without a count, ``DEFAULT_COUNTS``), or conversation
 files (JSONL with ``messages``, Parquet in the Hugging Face layout; a file, directory or glob; see
 gptforge.chat.data). Mixtures have their own disjoint train/test splits; a file's test split is
 every 20th valid conversation (deterministic).
@@ -19,7 +20,11 @@ from gptforge.chat.mixtures import MIXTURES, mixture
 from gptforge.errors import UserError
 
 FILE_TEST_EVERY = 20  # a file's test split: every 20th valid conversation
-DEFAULT_COUNTS = {"arithmetic": 4000, "spelling": 4000}  # generated mixtures' train size by default
+# train size when a mixture is named without a count. identity and smalltalk are repeated up to a
+# sixth of the speedrun's mix (arithmetic:20000,spelling:10000): at their natural size (~650 and
+# ~370 items, 3%) a greeting drew a tool call; a finite set's test split is each item once
+DEFAULT_COUNTS = {"arithmetic": 4000, "spelling": 4000, "identity": 4000, "smalltalk": 2000}
+FINITE = ("identity", "smalltalk")
 
 
 def parse_spec(spec: str) -> list[tuple[str, int | None]]:
@@ -54,7 +59,9 @@ def conversations(spec: str, split: str, seed: int = 0, strict: bool = False,
     for name, n in parse_spec(spec):
         if name in MIXTURES:
             n = DEFAULT_COUNTS.get(name) if n is None else n
-            if n is not None and split == "test":  # the test split is a tenth of the train size
+            if name in FINITE and split == "test":
+                n = None
+            elif n is not None and split == "test":  # the test split is a tenth of the train size
                 n = max(1, n // 10)
             yield from mixture(name, split, n, seed)
             continue

@@ -16,7 +16,7 @@ from gptforge.errors import UserError
 
 # command -> one-line help, in --help order; the module gptforge.cli.<command> builds its parser
 COMMANDS = {
-    "speedrun": "raw text -> tokenizer -> shards -> pretrained model -> samples -> report",
+    "speedrun": "raw text -> tokenizer, shards -> pretrained model -> SFT assistant -> eval -> report",
     "data": "corpora and token shards",
     "tokenizer": "train, apply and inspect tokenizers",
     "model": "model architectures: parameters and FLOPs",

@@ -147,7 +147,11 @@ def run_auto_cmd(args) -> int:
     res = run_auto(models, tasks, args.n, store, seed=args.seed, temperature=args.temperature,
                    all_pairs=args.all_pairs, log=lambda s: print(s, file=sys.stderr))
     if not args.json:
+        from gptforge.eval.stats import format_interval
+
         for m, acc in res["accuracy"].items():
-            print(f"{m}: " + ", ".join(f"{t} {a:.1%}" for t, a in acc.items()), file=sys.stderr)
-    _report(res["battles"], args, {"accuracy": res["accuracy"], "n": args.n, "tasks": tasks})
+            print(f"{m}: " + ", ".join(f"{t} {a:.1%} {format_interval(*res['ci95'][m][t])}"
+                                       for t, a in acc.items()), file=sys.stderr)
+    _report(res["battles"], args, {"accuracy": res["accuracy"], "ci95": res["ci95"], "paired": res["paired"],
+                                   "n": args.n, "tasks": tasks})
     return 0

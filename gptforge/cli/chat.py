@@ -65,8 +65,7 @@ def run(args) -> int:
             if piece.kind == "text":
                 sys.stdout.write(piece.text)
             elif not one_shot:  # tool calls shown distinctly; -p prints the reply only
-                shown = f"[calculator: {piece.text}" if piece.kind == "tool_call" else f" = {piece.text}]"
-                sys.stdout.write(f"\x1b[36m{shown}\x1b[0m" if tty else shown)
+                sys.stdout.write(f"\x1b[36m{piece.shown()}\x1b[0m" if tty else piece.shown())
             sys.stdout.flush()
         sys.stdout.write("\n")
         history = convo[len(system):] + [as_message(pieces)]

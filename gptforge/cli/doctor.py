@@ -45,12 +45,16 @@ def config_from_args(args, skip: tuple[str, ...] = ("device", "progress", "out")
     from gptforge.config import load_toml
     from gptforge.explore.setup import run_config
     from gptforge.train import make_config
+    from gptforge.train.config import check_saved_data
 
     base = run_config(args.run).to_dict() if args.run else load_toml(args.config)
     flags = flag_values(args, TrainConfig, skip=skip)
     if args.model:
         flags["model"] = model_values(args.model, flags.get("arch") or base.get("arch") or TrainConfig.arch)
-    return make_config(base, flags, where=args.config or args.run)
+    cfg = make_config(base, flags, where=args.config or args.run)
+    if args.run:
+        check_saved_data(cfg, base["data"], args.run)
+    return cfg
 
 
 def run(args) -> int:

@@ -18,7 +18,7 @@ from gptforge.train.config import FINETUNE_RESETS, TrainConfig
 # DPO moves a finetuned model a little: a small AdamW step, short runs
 DPO_DEFAULTS = {**FINETUNE_RESETS, "optimizer": "adamw", "lr": 1e-4, "max_steps": 200, "batch_size": 8,
                 "grad_clip": 1.0}
-SKIP = ("task", "init_from", "arch", "preset", "depth", "data", "dpo_beta")
+SKIP = ("task", "init_from", "arch", "preset", "depth", "data", "dpo_beta", "pretrain_mix")
 
 EPILOG = """\
 preference data: JSONL (.gz allowed) with "prompt" (messages or a string), "chosen" and "rejected"
@@ -74,8 +74,7 @@ def run(args) -> int:
                               purpose="DPO tunes GPT chat models")
     start = ckpt.find_checkpoint(cfg.init_from)
     tok = load_tokenizer(start / "tokenizer.json")
-    skipped: list[str] = []
-    pairs = read_preferences(cfg.data, skipped)
+    pairs, skipped = read_preferences(cfg.data, skip_bad=True)
     if skipped:
         print(f"gptforge: warning: {len(skipped)} row(s) skipped, e.g. {skipped[0]}", file=sys.stderr)
     import torch

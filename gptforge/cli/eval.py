@@ -12,7 +12,8 @@ EPILOG = """\
 tasks (comma-separated):
   core            the CORE tasks present offline (missing ones are named in the output)
   chat            arc_easy, arc_challenge (lettered), gsm8k and humaneval (generation, the
-                  calculator; code runs in a sandboxed process), arithmetic, letter_count, mt_bench
+                  calculator; code runs in a sandboxed process), arithmetic, letter_count (each
+                  also on template-seen and -unseen phrasings apart), social, mt_bench
   bpb             bits per byte on --data (a shard directory or a text file; default: the run's
                   own val shards)
   NAME            a CORE task (arc_easy, piqa, lambada_openai, ...) or a chat task (gsm8k, ...);
@@ -30,7 +31,8 @@ def register(sub: argparse._SubParsersAction, help: str) -> None:
         "eval", help=help, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Evaluate a checkpoint: multiple-choice, schema and language-modelling tasks scored "
                     "by log-likelihood (CORE), chat tasks by the model's replies, bits per byte. Prints "
-                    "a table and writes every figure to a JSON file.")
+                    "a table (each accuracy with its 95% Wilson interval) and writes every figure to a "
+                    "JSON file, with per-item correctness for paired comparisons.")
     e.add_argument("--ckpt", required=True,
                    help="run or checkpoint directory, or a Hugging Face folder "
                         "(config.json + model.safetensors)")
@@ -83,6 +85,7 @@ def load_model(ckpt: str, which: str, tokenizer: str | None, device: str):
 def run(args) -> int:
     from gptforge.eval.suite import evaluate, format_table, resolve_tasks
     from gptforge.io import read_json, write_json
+    from gptforge.train.config import from_saved
 
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit {args.limit}: expected an integer >= 1")
@@ -93,7 +96,7 @@ def run(args) -> int:
     bpb_data = args.data
     if plan.bpb and bpb_data is None and run_dir is not None:
         f = run_dir / "config.json"
-        cfg = read_json(f, what="run config") if f.is_file() else {}
+        cfg = from_saved(read_json(f, what="run config"), run_dir) if f.is_file() else {}
         if cfg.get("task", "pretrain") == "pretrain" and cfg.get("data"):
             bpb_data = cfg["data"]
     if plan.bpb and bpb_data is None:

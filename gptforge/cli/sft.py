@@ -19,7 +19,9 @@ SKIP = ("task", "init_from", "arch", "preset", "depth", "dpo_beta")
 DESCRIPTION = """\
 Finetune a pretrained GPT on conversations: loss on what the assistant says (text, tool calls,
 <|assistant_end|>), none on the rest. Settings not given come from the base run (learning rates,
-optimizer, schedule), with the budgets reset (--max-steps 300) and no weight decay.
+optimizer, schedule), with the budgets reset (--max-steps 300) and no weight decay. A share of the
+rows (--pretrain-mix, default 0.25) is the base run's own pretraining text, trained as plain
+language modelling, so the model does not forget it.
 """
 
 EPILOG = """\
@@ -66,13 +68,15 @@ def run(args) -> int:
         if not flags.get("data"):
             raise UserError("--data: what to finetune on? e.g. --data arithmetic,spelling,identity,smalltalk")
         cfg = sft_config(args.ckpt, flags)
-    read_stats: list = []
-    data, tr, te = sft_run_data(cfg, args.strict, read_stats)
-    for st in read_stats:
+    data, tr, te = sft_run_data(cfg, args.strict)
+    for st in tr.files:
         print(f"{st}", file=sys.stderr)
     print(f"sft data: {tr.conversations:,} train conversations in {tr.rows:,} rows of {cfg.block_size + 1} "
           f"tokens ({tr.trained_tokens:,} of {tr.tokens:,} tokens trained on), {te.conversations:,} test "
           f"conversations; cropped to a row: {tr.cropped:,} train, {te.cropped:,} test", file=sys.stderr)
+    if cfg.pretrain_mix:
+        print(f"sft data: each row is the base run's pretraining text with probability {cfg.pretrain_mix:g} "
+              f"({len(data.batches.pretrain):,} train tokens to draw windows from)", file=sys.stderr)
     if tr.cropped:
         print(f"gptforge: warning: {tr.cropped} train conversation(s) longer than block_size + 1 = "
               f"{cfg.block_size + 1} tokens were cropped", file=sys.stderr)

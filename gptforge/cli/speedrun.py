@@ -1,4 +1,5 @@
-"""`gptforge speedrun`: raw text to a model that writes, in one command, with a report."""
+"""`gptforge speedrun`: raw text to an assistant that uses a calculator, in one command, with a report
+(stages: gptforge.speedrun.STAGES)."""
 
 from __future__ import annotations
 

@@ -37,6 +37,7 @@ def register(sub: argparse._SubParsersAction, help: str) -> None:
     t.add_argument("--out", required=True, help="directory to write tokenizer.json into")
     t.add_argument("--pattern", default="gpt4",
                    help="split regex, or gpt4 (cl100k's, default), gpt2, o200k")
+    # tokenizer.train.TIE_BREAKS, not imported: the tokenizer package would slow --help ~3x
     t.add_argument("--tie-break", choices=["rustbpe", "hf"], default="rustbpe",
                    help="whose base-byte order breaks ties between equally frequent pairs")
     t.add_argument("--val-fraction", type=float, default=0.1,

@@ -45,6 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gptforge.errors import UserError
+from gptforge.tokenizer.train import fix_surrogates
 
 CHUNK_BYTES = 4 << 20
 PARQUET_BATCH_ROWS = 1024
@@ -372,5 +373,5 @@ def _no_surrogates(text: str, path: Path, lineno: int, errors: str) -> str:
         raise UserError(f"{path}:{lineno}: the \"text\" field holds a lone surrogate "
                         f"(U+{ord(m.group()):04X}) at character {m.start()}, which is not valid Unicode "
                         "(pass --errors replace to substitute U+FFFD)")
-    return _SURROGATE.sub("\ufffd", text)
+    return fix_surrogates(text)
 

@@ -28,7 +28,6 @@ memorised neighbouring lines: ``VAL_PLAYS`` (4 of 37, about 10% of the bytes) ar
 
 from __future__ import annotations
 
-import hashlib
 import re
 from functools import cache
 from pathlib import Path
@@ -116,7 +115,3 @@ def plays(split: str = "all") -> list[tuple[str, str]]:
 def corpus_text(split: str = "all") -> str:
     """The corpus as one string: the plays of ``split`` concatenated."""
     return "".join(t for _, t in plays(split))
-
-
-def corpus_sha256(split: str = "all") -> str:
-    return hashlib.sha256(corpus_text(split).encode("utf-8")).hexdigest()

@@ -13,28 +13,30 @@ beside it (``.NAME.XXXXXXXX.tmp``), which is renamed to ``NAME`` only once compl
 shard directory at ``NAME`` is replaced only then, so a failed or interrupted ``prepare`` leaves
 it untouched (a crash at worst leaves the temporary directory behind, never a mixed directory).
 
-``open_shards`` trusts nothing in the directory: ``meta.json`` is checked against a schema (types,
-ranges, dtype, plain file names, file sizes) and the ids against the vocabulary.
+``open_shards`` trusts nothing in the directory: ``meta.json`` is checked against a schema
+(``ShardMeta``: types, ranges, dtype, plain file names), the file sizes against it and the ids
+against the vocabulary.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import multiprocessing as mp
 import os
 import secrets
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 import numpy as np
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 from tqdm import tqdm
 
 from gptforge import __version__
 from gptforge.data.corpus import Piece, open_corpus
 from gptforge.errors import UserError
-from gptforge.io import write_json
+from gptforge.io import MAX_JSON_BYTES, read_file, read_json, write_json
 from gptforge.tokenizer import CharTokenizer, Tokenizer, load_tokenizer
 
 FORMAT = "gptforge.shards"
@@ -261,7 +263,7 @@ class Shards:
 def open_shards(path: str | os.PathLike, tokenizer: Tokenizer | None = None) -> Shards:
     """Open and check a shard directory made by ``prepare``.
 
-    Checks: ``meta.json`` against the schema (``check_meta``); ``tokenizer.json`` is the one meta
+    Checks: ``meta.json`` against the schema (``ShardMeta``); ``tokenizer.json`` is the one meta
     names (sha256 of its bytes); each shard file's size is tokens x itemsize; no id is >= the
     vocabulary size (the recorded ``max_id``, and the ids themselves: all of them for files up to
     ``FULL_SCAN_BYTES``, the first and last ``SCAN_BYTES`` of larger ones). Shards written before
@@ -273,28 +275,20 @@ def open_shards(path: str | os.PathLike, tokenizer: Tokenizer | None = None) -> 
             different tokenizer. The message names the offending path.
     """
     p = Path(path)
-    mp_ = p / "meta.json"
     if not p.is_dir():
         raise UserError(f"{path}: no such shard directory (make one with `gptforge data prepare`)")
+    if not os.path.lexists(p / "meta.json"):
+        raise UserError(f"{p / 'meta.json'}: missing; {path} is not a prepared shard directory")
     try:
-        raw = mp_.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"{mp_}: missing; {path} is not a prepared shard directory") from None
-    except OSError as e:
-        raise UserError(f"{mp_}: cannot read ({e.strerror or e})") from None
-    try:
-        meta = json.loads(raw.decode("utf-8"))
-    except (ValueError, RecursionError) as e:  # JSONDecodeError, UnicodeDecodeError, huge ints
-        raise UserError(f"{mp_}: corrupt ({type(e).__name__}: {str(e)[:200]})") from None
-    check_meta(meta, mp_)
+        meta = read_json(p / "meta.json", FORMAT, (FORMAT_VERSION,), "shard description",
+                         schema=ShardMeta).model_dump()
+    except UserError as e:
+        raise UserError(f"{e}; run `gptforge data prepare` again") from None
     vocab = meta["tokenizer"]["vocab_size"]
     itemsize = np.dtype(meta["dtype"]).itemsize
     tok_file = p / "tokenizer.json"
-    try:
-        tok_sha = hashlib.sha256(tok_file.read_bytes()).hexdigest()
-    except OSError as e:
-        raise UserError(f"{tok_file}: cannot read ({e.strerror or e}); the shard directory is "
-                        "incomplete, run `gptforge data prepare` again") from None
+    tok_sha = hashlib.sha256(read_file(tok_file, "tokenizer of the shards (the directory is incomplete: "
+                                       "run `gptforge data prepare` again)", MAX_JSON_BYTES)).hexdigest()
     if tok_sha != meta["tokenizer"]["sha256"]:
         raise UserError(f"{tok_file}: not the tokenizer meta.json names (sha256 {tok_sha[:12]}, meta "
                         f"says {meta['tokenizer']['sha256'][:12]}); the directory mixes two "
@@ -320,66 +314,66 @@ def open_shards(path: str | os.PathLike, tokenizer: Tokenizer | None = None) -> 
     return Shards(p, meta)
 
 
-def _is_int(x) -> bool:
-    return type(x) is int  # not bool, not float (1e12 in JSON is a float)
+def _plain_name(f: str) -> str:
+    # no separator, not "." or "..": the file is inside the shard directory
+    if f in ("", ".", "..", "meta.json", "tokenizer.json") or any(c in f for c in "/\\\0"):
+        raise ValueError(f)
+    return f
 
 
-def check_meta(meta, path: Path) -> None:
-    """Check a parsed ``meta.json`` against the schema ``prepare`` writes.
+# meta.json's schema: exact JSON types (no bool for an int, no 1e12 for an int)
+Size = Annotated[int, Field(ge=0, strict=True, description="an integer >= 0")]
 
-    Types and ranges: ``vocab_size`` an int in [1, 2**32]; ``dtype`` the one ``shard_dtype``
-    gives for it; per split, ``file`` a plain file name (no directory part, so never outside the
-    shard directory), ``tokens``/``bytes``/``documents`` ints >= 0, ``max_id`` (optional: older
-    shards lack it) an int in [-1, vocab_size); ``eot_id`` null or an id < vocab_size.
 
-    Raises:
-        UserError: naming ``path`` and the first field that is wrong.
-    """
-    def bad(msg: str):
-        raise UserError(f"{path}: corrupt ({msg}); run `gptforge data prepare` again")
+class _Split(BaseModel):
+    file: Annotated[str, AfterValidator(_plain_name)] = Field(
+        description="a file name inside the shard directory")
+    tokens: Size
+    bytes: Size
+    documents: Size
+    max_id: int | None = Field(None, strict=True, description="an integer >= -1 (older shards lack it)")
 
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-        raise UserError(f"{path}: not a gptforge shard description")
-    if not _is_int(meta.get("version")) or meta["version"] != FORMAT_VERSION:
-        raise UserError(f"{path}: shard format version {meta.get('version')!r} is not supported")
-    tok = meta.get("tokenizer")
-    if not isinstance(tok, dict):
-        bad('"tokenizer" must be an object')
-    vocab = tok.get("vocab_size")
-    if not _is_int(vocab) or not 1 <= vocab <= MAX_VOCAB:
-        bad(f'"tokenizer.vocab_size" must be an integer in [1, 2**32], not {str(vocab)[:40]!r}')
-    if not isinstance(tok.get("kind"), str):
-        bad('"tokenizer.kind" must be a string')
-    sha = tok.get("sha256")
-    if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
-        bad('"tokenizer.sha256" must be 64 hex digits')
-    eot = tok.get("eot_id")
-    if eot is not None and not (_is_int(eot) and 0 <= eot < vocab):
-        bad(f'"tokenizer.eot_id" must be null or an id below vocab_size {vocab}')
-    want = shard_dtype(vocab).name
-    if meta.get("dtype") != want:
-        bad(f'"dtype" is {str(meta.get("dtype"))[:40]!r}, but a vocabulary of {vocab} is stored as {want}')
-    corpus = meta.get("corpus")
-    if not isinstance(corpus, dict) or not _is_int(corpus.get("bytes")) or corpus["bytes"] < 0:
-        bad('"corpus" must be an object with an integer "bytes" >= 0')
-    splits = meta.get("splits")
-    if not isinstance(splits, dict):
-        bad('"splits" must be an object')
-    for s in SPLITS:
-        info = splits.get(s)
-        if not isinstance(info, dict):
-            bad(f'"splits.{s}" must be an object')
-        f = info.get("file")
-        # a plain name: no separator, not "." or "..", so the file is inside the shard directory
-        if (not isinstance(f, str) or f in ("", ".", "..") or "/" in f or "\\" in f or "\0" in f
-                or f in ("meta.json", "tokenizer.json")):
-            bad(f'"splits.{s}.file" must be a file name inside the shard directory, not {str(f)[:60]!r}')
-        for k in ("tokens", "bytes", "documents"):
-            if not _is_int(info.get(k)) or info[k] < 0:
-                bad(f'"splits.{s}.{k}" must be an integer >= 0, not {str(info.get(k))[:40]!r}')
-        if "max_id" in info and not (_is_int(info["max_id"]) and -1 <= info["max_id"] < vocab):
-            bad(f'"splits.{s}.max_id" is {str(info["max_id"])[:40]!r}: ids must be below '
-                f'vocab_size {vocab}')
+
+class _Splits(BaseModel):
+    train: _Split = Field(description="an object")
+    val: _Split = Field(description="an object")
+
+
+class _TokenizerId(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    kind: str = Field(strict=True, description="a string")
+    vocab_size: int = Field(strict=True, ge=1, le=MAX_VOCAB, description="an integer in [1, 2**32]")
+    sha256: str = Field(strict=True, pattern="^[0-9a-f]{64}$", description="64 hex digits")
+    eot_id: int | None = Field(None, strict=True, ge=0, description="null or an id")
+
+
+class _Corpus(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    bytes: Size
+
+
+class ShardMeta(BaseModel):
+    """meta.json as ``prepare`` writes it (``open_shards`` validates it so); ids below vocab_size."""
+
+    model_config = ConfigDict(extra="allow")
+    tokenizer: _TokenizerId = Field(description="an object")
+    dtype: str = Field(strict=True, description="a string")
+    corpus: _Corpus = Field(description='an object with an integer "bytes" >= 0')
+    splits: _Splits = Field(description="an object")
+
+    @model_validator(mode="after")
+    def _fits_vocab(self):
+        vocab = self.tokenizer.vocab_size
+        if self.tokenizer.eot_id is not None and self.tokenizer.eot_id >= vocab:
+            raise ValueError(f'"tokenizer.eot_id" must be null or an id below vocab_size {vocab}')
+        if self.dtype != shard_dtype(vocab).name:
+            raise ValueError(f'"dtype" is {self.dtype!r}, but a vocabulary of {vocab} is stored as '
+                             f"{shard_dtype(vocab).name}")
+        for s in SPLITS:
+            max_id = getattr(self.splits, s).max_id
+            if max_id is not None and not -1 <= max_id < vocab:
+                raise ValueError(f'"splits.{s}.max_id" is {max_id}: ids must be below vocab_size {vocab}')
+        return self
 
 
 def _check_ids(f: Path, dtype: np.dtype, max_id: int | None, vocab: int) -> None:

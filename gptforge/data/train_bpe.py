@@ -6,6 +6,9 @@ the tokenizer package never imports the data package.
 
 from __future__ import annotations
 
+import time
+
+from gptforge.data.corpus import open_corpus
 from gptforge.errors import UserError
 from gptforge.tokenizer.bpe import SPECIAL_TOKENS, BPETokenizer, coverage_error, training_settings
 from gptforge.tokenizer.train import count_chunks, train_merges
@@ -25,11 +28,7 @@ def train_on_corpus(corpus_spec: str, vocab_size: int, pattern: str = "gpt4", ti
             capturing group or one that does not match every character, an empty train split
             (and whatever ``open_corpus`` and ``Corpus.pieces`` raise for a bad corpus).
     """
-    import time
-
     from tqdm import tqdm
-
-    from gptforge.data.corpus import open_corpus
 
     pattern, n_merges = training_settings(vocab_size, pattern, len(SPECIAL_TOKENS))
     t0 = time.perf_counter()

@@ -24,12 +24,16 @@ the model answers greedily. Tasks (data under ``data_dir``, default ``../shared/
   prompt (the prompt's imports and helpers stay), otherwise it is taken as the body following the
   prompt. ``prompt + code + test + check(entry_point)`` then runs in ``gptforge.eval.sandbox``
   (never in this process); pass@1 of the greedy reply. Baseline 0.
-- ``arithmetic`` and ``letter_count``: the synthetic tool tasks of ``gptforge.chat.mixtures``
+- ``arithmetic`` and ``letter_count``: the synthetic tool tasks of ``gptforge.chat.tasks``
   (test split, seed 1, never trained on): arithmetic with operands of up to 3 digits, and the
-  letter-count questions of the spelling mixture; 200 items each unless ``limit`` says otherwise.
-  The answer is the last number of the reply's text, right when it equals the reference's tool
-  output, exactly as ``bench/chat_cpu.py`` scores them. Baseline: the share of the commonest answer
-  among the items (always answering "1" gets about 40% of letter counts).
+  letter-count questions of the spelling mixture; 200 items each unless ``limit`` says otherwise,
+  half in phrasing families SFT trains on and half in held-out ones (``by_phrasing``: template-seen
+  and template-unseen accuracy apart). The answer is the last number of the reply's text, right
+  when it equals the reference's tool output. Baseline: the share of the commonest answer among
+  the items (always answering "1" gets about 40% of letter counts).
+- ``social``: the held-out greetings, thanks, questions about the assistant and requests it cannot
+  serve (a poem, facts) of the identity mixture; right when the reply calls no tool and answers in
+  kind (``gptforge.chat.tasks.reply_correct``). Baseline 0.
 - ``mt_bench`` (``mt_bench/question.jsonl``, 80 two-turn questions, LMSYS): both turns answered and
   saved to ``out_dir/mt_bench_answers.jsonl`` for reading; no score (there is no judge model
   offline), so it has no accuracy and is left out of the mean.
@@ -54,57 +58,41 @@ from pathlib import Path
 
 import torch
 
+import gptforge
+from gptforge.chat import tasks as chat_tasks
 from gptforge.chat.render import ChatTokens, render_for_completion
+from gptforge.chat.tasks import gsm8k_answer, held_out, last_number, reply_correct, same_number, text_of  # noqa: F401
 from gptforge.engine import ToolUse, generate
 from gptforge.errors import UserError
 from gptforge.eval.core import centered
 from gptforge.eval.sandbox import protections, run_python
+from gptforge.eval.stats import items_fingerprint
+from gptforge.models import eval_mode
 from gptforge.tokenizer import Tokenizer
 
-TASKS = ("arc_easy", "arc_challenge", "gsm8k", "humaneval", "arithmetic", "letter_count", "mt_bench")
+TASKS = ("arc_easy", "arc_challenge", "gsm8k", "humaneval", "arithmetic", "letter_count", "social",
+         "mt_bench")
 SCORED = TASKS[:-1]  # mt_bench is answered, not scored
 FILES = {"arc_easy": "icl/world_knowledge/arc_easy.jsonl",
          "arc_challenge": "icl/world_knowledge/arc_challenge.jsonl",
          "gsm8k": "gsm8k/test.jsonl", "humaneval": "humaneval/HumanEval.jsonl.gz",
          "mt_bench": "mt_bench/question.jsonl"}
-MAX_NEW = {"gsm8k": 256, "humaneval": 256, "arithmetic": 48, "letter_count": 48, "mt_bench": 256}
+MAX_NEW = {"gsm8k": 256, "humaneval": 256, "arithmetic": 48, "letter_count": 48, "social": 64,
+           "mt_bench": 256}
+SYNTHETIC = ("arithmetic", "letter_count", "social")  # items from gptforge.chat.tasks
 SYNTHETIC_N = 200  # items of the generated tool tasks when no limit is given (bench/chat_cpu.py's default)
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
-NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
-GSM8K_ANSWER = re.compile(r"####\s*(-?\d+(?:\.\d+)?)")
 
 Progress = Callable[[str, int, int], None]  # (task, items done, items in the task)
 
 
 def default_data_dir() -> Path:
     """``../shared/data/evals`` beside the repository (where developers and CI keep the files)."""
-    import gptforge
-
     return Path(gptforge.__file__).resolve().parents[1].parent / "shared" / "data" / "evals"
 
 
 # ---------------------------------------------------------------------------------------------
 # answers: extraction and comparison
-
-def last_number(text: str) -> str | None:
-    """The last number written in ``text`` (thousands commas removed), or None."""
-    found = NUMBER.findall(text.replace(",", ""))
-    return found[-1] if found else None
-
-
-def gsm8k_answer(text: str) -> str | None:
-    """The number after the last ``####`` in ``text``, else its last number, else None."""
-    found = GSM8K_ANSWER.findall(text.replace(",", ""))
-    return found[-1] if found else last_number(text)
-
-
-def same_number(a: str | None, b: str) -> bool:
-    """``a`` and ``b`` are the same number (to 1e-6); False when ``a`` is None or not a number."""
-    try:
-        return a is not None and abs(float(a) - float(b)) < 1e-6
-    except ValueError:
-        return False
-
 
 def extract_code(reply: str) -> str:
     """The first fenced code block of ``reply`` (```python or bare ```; an unclosed fence runs to the
@@ -150,11 +138,6 @@ def reply_parts(ids: Sequence[int], tok: Tokenizer) -> list[dict]:
     if buf:
         flush()
     return parts
-
-
-def text_of(parts: list[dict]) -> str:
-    """The reply's own words: its text parts joined (tool calls and outputs left out)."""
-    return "".join(p["text"] for p in parts if p["type"] == "text")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -246,18 +229,16 @@ def humaneval_question(prompt: str) -> str:
             f"```python\n{prompt.strip()}\n```")
 
 
-def _tool_items(task: str, n: int) -> list[tuple[str, str]]:
-    """(question, answer) of the synthetic tool tasks, as bench/chat_cpu.py draws them."""
-    from gptforge.chat.mixtures import mixture
-
-    def answer(conv):
-        return [p["text"] for p in conv[-1]["content"] if p["type"] == "tool_output"][-1]
-
-    if task == "arithmetic":
-        convs = mixture("arithmetic", "test", n, 1, max_digits=3)
-    else:  # letter counting: about 60% of spelling items; draw enough to find n
-        convs = (c for c in mixture("spelling", "test", n * 4 + 20, 1) if ".count(" in str(c[-1]["content"]))
-    return [(c[0]["content"], answer(c)) for c, _ in zip(convs, range(n), strict=False)]
+def _tool_items(task: str, n: int) -> list[tuple[str, str, str]]:
+    """(question, answer, phrasing family) of the synthetic tasks (`gptforge.chat.tasks`, test
+    split, seed 1): for arithmetic and letter_count the first n - n // 2 in template-seen phrasings,
+    then n // 2 in template-unseen ones; for social up to n of its held-out questions."""
+    if task == "social":
+        drawn = chat_tasks.items(task, "test", n)
+    else:
+        drawn = chat_tasks.items(task, "test", n - n // 2, phrasings="train") + \
+            chat_tasks.items(task, "test", n // 2, phrasings="test")
+    return [(prompt[0]["content"], ref, family) for prompt, ref, family in drawn]
 
 
 def task_items(task: str, n: int, data_dir: str | Path | None = None) -> list[tuple[str, str]]:
@@ -268,19 +249,13 @@ def task_items(task: str, n: int, data_dir: str | Path | None = None) -> list[tu
         UserError: another task, or gsm8k's file missing.
     """
     if task in ("arithmetic", "letter_count"):
-        return _tool_items(task, n)
+        return [(q, a) for q, a, _ in _tool_items(task, n)]
     if task == "gsm8k":
         root = Path(data_dir) if data_dir is not None else default_data_dir()
         rows = _read_jsonl(root / FILES[task], task)[:n]
         return [(r["question"].strip(), r["answer"].rpartition("#### ")[2].strip().replace(",", ""))
                 for r in rows]
     raise UserError(f"task {task!r} has no numeric answers (choose from arithmetic, letter_count, gsm8k)")
-
-
-def reply_correct(task: str, parts: list[dict], reference: str) -> bool:
-    """Whether a reply (message parts) answers right, by ``task``'s extraction rule (module docstring)."""
-    text = text_of(parts)
-    return same_number(gsm8k_answer(text) if task == "gsm8k" else last_number(text), reference)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -318,8 +293,8 @@ def _run_generation(model, tok, task, items, max_new, batch_size, tick) -> list[
     for (q, ref), (parts, stopped) in zip(items, replies, strict=True):
         text = text_of(parts)
         pred = gsm8k_answer(text) if task == "gsm8k" else last_number(text)
-        records.append({"question": q, "reference": ref, "pred": pred, "correct": same_number(pred, ref),
-                        "reply": parts, "stopped": stopped})
+        records.append({"question": q, "reference": ref, "pred": pred,
+                        "correct": reply_correct(task, parts, ref), "reply": parts, "stopped": stopped})
     return records
 
 
@@ -387,23 +362,31 @@ def evaluate_chat(model: torch.nn.Module, tok: Tokenizer, tasks: Sequence[str] |
         raise UserError(f"limit must be >= 1, not {limit}")
     root = Path(data_dir) if data_dir is not None else default_data_dir()
     data = {t: _read_jsonl(root / FILES[t], t) for t in tasks if t in FILES}  # every missing file, up front
-    was_training = model.training
-    model.eval()
     results: dict[str, dict] = {}
-    try:
+    with eval_mode(model):
         for task in tasks:
             results[task] = _evaluate_task(model, tok, task, data.get(task), limit, progress, out_dir,
                                            batch_size, max_new_tokens or MAX_NEW.get(task, 256), examples)
-    finally:
-        model.train(was_training)
     scored = [t for t in tasks if t in SCORED and results[t]["n"]]
     mean = sum(results[t]["centered"] for t in scored) / len(scored) if scored else None
     return {"tasks": results, "chatcore": mean, "chatcore_tasks": scored}
 
 
+def _by_phrasing(records: list[dict]) -> dict:
+    """``{"seen": {"n", "accuracy"}, "unseen": {...}}``: accuracy on template-seen phrasing families
+    (trained on) and on held-out ones (`gptforge.chat.mixtures.HELD_OUT`), when there are any."""
+    out = {}
+    for group, want in (("seen", False), ("unseen", True)):
+        rs = [r for r in records if held_out(r["family"]) == want]
+        if rs:
+            out[group] = {"n": len(rs), "accuracy": sum(r["correct"] for r in rs) / len(rs),
+                          "correct": [int(r["correct"]) for r in rs]}
+    return out
+
+
 def _evaluate_task(model, tok, task, rows, limit, progress, out_dir, batch_size, max_new, examples) -> dict:
     t0 = time.perf_counter()
-    if task in ("arithmetic", "letter_count"):
+    if task in SYNTHETIC:
         items = _tool_items(task, limit or SYNTHETIC_N)
     else:
         items = rows[:limit] if limit else rows
@@ -423,12 +406,17 @@ def _evaluate_task(model, tok, task, rows, limit, progress, out_dir, batch_size,
         pairs = [(r["question"].strip(), r["answer"].rpartition("#### ")[2].strip().replace(",", ""))
                  for r in items]
         records, baseline = _run_generation(model, tok, task, pairs, max_new, batch_size, tick), 0.0
-    elif task in ("arithmetic", "letter_count"):
-        records = _run_generation(model, tok, task, items, max_new, batch_size, tick)
+    elif task in SYNTHETIC:
+        records = _run_generation(model, tok, task, [(q, a) for q, a, _ in items], max_new, batch_size, tick)
+        for r, (_, _, family) in zip(records, items, strict=True):
+            r["family"] = family
         # a model that always writes the commonest answer scores this much (letter counts are
-        # mostly 0, 1 or 2: "1" alone is right about 40% of the time)
-        answers = [a for _, a in items]
-        baseline = max(answers.count(a) for a in set(answers)) / len(answers) if answers else 0.0
+        # mostly 0, 1 or 2: "1" alone is right about 40% of the time); social: 0
+        answers = [a for _, a, _ in items]
+        baseline = (max(answers.count(a) for a in set(answers)) / len(answers)
+                    if answers and task != "social" else 0.0)
+        if task != "social":
+            res["by_phrasing"] = _by_phrasing(records)
     elif task == "humaneval":
         records, baseline = _run_humaneval(model, tok, items, max_new, batch_size, tick), 0.0
         res["sandbox"] = list(protections())
@@ -449,7 +437,9 @@ def _evaluate_task(model, tok, task, rows, limit, progress, out_dir, batch_size,
         return res
     accuracy = sum(r["correct"] for r in records) / len(records) if records else math.nan
     res.update(n=len(records), accuracy=accuracy, centered=centered(accuracy, 100 * baseline),
-               baseline=baseline, seconds=round(time.perf_counter() - t0, 3))
+               baseline=baseline, seconds=round(time.perf_counter() - t0, 3),
+               correct=[int(r["correct"]) for r in records],  # per item: paired tests need it
+               items=items_fingerprint(json.dumps(item, sort_keys=True, default=str) for item in items))
     if examples:
         res["examples"] = records
     return res

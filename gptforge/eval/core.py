@@ -50,6 +50,7 @@ import torch
 
 from gptforge.errors import UserError
 from gptforge.eval.loglik import Request, Score, score_requests
+from gptforge.eval.stats import items_fingerprint
 from gptforge.io import read_text
 
 KINDS = ("multiple_choice", "schema", "language_modeling")
@@ -351,6 +352,9 @@ def evaluate_task(model: torch.nn.Module, tok, spec: TaskSpec, rows: Sequence[di
     if spec.kind != LM:
         out["accuracy_sum"] = sum(e["correct_sum"] for e in examples) / n
     out["seconds"] = time.perf_counter() - t0
+    # per-item correctness (0/1, file order) and which items: a paired test needs both
+    out["correct"] = [int(e["correct"]) for e in examples]
+    out["items"] = items_fingerprint([spec.label, len(rows), n])
     if records:
         out["examples"] = examples
     return out

@@ -13,6 +13,7 @@ zero-shot prompts of the multiple-choice and language-modelling types are writte
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -75,8 +76,6 @@ def write_task_configs(out_dir: str | os.PathLike, labels: list[str], icl_dir: s
 def hf_gpt2_tokenizer(gpt2_dir: str | os.PathLike):
     """transformers' GPT2TokenizerFast from OpenAI's original ``encoder.json`` and ``vocab.bpe`` in
     ``gpt2_dir`` (no hub access): lm-eval's tokenizer for a GPT-2-vocabulary model."""
-    import json
-
     import transformers
 
     d = Path(gpt2_dir)

@@ -29,6 +29,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from gptforge.models import eval_mode
+
 
 @dataclass(frozen=True)
 class Request:
@@ -88,12 +90,10 @@ def score_requests(model: torch.nn.Module, requests: Sequence[Request], max_toke
     order = sorted(range(len(requests)), key=lambda i: -len(windows[i]))
     selects = "select" in inspect.signature(model.forward).parameters  # GPT can skip unscored logits
     device = _device(model)
-    was_training = model.training
-    model.eval()
     logprob = torch.zeros(len(requests), dtype=torch.float64)
     greedy = torch.zeros(len(requests), dtype=torch.bool)
     done = 0
-    try:
+    with eval_mode(model):
         while done < len(order):
             longest = len(windows[order[done]]) - 1
             B = max(1, min(max_batch, max_tokens // longest, len(order) - done))
@@ -126,7 +126,5 @@ def score_requests(model: torch.nn.Module, requests: Sequence[Request], max_toke
             done += B
             if progress is not None:
                 progress(done, len(order))
-    finally:
-        model.train(was_training)
     return [Score(float(lp), n, bool(g)) for lp, n, g in zip(logprob.tolist(), n_scored, greedy.tolist(),
                                                             strict=True)]

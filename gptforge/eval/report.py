@@ -7,7 +7,9 @@
 A run card reads what a run directory already holds: ``config.json`` (task, model), ``metrics.jsonl``
 (steps, tokens, training seconds, the last validation loss and bits per byte) and, when
 ``gptforge eval`` has written one, ``eval.json`` (task accuracies, CORE, ChatCORE). Nothing is
-recomputed, so a report takes well under a second.
+recomputed, so a report takes well under a second. Every accuracy comes with its 95% Wilson
+interval, and neighbouring runs evaluated on the same items are compared with an exact McNemar
+test, stated in words ("sft vs pretrain on chat:arithmetic: +90 points, p < 0.001").
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 from pathlib import Path
 
 from gptforge.errors import UserError
+from gptforge.eval.stats import compare_sentence, format_interval, wilson_interval
 from gptforge.io import read_json
 from gptforge.train.plot import read_metrics, save_png
 
@@ -46,10 +49,6 @@ def run_card(run_dir: str | os.PathLike, eval_file: str | os.PathLike | None = N
     return card
 
 
-def _pct(x) -> str:
-    return "-" if x is None else f"{x:.1%}"
-
-
 def _num(x, spec=".4f") -> str:
     return "-" if x is None else format(x, spec)
 
@@ -78,19 +77,58 @@ def compare_markdown(cards: list[dict]) -> str:
     for e in evals:
         tasks += [t for t in e.get("tasks", {}) if t not in tasks]
     if tasks:
-        out += "\n## Evaluation (accuracy; centred accuracy in brackets)\n\n" + head
+        out += ("\n## Evaluation (accuracy; centred accuracy in brackets; 95% Wilson intervals in %)\n\n"
+                + head)
         for t in tasks:
-            cells = []
-            for e in evals:
-                r = e.get("tasks", {}).get(t)
-                cells.append("-" if r is None or r.get("accuracy") is None
-                             else f"{r['accuracy']:.1%} ({r['centered']:+.3f}), n={r['n']}")
-            out += row(t, cells)
+            results = [e.get("tasks", {}).get(t) for e in evals]
+            out += row(t, [_accuracy_cell(r) for r in results])
+            out += row(f"{t}, 95% interval", [_interval_cell(r) for r in results])
+            groups = []
+            for r in results:
+                groups += [g for g in (r or {}).get("by_phrasing", {}) if g not in groups]
+            for g in groups:  # template-seen and -unseen phrasings of the synthetic tasks
+                sub = [(r or {}).get("by_phrasing", {}).get(g) for r in results]
+                out += row(f"{t}, {g} phrasings", [_accuracy_cell(x) for x in sub])
+                out += row(f"{t}, {g} phrasings, 95% interval", [_interval_cell(x) for x in sub])
         out += row("**CORE**", [_num(e.get("core")) for e in evals])
         out += row("**ChatCORE**", [_num(e.get("chatcore")) for e in evals])
+        sentences = _comparisons(cards, tasks)
+        if sentences:
+            out += ("\n## Differences (exact McNemar test on the same items; each run against the one "
+                    "before it)\n\n" + "".join(f"- {s}\n" for s in sentences))
     missing = sorted({m["task"] for e in evals for m in e.get("missing", [])})
     if missing:
         out += f"\nCORE tasks without a local file (not run): {', '.join(missing)}.\n"
+    return out
+
+
+def _accuracy_cell(r: dict | None) -> str:
+    """``"78.0% (+0.560), n=200"``; "-" for no result or no accuracy."""
+    if r is None or r.get("accuracy") is None:
+        return "-"
+    centred = f" ({r['centered']:+.3f})" if r.get("centered") is not None else ""
+    return f"{r['accuracy']:.1%}{centred}, n={r['n']}"
+
+
+def _interval_cell(r: dict | None) -> str:
+    """``"[71.7, 83.2]"``: the 95% Wilson interval of an accuracy, in percent; "-" without one."""
+    if r is None or r.get("accuracy") is None or not r.get("n"):
+        return "-"
+    ci = r.get("ci95") or wilson_interval(round(r["accuracy"] * r["n"]), r["n"])  # older eval.json
+    return format_interval(*ci)
+
+
+def _comparisons(cards: list[dict], tasks: list[str]) -> list[str]:
+    """One sentence per task and pair of neighbouring runs evaluated on the same items, e.g.
+    "sft vs pretrain on chat:arithmetic: +90 points, p < 0.001 (significant at 5%; ...)"."""
+    out = []
+    for prev, cur in zip(cards, cards[1:], strict=False):
+        ea, eb = (prev["eval"] or {}).get("tasks", {}), (cur["eval"] or {}).get("tasks", {})
+        for t in tasks:
+            if t in ea and t in eb:
+                s = compare_sentence(prev["name"], cur["name"], t, ea[t], eb[t])
+                if s:
+                    out.append(s)
     return out
 
 

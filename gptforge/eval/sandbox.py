@@ -64,7 +64,6 @@ from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
-STATUSES = ("passed", "failed", "timeout", "error")
 ENV = {"LANG": "C.UTF-8"}  # the child's whole environment: nothing of ours leaks into it
 
 # Runs in the child before the program: fences itself in (module docstring), reports on an inherited

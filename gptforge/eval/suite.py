@@ -12,9 +12,12 @@ models), ``chat`` (the scored and answered chat tasks of `gptforge.eval.chat`, S
 and ``chat:NAME`` say which one explicitly (``chat:arc_easy`` is ARC as lettered multiple choice
 in a chat; ``arc_easy`` alone is the CORE task).
 
-The result (`evaluate`) is one JSON-ready dict: per task n, accuracy, centered (centred accuracy),
-baseline, seconds (and "examples" on request), the CORE mean over the CORE tasks run, the
-ChatCORE mean over the chat tasks run, and the CORE tasks whose file is missing, by name.
+The result (`evaluate`) is one JSON-ready dict: per task n, accuracy, its 95% Wilson interval
+(``ci95``, `gptforge.eval.stats`), centered (centred accuracy), baseline, seconds, per-item
+correctness (``correct``, 0/1 in item order) with the items' fingerprint (``items``), so two
+models' results can be compared with a paired test (and "examples" on request), the CORE mean
+over the CORE tasks run, the ChatCORE mean over the chat tasks run, and the CORE tasks whose file
+is missing, by name.
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ from pathlib import Path
 import torch
 
 from gptforge.errors import UserError
+from gptforge.eval import bpb, chat, core
+from gptforge.eval.chat import TASKS as CHAT_TASKS
+from gptforge.eval.core import CORE_TASKS
+from gptforge.eval.stats import add_interval
 
 GROUPS = ("core", "chat", "bpb")
 
@@ -49,9 +56,6 @@ def resolve_tasks(spec: str) -> Plan:
     Raises:
         UserError: an empty list or an unknown name (the message lists what exists).
     """
-    from gptforge.eval.chat import TASKS as CHAT_TASKS
-    from gptforge.eval.core import CORE_TASKS
-
     core_labels = [t.label for t in CORE_TASKS]
     plan = Plan()
     names = [s.strip() for s in spec.split(",") if s.strip()]
@@ -95,8 +99,6 @@ def evaluate(model: torch.nn.Module, tok, plan: Plan, *, data_dir: str | Path | 
     Raises:
         UserError: missing data, a tokenizer without chat tokens for chat tasks, bad settings.
     """
-    from gptforge.eval import chat, core
-
     t0 = time.perf_counter()
     root = Path(data_dir) if data_dir is not None else chat.default_data_dir()
     result: dict = {"tasks": {}, "core": None, "core_tasks": [], "missing": [], "chatcore": None,
@@ -115,14 +117,16 @@ def evaluate(model: torch.nn.Module, tok, plan: Plan, *, data_dir: str | Path | 
                                  examples=examples)
         result["tasks"].update({f"chat:{k}": v for k, v in res["tasks"].items()})
         result["chatcore"], result["chatcore_tasks"] = res["chatcore"], res["chatcore_tasks"]
+    for r in result["tasks"].values():
+        add_interval(r)
+        for group in r.get("by_phrasing", {}).values():
+            add_interval(group)
     result["seconds"] = time.perf_counter() - t0
     return result
 
 
 def bits_per_byte(model: torch.nn.Module, tok, data: str | Path) -> dict:
     """Bits per byte on a shard directory's val split or on a text file (`gptforge.eval.bpb`)."""
-    from gptforge.eval import bpb
-
     p = Path(data)
     if p.is_dir():
         return {**bpb.bpb_shards(model, p, "val", tok), "data": str(p)}
@@ -131,13 +135,21 @@ def bits_per_byte(model: torch.nn.Module, tok, data: str | Path) -> dict:
 
 def format_table(result: dict) -> str:
     """The result as an aligned text table: one line per task, then the means."""
-    lines = [f"{'task':40s} {'n':>6s} {'accuracy':>9s} {'centred':>8s} {'baseline':>9s} {'seconds':>8s}"]
+    from gptforge.eval.stats import format_interval
+
+    lines = [f"{'task':40s} {'n':>6s} {'accuracy':>9s} {'95% interval':>14s} {'centred':>8s} "
+             f"{'baseline':>9s} {'seconds':>8s}"]
     for name, r in result["tasks"].items():
         if r.get("accuracy") is None:  # answered, not scored (MT-bench)
-            lines.append(f"{name:40s} {r['n']:>6d} {'-':>9s} {'-':>8s} {'-':>9s} {r['seconds']:>8.1f}")
+            lines.append(f"{name:40s} {r['n']:>6d} {'-':>9s} {'-':>14s} {'-':>8s} {'-':>9s} "
+                         f"{r['seconds']:>8.1f}")
             continue
-        lines.append(f"{name:40s} {r['n']:>6d} {r['accuracy']:>9.1%} {r['centered']:>8.3f} "
+        ci = format_interval(*r["ci95"]) if r.get("ci95") else "-"
+        lines.append(f"{name:40s} {r['n']:>6d} {r['accuracy']:>9.1%} {ci:>14s} {r['centered']:>8.3f} "
                      f"{r['baseline']:>9.1%} {r['seconds']:>8.1f}")
+        for group, g in r.get("by_phrasing", {}).items():  # template-seen / -unseen phrasings
+            ci = format_interval(*g["ci95"]) if g.get("ci95") else "-"
+            lines.append(f"{'  ' + group + ' phrasings':40s} {g['n']:>6d} {g['accuracy']:>9.1%} {ci:>14s}")
     if result["bpb"] is not None:
         b = result["bpb"]
         lines.append(f"bits per byte on {b['data']}: {b['bpb']:.4f} "

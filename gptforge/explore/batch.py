@@ -17,6 +17,9 @@ from dataclasses import dataclass
 
 import torch
 
+from gptforge.errors import UserError
+from gptforge.explore.setup import accum_steps, train_data
+from gptforge.train.batches import batch_index
 from gptforge.train.config import TrainConfig
 
 
@@ -47,9 +50,6 @@ def batch_at(cfg: TrainConfig, step: int, micro: int = 0, rank: int = 0, world: 
     Raises:
         UserError: unreadable data or base checkpoint; a micro/rank out of range.
     """
-    from gptforge.errors import UserError
-    from gptforge.explore.setup import accum_steps, train_data
-
     accum = accum_steps(cfg, world)
     if not 0 <= micro < accum:
         raise UserError(f"--micro {micro}: this config takes {accum} micro step(s) per step (0..{accum - 1})")
@@ -61,7 +61,7 @@ def batch_at(cfg: TrainConfig, step: int, micro: int = 0, rank: int = 0, world: 
         raise UserError("this run samples by curriculum: its batches depend on every loss seen before "
                         "them, so they cannot be recomputed from the step")
     data, tok = train_data(cfg)
-    x, y = data.batches.get(step, micro, accum, rank, world, "cpu")
+    x, y = data.batches.get(batch_index(step, micro, accum, rank, world), "cpu")
     return x, y, tok
 
 

@@ -7,9 +7,10 @@ look at the data right before it enters the network, and keep validation data ou
 Every check is a plain function over the objects it examines (a model, a batch source, token
 arrays, a tokenizer) and returns a ``Check``: PASS, WARN or FAIL with a one-line reason (SKIP where
 it does not apply). Tests hand each one a deliberately broken object; ``run_doctor`` hands them the
-real ones built from a ``TrainConfig``. A batch source is anything with
-``get(step, micro, accum, rank, world, device) -> (x, y)`` (``PretrainBatches``, ``SFTBatches``);
-``loss_fn(model, (x, y)) -> scalar`` nats per scored token, as in the training loop.
+real ones built from a ``TrainConfig``. A batch source is anything with ``get(index, device) ->
+(x, y)`` (``PretrainBatches``, ``SFTBatches``); ``loss_fn(model, (x, y)) -> (loss, stats)``, loss
+in nats per scored token, as in the training loop. Optimizer steps are the training loop's own
+(``gptforge.train.step.optimizer_step``), so a step that lost its ``zero_grad`` fails here.
 """
 
 from __future__ import annotations
@@ -17,13 +18,15 @@ from __future__ import annotations
 import copy
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gptforge.models import eval_mode
+from gptforge.train import step
 from gptforge.train.batches import lm_loss
 
 PASS, WARN, FAIL, SKIP = "PASS", "WARN", "FAIL", "SKIP"
@@ -55,10 +58,8 @@ def check_initial_loss(model: torch.nn.Module, batch, vocab_size: int, loss_fn: 
     can be seen in the inputs. ``pretrained``: the model starts from a checkpoint (SFT), where a
     loss below ln V is expected, so only the value is reported.
     """
-    was = model.training
-    model.eval()
-    loss = float(loss_fn(model, batch))
-    model.train(was)
+    with eval_mode(model):
+        loss = float(loss_fn(model, batch)[0])
     ln_v = math.log(vocab_size)
     msg = f"loss {loss:.3f} nats at step 0, ln V = {ln_v:.3f}"
     if not math.isfinite(loss):
@@ -87,15 +88,10 @@ def check_logits(model: torch.nn.Module, batch) -> Check:
     between shrinks it ~V-fold. Log-probabilities pass: log_softmax of them is themselves.
     """
     x, y = batch
-    was = model.training
-    model.eval()
-    try:
-        with torch.enable_grad():
-            logits, loss = model(x, y)
-            grad = torch.autograd.grad(loss, logits)[0].float() if loss is not None and loss.requires_grad \
-                else None
-    finally:
-        model.train(was)
+    with eval_mode(model), torch.enable_grad():
+        logits, loss = model(x, y)
+        grad = torch.autograd.grad(loss, logits)[0].float() if loss is not None and loss.requires_grad \
+            else None
     logits = logits.detach().float()
     sums = logits.sum(-1)
     name = "logits, not probabilities"
@@ -131,16 +127,12 @@ def check_overfit_one_batch(model: torch.nn.Module, batch, loss_fn: Callable = l
     opt = torch.optim.AdamW(m.parameters(), lr=lr, weight_decay=0.0)
     first = last = None
     for _ in range(steps):
-        loss = loss_fn(m, batch)
-        loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        last = float(loss.detach())
+        last = float(step.optimizer_step(m, [opt], lambda i: batch, 1, loss_fn).loss)
         first = last if first is None else first
         if last < target / 2:
             break
     with torch.no_grad():
-        last = float(loss_fn(m, batch))
+        last = float(loss_fn(m, batch)[0])
     msg = f"{first:.3f} -> {last:.3f} nats on {batch[0].shape[0]} rows x {batch[0].shape[1]} tokens"
     if not math.isfinite(last):
         return Check("overfit one batch", FAIL, f"{msg}: loss became {last}")
@@ -162,7 +154,6 @@ def check_train_eval_mode(model: torch.nn.Module, batch) -> Check:
     the model has dropout, train mode must differ from it. The classic bug is ``F.dropout(x, p)``,
     whose ``training`` defaults to True whatever mode the module is in."""
     x, _ = batch
-    was = model.training
 
     def twice(train: bool) -> bool:
         model.train(train)
@@ -172,10 +163,8 @@ def check_train_eval_mode(model: torch.nn.Module, batch) -> Check:
         b = model(x)[0]
         return torch.equal(a, b)
 
-    try:
+    with eval_mode(model):  # restores the mode
         eval_same, train_same = twice(False), twice(True)
-    finally:
-        model.train(was)
     dropout = _has_dropout(model)
     if not eval_same:
         return Check("train vs eval mode", FAIL, "eval mode is not deterministic: dropout (or other "
@@ -189,30 +178,17 @@ def check_train_eval_mode(model: torch.nn.Module, batch) -> Check:
 
 
 # --- the optimizer step ----------------------------------------------------------------------------------
-def train_step(model: torch.nn.Module, optimizers: Sequence[torch.optim.Optimizer], batch,
-               loss_fn: Callable = lm_loss, grad_clip: float = 1.0) -> float:
-    """One optimizer step as gptforge/train/loop.py takes it (one micro step): backward, clip, step,
-    zero_grad. Returns the loss (nats per scored token)."""
-    loss = loss_fn(model, batch)
-    loss.backward()
-    if grad_clip > 0:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    for opt in optimizers:
-        opt.step()
-    for opt in optimizers:
-        opt.zero_grad(set_to_none=True)
-    return float(loss.detach())
-
-
 def check_zero_grad(model: torch.nn.Module, make_optimizers: Callable, batch, loss_fn: Callable = lm_loss,
-                    step_fn: Callable = train_step) -> Check:
+                    step_fn: Callable | None = None) -> Check:
     """Gradients must not leak from one step into the next (``zero_grad``).
 
-    A copy of the model takes two steps with ``step_fn(model, optimizers, batch, loss_fn)`` on the
-    same batch with the same RNG seed (same dropout) and every learning rate at 0 (weights fixed), so
-    the gradient the optimizer sees must be the same both times; a missing ``zero_grad`` makes the
-    second twice the first. The gradient is read by a pre-step hook on each optimizer.
+    A copy of the model takes two steps with ``step_fn(model, optimizers, batch, loss_fn)``
+    (default: the training loop's ``optimizer_step``) on the same batch with the same RNG seed
+    (same dropout) and every learning rate at 0 (weights fixed), so the gradient the optimizer sees
+    must be the same both times; a missing ``zero_grad`` makes the second twice the first. The
+    gradient is read by a pre-step hook on each optimizer; a step that never steps them fails.
     """
+    take = step_fn or (lambda m, o, b, f: step.optimizer_step(m, o, lambda i: b, 1, f))
     m = copy.deepcopy(model).train()
     optimizers = make_optimizers(m)
     for opt in optimizers:
@@ -229,14 +205,14 @@ def check_zero_grad(model: torch.nn.Module, make_optimizers: Callable, batch, lo
     try:
         for _ in range(2):
             torch.manual_seed(0)
-            step_fn(m, optimizers, batch, loss_fn)
+            take(m, optimizers, batch, loss_fn)
     finally:
         for h in handles:
             h.remove()
     k = len(optimizers)
     if len(seen) != 2 * k:
-        return Check("zero_grad between steps", WARN,
-                     f"could not observe the optimizer steps ({len(seen)} seen)")
+        return Check("zero_grad between steps", FAIL,
+                     f"two steps ran optimizer.step() {len(seen)} times, not {2 * k}")
     g1, g2 = math.sqrt(sum(seen[:k])), math.sqrt(sum(seen[k:]))
     ratio = g2 / g1 if g1 > 0 else float("nan")
     msg = f"grad norm {g1:.4g} at step 1, {g2:.4g} at step 2 on the same batch with fixed weights"
@@ -251,7 +227,7 @@ def check_zero_grad(model: torch.nn.Module, make_optimizers: Callable, batch, lo
 # --- the data --------------------------------------------------------------------------------------------
 def check_batches_vary(batches, accum: int = 1, world: int = 1, steps: int = 4) -> Check:
     """Consecutive training batches must differ (a loader stuck on one batch trains on B sequences)."""
-    xs = [batches.get(s, m, accum, 0, world, "cpu")[0] for s in range(steps) for m in range(accum)]
+    xs = [batches.get(i * world, "cpu")[0] for i in range(steps * accum)]  # rank 0's micro-batches
     same = [(i, j) for i in range(len(xs)) for j in range(i + 1, len(xs)) if torch.equal(xs[i], xs[j])]
     if same:
         i, j = same[0]
@@ -264,10 +240,10 @@ def check_batches_vary(batches, accum: int = 1, world: int = 1, steps: int = 4) 
     return Check("batches vary", PASS, f"{len(xs)} micro-batches, {distinct} distinct rows of {len(rows)}")
 
 
-def check_targets_shifted(batches, accum: int = 1, world: int = 1) -> Check:
+def check_targets_shifted(batches) -> Check:
     """Targets must be the inputs shifted by one (``y[t] = x[t + 1]`` wherever both are known) and
     some targets must be scored (not all -1)."""
-    x, y = batches.get(0, 0, accum, 0, world, "cpu")
+    x, y = batches.get(0, "cpu")
     scored = y[:, :-1] != -1
     if not bool((y != -1).any()):
         return Check("targets = next tokens", FAIL, "no target is scored (every target is -1)")
@@ -399,10 +375,13 @@ def check_chat_tokens(tok, batches: Iterable[tuple[torch.Tensor, torch.Tensor]])
         for xr, yr in zip(x.tolist(), y.tolist(), strict=True):
             if all(t == -1 for t in yr):
                 continue
+            text = tok.decode([t for t in xr if t not in special_ids])
+            spells = any(s in text for s in CHAT_TOKENS)
+            if -1 not in yr and a_start not in xr and not spells:
+                continue  # a window of pretraining text mixed in (sft --pretrain-mix): no chat in it
             rows += 1
             bad += a_start not in xr or a_end not in yr
-            text = tok.decode([t for t in xr if t not in special_ids])
-            spelled += any(s in text for s in CHAT_TOKENS)
+            spelled += spells
     if not rows:
         return Check("chat special tokens", FAIL, "no row has a trained target")
     if spelled:
@@ -452,7 +431,7 @@ def _sample_texts(cfg, tok, data, max_chars: int = 200_000) -> list[str]:
                 break
         return texts
     except (UserError, KeyError, OSError):
-        x, _ = data.batches.get(0, 0, 1, 0, 1, "cpu")
+        x, _ = data.batches.get(0, "cpu")
         return [tok.decode(r) for r in x.tolist()]
 
 
@@ -476,7 +455,7 @@ def run_doctor(cfg, rows: int = 4, overfit_steps: int = 60, overfit_tokens: int 
     data, tok = train_data(cfg)
     accum = accum_steps(cfg)
     model = fresh_model(cfg, tok.vocab_size)
-    batch = _crop(data.batches.get(0, 0, accum, 0, 1, "cpu"), rows)
+    batch = _crop(data.batches.get(0, "cpu"), rows)
     out: list[Check] = []
 
     def add(fn):
@@ -494,9 +473,10 @@ def run_doctor(cfg, rows: int = 4, overfit_steps: int = 60, overfit_tokens: int 
     add(lambda: check_overfit_one_batch(model, small, data.loss_fn, steps=overfit_steps))
     add(lambda: check_train_eval_mode(model, batch))
     add(lambda: check_zero_grad(model, lambda m: build_optimizers(m, cfg, "cpu"), batch, data.loss_fn,
-                                lambda m, o, b, f: train_step(m, o, b, f, cfg.grad_clip)))
+                                lambda m, o, b, f: step.optimizer_step(m, o, lambda i: b, 1, f,
+                                                                       grad_clip=cfg.grad_clip)))
     add(lambda: check_batches_vary(data.batches, accum))
-    add(lambda: check_targets_shifted(data.batches, accum))
+    add(lambda: check_targets_shifted(data.batches))
     if cfg.task == "sft":
         # packed rows: the inputs of every training row against those of the validation rows
         train_rows = data.batches.rows[:, :-1].ravel()
@@ -510,7 +490,7 @@ def run_doctor(cfg, rows: int = 4, overfit_steps: int = 60, overfit_tokens: int 
     add(lambda: check_hyperparameters(cfg, sum(p.numel() for p in model.parameters()), data.train_tokens))
     add(lambda: check_tokenizer_roundtrip(tok, _sample_texts(cfg, tok, data)))
     if cfg.task == "sft":
-        add(lambda: check_chat_tokens(tok, (data.batches.get(s, 0, accum, 0, 1, "cpu") for s in range(4))))
+        add(lambda: check_chat_tokens(tok, (data.batches.get(s * accum, "cpu") for s in range(4))))
     else:
         out.append(Check("chat special tokens", SKIP, "pretraining: no chat data"))
         if on_check:

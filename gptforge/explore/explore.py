@@ -38,6 +38,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gptforge.chat.render import render
+from gptforge.chat.sources import conversations
+from gptforge.data.corpus import open_corpus
+from gptforge.data.shards import open_shards
+from gptforge.errors import UserError
 from gptforge.io import atomic_write
 
 
@@ -85,8 +90,6 @@ def corpus_units(spec: str, tok, window_bytes: int = 2048, max_doc_bytes: int = 
     Raises:
         UserError: a corpus that cannot be read.
     """
-    from gptforge.data.corpus import open_corpus
-
     corpus = open_corpus(spec)
     start = [] if tok.eot_id is None else [tok.eot_id]
     doc, buf, held, win = -1, [], 0, 0
@@ -125,9 +128,6 @@ def shard_units(shard_dir: str, split: str = "train", max_doc_tokens: int = 2048
     Raises:
         UserError: a bad shard directory or split.
     """
-    from gptforge.data.shards import open_shards
-    from gptforge.errors import UserError
-
     shards = open_shards(shard_dir)
     tok = shards.tokenizer()
     if split not in ("train", "val"):
@@ -170,9 +170,6 @@ def sft_units(spec: str, tok, split: str = "train") -> Iterator[Unit]:
     Raises:
         UserError: a bad spec or a tokenizer without chat tokens.
     """
-    from gptforge.chat.render import render
-    from gptforge.chat.sources import conversations
-
     for i, conv in enumerate(conversations(spec, "test" if split == "val" else "train")):
         ids, mask = render(conv, tok)
         yield Unit(f"conversation {i}", tok.decode(ids), ids, mask)

@@ -12,8 +12,14 @@ from pathlib import Path
 import torch
 
 from gptforge import checkpoint as ckpt
+from gptforge.chat.sft import sft_data
+from gptforge.chat.sources import conversations
+from gptforge.data.shards import open_shards
 from gptforge.errors import UserError
-from gptforge.train.config import TrainConfig, make_config
+from gptforge.io import read_json
+from gptforge.models import build_model
+from gptforge.tokenizer import load_tokenizer
+from gptforge.train.config import TrainConfig, from_saved, make_config
 from gptforge.train.session import TrainData, shard_data
 
 
@@ -26,11 +32,11 @@ def run_config(run_dir: str | os.PathLike) -> TrainConfig:
     """
     p = Path(run_dir)
     if (p / "config.json").is_file():
-        from gptforge.io import read_json
-
-        return make_config(read_json(p / "config.json"), where=str(p / "config.json"))
+        return make_config(from_saved(read_json(p / "config.json", what="run config"), p),
+                           where=str(p / "config.json"))
     ck = ckpt.find_checkpoint(p, "latest")
-    return make_config(ckpt.read_trainer_state(ck).config, where=str(ck / "trainer.json"))
+    return make_config(from_saved(ckpt.read_trainer_state(ck).config, ck.parent.parent),
+                       where=str(ck / "trainer.json"))
 
 
 def world_size(run_dir: str | os.PathLike | None) -> int:
@@ -45,8 +51,6 @@ def world_size(run_dir: str | os.PathLike | None) -> int:
 
 def sft_tokenizer(cfg: TrainConfig):
     """(tokenizer, tokenizer.json path) of an SFT config: those of the checkpoint it starts from."""
-    from gptforge.tokenizer import load_tokenizer
-
     if not cfg.init_from:
         raise UserError("an SFT config needs init_from (the base checkpoint)")
     tok_file = ckpt.find_checkpoint(cfg.init_from) / "tokenizer.json"
@@ -60,15 +64,10 @@ def train_data(cfg: TrainConfig) -> tuple[TrainData, object]:
         UserError: missing or bad data, or (SFT) a base checkpoint that cannot be read.
     """
     if cfg.task == "sft":
-        from gptforge.chat.sft import sft_data
-        from gptforge.chat.sources import conversations
-
         tok, tok_file = sft_tokenizer(cfg)
         data, _, _ = sft_data(cfg, tok, tok_file, conversations(cfg.data, "train", cfg.seed),
                               conversations(cfg.data, "test", cfg.seed))
         return data, tok
-    from gptforge.data.shards import open_shards
-
     if not cfg.data:
         raise UserError("no data: the config names no shard directory")
     return shard_data(cfg), open_shards(cfg.data).tokenizer()
@@ -77,8 +76,6 @@ def train_data(cfg: TrainConfig) -> tuple[TrainData, object]:
 def fresh_model(cfg: TrainConfig, vocab_size: int) -> torch.nn.Module:
     """The model the run starts from, in train mode on the CPU: the ``init_from`` weights, or a
     new model initialised with ``cfg.seed`` (as ``setup`` does)."""
-    from gptforge.models import build_model
-
     torch.manual_seed(cfg.seed)
     if cfg.init_from:
         model, _ = ckpt.load_checkpoint(cfg.init_from, "latest")

@@ -13,6 +13,10 @@ embeddings are ``nn.Embedding`` modules and the output layer is an ``nn.Linear``
 (Bigram's table is both, so it has only the embedding).
 """
 
+from contextlib import contextmanager
+
+import torch
+
 from gptforge.models.bigram import Bigram, BigramConfig
 from gptforge.models.gpt import GPT, PRESETS, GPTConfig, KVCache, gpt_config
 from gptforge.models.lstm import LSTM, LSTMConfig
@@ -20,5 +24,17 @@ from gptforge.models.mlp import MLP, MLPConfig
 from gptforge.models.zoo import ARCHS, build_model, config_class, model_config, model_from_config
 
 __all__ = ["ARCHS", "GPT", "LSTM", "MLP", "PRESETS", "Bigram", "BigramConfig", "GPTConfig", "KVCache",
-           "LSTMConfig", "MLPConfig", "build_model", "config_class", "gpt_config", "model_config",
-           "model_from_config"]
+           "LSTMConfig", "MLPConfig", "build_model", "config_class", "eval_mode", "gpt_config",
+           "model_config", "model_from_config"]
+
+
+@contextmanager
+def eval_mode(model: torch.nn.Module):
+    """``with eval_mode(model):`` runs the block in eval mode (no dropout) and restores the mode
+    the model was in, train or eval, even when the block raises. Gradients still flow."""
+    was = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was)

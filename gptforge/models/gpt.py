@@ -171,11 +171,11 @@ class Linear(nn.Linear):
 
     Training, autograd, other devices and dtypes, and inputs of more than SKINNY_ROWS rows run
     ``F.linear`` unchanged. For M <= SKINNY_ROWS fp32 rows on the CPU without autograd, MKL's sgemm
-    as F.linear calls it is slow: it runs one row on one thread and 2-8 rows at 5-7 GB/s of weight
-    reads (a 2-core AVX2 EPYC; bench/README.md, generate.py). The same product taken as
-    ``weight @ x.T`` (M > 1), or for one row as two half-weight products in one ``bmm`` (both
-    threads), runs 1.5-2.8x faster there. The sums are the same but the order of their float
-    additions can differ from F.linear's in the last bits.
+    as F.linear calls it is slow: it runs one row on one thread and a few rows far below the
+    memory bandwidth. The same product taken as ``weight @ x.T`` (M > 1), or for one row as two
+    half-weight products in one ``bmm`` (both threads), is faster (bench/README.md, generate.py).
+    The sums are the same but the order of their float additions can differ from F.linear's in
+    the last bits.
     """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -203,9 +203,8 @@ class Dropout(nn.Dropout):
     In training each element is zeroed with probability p and the rest scaled by 1 / (1 - p)
     (Srivastava et al. 2014). torch's CPU dropout draws a random number per element; here one
     64-bit draw gives four elements 15 random bits each (random_ fills 63 uniform bits; the sign bit
-    of each 16-bit piece is masked off), so p is rounded to a multiple of 1/32768. On a 2-core EPYC
-    one (16, 128, 192) activation's forward and backward take 1.6 ms instead of 4.2, and the cpu
-    recipe's training step (nine dropouts) 4% less time (bench/dropout.py). Other devices (CUDA's
+    of each 16-bit piece is masked off), so p is rounded to a multiple of 1/32768: cheaper than
+    torch's (bench/README.md, dropout.py). Other devices (CUDA's
     dropout is fused) and evaluation run nn.Dropout unchanged. The masks come from torch's CPU
     generator, so ``torch.manual_seed`` and a saved RNG state reproduce them.
     """

@@ -6,7 +6,7 @@ import dataclasses
 
 import torch
 
-from gptforge.config import convert
+from gptforge.config import convert_all
 from gptforge.errors import UserError
 from gptforge.models.bigram import Bigram, BigramConfig
 from gptforge.models.gpt import GPT, GPTConfig, gpt_config
@@ -27,7 +27,7 @@ def config_class(arch: str) -> type:
 
 def _config(arch: str, fields: dict):
     cls = config_class(arch)
-    return cls(**{k: convert(cls, k, v, f"{arch} config") for k, v in fields.items()})
+    return cls(**convert_all(cls, fields, f"{arch} config"))
 
 
 def build_model(arch: str, vocab_size: int, block_size: int, **config) -> torch.nn.Module:

@@ -13,7 +13,9 @@ import os
 from pathlib import Path
 
 from gptforge.errors import UserError
-from gptforge.tokenizer.base import EOT, Tokenizer, read_tokenizer_json
+from gptforge.io import read_json
+from gptforge.tokenizer import openai
+from gptforge.tokenizer.base import EOT, FORMAT, FORMAT_VERSION, Tokenizer
 from gptforge.tokenizer.bpe import (
     GPT2_SPLIT_PATTERN,
     GPT4_SPLIT_PATTERN,
@@ -35,8 +37,6 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
     Raises:
         UserError: missing, truncated, corrupt or unsupported file (the message names the path).
     """
-    from gptforge.tokenizer import openai
-
     p = Path(path)
     if p.is_dir():
         p = p / "tokenizer.json"
@@ -46,7 +46,7 @@ def load_tokenizer(path: str | os.PathLike) -> Tokenizer:
         if str(path) in openai.ENCODINGS:
             return openai.openai_tokenizer(str(path))
         raise UserError(f"{path}: no tokenizer here (expected a tokenizer.json or a directory holding one)")
-    d = read_tokenizer_json(p)
+    d = read_json(p, FORMAT, (FORMAT_VERSION,), "tokenizer file")
     kinds: dict[str, type[Tokenizer]] = {"char": CharTokenizer, "bpe": BPETokenizer}
     cls = kinds.get(d.get("kind"))
     if cls is None:

@@ -159,28 +159,3 @@ class Tokenizer:
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
         return atomic_write(path, self.to_json())
-
-
-def read_tokenizer_json(path: Path) -> dict:
-    """Parse and validate the envelope of a saved tokenizer file.
-
-    Raises:
-        UserError: the file is unreadable, not UTF-8 JSON (e.g. truncated), or not a gptforge
-            tokenizer (the message names ``path``).
-    """
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise UserError(f"{path}: no such tokenizer file") from None
-    except OSError as e:  # a directory, no permission, ...
-        raise UserError(f"{path}: cannot read tokenizer file ({e.strerror or e})") from None
-    try:
-        d = json.loads(raw.decode("utf-8"))
-    except (ValueError, RecursionError) as e:  # bad UTF-8 or JSON, an overlong int, deep nesting
-        raise UserError(f"{path}: corrupt tokenizer file ({type(e).__name__}: {str(e)[:200]})") from None
-    if not isinstance(d, dict) or d.get("format") != FORMAT:
-        raise UserError(f"{path}: not a gptforge tokenizer file (no \"format\": \"{FORMAT}\")")
-    if type(d.get("version")) is not int or d["version"] != FORMAT_VERSION:
-        raise UserError(f"{path}: tokenizer format version {d.get('version')!r} is not supported "
-                        f"(this gptforge reads version {FORMAT_VERSION})")
-    return d

@@ -34,7 +34,7 @@ import regex
 
 from gptforge.errors import UserError
 from gptforge.tokenizer.base import EOT, AllowedSpecial, DisallowedSpecial, Tokenizer
-from gptforge.tokenizer.train import count_chunks, merges_to_tokens, train_merges
+from gptforge.tokenizer.train import TIE_BREAKS, count_chunks, fix_surrogates, merges_to_tokens, train_merges
 
 # Split patterns, exactly as tiktoken's openai_public.py defines them.
 #: GPT-2 (r50k_base, p50k_base): contractions, optional-space + letters/numbers/other, whitespace.
@@ -159,15 +159,6 @@ def bpe_encode_chunk(piece: bytes, ranks: dict[bytes, int]) -> list[int]:
     return [ranks[p] for p in parts]
 
 
-def _fix_surrogates(text: str) -> str:
-    """Lone surrogates cannot be UTF-8 encoded; replace them with U+FFFD as tiktoken does."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
-
-
 class BPETokenizer(Tokenizer):
     """Byte-level BPE: ranks + split pattern + special tokens (a tiktoken encoding).
 
@@ -257,8 +248,8 @@ class BPETokenizer(Tokenizer):
                 character of ``texts``, or an unknown ``tie_break``.
         """
         pattern, n_merges = training_settings(vocab_size, pattern, len(special_tokens))
-        if tie_break not in ("rustbpe", "hf"):
-            raise UserError(f"tie_break must be 'rustbpe' or 'hf', not {tie_break!r}")
+        if tie_break not in TIE_BREAKS:
+            raise UserError(f"tie_break must be one of {', '.join(TIE_BREAKS)}, not {tie_break!r}")
         from tqdm import tqdm
 
         if isinstance(texts, str):
@@ -335,7 +326,7 @@ class BPETokenizer(Tokenizer):
     def reference_encode_ordinary(self, text: str) -> list[int]:
         """``encode_ordinary`` in plain Python (``bpe_encode_chunk`` per chunk): slow, for tests."""
         ids: list[int] = []
-        for m in self._regex.finditer(_fix_surrogates(text)):  # whole matches, as tiktoken
+        for m in self._regex.finditer(fix_surrogates(text)):  # whole matches, as tiktoken
             chunk = m.group()
             ids.extend(bpe_encode_chunk(chunk.encode("utf-8"), self.ranks))
         return ids
@@ -344,7 +335,7 @@ class BPETokenizer(Tokenizer):
                          disallowed_special: DisallowedSpecial = "all") -> list[int]:
         """``encode`` with the pure-Python encoder and the base class's special-token splitting."""
         self._check_allowed(allowed_special)
-        return self._encode_with(self.reference_encode_ordinary, _fix_surrogates(text),
+        return self._encode_with(self.reference_encode_ordinary, fix_surrogates(text),
                                  allowed_special, disallowed_special)
 
     def decode_bytes(self, ids: Sequence[int]) -> bytes:

@@ -49,7 +49,16 @@ from collections.abc import Callable, Iterable, Mapping
 import regex
 
 TIE_BREAKS = ("rustbpe", "hf")
-_SURROGATE = regex.compile("[\ud800-\udfff]")
+
+
+def fix_surrogates(text: str) -> str:
+    """``text`` with each lone surrogate (which has no UTF-8 form) replaced by U+FFFD, as
+    tiktoken's ``encode`` does (through UTF-16, so a split surrogate pair is joined)."""
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
 
 
 def bytes_to_unicode() -> dict[int, str]:
@@ -147,31 +156,7 @@ def train_merges(
     if num_merges < 0:
         raise ValueError(f"num_merges must be >= 0, not {num_merges}")
     order = _base_order(tie_break)
-    words: list[list[int]] = []
-    freqs: list[int] = []
-    pair_counts: dict[tuple[int, int], int] = {}
-    where: dict[tuple[int, int], set[int]] = {}  # pair -> chunks that hold (or once held) it
-    for chunk, c in chunk_counts.items():
-        if isinstance(chunk, str):
-            try:
-                b = chunk.encode("utf-8")
-            except UnicodeEncodeError:  # a lone surrogate has no UTF-8 form: U+FFFD, as tiktoken does
-                b = _SURROGATE.sub("\ufffd", chunk).encode("utf-8")
-        else:
-            b = chunk
-        if len(b) < 2 or c <= 0:
-            continue  # holds no pair; never changes
-        w = [order[x] for x in b]
-        wi = len(words)
-        words.append(w)
-        freqs.append(c)
-        for pair in zip(w, w[1:], strict=False):
-            pair_counts[pair] = pair_counts.get(pair, 0) + c
-            s = where.get(pair)
-            if s is None:
-                where[pair] = {wi}
-            else:
-                s.add(wi)
+    words, freqs, pair_counts, where = _count_pairs(chunk_counts, order)
     # max-heap on count via negation; ties -> smallest (a, b) because tuples compare elementwise
     heap = [(-c, a, b) for (a, b), c in pair_counts.items()]
     heapq.heapify(heap)
@@ -248,6 +233,37 @@ def train_merges(
     for b, i in enumerate(order):
         inverse[i] = b
     return [(inverse[a] if a < 256 else a, inverse[b] if b < 256 else b) for a, b in merges]
+
+
+def _count_pairs(chunk_counts: Mapping[str | bytes, int], order: list[int]):
+    """``(words, freqs, pair_counts, where)``: each chunk of two or more bytes as ids in ``order``,
+    its count, the weighted count of every adjacent pair, and pair -> indices of the words holding it."""
+    words: list[list[int]] = []
+    freqs: list[int] = []
+    pair_counts: dict[tuple[int, int], int] = {}
+    where: dict[tuple[int, int], set[int]] = {}
+    for chunk, c in chunk_counts.items():
+        if isinstance(chunk, str):
+            try:
+                b = chunk.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate has no UTF-8 form
+                b = fix_surrogates(chunk).encode("utf-8")
+        else:
+            b = chunk
+        if len(b) < 2 or c <= 0:
+            continue  # holds no pair; never changes
+        w = [order[x] for x in b]
+        wi = len(words)
+        words.append(w)
+        freqs.append(c)
+        for pair in zip(w, w[1:], strict=False):
+            pair_counts[pair] = pair_counts.get(pair, 0) + c
+            s = where.get(pair)
+            if s is None:
+                where[pair] = {wi}
+            else:
+                s.add(wi)
+    return words, freqs, pair_counts, where
 
 
 def merges_to_tokens(merges: Iterable[tuple[int, int]]) -> list[bytes]:

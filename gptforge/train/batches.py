@@ -1,11 +1,10 @@
 """Batch sources for the training loop, and pretraining batches from memory-mapped token shards.
 
-The loop (loop.py) asks a batch source for micro-batch ``(step, micro)`` of this rank and hands
-what it gets to a loss function: ``loss = loss_fn(model, batch)``. Pretraining's source is
-``PretrainBatches`` with ``lm_loss``; SFT conversations and preference pairs plug in the same way.
-
-A training batch is a pure function of ``(seed, index)``, where ``index`` numbers every micro-batch
-of the run: ``(step * accum + micro) * world_size + rank``. So:
+A batch source has ``get(index, device) -> batch``; the loop (loop.py) numbers every micro-batch of
+the run, ``index = batch_index(step, micro, accum, rank, world) = (step * accum + micro) * world +
+rank``, and hands what it gets to a loss function: ``(loss, stats) = loss_fn(model, batch)``.
+Pretraining's source is ``PretrainBatches`` with ``lm_loss``; SFT conversations and preference
+pairs plug in the same way. A training batch is a pure function of ``(seed, index)``. So:
 
 - a run is deterministic for a seed, and resuming at step k needs no saved loader state;
 - DDP ranks read different windows (distinct ``index``), and 2 ranks x 1 micro step see exactly the
@@ -57,10 +56,15 @@ def get_batch(tokens: np.ndarray, offsets: np.ndarray, T: int, device: torch.dev
     return xy[:, :-1], xy[:, 1:]
 
 
+def batch_index(step: int, micro: int, accum: int, rank: int, world: int) -> int:
+    """The run-wide number of micro-batch ``micro`` of optimizer ``step`` on process ``rank``."""
+    return (step * accum + micro) * world + rank
+
+
 def train_batch(tokens: np.ndarray, B: int, T: int, seed: int, sampling: str, step: int, micro: int,
                 accum: int, rank: int, world: int, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
     """The (x, y) that ``rank`` trains on in micro step ``micro`` of optimizer ``step``."""
-    index = (step * accum + micro) * world + rank
+    index = batch_index(step, micro, accum, rank, world)
     return get_batch(tokens, batch_offsets(len(tokens), B, T, seed, index, sampling), T, device)
 
 
@@ -84,10 +88,10 @@ def eval_offsets(n_tokens: int, T: int, eval_tokens: int) -> np.ndarray:
 
 @dataclass
 class PretrainBatches:
-    """Windows of a token split: ``get(step, micro, accum, rank, world, device) -> (x, y)``.
+    """Windows of a token split: ``get(index, device) -> (x, y)``, int64 (B, T).
 
     tokens: the split (uint16/uint32 memmap); B, T: windows per micro-batch and their length;
-    seed, sampling: as in ``batch_offsets``. ``tokens_per_batch`` = B * T target tokens.
+    seed, sampling: as in ``batch_offsets``.
     """
 
     tokens: np.ndarray
@@ -96,17 +100,15 @@ class PretrainBatches:
     seed: int
     sampling: str = "random"
 
-    @property
-    def tokens_per_batch(self) -> int:
-        return self.B * self.T
-
-    def get(self, step: int, micro: int, accum: int, rank: int, world: int, device="cpu"):
-        return train_batch(self.tokens, self.B, self.T, self.seed, self.sampling, step, micro, accum, rank,
-                           world, device)
+    def get(self, index: int, device="cpu"):
+        offsets = batch_offsets(len(self.tokens), self.B, self.T, self.seed, index, self.sampling)
+        return get_batch(self.tokens, offsets, self.T, device)
 
 
-def lm_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Next-token cross-entropy of ``model`` on ``batch = (x, y)``: a scalar, nats per target token."""
+def lm_loss(model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]
+            ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """``(loss, {})``: the next-token cross-entropy of ``model`` on ``batch = (x, y)``, a scalar in
+    nats per scored target token, and no extra stats (the loss_fn contract of gptforge.train.step)."""
     x, y = batch
     _, loss = model(x, y)
-    return loss
+    return loss, {}

@@ -16,15 +16,21 @@ softcap off, since TOML has no null)::
     bias = false
 
 The resolved config is printed at start, written to ``RUN_DIR/config.json`` and saved in every
-checkpoint's ``trainer.json``.
+checkpoint's ``trainer.json``, with ``data`` and ``init_from`` relative to the run directory
+(``saved_config`` / ``from_saved``), so a run moved or shared together with its data still resumes,
+from any working directory.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
-from gptforge.config import check, convert, setting
+from gptforge import checkpoint as ckpt
+from gptforge.config import check, convert, convert_all, setting
+from gptforge.errors import UserError
 from gptforge.models import ARCHS, PRESETS, config_class
 
 BIG = 1 << 62  # upper bound of counts that only need to fit in an int64
@@ -43,9 +49,12 @@ class TrainConfig:
                             "dpo: preference pairs (JSONL or an arena database)", metavar="DIR")
     dpo_beta: float = setting(0.1, "dpo only: beta, the strength of the pull towards the reference model",
                               gt=0, le=1000)
+    pretrain_mix: float = setting(0.0, "sft only: share of rows that are the base run's pretraining text",
+                                  ge=0, lt=1)
     init_from: str = setting("", "start from this checkpoint's weights (a run or checkpoint directory); "
                                  "empty -> a new model", metavar="DIR")
-    out: str = setting("", "run directory; empty -> runs/<YYYYmmdd-HHMMSS-pid>", metavar="DIR")
+    out: str = setting("", "run directory; empty -> runs/<YYYYmmdd-HHMMSS> (-2, -3, ... when taken)",
+                       metavar="DIR")
     # model
     arch: str = setting("gpt", "model family", choices=ARCHS)
     preset: str = setting("modern", "gpt only: architecture preset", choices=PRESETS)
@@ -82,7 +91,7 @@ class TrainConfig:
                             choices=("cosine", "wsd"))
     warmup_steps: int = setting(20, "linear warmup steps", ge=0, le=BIG)
     warmdown_frac: float = setting(0.2, "wsd: share of the steps spent decaying linearly at the end",
-                                   ge=0, le=1)
+                                   ge=0, lt=1)
     min_lr_frac: float = setting(0.1, "final lr as a fraction of the peak", ge=0, le=1)
     decay_steps: int = setting(0, "schedule horizon in steps; 0 -> the step budget", ge=0, le=BIG)
     # budgets (whichever comes first; the schedule follows max_steps / max_tokens)
@@ -121,17 +130,37 @@ class TrainConfig:
 
 # keys that change the model's shape or the data it was trained on: fixed once a run exists
 FIXED_ON_RESUME = ("task", "init_from", "arch", "preset", "depth", "model", "block_size")
+# keys that may name a path
+PATH_KEYS = ("data", "init_from")
 
 
-def model_overrides(arch: str, model: dict, where: str = "model") -> dict:
-    """``model`` converted key by key as ``arch``'s config declares (GPTConfig for gpt, ...), so
-    ``{"bias": "false", "logit_softcap": "none"}`` becomes ``{"bias": False, "logit_softcap": None}``.
+def saved_config(cfg: TrainConfig, run_dir: str | os.PathLike) -> dict:
+    """``cfg`` as config.json and trainer.json store it: ``data`` and ``init_from``, when they name
+    existing paths, relative to ``run_dir`` (SFT mixture names and the like stay as they are)."""
+    d = cfg.to_dict()
+    for k in PATH_KEYS:
+        if d[k] and os.path.exists(d[k]):
+            d[k] = os.path.relpath(os.path.abspath(d[k]), os.path.abspath(run_dir))
+    return d
 
-    Raises:
-        UserError: unknown arch, unknown key or a value of the wrong type or range.
-    """
-    cls = config_class(arch)
-    return {k: convert(cls, k, v, where) for k, v in model.items()}
+
+def from_saved(d: dict, run_dir: str | os.PathLike) -> dict:
+    """The inverse of ``saved_config``: a path that exists relative to ``run_dir`` is joined to it.
+    Others are kept: absolute paths, mixture names, and the paths of runs saved before paths were
+    relative (relative to the directory they started in)."""
+    d = dict(d)
+    for k in PATH_KEYS:
+        if isinstance(d.get(k), str) and d[k] and os.path.exists(Path(run_dir, d[k])):
+            d[k] = os.path.normpath(Path(run_dir, d[k]))
+    return d
+
+
+def check_saved_data(cfg: TrainConfig, saved_data: str, run_dir: str | os.PathLike) -> None:
+    """Raise UserError when pretraining config ``cfg`` still names the shard directory its run saved,
+    ``saved_data``, and it is gone (moved, deleted): say that --data overrides it."""
+    if cfg.task == "pretrain" and cfg.data and cfg.data == saved_data and not os.path.isdir(cfg.data):
+        raise UserError(f"{run_dir}: the run's shard directory {cfg.data} is missing (moved or deleted?); "
+                        "--data DIR overrides it")
 
 
 def make_config(base: dict | None = None, *layers: dict, where: str = "config") -> TrainConfig:
@@ -148,8 +177,8 @@ def make_config(base: dict | None = None, *layers: dict, where: str = "config") 
         for k, v in layer.items():
             v = convert(TrainConfig, k, v, where)
             values[k] = {**values["model"], **v} if k == "model" else v
-    values["model"] = model_overrides(convert(TrainConfig, "arch", values["arch"], where), values["model"],
-                                      f"{where}: model")
+    arch = convert(TrainConfig, "arch", values["arch"], where)
+    values["model"] = convert_all(config_class(arch), values["model"], f"{where}: model")
     return TrainConfig(**values)
 
 
@@ -172,9 +201,6 @@ def finetune_config(base, task: str, defaults: dict, *layers: dict, purpose: str
     Raises:
         UserError: no checkpoint at ``base``, a base model that is not a GPT, or a bad setting.
     """
-    from gptforge import checkpoint as ckpt
-    from gptforge.errors import UserError
-
     try:
         found = ckpt.find_checkpoint(base, "best")
     except UserError:
@@ -185,7 +211,8 @@ def finetune_config(base, task: str, defaults: dict, *layers: dict, purpose: str
     merged: dict = {}
     for layer in layers:
         merged.update(layer)
-    return make_config(state.config, defaults, merged, {"task": task, "init_from": str(found)}, where=task)
+    return make_config(from_saved(state.config, found.parent.parent), defaults, merged,
+                       {"task": task, "init_from": str(found)}, where=task)
 
 
 def format_config(cfg: TrainConfig) -> str:

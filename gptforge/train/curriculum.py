@@ -65,8 +65,8 @@ GLOBAL_ALPHA = 0.2  # running mean of all rows' losses: about the last 5 micro-b
 
 
 class CurriculumBatches:
-    """Windows of a token split drawn by learning progress: ``get(step, micro, accum, rank, world,
-    device) -> (x, y)`` and ``loss(model, (x, y)) -> scalar`` (nats per target token).
+    """Windows of a token split drawn by learning progress: ``get(index, device) -> (x, y)`` and
+    ``loss(model, (x, y)) -> (loss, {})`` (a scalar, nats per target token).
 
     tokens: the split (uint16/uint32 memmap); B, T: windows per micro-batch and their length;
     seed: as for ``batch_offsets``; chunk: windows per chunk (a chunk is ``chunk * T`` tokens; the
@@ -95,10 +95,6 @@ class CurriculumBatches:
         self.global_loss = np.full(1, np.nan)
         self._handed_out: tuple[torch.Tensor, np.ndarray] | None = None
 
-    @property
-    def tokens_per_batch(self) -> int:
-        return self.B * self.T
-
     # --- drawing ------------------------------------------------------------------------------
     def probabilities(self) -> np.ndarray:
         """P(c) for every chunk (float64, shape (C,), sums to 1): the rule of the module docstring."""
@@ -121,17 +117,18 @@ class CurriculumBatches:
         starts = chunks * self.chunk_tokens + rng.integers(0, self.chunk_tokens - self.T + 1, size=self.B)
         return chunks.astype(np.int64), starts.astype(np.int64)
 
-    def get(self, step: int, micro: int, accum: int, rank: int, world: int, device="cpu"):
-        index = (step * accum + micro) * world + rank
+    def get(self, index: int, device="cpu"):
         chunks, starts = self.draw(index)
         x, y = get_batch(self.tokens, starts, self.T, device)
         self._handed_out = (x, chunks)
         return x, y
 
     # --- learning from the losses ----------------------------------------------------------------
-    def loss(self, model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-        """Mean next-token cross-entropy of ``model`` on ``batch`` (a scalar, nats per target token, as
-        ``lm_loss``), from per-row losses that, for a batch ``get`` handed out, update the table."""
+    def loss(self, model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]
+             ) -> tuple[torch.Tensor, dict]:
+        """``(loss, {})`` as ``lm_loss``: the mean next-token cross-entropy of ``model`` on ``batch``
+        (a scalar, nats per target token), from per-row losses that, for a batch ``get`` handed out,
+        update the table."""
         x, y = batch
         logits, _ = model(x)  # (B, T, V) float32
         per_token = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none", ignore_index=-1)
@@ -140,7 +137,7 @@ class CurriculumBatches:
         if self._handed_out is not None and self._handed_out[0] is x:
             self.record(self._handed_out[1], per_row.detach().float().cpu().numpy())
             self._handed_out = None
-        return (per_token * scored.flatten()).sum() / scored.sum().clamp(min=1)
+        return (per_token * scored.flatten()).sum() / scored.sum().clamp(min=1), {}
 
     def record(self, chunks: np.ndarray, losses: np.ndarray) -> None:
         """Update the table with one micro-batch: row i, from chunk ``chunks[i]``, had mean loss

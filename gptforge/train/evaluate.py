@@ -9,6 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gptforge.models import eval_mode
 from gptforge.train.batches import get_batch
 
 
@@ -26,11 +27,9 @@ def evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch
     as ``<|endoftext|>`` (0 bytes) are left out of both sums (nanochat's convention), so bpb
     compares across tokenizers. NaN when nothing (or no text) was scored.
     """
-    was_training = model.training
-    model.eval()
     sums = torch.zeros(4, dtype=torch.float64)  # nats, tokens, nats on text tokens, bytes
     for x, y in batches:
-        with amp:
+        with amp, eval_mode(model):
             logits, _ = model(x, y)
         y = y.flatten()
         nats = F.cross_entropy(logits.float().flatten(0, 1), y, reduction="none", ignore_index=-1)
@@ -38,7 +37,6 @@ def evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch
         nbytes = token_bytes[y.clamp(min=0)] * scored
         sums += torch.stack([nats.sum(), scored.sum(), nats[nbytes > 0].sum(), nbytes.sum()]).double().cpu()
     d.all_sum(sums)
-    model.train(was_training)
     nats, n, text_nats, nbytes = sums.tolist()
     return (nats / n if n else float("nan")), (text_nats / math.log(2) / nbytes if nbytes else float("nan"))
 

@@ -18,8 +18,8 @@ fraction (not %), ``time_s`` wall seconds since the run began (across resumed se
 ``val_*`` appear on evaluation steps only (step 0 has no ``train_loss``).
 
 With ``schedule_time`` (wsd only) the step budget is re-planned before each step until the
-warmdown begins, from the mean time of the latest steps, so that the schedule, warmdown
-included, fills that many seconds of optimizer steps; ``max_steps`` is only the first plan.
+warmdown begins, from the mean time of the latest steps (``optim.replan``), so that the schedule,
+warmdown included, fills that many seconds of optimizer steps; ``max_steps`` is only the first plan.
 
 Stopping: ``max_steps`` / ``max_tokens`` / ``max_time`` or SIGINT/SIGTERM all finish the current
 step, evaluate, save a checkpoint and return normally. A second Ctrl-C kills at once; the last
@@ -28,7 +28,6 @@ complete checkpoint stays intact (see gptforge/checkpoint.py).
 
 from __future__ import annotations
 
-import contextlib
 import math
 import os
 import time
@@ -38,17 +37,25 @@ import torch
 from gptforge import checkpoint as ckpt
 from gptforge.errors import UserError
 from gptforge.io import write_json
-from gptforge.train.config import FIXED_ON_RESUME, TrainConfig, format_config, make_config
+from gptforge.train.batches import batch_index
+from gptforge.train.config import (
+    FIXED_ON_RESUME,
+    TrainConfig,
+    check_saved_data,
+    format_config,
+    from_saved,
+    make_config,
+    saved_config,
+)
 from gptforge.train.log import Logger, MetricsFile
 from gptforge.train.mfu import describe_peak, device_peak, mfu_caveat
-from gptforge.train.optim import lr_multiplier, replan_steps, set_lr
+from gptforge.train.optim import lr_multiplier, replan, set_lr
 from gptforge.train.session import Dist, StopSignal, TrainData, setup
-
-REPLAN_AFTER = 10  # step times measured in this session before schedule_time re-plans
+from gptforge.train.step import optimizer_step
 
 
 def train(cfg: TrainConfig, resume: bool = False, logger: Logger | None = None,
-          data: TrainData | None = None) -> dict:
+          data: TrainData | None = None, started: float | None = None) -> dict:
     """Train as ``cfg`` says; return a summary dict.
 
     With ``resume=True``, continue the run in ``cfg.out`` from its latest checkpoint (weights,
@@ -56,7 +63,10 @@ def train(cfg: TrainConfig, resume: bool = False, logger: Logger | None = None,
     run had never stopped (bit for bit on CPU with the same world size and settings).
     ``logger``: where progress goes (default ``Logger(cfg.progress, cfg.log_interval)``;
     ``Logger("none")`` is silent). ``data``: what to train on (default: the pretraining shards in
-    ``cfg.data``; SFT passes conversations, see gptforge.chat.sft).
+    ``cfg.data``; SFT passes conversations, see gptforge.chat.sft). ``started``: the wall-clock time
+    (``time.time()``) that ``max_time`` counts from (default: after setup, when the loop begins;
+    the speedrun passes when its calibration began, so the probe counts). A step that would end
+    past ``max_time``, judged by the last step's time, is not begun.
 
     Summary keys: run_dir, checkpoint (path of the last save), step, tokens, train_loss, val_loss,
     val_bpb (nats/token, nats/token, bits/byte), best_val_loss (the lowest val loss of a saved
@@ -74,7 +84,7 @@ def train(cfg: TrainConfig, resume: bool = False, logger: Logger | None = None,
         s = setup(cfg, resume, d, data)
         log = (logger or Logger(cfg.progress, cfg.log_interval)) if d.main else Logger("none")
         try:
-            return _loop(s, log, resume)
+            return _loop(s, log, resume, started)
         finally:
             log.close()
             if s.lock is not None:
@@ -83,105 +93,48 @@ def train(cfg: TrainConfig, resume: bool = False, logger: Logger | None = None,
         d.close()
 
 
-def _loop(s, log: Logger, resume: bool) -> dict:
+def _loop(s, log: Logger, resume: bool, started: float | None) -> dict:
     cfg, d, st = s.cfg, s.d, s.state
     metrics = MetricsFile(s.run_dir, st.step if resume else None, enabled=d.main)
-    peak_dtype, mfu_explained = torch.bfloat16 if s.dtype == "bfloat16" else torch.float32, False
     if d.main and not resume:
-        write_json(s.run_dir / "config.json", cfg.to_dict())
-    log.info(f"{'resuming' if resume else 'training'} {cfg.arch} ({st.num_params:,} parameters, "
-             f"{s.flops_per_token:,} FLOPs/token) in {s.run_dir}\n{format_config(cfg)}\n"
-             f"  -> {d.world} process(es) on {d.device.type}, {s.dtype}, B={cfg.batch_size} "
-             f"T={cfg.block_size} accum={s.accum}: {s.tokens_per_step:,} tokens/step, {s.total_steps} steps "
-             f"in the schedule; {s.data.train_tokens:,} train / {s.data.eval_tokens:,} "
-             f"eval tokens" + (f"\n  {describe_peak(d.device, peak_dtype)}" if d.main else ""))
-    t_start, time_offset, saved_at, last_ckpt = time.time(), st.time_s, None, st.path
-    if resume:
-        saved_at = st.step
-    step_times, train_loss, tok_s, mfu, stopped_by = [], None, 0.0, None, None
-
+        write_json(s.run_dir / "config.json", saved_config(cfg, s.run_dir))
+    log.info(_banner(s, resume))
+    t_start, time_offset = time.time(), st.time_s
+    started = t_start if started is None else started
+    last_ckpt, saved_at = st.path, st.step if resume else None
+    step_times, record, mfu_explained = [], {}, False
     log.start(s.total_steps if cfg.schedule_time else s.budget_steps, st.step)
     with StopSignal() as stop:
         if not resume:  # the curve starts at the untrained model
-            metrics.write({"step": 0, "tokens": 0, **_evaluate(s, log), "time_s": 0.0, "train_time_s": 0.0})
-        while True:
-            # -- budgets, agreed by all ranks (rank 0's clock decides max_time and schedule_time)
-            time_up = d.main and cfg.max_time > 0 and time.time() - t_start >= cfg.max_time
-            planned = s.total_steps
-            if cfg.schedule_time and d.main and len(step_times) >= REPLAN_AFTER:
-                recent = step_times[max(2, len(step_times) - 50):]  # the last 50, the first 2 left out
-                step_s = sum(recent) / len(recent)
-                planned = replan_steps(st.step, s.total_steps, cfg, st.train_time_s, step_s)
-            flags = d.all_sum(torch.tensor([float(stop.received is not None), float(time_up),
-                                            float(planned) if d.main else 0.0], dtype=torch.float64))
-            if int(flags[2]) != s.total_steps:
-                s.total_steps = st.schedule_steps = int(flags[2])
-                log.replan(s.total_steps)
-            step_budget = s.total_steps if cfg.schedule_time else cfg.max_steps
-            stopped_by = ("max_steps" if st.step >= step_budget else
-                          "max_tokens" if cfg.max_tokens and st.tokens >= cfg.max_tokens else
-                          "max_time" if flags[1] > 0 else "signal" if flags[0] > 0 else None)
-            if stopped_by:
-                break
-
-            # -- one optimizer step: accum micro-batches, clip, step
+            metrics.write(_eval_record(s, log))
+        while not (stopped_by := _stop_reason(s, log, stop, step_times, started)):
             t0 = time.time()
             lr_mult = lr_multiplier(st.step, cfg, s.total_steps)
             set_lr(s.optimizers, lr_mult)
-            loss_sum = torch.zeros((), device=d.device)
-            stat_sums: dict[str, torch.Tensor] = {}  # extra per-step stats a loss_fn returns (DPO)
-            for micro in range(s.accum):
-                batch = s.data.batches.get(st.step, micro, s.accum, d.rank, d.world, d.device)
-                last = micro == s.accum - 1
-                with s.model.no_sync() if d.ddp and not last else contextlib.nullcontext():
-                    with s.amp:
-                        loss = s.data.loss_fn(s.model, batch)
-                    if isinstance(loss, tuple):
-                        loss, stats = loss
-                        for k, v in stats.items():
-                            stat_sums[k] = stat_sums.get(k, 0.0) + v.detach().float()
-                    (loss / s.accum).backward()
-                loss_sum += loss.detach().float()
-            grad_norm = (torch.nn.utils.clip_grad_norm_(s.raw_model.parameters(), cfg.grad_clip)
-                         if cfg.grad_clip > 0 else None)
-            for opt in s.optimizers:
-                opt.step()
-            for opt in s.optimizers:
-                opt.zero_grad(set_to_none=True)
+            out = optimizer_step(s.model, s.optimizers, lambda i: s.data.batches.get(
+                batch_index(st.step, i, s.accum, d.rank, d.world), d.device), s.accum, s.data.loss_fn,
+                s.amp, d.ddp, cfg.grad_clip)
             st.step += 1
             st.tokens += s.tokens_per_step
-            train_loss = d.all_sum((loss_sum / s.accum).reshape(1)).item() / d.world
-            if not math.isfinite(train_loss):
-                raise FloatingPointError(f"step {st.step}: training loss is {train_loss}; lower the lr?")
-            dt = time.time() - t0
-            step_times.append(dt)
-            st.train_time_s += dt
-            tok_s = s.tokens_per_step / dt
-            mfu = s.flops_per_token * tok_s / d.world / s.peak if s.peak else None
-            why = "" if mfu is None or mfu_explained else mfu_caveat(mfu, device_peak(d.device, peak_dtype))
+            train_loss = _rank_mean(d, out.loss)  # waits for the step: its time ends here
+            step_times.append(time.time() - t0)
+            st.train_time_s += step_times[-1]
+            st.time_s = time_offset + time.time() - t_start
+            record = _step_record(s, out, train_loss, cfg.lr * lr_mult, step_times[-1])
+            peak = device_peak(d.device, _peak_dtype(s)) if record["mfu"] is not None else None
+            why = "" if peak is None or mfu_explained else mfu_caveat(record["mfu"], peak)
             if why:  # once a run: an implausible MFU is never printed without its reason
                 log.info(why)
                 mfu_explained = True
-
-            # -- evaluate, log, save
-            st.time_s = time_offset + time.time() - t_start
-            record = {"step": st.step, "tokens": st.tokens, "train_loss": train_loss, "lr": cfg.lr * lr_mult,
-                      "grad_norm": None if grad_norm is None else grad_norm.item(), "tokens_per_s": tok_s,
-                      "mfu": mfu, "time_s": st.time_s, "train_time_s": st.train_time_s}
-            for k, v in stat_sums.items():
-                record[f"train_{k}"] = d.all_sum((v / s.accum).reshape(1)).item() / d.world
             if st.step % cfg.eval_interval == 0:
                 record.update(_evaluate(s, log))
             metrics.write(record)
             log.step(record)
             if st.step % (cfg.ckpt_interval or cfg.eval_interval) == 0:
                 last_ckpt, saved_at = s.save(), st.step
-
-        # -- the end: evaluate and save what has not been
-        if st.val_step != st.step:
-            st.time_s = time_offset + time.time() - t_start
-            metrics.write({"step": st.step, "tokens": st.tokens, **_evaluate(s, log), "time_s": st.time_s,
-                           "train_time_s": st.train_time_s})
+        st.time_s = time_offset + time.time() - t_start
+        if st.val_step != st.step:  # the end: evaluate and save what has not been
+            metrics.write(_eval_record(s, log))
         if saved_at != st.step:
             st.time_s = time_offset + time.time() - t_start
             last_ckpt = s.save()
@@ -191,10 +144,35 @@ def _loop(s, log: Logger, resume: bool) -> dict:
     log.info(f"stopped by {stopped_by} at step {st.step} ({st.tokens:,} tokens, {elapsed:.1f}s); "
              f"val loss {st.val_loss:.4f}; checkpoint {last_ckpt}")
     return {"run_dir": str(s.run_dir), "checkpoint": str(last_ckpt) if last_ckpt else None, "step": st.step,
-            "tokens": st.tokens, "train_loss": train_loss, "val_loss": st.val_loss, "val_bpb": st.val_bpb,
-            "best_val_loss": st.best_val_loss, "stopped_by": stopped_by, "time_s": elapsed,
-            "train_time_s": st.train_time_s, "step_times_s": step_times, "tokens_per_s": tok_s, "mfu": mfu,
+            "tokens": st.tokens, "train_loss": record.get("train_loss"), "val_loss": st.val_loss,
+            "val_bpb": st.val_bpb, "best_val_loss": st.best_val_loss, "stopped_by": stopped_by,
+            "time_s": elapsed, "train_time_s": st.train_time_s, "step_times_s": step_times,
+            "tokens_per_s": record.get("tokens_per_s", 0.0), "mfu": record.get("mfu"),
             "num_params": st.num_params, "peak_flops": s.peak}
+
+
+def _step_record(s, out, train_loss: float, lr: float, dt: float) -> dict:
+    """The metrics record of the step just taken (``dt`` seconds long; ``out`` its StepResult).
+
+    Raises:
+        FloatingPointError: the training loss is not finite.
+    """
+    st = s.state
+    if not math.isfinite(train_loss):
+        raise FloatingPointError(f"step {st.step}: training loss is {train_loss}; lower the lr?")
+    tok_s = s.tokens_per_step / dt
+    return {"step": st.step, "tokens": st.tokens, "train_loss": train_loss, "lr": lr,
+            "grad_norm": None if out.grad_norm is None else out.grad_norm.item(), "tokens_per_s": tok_s,
+            "mfu": s.flops_per_token * tok_s / s.d.world / s.peak if s.peak else None,
+            "time_s": st.time_s, "train_time_s": st.train_time_s,
+            **{f"train_{k}": _rank_mean(s.d, v) for k, v in out.stats.items()}}
+
+
+def _eval_record(s, log: Logger) -> dict:
+    """The metrics record of an evaluation between steps."""
+    st = s.state
+    return {"step": st.step, "tokens": st.tokens, **_evaluate(s, log), "time_s": st.time_s,
+            "train_time_s": st.train_time_s}
 
 
 def _evaluate(s, log: Logger) -> dict:
@@ -209,6 +187,45 @@ def _evaluate(s, log: Logger) -> dict:
     return res
 
 
+def _banner(s, resume: bool) -> str:
+    cfg, d = s.cfg, s.d
+    return (f"{'resuming' if resume else 'training'} {cfg.arch} ({s.state.num_params:,} parameters, "
+            f"{s.flops_per_token:,} FLOPs/token) in {s.run_dir}\n{format_config(cfg)}\n"
+            f"  -> {d.world} process(es) on {d.device.type}, {s.dtype}, B={cfg.batch_size} "
+            f"T={cfg.block_size} accum={s.accum}: {s.tokens_per_step:,} tokens/step, {s.total_steps} steps "
+            f"in the schedule; {s.data.train_tokens:,} train / {s.data.eval_tokens:,} "
+            f"eval tokens" + (f"\n  {describe_peak(d.device, _peak_dtype(s))}" if d.main else ""))
+
+
+def _peak_dtype(s) -> torch.dtype:
+    """The dtype whose peak is the MFU denominator (session.setup's choice for ``s.peak``)."""
+    return torch.bfloat16 if s.dtype == "bfloat16" else torch.float32
+
+
+def _rank_mean(d, t: torch.Tensor) -> float:
+    """The mean over DDP ranks of a 0-dim tensor every rank holds."""
+    return d.all_sum(t.reshape(1)).item() / d.world
+
+
+def _stop_reason(s, log: Logger, stop: StopSignal, step_times: list[float], started: float) -> str | None:
+    """Why the run stops before its next step (max_steps, max_tokens, max_time, signal), or None;
+    with ``schedule_time`` it first re-plans ``s.total_steps``. All ranks agree: rank 0's clock
+    decides max_time (counted from ``started``; no step begins that the last one's time says would
+    end past it) and the plan."""
+    cfg, d, st = s.cfg, s.d, s.state
+    next_s = step_times[-1] if step_times else 0.0
+    time_up = d.main and cfg.max_time > 0 and time.time() - started + next_s >= cfg.max_time
+    planned = replan(cfg, st.step, s.total_steps, st.train_time_s, step_times) if d.main else 0
+    flags = d.all_sum(torch.tensor([float(stop.received is not None), float(time_up), float(planned)],
+                                   dtype=torch.float64))
+    if int(flags[2]) != s.total_steps:
+        s.total_steps = st.schedule_steps = int(flags[2])
+        log.replan(s.total_steps)
+    return ("max_steps" if st.step >= (s.total_steps if cfg.schedule_time else cfg.max_steps) else
+            "max_tokens" if cfg.max_tokens and st.tokens >= cfg.max_tokens else
+            "max_time" if flags[1] > 0 else "signal" if flags[0] > 0 else None)
+
+
 def resume_config(run_dir: str | os.PathLike, *overrides: dict, where: str = "--resume") -> TrainConfig:
     """The config saved in ``run_dir``'s latest checkpoint, with ``overrides`` applied in order
     (budgets, intervals, device, ...); ``out`` is set to ``run_dir``.
@@ -218,8 +235,10 @@ def resume_config(run_dir: str | os.PathLike, *overrides: dict, where: str = "--
             preset, depth, model, block_size) from the checkpoint's value.
     """
     ck = ckpt.find_checkpoint(run_dir, "latest")
-    saved = make_config(ckpt.read_trainer_state(ck).config, where=str(ck / "trainer.json"))
+    saved = make_config(from_saved(ckpt.read_trainer_state(ck).config, ck.parent.parent),
+                        where=str(ck / "trainer.json"))
     cfg = make_config(saved.to_dict(), *overrides, {"out": str(run_dir)}, where=where)
+    check_saved_data(cfg, saved.data, run_dir)
     for k in FIXED_ON_RESUME:
         if getattr(cfg, k) != getattr(saved, k):
             raise UserError(f"--resume: {k} cannot change in a resumed run (checkpoint {ck} has "

@@ -69,8 +69,8 @@ class MuonFloat32(torch.optim.Muon):
 
     torch casts the update to bfloat16 for that iteration, which is right on GPUs and fast on
     CPUs with native bf16 matmuls, but a CPU without them (AVX2, AVX-512 without BF16) emulates
-    them: on the 2-core AMD EPYC of this project's machines it made a 4.2M-parameter model's
-    optimizer step take 10-14 s instead of about 0.1 s. Same hyperparameters, same state
+    them, and the optimizer step then costs many times the forward and backward pass
+    (bench/README.md, muon_cpu.py). Same hyperparameters, same state
     (``momentum_buffer``), so checkpoints move between the two; the update is the same up to
     bf16 rounding (tested against torch's).
     """
@@ -191,12 +191,27 @@ def replan_steps(step: int, total_steps: int, cfg: TrainConfig, train_time_s: fl
 
     ``total_steps`` stays as it is without a time schedule and once its warmdown has begun, so the
     lr never jumps: a wsd lr is flat until then, and moving the horizon only moves the warmdown.
-    A probe of a dozen steps predicts a 2-core CPU's sustained step time only to about +-20%
-    (bench/README.md); measuring while training puts the budget's end where the warmdown ends.
+    A short probe predicts a CPU's sustained step time only roughly (bench/README.md); measuring
+    while training puts the budget's end where the warmdown ends.
     """
     if not cfg.schedule_time or step >= warmdown_start(cfg, total_steps):
         return total_steps
     return step + max(1, int((cfg.schedule_time - train_time_s) / (step_s * REPLAN_MARGIN)))
+
+
+REPLAN_AFTER = 10  # step times measured in this session before schedule_time re-plans
+
+
+def replan(cfg: TrainConfig, step: int, total_steps: int, train_time_s: float,
+           step_times: list[float]) -> int:
+    """The schedule's length before optimizer ``step`` (``replan_steps``), from the mean of this
+    session's latest step times (seconds; the last 50, the first 2 left out) once REPLAN_AFTER are
+    measured, or, in a plan too short for that, a quarter of its steps (the first ones counted:
+    pessimistic, so it ends in time). ``total_steps`` until then, and without ``schedule_time``."""
+    if not cfg.schedule_time or len(step_times) < min(REPLAN_AFTER, max(1, total_steps // 4)):
+        return total_steps
+    recent = step_times[max(2 if len(step_times) >= REPLAN_AFTER else 0, len(step_times) - 50):]
+    return replan_steps(step, total_steps, cfg, train_time_s, sum(recent) / len(recent))
 
 
 def set_lr(optimizers: list[torch.optim.Optimizer], multiplier: float) -> None:

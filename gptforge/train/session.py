@@ -28,7 +28,7 @@ from gptforge.data.shards import open_shards
 from gptforge.errors import UserError
 from gptforge.models import build_model, model_config
 from gptforge.train.batches import PretrainBatches, eval_offsets, lm_loss
-from gptforge.train.config import TrainConfig
+from gptforge.train.config import TrainConfig, saved_config
 from gptforge.train.curriculum import CurriculumBatches
 from gptforge.train.evaluate import evaluate, window_batches
 from gptforge.train.mfu import peak_flops
@@ -166,17 +166,22 @@ def claim_run_dir(cfg: TrainConfig, resume: bool, d: Dist):
 class TrainData:
     """What a run trains and evaluates on, whatever the task.
 
-    batches: ``get(step, micro, accum, rank, world, device) -> batch`` (a pure function of its
-        arguments, so a resumed run sees the same data); loss_fn: ``(model, batch) -> scalar loss``
-        in nats per scored token; val_batches: ``(rank, world, device) -> iterable of (x, y)``, the
-        same fixed set every time; train_tokens / eval_tokens: sizes for the log (tokens);
+    batches: ``get(index, device) -> batch``, index the run-wide micro-batch number
+        (``gptforge.train.batches.batch_index``; a pure function of it, so a resumed run sees the
+        same data); loss_fn: ``(model, batch) -> (loss, stats)``, loss a scalar in nats per scored
+        token, stats a dict of scalar tensors (DPO's reward margin and accuracy; the loop records
+        their mean as ``train_<name>``), see ``gptforge.train.step.optimizer_step``;
+        val_batches: ``(rank, world, device) -> iterable of (x, y)``, the same fixed set every time;
+        train_tokens / eval_tokens: sizes for the log (tokens);
     tokenizer_json: the tokenizer file copied into every checkpoint; tokenizer: its identity
         (kind, vocab_size, sha256); token_bytes: (V,) int64 UTF-8 bytes per id, for bits per byte.
 
-    ``loss_fn`` may also return ``(loss, stats)``, stats a dict of detached scalar tensors (DPO's
-    reward margin and accuracy): the loop averages them over micro steps and records them as
-    ``train_<name>``. evaluate: None (val loss and bpb of ``val_batches``), or ``(model, d, amp)
-    -> dict`` with ``val_loss`` and any other ``val_*`` metrics, summed over ranks by the callee.
+    evaluate: None (val loss and bpb of ``val_batches``), or ``(model, d, amp) -> dict`` with
+    ``val_loss`` and any other ``val_*`` metrics, summed over ranks by the callee.
+    sampler: None, or a batch source whose batches also depend on the losses seen so far (the
+    curriculum sampler): its ``state_arrays()`` go into every checkpoint, ``load_state_arrays(arrays,
+    where)`` takes them back on resume, and the run is refused under DDP (a rank sees only its own
+    rows' losses).
     """
 
     batches: object
@@ -188,6 +193,7 @@ class TrainData:
     tokenizer: dict
     token_bytes: np.ndarray
     evaluate: Callable | None = None
+    sampler: object | None = None
 
 
 def shard_data(cfg: TrainConfig) -> TrainData:
@@ -213,11 +219,12 @@ def shard_data(cfg: TrainConfig) -> TrainData:
                             f"{cfg.chunk_windows * T + 1}); lower --chunk-windows")
         batches = CurriculumBatches(train_tokens, cfg.batch_size, T, cfg.seed, cfg.chunk_windows,
                                     cfg.curriculum_mix)
-        loss_fn = batches.loss
+        loss_fn, sampler = batches.loss, batches
     else:
-        batches, loss_fn = PretrainBatches(train_tokens, cfg.batch_size, T, cfg.seed, cfg.sampling), lm_loss
+        batches = PretrainBatches(train_tokens, cfg.batch_size, T, cfg.seed, cfg.sampling)
+        loss_fn, sampler = lm_loss, None
     return TrainData(
-        batches=batches, loss_fn=loss_fn,
+        batches=batches, loss_fn=loss_fn, sampler=sampler,
         val_batches=lambda rank, world, device: window_batches(val_tokens, offsets[rank::world], T,
                                                                cfg.batch_size, device),
         train_tokens=len(train_tokens), eval_tokens=len(offsets) * T,
@@ -275,17 +282,15 @@ class Session:
             st.best_val_loss, is_best = st.val_loss, True
         else:
             is_best = False
+        sampler = self.data.sampler
         st.data = {"sampling": self.cfg.sampling, "seed": self.cfg.seed, "next_step": st.step,
-                   "batch": "pure function of (seed, (step * accum + micro) * world + rank)"}
-        curriculum = isinstance(self.data.batches, CurriculumBatches)
-        if curriculum:
-            st.data["batch"] += " and the curriculum table in sampler.safetensors"
+                   "batch": "pure function of (seed, (step * accum + micro) * world + rank)"
+                            + (" and the curriculum table in sampler.safetensors" if sampler else "")}
         if not self.d.main:
             return None
         return ckpt.save_checkpoint(self.run_dir, self.raw_model, self.optimizers, st,
-                                    self.data.tokenizer_json, is_best=is_best,
-                                    keep_last=self.cfg.keep_last,
-                                    sampler=self.data.batches.state_arrays() if curriculum else None)
+                                    self.data.tokenizer_json, is_best=is_best, keep_last=self.cfg.keep_last,
+                                    sampler=sampler.state_arrays() if sampler else None)
 
 
 def setup(cfg: TrainConfig, resume: bool, d: Dist, data: TrainData | None = None) -> Session:
@@ -307,43 +312,22 @@ def setup(cfg: TrainConfig, resume: bool, d: Dist, data: TrainData | None = None
            else contextlib.nullcontext())
 
     data = data or shard_data(cfg)
-    if isinstance(data.batches, CurriculumBatches) and d.world > 1:
+    if data.sampler is not None and d.world > 1:
         raise UserError("sampling curriculum runs in one process only (each DDP rank would see only "
                         "its own rows' losses); use sampling random under torchrun")
+    if cfg.schedule_time and not replannable(cfg):
+        raise UserError("config: schedule_time re-plans a wsd schedule's length; it needs schedule = "
+                        "'wsd' and decay_steps = 0")
     lock = claim_run_dir(cfg, resume, d)
-    run_dir = Path(cfg.out)
-    tok_identity = data.tokenizer
     B, T = cfg.batch_size, cfg.block_size
     micro_tokens = B * T * d.world
     tokens_per_step = cfg.tokens_per_step or micro_tokens
     if tokens_per_step % micro_tokens:
         raise UserError(f"config: tokens_per_step ({tokens_per_step}) must be a multiple of "
                         f"batch_size x block_size x processes = {B} x {T} x {d.world} = {micro_tokens}")
-
-    torch.manual_seed(cfg.seed)
-    if resume or cfg.init_from:  # weights from a checkpoint: this run's own, or the one it starts from
-        raw_model, loaded = ckpt.load_checkpoint(run_dir if resume else cfg.init_from, "latest")
-        raw_model.train()
-        if loaded.tokenizer.get("sha256") != tok_identity.get("sha256"):
-            raise UserError(f"{cfg.data}: this data was made with a different tokenizer than the "
-                            f"checkpoint {loaded.path} was trained on")
-    if resume:
-        state = loaded
-        if state.tokens_per_step not in (None, tokens_per_step):
-            raise UserError(f"--resume: tokens per step would change from {state.tokens_per_step} to "
-                            f"{tokens_per_step} (batch_size, tokens_per_step or the process count differ "
-                            f"from checkpoint {state.path})")
-    else:
-        if not cfg.init_from:
-            gpt_dial = {"preset": cfg.preset, "depth": cfg.depth} if cfg.arch == "gpt" else {}
-            raw_model = build_model(cfg.arch, vocab_size=int(tok_identity["vocab_size"]),
-                                    block_size=cfg.block_size, **gpt_dial, **cfg.model)
-        elif cfg.block_size > raw_model.config.block_size:
-            raise UserError(f"--block-size {cfg.block_size} is longer than the context of {loaded.path} "
-                            f"({raw_model.config.block_size})")
-        state = RunState(tokenizer=tok_identity, model_config=model_config(raw_model),
-                         num_params=raw_model.num_params())
-    state.config, state.tokens_per_step, state.world_size = cfg.to_dict(), tokens_per_step, d.world
+    raw_model, state = _model_and_state(cfg, resume, data.tokenizer, tokens_per_step)
+    state.config = saved_config(cfg, Path(cfg.out))
+    state.tokens_per_step, state.world_size = tokens_per_step, d.world
     raw_model.to(d.device)
     model = eval_model = torch.compile(raw_model) if cfg.compile else raw_model
     if d.ddp:
@@ -352,43 +336,73 @@ def setup(cfg: TrainConfig, resume: bool, d: Dist, data: TrainData | None = None
         model = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
     optimizers = build_optimizers(raw_model, cfg, d.device.type)
     if resume:
-        ckpt.load_optimizer_state(optimizers, Path(state.path), d.device)
-        if isinstance(data.batches, CurriculumBatches):
-            table = ckpt.read_sampler_state(Path(state.path))
-            if table is None:  # the run switched to curriculum sampling on this resume
-                print(f"note: checkpoint {state.path} has no curriculum table; it starts empty",
-                      file=sys.stderr)
-            else:
-                try:
-                    data.batches.load_state_arrays(table, str(Path(state.path) / ckpt.SAMPLER_FILE))
-                except ValueError as e:
-                    raise UserError(str(e)) from None
-        if len(state.rng) == d.world:
-            ckpt.set_rng_state(state.rng[d.rank], d.device, Path(state.path) / "trainer.json")
-        elif d.main:
-            print(f"note: checkpoint saved by {len(state.rng)} processes, resuming with {d.world}: "
-                  "RNG streams (dropout) restart from the seed", file=sys.stderr)
+        _restore(state, optimizers, data.sampler, d)
     else:
         torch.manual_seed(cfg.seed + d.rank)  # distinct dropout streams per rank; same init on all
-
-    if cfg.schedule_time and not replannable(cfg):
-        raise UserError("config: schedule_time re-plans a wsd schedule's length; it needs schedule = "
-                        "'wsd' and decay_steps = 0")
-    total_steps = schedule_steps(cfg, tokens_per_step)
+    total_steps = (resume and cfg.schedule_time and state.schedule_steps  # a resumed timed run: its last plan
+                   or schedule_steps(cfg, tokens_per_step))
     if cfg.schedule_time:
-        if resume and state.schedule_steps:  # the plan goes on where it was
-            total_steps = state.schedule_steps
         state.schedule_steps = total_steps
     budget_steps = cfg.max_steps
     if cfg.max_tokens:
         budget_steps = min(budget_steps, -(-cfg.max_tokens // tokens_per_step))
-    n = raw_model.num_params()
     return Session(
-        cfg=cfg, d=d, run_dir=run_dir, lock=lock, data=data,
+        cfg=cfg, d=d, run_dir=Path(cfg.out), lock=lock, data=data,
         token_bytes=torch.from_numpy(data.token_bytes.astype(np.int64)).to(d.device),
         raw_model=raw_model, model=model, eval_model=eval_model, optimizers=optimizers, state=state,
         amp=amp, dtype=dtype, accum=tokens_per_step // micro_tokens, tokens_per_step=tokens_per_step,
         total_steps=total_steps, budget_steps=budget_steps,
-        flops_per_token=raw_model.flops_per_token() if hasattr(raw_model, "flops_per_token") else 6 * n,
+        flops_per_token=raw_model.flops_per_token(),
         peak=(peak_flops(d.device, torch.bfloat16 if dtype == "bfloat16" else torch.float32)
               if d.main else None))
+
+
+def _model_and_state(cfg: TrainConfig, resume: bool, tokenizer: dict, tokens_per_step: int):
+    """(model on the CPU in train mode, RunState): resumed from ``cfg.out``'s latest checkpoint,
+    started from ``cfg.init_from``'s weights, or a new model initialised with ``cfg.seed``.
+    Raises UserError for a checkpoint that does not fit (tokenizer, tokens per step, context)."""
+    torch.manual_seed(cfg.seed)
+    if not resume and not cfg.init_from:
+        gpt_dial = {"preset": cfg.preset, "depth": cfg.depth} if cfg.arch == "gpt" else {}
+        model = build_model(cfg.arch, vocab_size=int(tokenizer["vocab_size"]), block_size=cfg.block_size,
+                            **gpt_dial, **cfg.model)
+        return model, RunState(tokenizer=tokenizer, model_config=model_config(model),
+                               num_params=model.num_params())
+    # weights from a checkpoint: this run's own, or the one it starts from
+    model, loaded = ckpt.load_checkpoint(cfg.out if resume else cfg.init_from, "latest")
+    model.train()
+    if loaded.tokenizer.get("sha256") != tokenizer.get("sha256"):
+        raise UserError(f"{cfg.data}: this data was made with a different tokenizer than the "
+                        f"checkpoint {loaded.path} was trained on")
+    if resume:
+        if loaded.tokens_per_step not in (None, tokens_per_step):
+            raise UserError(f"--resume: tokens per step would change from {loaded.tokens_per_step} to "
+                            f"{tokens_per_step} (batch_size, tokens_per_step or the process count differ "
+                            f"from checkpoint {loaded.path})")
+        return model, loaded
+    if cfg.block_size > model.config.block_size:
+        raise UserError(f"--block-size {cfg.block_size} is longer than the context of {loaded.path} "
+                        f"({model.config.block_size})")
+    return model, RunState(tokenizer=tokenizer, model_config=model_config(model),
+                           num_params=model.num_params())
+
+
+def _restore(state: RunState, optimizers: list, sampler, d: Dist) -> None:
+    """Resume: the optimizer state, the sampler's table (if any) and this rank's RNG streams from
+    checkpoint ``state.path``. Raises UserError for a missing or mismatched state or table."""
+    path = Path(state.path)
+    ckpt.load_optimizer_state(optimizers, path, d.device)
+    if sampler is not None:
+        table = ckpt.read_sampler_state(path)
+        if table is None:  # the run switched to curriculum sampling on this resume
+            print(f"note: checkpoint {path} has no curriculum table; it starts empty", file=sys.stderr)
+        else:
+            try:
+                sampler.load_state_arrays(table, str(path / ckpt.SAMPLER_FILE))
+            except ValueError as e:
+                raise UserError(str(e)) from None
+    if len(state.rng) == d.world:
+        ckpt.set_rng_state(state.rng[d.rank], d.device, path / "trainer.json")
+    elif d.main:
+        print(f"note: checkpoint saved by {len(state.rng)} processes, resuming with {d.world}: "
+              "RNG streams (dropout) restart from the seed", file=sys.stderr)
