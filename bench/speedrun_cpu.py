@@ -15,7 +15,8 @@ Runs, one after another (nothing else should run on the machine meanwhile):
 
 Printed per run: training time (inside optimizer steps: no evaluation, checkpoints or logging) to
 reach 2.721 bpb (nanoGPT's final 1.886 nats/char), the ratio to the reference's, val bpb after 100 s
-and after 600 s of training, median tokens/s, and MFU against the measured matmul peak.
+and after 600 s of training, median tokens/s, and MFU against the CPU's theoretical peak
+(gptforge/train/mfu.py).
 """
 
 from __future__ import annotations

@@ -595,8 +595,10 @@ def _report(name, recipe, meta, cfg, pre, state, metrics, texts, comparison, tra
         "| stages (wall clock) | " + ", ".join(f"{k} {v:.0f} s" for k, v in stage_s.items()) + " |",
         f"| throughput | {_fmt(median(tok_s), ',.0f')} tokens/s (median step), "
         f"MFU {_fmt(median(mfus), '.1%')}"
-        + (f" against a peak of {pre['peak_flops'] / 1e9:,.0f} GFLOP/s (matmul probe, best seen on this "
-           "machine) |" if pre.get("peak_flops") else " |"),
+        + (f" against a peak of {pre['peak_flops'] / 1e9:,.0f} GFLOP/s (the device's theoretical peak: "
+           "the pretraining log says how it was computed"
+           + ("; above 60% of it, the log says why" if (median(mfus) or 0) > 0.6 else "")
+           + ") |" if pre.get("peak_flops") else " |"),
         f"| best checkpoint | `{state.path}` (val loss {_fmt(state.val_loss)}, "
         f"bpb {_fmt(state.val_bpb)}) |",
         "",

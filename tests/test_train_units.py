@@ -1,7 +1,6 @@
 """Pretraining building blocks without a training run: config, batches, optimizers, schedule,
-MFU peak cache, checkpoints (atomicity, corruption), evaluation against known losses."""
+checkpoints (atomicity, corruption), evaluation against known losses."""
 
-import json
 import math
 import re
 
@@ -173,28 +172,6 @@ def test_replan_steps_moves_only_a_flat_schedule():
     assert replan_steps(30, 100, timed, 70.0, 0.5) == 31  # over time: one more step, then the end
     assert replan_steps(80, 100, timed, 20.0, 0.5) == 100  # the warmdown (steps 80-99) has begun
     assert replan_steps(30, 100, make_config({"schedule": "wsd"}), 20.0, 0.5) == 100  # no time schedule
-
-
-# --- MFU --------------------------------------------------------------------------------------------
-def test_cpu_peak_is_the_best_reading_taken_on_an_idle_machine(tmp_path, monkeypatch):
-    from gptforge.train import mfu
-
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    real = mfu.probe_matmul_flops
-    monkeypatch.setattr(mfu, "probe_matmul_flops", lambda *a, **k: real(n=256, seconds=0.05))
-    f = tmp_path / "gptforge" / "peak_flops.json"
-    monkeypatch.setattr(mfu, "machine_idle", lambda: False)
-    assert mfu.peak_flops("cpu") > 1e8 and not f.exists()  # a busy machine's reading: used, never cached
-    monkeypatch.setattr(mfu, "machine_idle", lambda: True)
-    p1 = mfu.peak_flops("cpu")
-    cache = json.loads(f.read_text())
-    (key,) = cache
-    assert cache[key] == p1 and mfu.cpu_name() in key and f"threads={torch.get_num_threads()}" in key
-    assert "float32" in key
-    f.write_text(json.dumps({key: 1e15}))  # a better reading seen before stays the reference
-    assert mfu.peak_flops("cpu") == 1e15 and json.loads(f.read_text())[key] == 1e15
-    f.write_text(json.dumps({key: 1e3}))  # one taken under load is replaced by a better one
-    assert mfu.peak_flops("cpu") > 1e8 and json.loads(f.read_text())[key] > 1e8
 
 
 # --- checkpoints ----------------------------------------------------------------------------------

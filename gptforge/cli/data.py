@@ -29,8 +29,10 @@ def register(sub: argparse._SubParsersAction, help: str) -> None:
                     "(such as '<|endoftext|>') are encoded as plain text; documents are separated by the "
                     "real <|endoftext|> token.")
     pr.add_argument("--corpus", required=True,
-                    help="'shakespeare', a .txt or .jsonl file (\"text\" field), a directory of .txt "
-                         "files, or a quoted glob")
+                    help="'shakespeare', a .txt, .jsonl or .parquet file, a directory of .txt and "
+                         ".parquet files, or a quoted glob")
+    pr.add_argument("--text-column", default="text",
+                    help="the JSONL field or Parquet column holding the text (default: text)")
     pr.add_argument("--tokenizer", required=True,
                     help="'char' (train a char-level tokenizer on the corpus) or a saved tokenizer "
                          "(directory or tokenizer.json)")
@@ -68,9 +70,9 @@ def cmd_prepare(args) -> int:
 
     if args.workers is not None and args.workers < 1:
         raise UserError("--workers must be >= 1")
-    tok = resolve_tokenizer(args.tokenizer, args.corpus, args.errors)
+    tok = resolve_tokenizer(args.tokenizer, args.corpus, args.errors, args.text_column)
     meta = prepare(args.corpus, tok, args.out, val_fraction=args.val_fraction, errors=args.errors,
-                   workers=args.workers, progress=sys.stderr.isatty())
+                   workers=args.workers, progress=sys.stderr.isatty(), text_column=args.text_column)
     _print_summary(args.out, meta)
     return 0
 

@@ -28,7 +28,10 @@ def register(sub: argparse._SubParsersAction, help: str) -> None:
                         description="Train byte-level BPE on the train split of a corpus and write "
                                     "DIR/tokenizer.json. Merges equal rustbpe's for the same text.")
     t.add_argument("--corpus", required=True,
-                   help="'shakespeare', a .txt/.jsonl file, a directory of .txt files, or a glob")
+                   help="'shakespeare', a .txt/.jsonl/.parquet file, a directory of .txt and .parquet "
+                        "files, or a glob")
+    t.add_argument("--text-column", default="text",
+                   help="the JSONL field or Parquet column holding the text (default: text)")
     t.add_argument("--vocab-size", type=int, required=True,
                    help="total ids: 256 bytes + merges + 9 special tokens (e.g. 4096)")
     t.add_argument("--out", required=True, help="directory to write tokenizer.json into")
@@ -83,7 +86,7 @@ def cmd_train(args) -> int:
     if out.exists() and not out.is_dir() and out.suffix != ".json":  # checked before minutes of training
         raise UserError(f"{out}: exists and is not a directory; --out names the directory for tokenizer.json")
     tok, info = train_on_corpus(args.corpus, args.vocab_size, args.pattern, args.tie_break, args.val_fraction,
-                                args.errors, progress=not args.no_progress)
+                                args.errors, progress=not args.no_progress, text_column=args.text_column)
     path = tok.save(args.out)
     n_merges = args.vocab_size - 256 - len(SPECIAL_TOKENS)
     short = ""

@@ -7,7 +7,14 @@ A corpus is one of:
 - a path to a ``.txt`` file: one document. Its last ``val_fraction`` of bytes (moved forward to a
   character boundary) is validation, as nanoGPT splits tiny shakespeare (first 90% train);
 - a path to a ``.jsonl`` file: one document per line, taken from the line's ``"text"`` field;
-- a directory (every ``*.txt`` below it) or a glob pattern: one document per file, in sorted order.
+- a path to a ``.parquet`` file: one document per row, taken from its ``text`` column, read in
+  batches of rows (``PARQUET_BATCH_ROWS``) within each row group, so a file larger than RAM streams.
+  FineWeb, FineWeb-Edu and most Hugging Face text datasets come in this layout;
+- a directory (every ``*.txt`` and ``*.parquet`` below it) or a glob pattern: one document per text
+  file, one per row of each Parquet or line of each JSONL file, files in sorted order. A file reached
+  twice (through a symlink, a symlink loop or a hard link) is read once, at its first path.
+
+``text_column`` (``--text-column``) names the JSONL field and the Parquet column; "text" by default.
 
 With several documents, document ``i`` (counting from 0 across the corpus) is validation when
 ``floor((i+1)*f) > floor(i*f)`` for ``f = val_fraction``: every 10th document for f = 0.1,
@@ -32,6 +39,7 @@ import hashlib
 import json
 import math
 import re
+import stat
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +48,7 @@ from gptforge.errors import UserError
 from gptforge.tokenizer.train import fix_surrogates
 
 CHUNK_BYTES = 4 << 20
+PARQUET_BATCH_ROWS = 1024
 BUILTIN = ("shakespeare",)
 _SURROGATE = re.compile("[\ud800-\udfff]")
 # Safe places to cut a piece (see the module docstring); bytes patterns, so \s is ASCII whitespace.
@@ -70,6 +79,7 @@ class Corpus:
 
     spec: str
     sources: list[Path] = field(default_factory=list)  # empty for built-in corpora
+    text_column: str = "text"  # the JSONL field / Parquet column holding the text
     sha256: str | None = None  # of all bytes read, in order; set once pieces() is exhausted
     bytes_read: int = 0
 
@@ -80,7 +90,7 @@ class Corpus:
     @property
     def single_document(self) -> bool:
         """One text file: split by bytes, no document separators needed."""
-        return len(self.sources) == 1 and self.sources[0].suffix != ".jsonl"
+        return len(self.sources) == 1 and self.sources[0].suffix not in (".jsonl", ".parquet")
 
     def total_bytes(self) -> int:
         """Bytes to read (for progress bars)."""
@@ -88,7 +98,8 @@ class Corpus:
             from gptforge.data import shakespeare
 
             return shakespeare.SIZE_BYTES
-        return sum(p.stat().st_size for p in self.sources)
+        return sum(_parquet_text_bytes(p, self.text_column) if p.suffix == ".parquet" else p.stat().st_size
+                   for p in self.sources)
 
     def pieces(self, val_fraction: float = 0.1, errors: str = "strict",
                on_bytes: Callable[[int], None] | None = None,
@@ -132,8 +143,9 @@ class Corpus:
         else:
             docs = 0
             for path in self.sources:
-                if path.suffix == ".jsonl":
-                    for text in _read_jsonl(path, errors, consumed):
+                if path.suffix in (".jsonl", ".parquet"):
+                    read = _read_jsonl if path.suffix == ".jsonl" else _read_parquet
+                    for text in read(path, self.text_column, errors, consumed):
                         yield Piece(_doc_split(docs, val_fraction), text, True)
                         docs += 1
                 else:
@@ -145,28 +157,55 @@ class Corpus:
         self.sha256 = h.hexdigest()
 
 
-def open_corpus(spec: str) -> Corpus:
+def open_corpus(spec: str, text_column: str = "text") -> Corpus:
     """Resolve ``spec`` (built-in name, file, directory or glob) to a ``Corpus``.
 
     Raises:
-        UserError: nothing exists at ``spec``, or a directory/glob holds no text files.
+        UserError: nothing exists at ``spec``, it is not a regular file (a FIFO, a device), or a
+            directory/glob holds no files to read.
     """
     if spec in BUILTIN:
         return Corpus(spec)
     p = Path(spec)
     if p.is_file():
-        return Corpus(spec, [p])
+        return Corpus(spec, [p], text_column)
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*.txt") if f.is_file())
+        files = _unique_files(f for f in p.rglob("*") if f.suffix in (".txt", ".parquet"))
         if not files:
-            raise UserError(f"{spec}: directory holds no .txt files")
-        return Corpus(spec, files)
+            raise UserError(f"{spec}: directory holds no .txt files (nor .parquet files)")
+        return Corpus(spec, files, text_column)
+    if p.exists():
+        raise UserError(f"{spec}: is {_file_kind(p)}, not a regular file; a corpus is a file, a directory or "
+                        "a glob")
     if globlib.has_magic(spec):
-        files = sorted(Path(f) for f in globlib.glob(spec, recursive=True) if Path(f).is_file())
+        files = _unique_files(Path(f) for f in globlib.glob(spec, recursive=True))
         if not files:
             raise UserError(f"{spec}: pattern matches no files")
-        return Corpus(spec, files)
+        return Corpus(spec, files, text_column)
     raise UserError(f"{spec}: no such file or directory (and not a built-in corpus: {', '.join(BUILTIN)})")
+
+
+def _unique_files(paths) -> list[Path]:
+    """The regular files among ``paths``, sorted, each file once: paths reaching one file (through a
+    symlink, a loop of them, or a hard link) keep the first in sorted order, so that a document is
+    read once and never lands in both splits. FIFOs and devices are left out."""
+    seen, files = set(), []
+    for f in sorted(paths):
+        try:
+            st = f.stat()
+        except OSError:  # a dangling symlink, or a loop too deep to resolve
+            continue
+        if stat.S_ISREG(st.st_mode) and (st.st_dev, st.st_ino) not in seen:
+            seen.add((st.st_dev, st.st_ino))
+            files.append(f)
+    return files
+
+
+def _file_kind(p: Path) -> str:
+    mode = p.stat().st_mode
+    return ("a FIFO (named pipe)" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else
+            "a character device" if stat.S_ISCHR(mode) else "a block device" if stat.S_ISBLK(mode) else
+            "not a regular file")
 
 
 def _doc_split(i: int, f: float) -> str:
@@ -241,7 +280,8 @@ def _read_text(path: Path, errors: str, consumed: Callable[[bytes], None],
                 offset += len(chunk)
 
 
-def _read_jsonl(path: Path, errors: str, consumed: Callable[[bytes], None]) -> Iterator[str]:
+def _read_jsonl(path: Path, text_column: str, errors: str,
+                consumed: Callable[[bytes], None]) -> Iterator[str]:
     offset = 0
     try:
         f = open(path, "rb")
@@ -260,9 +300,64 @@ def _read_jsonl(path: Path, errors: str, consumed: Callable[[bytes], None]) -> I
                 raise UserError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
             except (ValueError, RecursionError) as e:  # an integer too long, nesting too deep
                 raise UserError(f"{path}:{lineno}: not valid JSON ({type(e).__name__})") from None
-            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                raise UserError(f"{path}:{lineno}: expected an object with a string \"text\" field")
-            yield _no_surrogates(obj["text"], path, lineno, errors)
+            if not isinstance(obj, dict) or not isinstance(obj.get(text_column), str):
+                raise UserError(f"{path}:{lineno}: expected an object with a string \"{text_column}\" field")
+            yield _no_surrogates(obj[text_column], path, lineno, errors)
+
+
+def _parquet_file(path: Path, text_column: str):
+    """(pyarrow ParquetFile, index of ``text_column``), checked.
+
+    Raises:
+        UserError: not a Parquet file, or no string column ``text_column``.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        pf = pq.ParquetFile(path)
+    except (OSError, pa.ArrowException) as e:
+        raise UserError(f"{path}: not a readable Parquet file ({e})") from None
+    schema = pf.schema_arrow
+    if text_column not in schema.names:
+        raise UserError(f"{path}: no column {text_column!r} (columns: {', '.join(schema.names)}); "
+                        "name the text column with --text-column")
+    kind = schema.field(text_column).type
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind)):
+        raise UserError(f"{path}: column {text_column!r} holds {kind}, not strings")
+    return pf, pf.schema.names.index(text_column)  # top-level strings: one leaf column each
+
+
+def _parquet_text_bytes(path: Path, text_column: str) -> int:
+    """The text column's uncompressed size from the file's metadata (progress bars only)."""
+    pf, j = _parquet_file(path, text_column)
+    md = pf.metadata
+    return sum(md.row_group(i).column(j).total_uncompressed_size for i in range(md.num_row_groups))
+
+
+def _read_parquet(path: Path, text_column: str, errors: str,
+                  consumed: Callable[[bytes], None]) -> Iterator[str]:
+    """The ``text_column`` of each row, streamed a batch of rows at a time within each row group
+    (only that column is read); null rows are skipped. The strings are decoded here, so that invalid
+    UTF-8 is treated as in text files (``errors``)."""
+    import pyarrow as pa
+
+    pf, _ = _parquet_file(path, text_column)
+    row = 0
+    try:
+        for batch in pf.iter_batches(batch_size=PARQUET_BATCH_ROWS, columns=[text_column]):
+            for raw in batch.column(0).cast(pa.large_binary()).to_pylist():
+                row += 1
+                if raw is None:
+                    continue
+                consumed(raw)
+                try:
+                    yield raw.decode("utf-8", errors=errors)
+                except UnicodeDecodeError as e:
+                    raise UserError(f"{path}: row {row}: invalid UTF-8 at byte {e.start} of its text (pass "
+                                    "--errors replace to substitute U+FFFD)") from None
+    except (OSError, pa.ArrowException) as e:
+        raise UserError(f"{path}: cannot read Parquet ({e})") from None
 
 
 def _no_surrogates(text: str, path: Path, lineno: int, errors: str) -> str:

@@ -89,12 +89,13 @@ def _encode_piece(piece: Piece) -> tuple[str, bool, np.ndarray, int]:
     return piece.split, piece.doc_start, arr, nbytes
 
 
-def resolve_tokenizer(spec: str, corpus_spec: str, errors: str = "strict") -> Tokenizer:
+def resolve_tokenizer(spec: str, corpus_spec: str, errors: str = "strict",
+                      text_column: str = "text") -> Tokenizer:
     """``"char"`` trains a char tokenizer on the whole corpus (nanoGPT's convention: the
     vocabulary is every character in the text), with ``<|endoftext|>`` only when the corpus has
     several documents to separate; anything else is a path for ``load_tokenizer``."""
     if spec == "char":
-        corpus = open_corpus(corpus_spec)
+        corpus = open_corpus(corpus_spec, text_column)
         tok = CharTokenizer.train((p.text for p in corpus.pieces(errors=errors)), specials=())
         return tok if corpus.single_document else CharTokenizer(tok.chars)
     return load_tokenizer(spec)
@@ -102,7 +103,7 @@ def resolve_tokenizer(spec: str, corpus_spec: str, errors: str = "strict") -> To
 
 def prepare(corpus_spec: str, tokenizer: Tokenizer, out_dir: str | os.PathLike, val_fraction: float = 0.1,
             errors: str = "strict", workers: int | None = None, progress: bool = True,
-            chunk_bytes: int | None = None) -> dict:
+            chunk_bytes: int | None = None, text_column: str = "text") -> dict:
     """Tokenize ``corpus_spec`` with ``tokenizer`` into shards in ``out_dir``; return the meta dict.
 
     All or nothing: the shards are built in a temporary directory beside ``out_dir`` and renamed
@@ -112,6 +113,7 @@ def prepare(corpus_spec: str, tokenizer: Tokenizer, out_dir: str | os.PathLike, 
         workers: processes that encode in parallel (default: one per core, up to 4); 1 encodes
             in this process.
         chunk_bytes: bytes per piece read from text files (default ``corpus.CHUNK_BYTES``).
+        text_column: the JSONL field / Parquet column holding the text.
 
     Raises:
         UserError: missing/empty corpus, invalid UTF-8, text the tokenizer cannot encode (or would
@@ -119,7 +121,7 @@ def prepare(corpus_spec: str, tokenizer: Tokenizer, out_dir: str | os.PathLike, 
             other than shards (which replacing it would delete).
     """
     out = _check_out_dir(Path(out_dir))
-    corpus = open_corpus(corpus_spec)
+    corpus = open_corpus(corpus_spec, text_column)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp_dir = _make_temp_dir(out)
     try:

@@ -16,7 +16,7 @@ from gptforge.tokenizer.train import count_chunks, train_merges
 
 def train_on_corpus(corpus_spec: str, vocab_size: int, pattern: str = "gpt4", tie_break: str = "rustbpe",
                     val_fraction: float = 0.1, errors: str = "strict",
-                    progress: bool = False) -> tuple[BPETokenizer, dict]:
+                    progress: bool = False, text_column: str = "text") -> tuple[BPETokenizer, dict]:
     """Train a BPE tokenizer on the *train* split of a corpus (see ``gptforge.data.corpus``).
 
     ``vocab_size`` counts the 256 byte tokens, the merges and the special tokens.
@@ -32,7 +32,7 @@ def train_on_corpus(corpus_spec: str, vocab_size: int, pattern: str = "gpt4", ti
 
     pattern, n_merges = training_settings(vocab_size, pattern, len(SPECIAL_TOKENS))
     t0 = time.perf_counter()
-    corpus = open_corpus(corpus_spec)
+    corpus = open_corpus(corpus_spec, text_column)
     bar = tqdm(total=corpus.total_bytes(), unit="B", unit_scale=True, desc="splitting",
                disable=not progress, leave=False)
     trained = 0

@@ -48,6 +48,7 @@ from gptforge.train.config import (
     saved_config,
 )
 from gptforge.train.log import Logger, MetricsFile
+from gptforge.train.mfu import describe_peak, device_peak, mfu_caveat
 from gptforge.train.optim import lr_multiplier, replan, set_lr
 from gptforge.train.session import Dist, StopSignal, TrainData, setup
 from gptforge.train.step import optimizer_step
@@ -101,7 +102,7 @@ def _loop(s, log: Logger, resume: bool, started: float | None) -> dict:
     t_start, time_offset = time.time(), st.time_s
     started = t_start if started is None else started
     last_ckpt, saved_at = st.path, st.step if resume else None
-    step_times, record = [], {}
+    step_times, record, mfu_explained = [], {}, False
     log.start(s.total_steps if cfg.schedule_time else s.budget_steps, st.step)
     with StopSignal() as stop:
         if not resume:  # the curve starts at the untrained model
@@ -120,6 +121,11 @@ def _loop(s, log: Logger, resume: bool, started: float | None) -> dict:
             st.train_time_s += step_times[-1]
             st.time_s = time_offset + time.time() - t_start
             record = _step_record(s, out, train_loss, cfg.lr * lr_mult, step_times[-1])
+            peak = device_peak(d.device, _peak_dtype(s)) if record["mfu"] is not None else None
+            why = "" if peak is None or mfu_explained else mfu_caveat(record["mfu"], peak)
+            if why:  # once a run: an implausible MFU is never printed without its reason
+                log.info(why)
+                mfu_explained = True
             if st.step % cfg.eval_interval == 0:
                 record.update(_evaluate(s, log))
             metrics.write(record)
@@ -188,7 +194,12 @@ def _banner(s, resume: bool) -> str:
             f"  -> {d.world} process(es) on {d.device.type}, {s.dtype}, B={cfg.batch_size} "
             f"T={cfg.block_size} accum={s.accum}: {s.tokens_per_step:,} tokens/step, {s.total_steps} steps "
             f"in the schedule; {s.data.train_tokens:,} train / {s.data.eval_tokens:,} "
-            f"eval tokens; MFU against a peak of {s.peak / 1e12 if s.peak else float('nan'):.2f} TFLOP/s")
+            f"eval tokens" + (f"\n  {describe_peak(d.device, _peak_dtype(s))}" if d.main else ""))
+
+
+def _peak_dtype(s) -> torch.dtype:
+    """The dtype whose peak is the MFU denominator (session.setup's choice for ``s.peak``)."""
+    return torch.bfloat16 if s.dtype == "bfloat16" else torch.float32
 
 
 def _rank_mean(d, t: torch.Tensor) -> float:
