@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from gptforge.engine import KVCache
 from gptforge.models import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -20,7 +21,7 @@ import infer  # noqa: E402  (bench/ is not a package)
 def test_bytes_per_step_are_the_weights_and_the_kv_cache(preset):
     model = build_model("gpt", vocab_size=300, block_size=64, preset=preset, depth=2).to(torch.bfloat16)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    cache = model.new_kv_cache(8, 40, "cpu", torch.bfloat16)  # what decoding 8 rows at 40 positions reads
+    cache = KVCache(model, 8, 40)  # what decoding 8 rows at 40 positions reads
     kv = cache.k.numel() * cache.k.element_size() + cache.v.numel() * cache.v.element_size()
     assert infer.bytes_per_step(model, 8, 40) == weights + kv
 
