@@ -194,6 +194,7 @@ STAGES = ("data", "pretrain", "sft", "eval", "report")
 SFT_DATA = "arithmetic:20000,spelling:10000,identity,smalltalk"
 CORE_SUBSET = "arc_easy,piqa,winogrande,copa,lambada_openai"  # quick, and the ones small models move on
 CHAT_TASKS = "arithmetic,letter_count,chat:arc_easy"
+FILE_FREE_TASKS = "arithmetic,letter_count"  # generated: they run without the evaluation data
 TRANSCRIPT = "What is 123 + 456?"
 
 
@@ -419,30 +420,31 @@ def _stage_eval(sr: SpeedrunConfig, out_dir: Path, progress: bool) -> dict:
     buys)."""
     from gptforge.chat.render import ChatTokens
     from gptforge.engine import load_for_inference
-    from gptforge.eval.chat import default_data_dir
+    from gptforge.eval.files import default_data_dir
     from gptforge.eval.suite import evaluate, format_table, resolve_tasks
 
+    have_files = default_data_dir().is_dir()
+    if not have_files:  # a user's clone that never ran `gptforge data evals`
+        _say(f"      no evaluation data at {default_data_dir()} (gptforge data evals): "
+             "only the tasks that need no files")
     out = {}
     for name in ("pretrain", "sft"):
         run = out_dir / name
         if not (run / "ckpt").exists():
             continue
         model, tok, _ = load_for_inference(str(run), "best")
-        spec = CORE_SUBSET
+        tasks = [CORE_SUBSET] if have_files else []
         try:
             ChatTokens(tok)
-            spec += "," + CHAT_TASKS
+            tasks.append(CHAT_TASKS if have_files else FILE_FREE_TASKS)
         except UserError:
             pass
         if tok.kind == "char":  # its table holds the corpus's characters only: task prompts need more
             _say("      a char-level tokenizer cannot encode the tasks' prompts: bits per byte only")
-            plan_ = resolve_tasks("bpb")
-        elif not default_data_dir().is_dir():  # a user's clone without ../shared/data
-            _say(f"      no evaluation data at {default_data_dir()}: bits per byte only")
-            plan_ = resolve_tasks("bpb")
-        else:
-            plan_ = resolve_tasks(spec + ",bpb")
-        _say(f"      {name}: {spec if plan_.core else 'bpb'} (up to {sr.eval_limit} items per task)")
+            tasks = []
+        spec = ",".join(tasks + ["bpb"])
+        plan_ = resolve_tasks(spec)
+        _say(f"      {name}: {spec} (up to {sr.eval_limit} items per task)")
         res = evaluate(model, tok, plan_, bpb_data=out_dir / "data", limit=sr.eval_limit, out_dir=run)
         write_json(run / "eval.json", _finite_tree(res))
         if progress:

@@ -83,8 +83,8 @@ def evaluate(model: torch.nn.Module, tok, plan: Plan, *, data_dir: str | Path | 
              progress: Callable[[str, int, int], None] | None = None) -> dict:
     """Run ``plan`` on ``model`` (eval mode) with its tokenizer ``tok``.
 
-    data_dir: the evaluation data (``../shared/data/evals`` layout; None: that folder beside the
-        repository). bpb_data: a shard directory or a UTF-8 text file (needed when ``plan.bpb``).
+    data_dir: the evaluation data (the evals folder; None: `gptforge.eval.files.default_data_dir`).
+    bpb_data: a shard directory or a UTF-8 text file (needed when ``plan.bpb``).
     limit: items per task (None: all). shots: few-shot count for every CORE task (None: each
         task's own). examples: keep per-example records. out_dir: where chat tasks write files
         (MT-bench answers). progress: ``progress(task, done, total)``.
@@ -96,9 +96,10 @@ def evaluate(model: torch.nn.Module, tok, plan: Plan, *, data_dir: str | Path | 
         UserError: missing data, a tokenizer without chat tokens for chat tasks, bad settings.
     """
     from gptforge.eval import chat, core
+    from gptforge.eval.files import default_data_dir
 
     t0 = time.perf_counter()
-    root = Path(data_dir) if data_dir is not None else chat.default_data_dir()
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
     result: dict = {"tasks": {}, "core": None, "core_tasks": [], "missing": [], "chatcore": None,
                     "chatcore_tasks": [], "bpb": None}
     if plan.bpb:
