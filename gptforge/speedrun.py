@@ -215,7 +215,8 @@ class SpeedrunConfig:
     sft_data: str = setting(SFT_DATA, "SFT conversations (as gptforge sft --data)")
     eval_limit: int = setting(50, "items per task in the eval stage", ge=1, le=100_000)
     out: str = setting("", "run folder; empty -> runs/speedrun-<preset>-<YYYYmmdd-HHMMSS>", metavar="DIR")
-    only: str = setting("", "run this stage alone on what OUT holds: " + ", ".join(STAGES), metavar="STAGE")
+    only: str = setting("", "run this stage alone on what OUT holds (eval: then the report): "
+                        + ", ".join(STAGES), metavar="STAGE")
     skip: str = setting("", "comma-separated stages to leave out", metavar="STAGES")
     samples: int = setting(3, "samples in the report", ge=0, le=100)
     seed: int = setting(1337, "seed of the model init, batches and samples", ge=0, le=2**32 - 1)
@@ -234,9 +235,9 @@ class SpeedrunConfig:
             self.out = str(Path("runs") / f"speedrun-{self.preset}-{datetime.now():%Y%m%d-%H%M%S}")
 
     def stages(self) -> list[str]:
-        """The stages to run, in order."""
+        """The stages to run, in order (``only`` eval refreshes the report too, which shows its figures)."""
         if self.only:
-            return [self.only]
+            return [self.only, "report"] if self.only == "eval" else [self.only]
         skip = {x.strip() for x in self.skip.split(",")}
         return [s for s in STAGES if s not in skip]
 

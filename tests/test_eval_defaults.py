@@ -42,3 +42,35 @@ def test_speedrun_without_eval_data_still_runs_the_tool_tasks(speedrun_dir):
         assert ev["tasks"]["chat:arithmetic"]["n"] == 3 and ev["bpb"]["bpb"] > 0
     report = (speedrun_dir / "report.md").read_text()
     assert "chat:arithmetic" in report and "chat:letter_count" in report
+
+
+def test_eval_of_a_finetuned_run_defaults_to_its_base_runs_shards(speedrun_dir, capsys):
+    sft = speedrun_dir / "sft"
+    before = (sft / "eval.json").read_bytes()
+    capsys.readouterr()
+    assert main(["eval", "--ckpt", str(sft), "--tasks", "bpb,arithmetic", "--limit", "2",
+                 "--no-progress"]) == 0
+    written = capsys.readouterr().err.strip().splitlines()[-1].removeprefix("wrote ")
+    # a new file beside the speedrun's, which is left as it was
+    assert written.startswith(str(sft / "eval-")) and written.endswith(".json")
+    assert (sft / "eval.json").read_bytes() == before
+    res = json.loads(open(written).read())
+    assert res["bpb"]["data"] == str(speedrun_dir / "data") and res["tasks"]["chat:arithmetic"]["n"] == 2
+    # the same figure as the speedrun's own eval of this model on those shards
+    assert res["bpb"]["bpb"] == pytest.approx(json.loads(before)["bpb"]["bpb"], rel=1e-9)
+    # --out names the file: it is written (again) as told
+    out = sft / "mine.json"
+    for _ in range(2):
+        assert main(["eval", "--ckpt", str(sft), "--tasks", "bpb", "--out", str(out), "--no-progress"]) == 0
+    assert json.loads(out.read_text())["bpb"]["data"] == str(speedrun_dir / "data")
+
+
+def test_only_eval_refreshes_the_report(speedrun_dir, capsys):
+    report = speedrun_dir / "report.md"
+    report.write_text("stale\n")
+    assert main(["speedrun", "--out", str(speedrun_dir), "--only", "eval", "--eval-limit", "2",
+                 "--samples", "0"]) == 0
+    text = report.read_text()
+    assert "chat:arithmetic" in text and "n=2" in text
+    ev = json.loads((speedrun_dir / "sft" / "eval.json").read_text())
+    assert ev["tasks"]["chat:arithmetic"]["n"] == 2
