@@ -192,6 +192,9 @@ def plan_wall_clock(cfg, seconds: float, data=None) -> tuple[int, float, int]:
 
 STAGES = ("data", "pretrain", "sft", "eval", "report")
 SFT_DATA = "arithmetic:20000,spelling:10000,identity,smalltalk"
+# SFT of a RoPE model at this multiple of its pretraining block size, so that the chat model keeps
+# several turns (cpu recipe: 128 -> 256 tokens; its cost in bench/README.md)
+SFT_CONTEXT = 2
 CORE_SUBSET = "arc_easy,piqa,winogrande,copa,lambada_openai"  # quick, and the ones small models move on
 CHAT_TASKS = "arithmetic,letter_count,chat:arc_easy"
 FILE_FREE_TASKS = "arithmetic,letter_count"  # generated: they run without the evaluation data
@@ -386,6 +389,7 @@ def _stage_pretrain(cfg, budget: float | None) -> dict:
 def _stage_sft(sr: SpeedrunConfig, recipe: Recipe, out_dir: Path, progress: bool) -> dict:
     from gptforge.chat.render import ChatTokens
     from gptforge.chat.sft import sft_config, sft_run_data
+    from gptforge.checkpoint import read_trainer_state
     from gptforge.tokenizer import load_tokenizer
     from gptforge.train import make_config, train
 
@@ -396,6 +400,8 @@ def _stage_sft(sr: SpeedrunConfig, recipe: Recipe, out_dir: Path, progress: bool
         return {"skipped": "the tokenizer has no chat tokens"}
     cfg = sft_config(out_dir / "pretrain", {"data": sr.sft_data, "out": str(out_dir / "sft"),
                                             "eval_tokens": 16384, "progress": "auto" if progress else "none"})
+    if read_trainer_state(Path(cfg.init_from)).model_config.get("positional") == "rope":  # a table of learned
+        cfg = make_config(cfg.to_dict(), {"block_size": SFT_CONTEXT * cfg.block_size})  # positions can't grow
     data, tr, te = sft_run_data(cfg)
     _say(f"      {tr.conversations:,} conversations ({sr.sft_data}) in {tr.rows:,} rows, "
          f"{tr.cropped} cropped")

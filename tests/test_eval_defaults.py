@@ -74,3 +74,13 @@ def test_only_eval_refreshes_the_report(speedrun_dir, capsys):
     assert "chat:arithmetic" in text and "n=2" in text
     ev = json.loads((speedrun_dir / "sft" / "eval.json").read_text())
     assert ev["tasks"]["chat:arithmetic"]["n"] == 2
+
+
+def test_speedrun_sft_doubles_a_rope_models_context(speedrun_dir):
+    from gptforge.engine import load_for_inference
+    from gptforge.speedrun import SFT_CONTEXT
+
+    pre, _, _ = load_for_inference(str(speedrun_dir / "pretrain"))
+    sft, _, _ = load_for_inference(str(speedrun_dir / "sft"))
+    assert pre.config.positional == "rope"
+    assert sft.config.block_size == SFT_CONTEXT * pre.config.block_size == 256

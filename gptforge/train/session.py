@@ -27,6 +27,7 @@ from gptforge.checkpoint import RunState
 from gptforge.data.shards import open_shards
 from gptforge.errors import UserError
 from gptforge.models import build_model, model_config
+from gptforge.models.zoo import with_block_size
 from gptforge.train.batches import PretrainBatches, eval_offsets, lm_loss
 from gptforge.train.config import TrainConfig
 from gptforge.train.curriculum import CurriculumBatches
@@ -338,9 +339,12 @@ def setup(cfg: TrainConfig, resume: bool, d: Dist, data: TrainData | None = None
             gpt_dial = {"preset": cfg.preset, "depth": cfg.depth} if cfg.arch == "gpt" else {}
             raw_model = build_model(cfg.arch, vocab_size=int(tok_identity["vocab_size"]),
                                     block_size=cfg.block_size, **gpt_dial, **cfg.model)
-        elif cfg.block_size > raw_model.config.block_size:
-            raise UserError(f"--block-size {cfg.block_size} is longer than the context of {loaded.path} "
-                            f"({raw_model.config.block_size})")
+        elif cfg.block_size > raw_model.config.block_size:  # finetuning at a longer context: RoPE only
+            try:
+                raw_model = with_block_size(raw_model, cfg.block_size)
+            except UserError as e:
+                raise UserError(f"--block-size {cfg.block_size} is longer than the context of {loaded.path} "
+                                f"({raw_model.config.block_size}): {e}") from None
         state = RunState(tokenizer=tok_identity, model_config=model_config(raw_model),
                          num_params=raw_model.num_params())
     state.config, state.tokens_per_step, state.world_size = cfg.to_dict(), tokens_per_step, d.world
