@@ -400,8 +400,9 @@ def _stage_sft(sr: SpeedrunConfig, recipe: Recipe, out_dir: Path, progress: bool
         return {"skipped": "the tokenizer has no chat tokens"}
     cfg = sft_config(out_dir / "pretrain", {"data": sr.sft_data, "out": str(out_dir / "sft"),
                                             "eval_tokens": 16384, "progress": "auto" if progress else "none"})
-    if read_trainer_state(Path(cfg.init_from)).model_config.get("positional") == "rope":  # a table of learned
-        cfg = make_config(cfg.to_dict(), {"block_size": SFT_CONTEXT * cfg.block_size})  # positions can't grow
+    # a RoPE model's context grows for the chat (SFT_CONTEXT); a table of learned positions cannot
+    if read_trainer_state(Path(cfg.init_from)).model_config.get("positional") == "rope":
+        cfg = make_config(cfg.to_dict(), {"block_size": SFT_CONTEXT * cfg.block_size})
     data, tr, te = sft_run_data(cfg)
     _say(f"      {tr.conversations:,} conversations ({sr.sft_data}) in {tr.rows:,} rows, "
          f"{tr.cropped} cropped")
