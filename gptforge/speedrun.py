@@ -205,8 +205,12 @@ STAGES = ("data", "pretrain", "sft", "rl", "eval", "report")
 SFT_DATA = "arithmetic:20000,spelling:10000,identity,smalltalk"
 RL_TASKS = "arithmetic,letter_count"
 RL_EVAL_ITEMS = 4  # held-out prompts per task in RL's own pass@k evaluations (the eval stage scores more)
+# SFT of a RoPE model at this multiple of its pretraining block size, so that the chat model keeps
+# several turns (cpu recipe: 128 -> 256 tokens; its cost in bench/README.md)
+SFT_CONTEXT = 2
 CORE_SUBSET = "arc_easy,piqa,winogrande,copa,lambada_openai"  # quick, and the ones small models move on
 CHAT_TASKS = "arithmetic,letter_count,social,chat:arc_easy"
+FILE_FREE_TASKS = "arithmetic,letter_count,social"  # generated: they run without the evaluation data
 TRANSCRIPT = "What is 123 + 456?"
 
 
@@ -230,7 +234,8 @@ class SpeedrunConfig:
     rl_steps: int | None = setting(None, "RL optimizer steps instead of a time budget", ge=1, le=10**9)
     eval_limit: int = setting(50, "items per task in the eval stage", ge=1, le=100_000)
     out: str = setting("", "run folder; empty -> runs/speedrun-<preset>-<YYYYmmdd-HHMMSS>", metavar="DIR")
-    only: str = setting("", "run this stage alone on what OUT holds: " + ", ".join(STAGES), metavar="STAGE")
+    only: str = setting("", "run this stage alone on what OUT holds (eval: then the report): "
+                        + ", ".join(STAGES), metavar="STAGE")
     skip: str = setting("", "comma-separated stages to leave out", metavar="STAGES")
     samples: int = setting(3, "samples in the report", ge=0, le=100)
     seed: int = setting(1337, "seed of the model init, batches and samples", ge=0, le=2**32 - 1)
@@ -249,9 +254,9 @@ class SpeedrunConfig:
             self.out = str(Path("runs") / f"speedrun-{self.preset}-{datetime.now():%Y%m%d-%H%M%S}")
 
     def stages(self) -> list[str]:
-        """The stages to run, in order."""
+        """The stages to run, in order (``only`` eval refreshes the report too, which shows its figures)."""
         if self.only:
-            return [self.only]
+            return [self.only, "report"] if self.only == "eval" else [self.only]
         skip = {x.strip() for x in self.skip.split(",")}
         return [s for s in STAGES if s not in skip]
 
@@ -413,6 +418,7 @@ def _stage_pretrain(cfg, budget: float | None) -> dict:
 def _stage_sft(sr: SpeedrunConfig, recipe: Recipe, out_dir: Path, progress: bool) -> dict:
     from gptforge.chat.render import ChatTokens
     from gptforge.chat.sft import sft_config, sft_run_data
+    from gptforge.checkpoint import read_trainer_state
     from gptforge.tokenizer import load_tokenizer
     from gptforge.train import make_config, train
 
@@ -423,6 +429,9 @@ def _stage_sft(sr: SpeedrunConfig, recipe: Recipe, out_dir: Path, progress: bool
         return {"skipped": "the tokenizer has no chat tokens"}
     cfg = sft_config(out_dir / "pretrain", {"data": sr.sft_data, "out": str(out_dir / "sft"),
                                             "eval_tokens": 16384, "progress": "auto" if progress else "none"})
+    # a RoPE model's context grows for the chat (SFT_CONTEXT); a table of learned positions cannot
+    if read_trainer_state(Path(cfg.init_from)).model_config.get("positional") == "rope":
+        cfg = make_config(cfg.to_dict(), {"block_size": SFT_CONTEXT * cfg.block_size})
     data, tr, te = sft_run_data(cfg)
     _say(f"      {tr.conversations:,} conversations ({sr.sft_data}) in {tr.rows:,} rows, "
          f"{tr.cropped} cropped")
@@ -478,30 +487,31 @@ def _stage_eval(sr: SpeedrunConfig, out_dir: Path, progress: bool) -> dict:
     buys)."""
     from gptforge.chat.render import ChatTokens
     from gptforge.engine import load_for_inference
-    from gptforge.eval.chat import default_data_dir
+    from gptforge.eval.files import default_data_dir
     from gptforge.eval.suite import evaluate, format_table, resolve_tasks
 
+    have_files = default_data_dir().is_dir()
+    if not have_files:  # a user's clone that never ran `gptforge data evals`
+        _say(f"      no evaluation data at {default_data_dir()} (gptforge data evals): "
+             "only the tasks that need no files")
     out = {}
     for name in ("pretrain", "sft", "rl"):
         run = out_dir / name
         if not (run / "ckpt").exists():
             continue
         model, tok, _ = load_for_inference(str(run), "best")
-        spec = CORE_SUBSET
+        tasks = [CORE_SUBSET] if have_files else []
         try:
             ChatTokens(tok)
-            spec += "," + CHAT_TASKS
+            tasks.append(CHAT_TASKS if have_files else FILE_FREE_TASKS)
         except UserError:
             pass
         if tok.kind == "char":  # its table holds the corpus's characters only: task prompts need more
             _say("      a char-level tokenizer cannot encode the tasks' prompts: bits per byte only")
-            plan_ = resolve_tasks("bpb")
-        elif not default_data_dir().is_dir():  # a user's clone without ../shared/data
-            _say(f"      no evaluation data at {default_data_dir()}: bits per byte only")
-            plan_ = resolve_tasks("bpb")
-        else:
-            plan_ = resolve_tasks(spec + ",bpb")
-        _say(f"      {name}: {spec if plan_.core else 'bpb'} (up to {sr.eval_limit} items per task)")
+            tasks = []
+        spec = ",".join(tasks + ["bpb"])
+        plan_ = resolve_tasks(spec)
+        _say(f"      {name}: {spec} (up to {sr.eval_limit} items per task)")
         res = evaluate(model, tok, plan_, bpb_data=out_dir / "data", limit=sr.eval_limit, out_dir=run)
         write_json(run / "eval.json", res)
         if progress:

@@ -134,3 +134,37 @@ def test_a_mixture_count_sizes_train_and_a_tenth_for_test():
     train = {c[0]["content"] for c in conversations("arithmetic:300", "train")}
     test = {c[0]["content"] for c in conversations("arithmetic:300", "test")}
     assert not train & test
+
+
+def test_sft_at_a_longer_context_keeps_more_turns(tmp_path, capsys):
+    """SFT of a RoPE base (block 32) at block 128 runs, and its chat keeps five short turns that the
+    base's context could not hold; a base with learned positions refuses the longer block in one line."""
+    tiny_chat_base(tmp_path, 32)
+    sft = {}
+    for T in (32, 128):
+        assert main(["sft", "--ckpt", str(tmp_path / "base"), "--data", "identity,smalltalk",
+                     "--out", str(tmp_path / f"sft{T}"), "--block-size", str(T), "--max-steps", "2",
+                     "--eval-interval", "2", "--eval-tokens", "128", "--progress", "none",
+                     "--threads", "1"]) == 0
+        model, _, _ = load_for_inference(str(tmp_path / f"sft{T}"))
+        assert model.config.block_size == T
+        sft[T] = tmp_path / f"sft{T}"
+    lines = ["/temperature 0"] + [f"Hi {i}" for i in range(5)] + ["/quit"]
+    for T, drops in ((32, True), (128, False)):
+        r = subprocess.run([sys.executable, "-m", "gptforge", "chat", "--ckpt", str(sft[T]),
+                            "--max-new-tokens", "4"], input="\n".join(lines) + "\n", capture_output=True,
+                           text=True, timeout=300, cwd=ROOT)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.count("assistant> ") == 5 and ("dropped the" in r.stderr) == drops, (T, r.stderr)
+    capsys.readouterr()
+    base = tmp_path / "gpt2base"
+    from gptforge.train import Logger, make_config, train
+
+    train(make_config({"data": str(tmp_path / "data"), "out": str(base), "preset": "gpt2", "depth": 1,
+                       "block_size": 32, "batch_size": 4, "max_steps": 1, "eval_tokens": 32, "threads": 1,
+                       "model": {"n_embd": 32, "n_head": 1}}), logger=Logger("none"))
+    assert main(["sft", "--ckpt", str(base), "--data", "identity", "--out", str(tmp_path / "x"),
+                 "--block-size", "64", "--max-steps", "1", "--progress", "none"]) == 2
+    last = capsys.readouterr().err.splitlines()[-1]  # after the data summary: one line, the reason
+    assert last.startswith("gptforge: error: --block-size 64 is longer than the context of")
+    assert "only rotary positions (RoPE" in last

@@ -16,6 +16,7 @@ run continues bit for bit.
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,7 @@ from gptforge.chat.sources import conversations
 from gptforge.errors import UserError
 from gptforge.tokenizer import Tokenizer, load_tokenizer
 from gptforge.train.batches import lm_loss
-from gptforge.train.config import SFT_DEFAULTS, TrainConfig, finetune_config, from_saved
+from gptforge.train.config import SFT_DEFAULTS, TrainConfig, finetune_config, pretraining_data
 from gptforge.train.session import TrainData
 
 
@@ -158,13 +159,17 @@ def sft_data(cfg: TrainConfig, tok: Tokenizer, tokenizer_json: str | Path, train
             sel = mine[i:i + cfg.batch_size]
             yield targets(vrows[sel], vmasks[sel], device)
 
-    if cfg.pretrain_mix > 0 and pretrain is None:
+    mix = cfg.pretrain_mix
+    if mix > 0 and pretrain is None:
         pretrain = base_train_tokens(cfg.init_from, tok)
-    if cfg.pretrain_mix > 0 and len(pretrain) <= T:
+        if pretrain is None:  # an imported model, say: nothing to mix in
+            print(f"note: {cfg.init_from} records no pretraining shards; SFT runs without --pretrain-mix",
+                  file=sys.stderr)
+            mix = 0.0
+    if mix > 0 and len(pretrain) <= T:
         raise UserError(f"--pretrain-mix: the pretraining text holds {len(pretrain)} tokens, not more than "
                         f"block_size = {T}")
-    batches = SFTBatches(rows, masks, cfg.batch_size, cfg.seed, pretrain if cfg.pretrain_mix > 0 else None,
-                         cfg.pretrain_mix)
+    batches = SFTBatches(rows, masks, cfg.batch_size, cfg.seed, pretrain if mix > 0 else None, mix)
     data = TrainData(batches=batches, loss_fn=lm_loss,
                      val_batches=val_batches, train_tokens=int(rows.size), eval_tokens=int(vrows.size),
                      tokenizer_json=Path(tokenizer_json), tokenizer=tok.identity(),
@@ -200,10 +205,10 @@ def sft_run_data(cfg: TrainConfig, strict: bool = False) -> tuple[TrainData, Pac
     return data, tr, te
 
 
-def base_train_tokens(init_from: str | Path, tok: Tokenizer) -> np.ndarray:
+def base_train_tokens(init_from: str | Path, tok: Tokenizer) -> np.ndarray | None:
     """The train split (1-D memmap of token ids) of the shards the base checkpoint ``init_from``
     was pretrained on (its run config's ``data``; for a finetuned base, that of the pretraining run
-    it descends from), checked against ``tok``.
+    it descends from), checked against ``tok``; None when its runs record none (an imported model).
 
     Raises:
         UserError: the base was not pretrained on a shard directory, or the directory is missing,
@@ -212,18 +217,11 @@ def base_train_tokens(init_from: str | Path, tok: Tokenizer) -> np.ndarray:
     from gptforge import checkpoint as ckpt
     from gptforge.data.shards import open_shards
 
-    def saved(at):  # the config a checkpoint saved, its paths made whole again (they are run-relative)
-        ck = ckpt.find_checkpoint(at)
-        return from_saved(ckpt.read_trainer_state(ck).config, ck.parent.parent)
-
-    config = saved(init_from)
-    for _ in range(100):  # a finetuned base: follow its init_from back to the pretraining run
-        if config.get("task", "pretrain") == "pretrain" or not config.get("init_from"):
-            break
-        config = saved(config["init_from"])
-    shards = config.get("data", "") if config.get("task", "pretrain") == "pretrain" else ""
-    if not shards or not Path(shards).is_dir():
-        raise UserError(f"--pretrain-mix: the base model's pretraining shards ({shards or 'none recorded'}) "
+    shards = pretraining_data(ckpt.find_checkpoint(init_from).parent.parent)
+    if shards is None:
+        return None
+    if not Path(shards).is_dir():
+        raise UserError(f"--pretrain-mix: the base model's pretraining shards ({shards}) "
                         "are not here; mix pretraining text only from a base run trained on a shard "
                         "directory that still exists, or give --pretrain-mix 0")
     return open_shards(shards, tok).tokens("train")

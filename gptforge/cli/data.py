@@ -1,4 +1,5 @@
-"""`gptforge data ...`: write the built-in corpus, prepare token shards, inspect shards."""
+"""`gptforge data ...`: write the built-in corpus, prepare token shards, inspect shards, download the
+evaluation task files."""
 
 from __future__ import annotations
 
@@ -45,6 +46,19 @@ def register(sub: argparse._SubParsersAction, help: str) -> None:
     pr.add_argument("--workers", type=int, default=None, help="encoding processes (default: cores, up to 4)")
     pr.set_defaults(func=cmd_prepare)
 
+    ev = dsub.add_parser(
+        "evals", help="download the evaluation task files",
+        description="Download the task files `gptforge eval` and the speedrun read (18 CORE files from "
+                    "llm-foundry, GSM8K, HumanEval, MT-bench questions; about 18 MB) from their original "
+                    "sources, each checked against its pinned sha256. Files already there are kept. "
+                    "Set GPTFORGE_EVALS_URL to a folder URL with the same layout (http://... or "
+                    "file:///...) to copy from a mirror instead.")
+    ev.add_argument("--out", metavar="DIR",
+                    help="folder to fill (default $GPTFORGE_DATA, else ~/.cache/gptforge/evals, where "
+                         "evaluation looks first)")
+    ev.add_argument("--no-progress", action="store_true", help="no progress bars")
+    ev.set_defaults(func=cmd_evals)
+
     i = dsub.add_parser("info", help="describe (and check) a shard directory")
     i.add_argument("dir")
     i.add_argument("--tokenizer", help="also check the shards were made with this tokenizer")
@@ -74,6 +88,19 @@ def cmd_prepare(args) -> int:
     meta = prepare(args.corpus, tok, args.out, val_fraction=args.val_fraction, errors=args.errors,
                    workers=args.workers, progress=sys.stderr.isatty(), text_column=args.text_column)
     _print_summary(args.out, meta)
+    return 0
+
+
+def cmd_evals(args) -> int:
+    from gptforge.eval.files import FILES, cache_dir, download
+
+    out = args.out or cache_dir()
+    written = download(out, progress=not args.no_progress and sys.stderr.isatty())
+    size = sum(f.size for f in FILES)
+    print(f"{len(FILES)} task files ({size / 1e6:.1f} MB) in {out}: {len(written)} downloaded, "
+          f"{len(FILES) - len(written)} already there")
+    if args.out and args.out != str(cache_dir()):
+        print(f"evaluate with them: gptforge eval --eval-data {out} ... (or set GPTFORGE_DATA={out})")
     return 0
 
 

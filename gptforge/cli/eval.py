@@ -14,8 +14,8 @@ tasks (comma-separated):
   chat            arc_easy, arc_challenge (lettered), gsm8k and humaneval (generation, the
                   calculator; code runs in a sandboxed process), arithmetic, letter_count (each
                   also on template-seen and -unseen phrasings apart), social, mt_bench
-  bpb             bits per byte on --data (a shard directory or a text file; default: the run's
-                  own val shards)
+  bpb             bits per byte on --data (a shard directory or a text file; default: the val
+                  shards of the run's pretraining, a finetuned run's base run's)
   NAME            a CORE task (arc_easy, piqa, lambada_openai, ...) or a chat task (gsm8k, ...);
                   core:NAME / chat:NAME pick one form of a name both have (chat:arc_easy)
 
@@ -46,8 +46,10 @@ def register(sub: argparse._SubParsersAction, help: str) -> None:
                                                          "(default: each task's own count)")
     e.add_argument("--data", help="bpb: a shard directory (its val split) or a UTF-8 text file")
     e.add_argument("--eval-data", metavar="DIR",
-                   help="evaluation data folder (default ../shared/data/evals beside the repository)")
-    e.add_argument("--out", help="JSON file to write (default: eval.json in the run directory)")
+                   help="evaluation data folder (default: $GPTFORGE_DATA or ~/.cache/gptforge/evals, filled "
+                        "by `gptforge data evals`, else ../shared/data/evals beside the repository)")
+    e.add_argument("--out", help="JSON file to write (default: eval.json in the run directory, or a new "
+                                 "eval-DATE-TIME.json there when eval.json exists: it is never replaced)")
     e.add_argument("--examples", action="store_true", help="also write per-example records to the JSON")
     e.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -84,8 +86,8 @@ def load_model(ckpt: str, which: str, tokenizer: str | None, device: str):
 
 def run(args) -> int:
     from gptforge.eval.suite import evaluate, format_table, resolve_tasks
-    from gptforge.io import check_target, read_json, write_json
-    from gptforge.train.config import from_saved
+    from gptforge.io import check_target, write_json
+    from gptforge.train.config import pretraining_data
 
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit {args.limit}: expected an integer >= 1")
@@ -96,14 +98,11 @@ def run(args) -> int:
         check_target(args.out)  # before the evaluation, which a bad --out would throw away at its end
     model, tok, run_dir = load_model(args.ckpt, args.which, args.tokenizer, args.device)
     bpb_data = args.data
-    if plan.bpb and bpb_data is None and run_dir is not None:
-        f = run_dir / "config.json"
-        cfg = from_saved(read_json(f, what="run config"), run_dir) if f.is_file() else {}
-        if cfg.get("task", "pretrain") == "pretrain" and cfg.get("data"):
-            bpb_data = cfg["data"]
+    if plan.bpb and bpb_data is None:
+        bpb_data = pretraining_data(run_dir)
     if plan.bpb and bpb_data is None:
         raise UserError("task bpb needs --data: a shard directory or a text file")
-    out = Path(args.out) if args.out else (run_dir or Path(args.ckpt)) / "eval.json"
+    out = Path(args.out) if args.out else new_file((run_dir or Path(args.ckpt)) / "eval.json")
     bar = None if args.no_progress else _Progress()
     try:
         result = evaluate(model, tok, plan, data_dir=args.eval_data, bpb_data=bpb_data, limit=args.limit,
@@ -117,6 +116,21 @@ def run(args) -> int:
     write_json(out, result)
     print(f"wrote {out}", file=sys.stderr)
     return 0
+
+
+def new_file(path: Path) -> Path:
+    """A file name not yet used: ``path`` itself, else with ``-YYYYmmdd-HHMMSS`` (then ``-2``...)
+    added to its stem, so that a second evaluation never replaces the first (a speedrun's)."""
+    from datetime import datetime
+
+    if not path.exists():
+        return path
+    stem = f"{path.stem}-{datetime.now():%Y%m%d-%H%M%S}"
+    candidate, n = path.with_name(stem + path.suffix), 1
+    while candidate.exists():
+        n += 1
+        candidate = path.with_name(f"{stem}-{n}{path.suffix}")
+    return candidate
 
 
 class _Progress:

@@ -33,6 +33,8 @@ examples:
   gptforge sft --ckpt runs/speedrun/pretrain --data arithmetic,spelling,identity,smalltalk --out runs/sft
   gptforge sft --ckpt runs/base --data chats.jsonl,identity --out runs/sft2 --max-time 180 --lr 0.003
   gptforge sft --resume runs/sft --max-steps 600
+  gptforge sft --ckpt runs/base --data arithmetic,smalltalk --block-size 256   (RoPE bases: a longer
+      context than pretraining, for longer chats; the speedrun doubles it)
   gptforge chat --ckpt runs/sft
 """
 

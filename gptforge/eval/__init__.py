@@ -6,6 +6,7 @@
     sandbox.py  run untrusted Python (HumanEval completions) in a fenced-in subprocess
     bpb.py      bits per byte on a shard directory or a text file
     suite.py    one run over any mix of the above: what `gptforge eval` and the speedrun report call
+    files.py    where the task files live, and their pinned download (`gptforge data evals`)
 
 Import the module you need (``from gptforge.eval.core import evaluate_core``); this package imports
 nothing itself.

@@ -5,7 +5,7 @@
 
 Every task talks to the model the way a user would: the question is a user turn, rendered with
 ``render_for_completion`` (the chat special tokens; a tokenizer without them is a UserError), and
-the model answers greedily. Tasks (data under ``data_dir``, default ``../shared/data/evals``):
+the model answers greedily. Tasks (data under ``data_dir``, default `gptforge.eval.files.default_data_dir`):
 
 - ``arc_easy``, ``arc_challenge`` (``icl/world_knowledge/arc_*.jsonl``: ``query``, ``choices``,
   ``gold``): lettered multiple choice. The user turn lists the question and the options "A. ...",
@@ -58,13 +58,13 @@ from pathlib import Path
 
 import torch
 
-import gptforge
 from gptforge.chat import tasks as chat_tasks
 from gptforge.chat.render import ChatTokens, render_for_completion
 from gptforge.chat.tasks import gsm8k_answer, held_out, last_number, reply_correct, same_number, text_of  # noqa: F401
 from gptforge.engine import ToolUse, generate
 from gptforge.errors import UserError
 from gptforge.eval.core import centered
+from gptforge.eval.files import default_data_dir, missing_hint
 from gptforge.eval.sandbox import protections, run_python
 from gptforge.eval.stats import items_fingerprint
 from gptforge.models import eval_mode
@@ -86,9 +86,6 @@ LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 Progress = Callable[[str, int, int], None]  # (task, items done, items in the task)
 
 
-def default_data_dir() -> Path:
-    """``../shared/data/evals`` beside the repository (where developers and CI keep the files)."""
-    return Path(gptforge.__file__).resolve().parents[1].parent / "shared" / "data" / "evals"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -208,7 +205,7 @@ def generate_replies(model: torch.nn.Module, tok: Tokenizer, prompts: Sequence[S
 
 def _read_jsonl(path: Path, task: str) -> list[dict]:
     if not path.is_file():
-        raise UserError(f"{path}: {task} data not found (pass the evals folder as data_dir)")
+        raise UserError(f"{path}: {task} data not found; {missing_hint()}")
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rt", encoding="utf-8") as f:

@@ -119,8 +119,9 @@ def task_dir(data_dir: str | Path) -> Path:
         if sub.is_dir():
             return sub
     if not p.is_dir():
-        raise UserError(f"{p}: no such task directory (expected the CORE task files, e.g. "
-                        "../shared/data/evals/icl)")
+        from gptforge.eval.files import missing_hint
+
+        raise UserError(f"{p}: no such task directory (expected the CORE task files); {missing_hint()}")
     return p
 
 

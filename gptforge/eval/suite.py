@@ -33,6 +33,7 @@ from gptforge.errors import UserError
 from gptforge.eval import bpb, chat, core
 from gptforge.eval.chat import TASKS as CHAT_TASKS
 from gptforge.eval.core import CORE_TASKS
+from gptforge.eval.files import default_data_dir
 from gptforge.eval.stats import add_interval
 
 GROUPS = ("core", "chat", "bpb")
@@ -87,8 +88,8 @@ def evaluate(model: torch.nn.Module, tok, plan: Plan, *, data_dir: str | Path | 
              progress: Callable[[str, int, int], None] | None = None) -> dict:
     """Run ``plan`` on ``model`` (eval mode) with its tokenizer ``tok``.
 
-    data_dir: the evaluation data (``../shared/data/evals`` layout; None: that folder beside the
-        repository). bpb_data: a shard directory or a UTF-8 text file (needed when ``plan.bpb``).
+    data_dir: the evaluation data (the evals folder; None: `gptforge.eval.files.default_data_dir`).
+    bpb_data: a shard directory or a UTF-8 text file (needed when ``plan.bpb``).
     limit: items per task (None: all). shots: few-shot count for every CORE task (None: each
         task's own). examples: keep per-example records. out_dir: where chat tasks write files
         (MT-bench answers). progress: ``progress(task, done, total)``.
@@ -100,7 +101,7 @@ def evaluate(model: torch.nn.Module, tok, plan: Plan, *, data_dir: str | Path | 
         UserError: missing data, a tokenizer without chat tokens for chat tasks, bad settings.
     """
     t0 = time.perf_counter()
-    root = Path(data_dir) if data_dir is not None else chat.default_data_dir()
+    root = Path(data_dir) if data_dir is not None else default_data_dir()
     result: dict = {"tasks": {}, "core": None, "core_tasks": [], "missing": [], "chatcore": None,
                     "chatcore_tasks": [], "bpb": None}
     if plan.bpb:

@@ -61,3 +61,24 @@ def model_from_config(d: dict) -> torch.nn.Module:
     if arch not in _CLASSES:
         raise UserError(f"model config has unknown arch {arch!r}; expected one of {', '.join(ARCHS)}")
     return _CLASSES[arch][0](_config(arch, d))
+
+
+def with_block_size(model: torch.nn.Module, block_size: int) -> torch.nn.Module:
+    """A copy of RoPE GPT ``model`` (same weights, same device and dtype) with a context of
+    ``block_size`` tokens, longer than its own. Rotary position angles exist for every position
+    (Su et al. 2021), so the weights carry over unchanged and finetuning teaches the longer span;
+    a learned position table (wpe, GPT-2) has no rows past the block size it was trained at.
+
+    Raises:
+        UserError: not a RoPE GPT, or ``block_size`` shorter than the model's.
+    """
+    cfg = model.config
+    if getattr(cfg, "positional", None) != "rope":
+        raise UserError("only rotary positions (RoPE: the modern preset) reach past the context a model "
+                        "was trained at; this model learned a table of positions")
+    if block_size < cfg.block_size:
+        raise UserError(f"block_size {block_size} is shorter than the model's {cfg.block_size}")
+    p = next(model.parameters())
+    longer = model_from_config({**model_config(model), "block_size": block_size}).to(p.device, p.dtype)
+    longer.load_state_dict(model.state_dict())  # rope_cos / rope_sin are not in it: rebuilt for block_size
+    return longer.train(model.training)

@@ -161,6 +161,23 @@ def from_saved(d: dict, run_dir: str | os.PathLike) -> dict:
     return d
 
 
+def pretraining_data(run_dir: str | os.PathLike | None) -> str | None:
+    """The shard directory the pretraining behind run ``run_dir`` read: its own for a pretraining
+    run, else its base run's, following ``init_from`` back (RL -> SFT -> pretrain); None when a run
+    in the chain has no config.json or no data. Paths come back whole (``from_saved``)."""
+    from gptforge.io import read_json
+
+    for _ in range(16):  # bounded: a chain of finetunes, never a loop
+        if run_dir is None or not Path(run_dir, "config.json").is_file():
+            return None
+        cfg = from_saved(read_json(Path(run_dir, "config.json"), what="run config"), run_dir)
+        if cfg.get("task", "pretrain") == "pretrain":
+            return cfg.get("data") or None
+        init = Path(cfg.get("init_from") or ".")
+        run_dir = init.parent.parent if init.parent.name == "ckpt" else None
+    return None
+
+
 def check_saved_data(cfg: TrainConfig, saved_data: str, run_dir: str | os.PathLike) -> None:
     """Raise UserError when pretraining config ``cfg`` still names the shard directory its run saved,
     ``saved_data``, and it is gone (moved, deleted): say that --data overrides it."""

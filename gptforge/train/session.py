@@ -28,6 +28,7 @@ from gptforge.data.shards import open_shards
 from gptforge.errors import UserError
 from gptforge.models import build_model, model_config
 from gptforge.models.cpu import use_cpu_kernels
+from gptforge.models.zoo import with_block_size
 from gptforge.train.batches import PretrainBatches, eval_offsets, lm_loss
 from gptforge.train.config import TrainConfig, saved_config
 from gptforge.train.curriculum import CurriculumBatches
@@ -384,9 +385,12 @@ def _model_and_state(cfg: TrainConfig, resume: bool, tokenizer: dict, tokens_per
                             f"{tokens_per_step} (batch_size, tokens_per_step or the process count differ "
                             f"from checkpoint {loaded.path})")
         return model, loaded
-    if cfg.block_size > model.config.block_size:
-        raise UserError(f"--block-size {cfg.block_size} is longer than the context of {loaded.path} "
-                        f"({model.config.block_size})")
+    if cfg.block_size > model.config.block_size:  # finetuning at a longer context: RoPE only
+        try:
+            model = with_block_size(model, cfg.block_size)
+        except UserError as e:
+            raise UserError(f"--block-size {cfg.block_size} is longer than the context of {loaded.path} "
+                            f"({model.config.block_size}): {e}") from None
     return model, RunState(tokenizer=tokenizer, model_config=model_config(model),
                            num_params=model.num_params())
 
