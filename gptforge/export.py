@@ -286,14 +286,17 @@ def _gguf_tokenizer(w, tok: Tokenizer, vocab_size: int, pre: str, merges: list[s
     w.add_add_bos_token(False)
 
 
-def import_hf(source: str | os.PathLike, out: str | os.PathLike,
-              tokenizer: str | os.PathLike | None = None) -> Path:
+def import_hf(source: str | os.PathLike, out: str | os.PathLike, tokenizer: str | os.PathLike | None = None,
+              add_chat_tokens: bool = False) -> Path:
     """Make run directory ``out`` from Hugging Face model folder ``source`` (GPT-2 family or NanoChat;
     gptforge.models.hf): one checkpoint (step 0, latest and best) holding the weights and the tokenizer,
     which ``sample``, ``chat``, ``serve``, ``eval``, ``export`` and ``sft --init-from`` take. The
     tokenizer is the folder's (tokenizer.json, or GPT-2's vocab.json/encoder.json + merges.txt) unless
     ``tokenizer`` (anything `load_tokenizer` reads) is given. The saved config holds the model's
-    settings only; training settings take their defaults. Returns the checkpoint directory.
+    settings only; training settings take their defaults. ``add_chat_tokens``: give a tokenizer that
+    lacks gptforge's chat tokens (GPT-2's) the missing ones after its last id, and the model as many new
+    embedding and output rows, each the mean of the existing rows, so that SFT can teach them (the old
+    tokens' logits are unchanged). Returns the checkpoint directory.
 
     Raises:
         UserError: an unsupported model or tokenizer, a tokenizer whose size is not the model's
@@ -313,10 +316,12 @@ def import_hf(source: str | os.PathLike, out: str | os.PathLike,
         raise UserError(f"{out}: already holds checkpoints; give a new run directory")
     model = from_hf(Path(source))
     tok = load_tokenizer(tokenizer) if tokenizer is not None else from_hf_tokenizer(source)
-    c = model.config
-    if tok.vocab_size != c.vocab_size:
-        raise UserError(f"the tokenizer has {tok.vocab_size} ids but the model {c.vocab_size}; "
+    if tok.vocab_size != model.config.vocab_size:
+        raise UserError(f"the tokenizer has {tok.vocab_size} ids but the model {model.config.vocab_size}; "
                         "pass the model's own tokenizer with --tokenizer")
+    if add_chat_tokens:
+        tok, model = _with_chat_tokens(tok, model)
+    c = model.config
     overrides = {k: v for k, v in dataclasses.asdict(c).items() if k not in ("vocab_size", "block_size")}
     config = {"arch": "gpt", "preset": "gpt2" if hf_arch(c) == "gpt2" else "modern", "depth": c.n_layer,
               "block_size": c.block_size, "model": overrides}
@@ -329,3 +334,30 @@ def import_hf(source: str | os.PathLike, out: str | os.PathLike,
             return save_checkpoint(out, model, [], state, tokenizer_json=tok_file, is_best=True)
     except OSError as e:
         raise UserError(f"{out}: cannot write ({e.strerror or e})") from None
+
+
+def _with_chat_tokens(tok: Tokenizer, model: torch.nn.Module):
+    """(tokenizer, model) with the special tokens of SPECIAL_TOKENS that ``tok`` lacks appended (new ids
+    from vocab_size on) and new embedding / output rows for them, each the mean of the old rows."""
+    import dataclasses
+
+    from gptforge.models import GPT
+    from gptforge.tokenizer import SPECIAL_TOKENS, BPETokenizer
+
+    missing = [s for s in SPECIAL_TOKENS if s not in tok.special_tokens]
+    if not missing:
+        return tok, model
+    if tok.kind != "bpe":
+        raise UserError(f"cannot add chat tokens to a {tok.kind} tokenizer")
+    d = tok.to_dict()
+    d["special_tokens"] = {**tok.special_tokens, **{s: tok.vocab_size + k for k, s in enumerate(missing)}}
+    tok = BPETokenizer.from_dict(d)
+    grown = GPT(dataclasses.replace(model.config, vocab_size=tok.vocab_size))
+    sd = model.state_dict()
+    for k in ("transformer.wte.weight", "lm_head.weight"):
+        w = sd[k]
+        sd[k] = torch.cat([w, w.mean(0, keepdim=True).expand(tok.vocab_size - w.size(0), -1)])
+    grown.load_state_dict(sd)
+    print(f"added {len(missing)} chat tokens to the tokenizer (ids {d['special_tokens'][missing[0]]}.."
+          f"{tok.vocab_size - 1}) and mean-initialised rows for them to the model")
+    return tok, grown.eval()

@@ -20,7 +20,7 @@ from gptforge.engine import load_for_inference  # noqa: E402
 from gptforge.errors import UserError  # noqa: E402
 from gptforge.export import export_gguf, export_hf, gguf_name  # noqa: E402
 from gptforge.models import build_model  # noqa: E402
-from gptforge.tokenizer import BPETokenizer, load_tokenizer  # noqa: E402
+from gptforge.tokenizer import EOT, BPETokenizer, load_tokenizer  # noqa: E402
 from gptforge.tokenizer.hf import from_hf_tokenizer, hf_tokenizer_json, token_str  # noqa: E402
 
 transformers = pytest.importorskip("transformers")
@@ -215,7 +215,8 @@ def test_gguf_tied_embeddings_and_refusals(tok, tmp_path):
 def hf_gpt2_folder(tok, path):
     """A randomly initialised GPT2LMHeadModel saved by transformers, with our tokenizer in HF form."""
     cfg = transformers.GPT2Config(vocab_size=tok.vocab_size, n_positions=BLOCK, n_embd=32, n_layer=2,
-                                  n_head=4, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)
+                                  n_head=4, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+                                  bos_token_id=tok.eot_id, eos_token_id=tok.eot_id)
     torch.manual_seed(3)
     hf = randomize(transformers.GPT2LMHeadModel(cfg))
     hf.save_pretrained(path)
@@ -253,3 +254,28 @@ def test_import_gpt2_vocabulary_from_openai_files(tmp_path):
     assert [ours.encode(t) for t in texts] == [ref.encode(t) for t in texts]
     with pytest.raises(UserError, match="no tokenizer.json or vocab.json"):
         from_hf_tokenizer(tmp_path)
+
+
+def test_import_adds_chat_tokens_for_sft(tmp_path, capsys):
+    # a GPT-2-like tokenizer: <|endoftext|> only, so SFT has no chat tokens to train on
+    from gptforge.data.shakespeare import corpus_text
+
+    plain = BPETokenizer.train(corpus_text("train")[:50_000], vocab_size=400, special_tokens=(EOT,))
+    hf = hf_gpt2_folder(plain, tmp_path / "src")
+    assert main(["import", str(tmp_path / "src"), "--out", str(tmp_path / "plain")]) == 0
+    assert "--add-chat-tokens" in capsys.readouterr().out
+    sft = ["sft", "--data", "identity", "--max-steps", "5", "--block-size", str(BLOCK), "--batch-size", "2",
+           "--eval-interval", "5", "--progress", "none", "--threads", "1"]
+    assert main([*sft, "--ckpt", str(tmp_path / "plain"), "--out", str(tmp_path / "s1")]) == 2
+    assert "no chat tokens" in capsys.readouterr().err
+    assert main(["import", str(tmp_path / "src"), "--out", str(tmp_path / "run"), "--add-chat-tokens"]) == 0
+    assert "added 8 chat tokens" in capsys.readouterr().out
+    model, tok, _ = load_for_inference(str(tmp_path / "run"))
+    assert tok.vocab_size == model.config.vocab_size == 408
+    assert tok.special_tokens["<|assistant_end|>"] == 403 and tok.encode("To be") == plain.encode("To be")
+    wte = model.transformer.wte.weight
+    torch.testing.assert_close(wte[400:], wte[:400].mean(0).expand(8, -1))
+    idx = torch.randint(0, 400, (2, 16))
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx)[0][..., :400], hf(idx).logits, atol=1e-4, rtol=0)
+    assert main([*sft, "--ckpt", str(tmp_path / "run"), "--out", str(tmp_path / "s2")]) == 0
