@@ -254,6 +254,15 @@ def test_import_gpt2_vocabulary_from_openai_files(tmp_path):
     assert [ours.encode(t) for t in texts] == [ref.encode(t) for t in texts]
     with pytest.raises(UserError, match="no tokenizer.json or vocab.json"):
         from_hf_tokenizer(tmp_path)
+    # the same vocabulary as transformers writes GPT-2's tokenizer.json (a plain ByteLevel pre-tokenizer)
+    lines = shared_file("gpt2", "vocab.bpe").read_text(encoding="utf-8").splitlines()[1:]  # after "#version"
+    fast = transformers.GPT2TokenizerFast(vocab=json.loads((src / "encoder.json").read_text()),
+                                          merges=[tuple(line.split()) for line in lines if line])
+    fast.save_pretrained(tmp_path / "hf")
+    saved = json.loads((tmp_path / "hf" / "tokenizer.json").read_text())
+    assert saved["pre_tokenizer"]["type"] == "ByteLevel"
+    again = from_hf_tokenizer(tmp_path / "hf")
+    assert again.eot_id == 50256 and [again.encode(t) for t in texts] == [ref.encode(t) for t in texts]
 
 
 def test_import_adds_chat_tokens_for_sft(tmp_path, capsys):
