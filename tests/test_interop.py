@@ -100,6 +100,12 @@ def test_hf_export_loads_in_transformers_with_our_logits(tok, preset, tmp_path):
     assert torch.equal(seq, theirs)
     gen = json.loads((tmp_path / "hf" / "generation_config.json").read_text())
     assert gen["eos_token_id"] == [tok.eot_id, tok.special_tokens["<|assistant_end|>"]]
+    # and back: the folder imports as the same model and tokenizer
+    assert main(["import", str(tmp_path / "hf"), "--out", str(tmp_path / "back")]) == 0
+    back, back_tok, _ = load_for_inference(str(tmp_path / "back"))
+    assert back.config == ours.config and back_tok.special_tokens == tok.special_tokens
+    assert [back_tok.encode(t) for t in fuzz_strings(200)] == [tok.encode(t) for t in fuzz_strings(200)]
+    assert all(torch.equal(v, back.state_dict()[k]) for k, v in ours.state_dict().items())
 
 
 def test_hf_tokenizer_encodes_like_ours(tok, tmp_path):
