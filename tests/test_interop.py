@@ -294,3 +294,35 @@ def test_import_adds_chat_tokens_for_sft(tmp_path, capsys):
     with torch.no_grad():
         torch.testing.assert_close(model(idx)[0][..., :400], hf(idx).logits, atol=1e-4, rtol=0)
     assert main([*sft, "--ckpt", str(tmp_path / "run"), "--out", str(tmp_path / "s2")]) == 0
+
+
+def test_lmeval_scores_the_hf_export_as_gptforge_eval_does(tmp_path, monkeypatch):
+    """lm-evaluation-harness loads the export by path (model and tokenizer: no gptforge code) and its
+    per-option log-likelihoods and accuracy on ARC-Easy rows equal `gptforge eval`'s scorer's."""
+    pytest.importorskip("lm_eval")
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    from gptforge.eval.core import evaluate_core
+    from gptforge.eval.lmeval import write_task_configs
+    from gptforge.models import GPT, gpt_config
+
+    for var in ("HF_DATASETS_OFFLINE", "HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.setenv(var, "1")
+    icl, n, block = shared_file("evals", "icl"), 12, 80
+    model = randomize(GPT(gpt_config("gpt2", depth=1, n_embd=32, n_head=2, block_size=block)), seed=4)
+    tok = load_tokenizer(shared_file("tiktoken", "r50k_base.tiktoken"))
+    ours = evaluate_core(model, tok, icl, tasks=("arc_easy",), limit=n, shots=0, bos=False, split="lmeval",
+                         records=True)["tasks"]["arc_easy"]
+    names = write_task_configs(tmp_path / "tasks", ["arc_easy"], icl, tmp_path / "datasets")
+    lm = HFLM(pretrained=str(export_hf(model, tok, tmp_path / "hf")), batch_size=16, max_length=block,
+              device="cpu")
+    manager = TaskManager(include_path=str(tmp_path / "tasks"), include_defaults=False)
+    res = simple_evaluate(model=lm, tasks=names, num_fewshot=0, limit=n, log_samples=True,
+                          task_manager=manager)
+    theirs = sorted(res["samples"]["gf_arc_easy"], key=lambda s: s["doc_id"])
+    for ex, sample in zip(ours["examples"], theirs, strict=True):
+        their_ll = [float(r[0][0] if isinstance(r[0], tuple | list) else r[0]) for r in sample["resps"]]
+        np.testing.assert_allclose(ex["logprobs"], their_ll, atol=1e-4, rtol=0)
+    assert ours["accuracy_sum"] == res["results"]["gf_arc_easy"]["acc,none"]
