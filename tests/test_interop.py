@@ -269,6 +269,12 @@ def test_import_gpt2_vocabulary_from_openai_files(tmp_path):
     assert saved["pre_tokenizer"]["type"] == "ByteLevel"
     again = from_hf_tokenizer(tmp_path / "hf")
     assert again.eot_id == 50256 and [again.encode(t) for t in texts] == [ref.encode(t) for t in texts]
+    # ids that do not follow the merges would encode differently under tiktoken's rule: refused
+    saved["model"]["merges"][5], saved["model"]["merges"][900] = saved["model"]["merges"][900], \
+        saved["model"]["merges"][5]
+    (tmp_path / "hf" / "tokenizer.json").write_text(json.dumps(saved))
+    with pytest.raises(UserError, match=r"merge 6 \('Ġt', 'he'\) gives id 262, below the previous merge's"):
+        from_hf_tokenizer(tmp_path / "hf")
 
 
 def test_import_adds_chat_tokens_for_sft(tmp_path, capsys):

@@ -133,12 +133,15 @@ def from_hf_tokenizer(folder: str | Path) -> BPETokenizer:
             if model.get("type") != "BPE" or not isinstance(vocab, dict):
                 raise UserError(f"{f}: not a byte-level BPE tokenizer (model type {model.get('type')!r})")
             added = {a["content"]: a["id"] for a in d.get("added_tokens") or [] if a.get("special")}
+            _check_merge_order(model.get("merges") or [], vocab, f)
         elif vocab_file := next((folder / n for n in ("vocab.json", "encoder.json")
                                  if (folder / n).is_file()), None):
             vocab, pattern = json.loads(vocab_file.read_text(encoding="utf-8")), GPT2_SPLIT_PATTERN
             added = {EOT: vocab[EOT]} if EOT in vocab else {}
         else:
             raise UserError(f"{folder}: no tokenizer.json or vocab.json (pass --tokenizer)")
+    except UserError:
+        raise
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"{folder}: cannot read its tokenizer ({type(e).__name__}: {e})") from None
     unbyte = {c: b for b, c in enumerate(byte_chars())}
@@ -154,6 +157,20 @@ def from_hf_tokenizer(folder: str | Path) -> BPETokenizer:
         return BPETokenizer(tokens, pattern, added, name=folder.name or "hf")
     except ValueError as e:
         raise UserError(f"{folder}: unusable tokenizer ({e})") from None
+
+
+def _check_merge_order(merges: list, vocab: dict[str, int], where: Path) -> None:
+    """tiktoken merges the pair whose result has the lowest id, BPE the earliest merge: the same only
+    when ids grow with the merges (GPT-2's do, and gptforge's exports). UserError if they do not."""
+    last = -1
+    for k, m in enumerate(merges):
+        a, b = m.split(" ", 1) if isinstance(m, str) else m
+        i = vocab.get(a + b)
+        if i is None or i < last:
+            what = "no token of the vocabulary" if i is None else f"id {i}, below the previous merge's {last}"
+            raise UserError(f"{where}: merge {k} ({a!r}, {b!r}) gives {what}; gptforge needs ids in merge "
+                            "order (tiktoken ranks)")
+        last = i
 
 
 def _hf_pattern(pre: dict | None, where: Path) -> str:
