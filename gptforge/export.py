@@ -209,7 +209,7 @@ def export_gguf(model: torch.nn.Module, tok: Tokenizer, out: str | os.PathLike,
 
     from gptforge.models.hf import gpt2_misfits
     from gptforge.tokenizer.bpe import SPECIAL_TOKENS, SPLIT_PATTERNS
-    from gptforge.tokenizer.hf import CHAT_TEMPLATE, hf_tokenizer_json, token_str
+    from gptforge.tokenizer.hf import CHAT_TEMPLATE, hf_tokenizer_json
 
     model = _gpt(model, tok, "GGUF")
     c = model.config
@@ -236,7 +236,7 @@ def export_gguf(model: torch.nn.Module, tok: Tokenizer, out: str | os.PathLike,
     w.add_head_count(c.n_head)
     w.add_layer_norm_eps(c.norm_eps)
     w.add_file_type(gguf.LlamaFileType.MOSTLY_F16 if dtype == "float16" else gguf.LlamaFileType.ALL_F32)
-    _gguf_tokenizer(w, tok, c.vocab_size, pre, hf_tokenizer_json(tok)["model"]["merges"], token_str)
+    _gguf_tokenizer(w, tok, c.vocab_size, pre, hf_tokenizer_json(tok)["model"])
     if all(s in tok.special_tokens for s in SPECIAL_TOKENS):
         w.add_eot_token_id(tok.special_tokens["<|assistant_end|>"])
         w.add_chat_template(CHAT_TEMPLATE)
@@ -261,27 +261,21 @@ def export_gguf(model: torch.nn.Module, tok: Tokenizer, out: str | os.PathLike,
     return {"bytes": out.stat().st_size, "params": params}
 
 
-def _gguf_tokenizer(w, tok: Tokenizer, vocab_size: int, pre: str, merges: list[str], token_str) -> None:
-    """llama.cpp's BPE vocabulary of ``tok`` padded to the model's ``vocab_size`` (unused ids: [PADn])."""
+def _gguf_tokenizer(w, tok: Tokenizer, vocab_size: int, pre: str, bpe: dict) -> None:
+    """llama.cpp's BPE vocabulary from ``bpe`` (tokenizer.json's byte-level BPE model of ``tok``), padded to
+    the model's ``vocab_size``: unused ids (gaps, a second id for the same bytes) are [PADn]."""
     import gguf
 
-    specials = {i: s for s, i in tok.special_tokens.items()}
-    tokens, types = [], []
-    for i in range(vocab_size):
-        if i in specials:
-            tokens.append(specials[i])
-            types.append(gguf.TokenType.CONTROL)
-        elif i < tok.vocab_size and i in tok._decoder:
-            tokens.append(token_str(tok.decode_bytes([i])))
-            types.append(gguf.TokenType.NORMAL)
-        else:
-            tokens.append(f"[PAD{i}]")
-            types.append(gguf.TokenType.UNUSED)
+    names = {i: s for s, i in bpe["vocab"].items()}
+    specials = set(tok.special_tokens.values())
+    tokens = [names.get(i, f"[PAD{i}]") for i in range(vocab_size)]
+    types = [gguf.TokenType.CONTROL if i in specials else gguf.TokenType.NORMAL if i in names
+             else gguf.TokenType.UNUSED for i in range(vocab_size)]
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre(pre)
     w.add_token_list(tokens)
     w.add_token_types(types)
-    w.add_token_merges(merges)
+    w.add_token_merges(bpe["merges"])
     w.add_bos_token_id(tok.eot_id)
     w.add_eos_token_id(tok.eot_id)
     w.add_add_bos_token(False)
@@ -291,8 +285,8 @@ def import_hf(source: str | os.PathLike, out: str | os.PathLike, tokenizer: str 
               add_chat_tokens: bool = False) -> Path:
     """Make run directory ``out`` from Hugging Face model folder ``source`` (GPT-2 family or NanoChat;
     gptforge.models.hf): one checkpoint (step 0, latest and best) holding the weights and the tokenizer,
-    which ``sample``, ``chat``, ``serve``, ``eval``, ``export`` and ``sft --init-from`` take. The
-    tokenizer is the folder's (tokenizer.json, or GPT-2's vocab.json/encoder.json + merges.txt) unless
+    which ``sample``, ``chat``, ``serve``, ``eval``, ``export`` and ``sft --ckpt`` take. The tokenizer
+    is the folder's (tokenizer.json, or GPT-2's vocab.json / encoder.json: ids are ranks) unless
     ``tokenizer`` (anything `load_tokenizer` reads) is given. The saved config holds the model's
     settings only; training settings take their defaults. ``add_chat_tokens``: give a tokenizer that
     lacks gptforge's chat tokens (GPT-2's) the missing ones after its last id, and the model as many new

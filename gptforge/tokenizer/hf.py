@@ -116,7 +116,7 @@ CHAT_TEMPLATE = (
 
 def from_hf_tokenizer(folder: str | Path) -> BPETokenizer:
     """A ``BPETokenizer`` from a Hugging Face model folder's byte-level BPE tokenizer: its
-    ``tokenizer.json``, or GPT-2's ``vocab.json`` (OpenAI's name: ``encoder.json``) + merges. Ranks are the
+    ``tokenizer.json``, or GPT-2's ``vocab.json`` (OpenAI's name: ``encoder.json``). Ranks are the
     vocabulary ids (tiktoken's rule; right for GPT-2 and for gptforge's exports, whose ids follow the
     merges); the split pattern is the Split pre-tokenizer's regex, or GPT-2's for a plain ByteLevel one.
 
