@@ -33,16 +33,23 @@ chat template); the GGUF file is llama.cpp's ``gpt2`` architecture, written with
 from __future__ import annotations
 
 import base64
+import dataclasses
 import json
 import os
 import struct
+import tempfile
 from pathlib import Path
 
 import torch
 
+from gptforge.checkpoint import RunState, save_checkpoint
 from gptforge.errors import UserError
 from gptforge.io import atomic_open, atomic_write
-from gptforge.tokenizer import EOT, Tokenizer
+from gptforge.models import GPT, model_config
+from gptforge.models.hf import from_hf, gpt2_misfits, hf_arch, save_hf
+from gptforge.tokenizer import EOT, SPECIAL_TOKENS, BPETokenizer, Tokenizer, load_tokenizer
+from gptforge.tokenizer.bpe import SPLIT_PATTERNS
+from gptforge.tokenizer.hf import CHAT_TEMPLATE, from_hf_tokenizer, hf_tokenizer_json
 
 # run.py repeats these (it imports nothing from gptforge); tests/test_run_hardening.py checks they agree
 MAGIC = b"GPTFORGE"
@@ -78,8 +85,6 @@ def export_model(model: torch.nn.Module, tok: Tokenizer, out: str | os.PathLike,
         UserError: the model is not a GPT, the tokenizer cannot be described portably or has more tokens
             than the model's vocab_size, dtype is unknown, or ``out`` is a directory or cannot be written.
     """
-    from gptforge.models import model_config
-
     cfg = model_config(model)
     if cfg.get("arch") != "gpt":
         raise UserError(f"export supports GPT models only, not {cfg.get('arch')!r}")
@@ -118,7 +123,6 @@ def export_model(model: torch.nn.Module, tok: Tokenizer, out: str | os.PathLike,
 
 
 def _gpt(model: torch.nn.Module, tok: Tokenizer, what: str):
-    from gptforge.models import GPT
 
     if not isinstance(model, GPT):
         raise UserError(f"{what} export supports GPT models only, not {type(model).__name__}")
@@ -138,10 +142,6 @@ def export_hf(model: torch.nn.Module, tok: Tokenizer, out: str | os.PathLike) ->
         UserError: not a GPT or not a BPE tokenizer, an architecture neither GPT2LMHeadModel nor
             NanoChatForCausalLM fits (naming the settings), or ``out`` cannot be written.
     """
-    from gptforge.models.hf import save_hf
-    from gptforge.tokenizer.bpe import SPECIAL_TOKENS
-    from gptforge.tokenizer.hf import CHAT_TEMPLATE, hf_tokenizer_json
-
     model = _gpt(model, tok, "Hugging Face")
     out = Path(out)
     if out.exists() and not out.is_dir():
@@ -207,9 +207,6 @@ def export_gguf(model: torch.nn.Module, tok: Tokenizer, out: str | os.PathLike,
     except ImportError:
         raise UserError("gguf export needs the gguf package: pip install 'gptforge[gguf]'") from None
 
-    from gptforge.models.hf import gpt2_misfits
-    from gptforge.tokenizer.bpe import SPECIAL_TOKENS, SPLIT_PATTERNS
-    from gptforge.tokenizer.hf import CHAT_TEMPLATE, hf_tokenizer_json
 
     model = _gpt(model, tok, "GGUF")
     c = model.config
@@ -297,14 +294,7 @@ def import_hf(source: str | os.PathLike, out: str | os.PathLike, tokenizer: str 
         UserError: an unsupported model or tokenizer, a tokenizer whose size is not the model's
             vocab_size, or ``out`` already holds checkpoints.
     """
-    import dataclasses
-    import tempfile
 
-    from gptforge.checkpoint import RunState, save_checkpoint
-    from gptforge.models import model_config
-    from gptforge.models.hf import from_hf, hf_arch
-    from gptforge.tokenizer import load_tokenizer
-    from gptforge.tokenizer.hf import from_hf_tokenizer
 
     out = Path(out)
     if (out / "ckpt").exists():
@@ -334,10 +324,7 @@ def import_hf(source: str | os.PathLike, out: str | os.PathLike, tokenizer: str 
 def _with_chat_tokens(tok: Tokenizer, model: torch.nn.Module):
     """(tokenizer, model) with the special tokens of SPECIAL_TOKENS that ``tok`` lacks appended (new ids
     from vocab_size on) and new embedding / output rows for them, each the mean of the old rows."""
-    import dataclasses
 
-    from gptforge.models import GPT
-    from gptforge.tokenizer import SPECIAL_TOKENS, BPETokenizer
 
     missing = [s for s in SPECIAL_TOKENS if s not in tok.special_tokens]
     if not missing:
