@@ -17,8 +17,8 @@ have no parameters and its MLP no bias), learned positions with RMSNorm, a softc
 GPT-2 layout. Dropout (training only) maps to GPT-2's resid_pdrop and embd_pdrop; our GPT has no
 attention dropout, and HF NanoChat has only attention dropout, so its attention_dropout is 0.
 Features of Karpathy's current nanochat repo that neither side has (value embeddings, per-layer
-residual scalars, sliding-window attention) are out of scope. Only the weights move: tokenizers and
-generation settings are not written.
+residual scalars, sliding-window attention) are out of scope. Only the weights and the BOS/EOS ids
+move here; gptforge.export.export_hf adds the tokenizer and the chat template.
 
 ``transformers`` is needed only by `to_hf` (and to load a transformers model object): reading and
 writing HF folders (config.json + model.safetensors) uses only safetensors.
@@ -41,10 +41,15 @@ def _misfits(config: GPTConfig, want: dict) -> list[str]:
     return [f"{k}={getattr(config, k)!r} (needs {v!r})" for k, v in want.items() if getattr(config, k) != v]
 
 
+def gpt2_misfits(config: GPTConfig) -> list[str]:
+    """The settings of ``config`` that GPT-2's layout lacks ("field=value (needs x)"); [] if it has none."""
+    return _misfits(config, dict(positional="learned", norm="layernorm", bias=True, mlp="gelu", qk_norm=False,
+                                 embd_norm=False, logit_softcap=None, n_kv_head=config.n_head))
+
+
 def hf_arch(config: GPTConfig) -> str:
     """ "gpt2" or "nanochat": the HF model type this config exports to; UserError saying why if none."""
-    gpt2 = _misfits(config, dict(positional="learned", norm="layernorm", bias=True, mlp="gelu", qk_norm=False,
-                                 embd_norm=False, logit_softcap=None, n_kv_head=config.n_head))
+    gpt2 = gpt2_misfits(config)
     if not gpt2:
         return "gpt2"
     nano = _misfits(config, dict(positional="rope", norm="rmsnorm", bias=False, mlp="relu2", qk_norm=True,
@@ -55,15 +60,20 @@ def hf_arch(config: GPTConfig) -> str:
                     f"nor NanoChatForCausalLM ({', '.join(nano)})")
 
 
-def hf_config_dict(config: GPTConfig) -> dict:
-    """The HF config.json contents (a plain dict) for our config; UserError if no HF architecture fits."""
+def hf_config_dict(config: GPTConfig, eos_id: int | None = None) -> dict:
+    """The HF config.json contents (a plain dict) for our config; UserError if no HF architecture fits.
+
+    eos_id: the id of ``<|endoftext|>``, written as both BOS and EOS (GPT-2's convention: a document
+    starts after one); None leaves them null. n_ctx repeats n_positions for GPT-2 (llama.cpp's
+    converter reads it)."""
     c = config
     if hf_arch(c) == "gpt2":
         return dict(model_type="gpt2", architectures=["GPT2LMHeadModel"], vocab_size=c.vocab_size,
-                    n_positions=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer, n_head=c.n_head,
+                    n_positions=c.block_size, n_ctx=c.block_size, n_embd=c.n_embd, n_layer=c.n_layer,
+                    n_head=c.n_head,
                     n_inner=c.mlp_hidden, activation_function="gelu_new", resid_pdrop=c.dropout,
                     embd_pdrop=c.dropout, attn_pdrop=0.0, layer_norm_epsilon=c.norm_eps,
-                    tie_word_embeddings=c.tie_embeddings, bos_token_id=None, eos_token_id=None)
+                    tie_word_embeddings=c.tie_embeddings, bos_token_id=eos_id, eos_token_id=eos_id)
     return dict(model_type="nanochat", architectures=["NanoChatForCausalLM"], vocab_size=c.vocab_size,
                 hidden_size=c.n_embd, intermediate_size=c.mlp_hidden, num_hidden_layers=c.n_layer,
                 num_attention_heads=c.n_head, num_key_value_heads=c.n_kv_head,
@@ -71,7 +81,8 @@ def hf_config_dict(config: GPTConfig) -> dict:
                 hidden_act="relu2", attention_dropout=0.0, rms_norm_eps=c.norm_eps,
                 rope_parameters={"rope_type": "default", "rope_theta": c.rope_theta},
                 final_logit_softcapping=c.logit_softcap, attention_bias=False,
-                tie_word_embeddings=c.tie_embeddings, bos_token_id=None, eos_token_id=None, pad_token_id=None)
+                tie_word_embeddings=c.tie_embeddings, bos_token_id=eos_id, eos_token_id=eos_id,
+                pad_token_id=None)
 
 
 def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
@@ -95,15 +106,15 @@ def hf_state_dict(model: GPT) -> dict[str, torch.Tensor]:
     return out
 
 
-def save_hf(model: GPT, out_dir: str | Path) -> Path:
+def save_hf(model: GPT, out_dir: str | Path, eos_id: int | None = None) -> Path:
     """Write an HF model folder (config.json + model.safetensors) that
     ``AutoModelForCausalLM.from_pretrained(out_dir)`` loads as GPT2LMHeadModel or NanoChatForCausalLM.
-    Needs only safetensors. Returns the folder."""
+    Needs only safetensors. eos_id: see `hf_config_dict`. Returns the folder."""
     from safetensors.torch import save_file
 
     out = Path(out_dir)
-    cfg = hf_config_dict(model.config)
-    sd = hf_state_dict(model)
+    cfg = hf_config_dict(model.config, eos_id)
+    sd = {k: v.float().cpu().contiguous() for k, v in hf_state_dict(model).items()}
     if model.config.tie_embeddings:
         del sd["lm_head.weight"]
     try:
