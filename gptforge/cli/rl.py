@@ -13,7 +13,7 @@ import sys
 from gptforge.cli.flags import FINETUNE_HELP, add_config_flags, flag_values
 from gptforge.config import convert
 from gptforge.errors import UserError
-from gptforge.train.config import TrainConfig
+from gptforge.train.config import RL_DEFAULTS, RL_TASKS, TrainConfig
 
 # config fields with flags of their own here (flag -> field), or none
 OWN = {"tasks": "data", "samples": "rl_samples", "kl": "rl_kl", "eval_items": "rl_eval_items",
@@ -45,14 +45,12 @@ examples:
 
 
 def register(sub: argparse._SubParsersAction, help: str) -> None:
-    from gptforge.finetune.rl import RL_DEFAULTS, TASKS
-
     p = sub.add_parser("rl", help=help, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
                        description=DESCRIPTION + FINETUNE_HELP)
     p.add_argument("--ckpt", help="the SFT model to start from (and the frozen reference): a run or "
                                   "checkpoint directory")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue an RL run from its latest checkpoint")
-    p.add_argument("--tasks", metavar="LIST", help=f"comma-separated verifiable tasks: {', '.join(TASKS)}")
+    p.add_argument("--tasks", metavar="LIST", help=f"comma-separated verifiable tasks: {', '.join(RL_TASKS)}")
     p.add_argument("--samples", metavar="K", help="replies sampled per prompt, the group (default: 8); "
                                                   "--batch-size counts replies")
     p.add_argument("--kl", metavar="X",

@@ -52,17 +52,9 @@ from gptforge.eval.chat import MAX_NEW, reply_parts
 from gptforge.finetune.logprobs import masked_mean, token_logprobs
 from gptforge.models import eval_mode
 from gptforge.tokenizer import Tokenizer
-from gptforge.train.config import FINETUNE_RESETS, TrainConfig, finetune_config
+from gptforge.train.config import RL_DEFAULTS, RL_TASKS, TrainConfig, finetune_config
 from gptforge.train.session import TrainData
 
-# what an RL run changes from its SFT run's config unless told otherwise: B = 16 replies (2 prompts x
-# 8 samples) per micro-batch, AdamW at a small constant lr after a short warmup (wsd without a
-# warmdown), so a run cut by its time budget has trained at full strength throughout. lr 1e-4: at
-# 1e-3 the KL to the SFT model reached 1-2 nats per token within 30 steps (bench/README.md, "RL")
-RL_DEFAULTS = {**FINETUNE_RESETS, "optimizer": "adamw", "lr": 1e-4, "batch_size": 16, "max_steps": 200,
-               "schedule": "wsd", "warmdown_frac": 0.0, "warmup_steps": 5, "eval_interval": 20,
-               "pretrain_mix": 0.0, "grad_clip": 1.0}
-TASKS = ("arithmetic", "letter_count")
 TRAIN_POOL = 1000  # train prompts drawn per task (the run samples from them with replacement)
 
 Item = tuple[list[dict], str]  # (prompt conversation of one user turn, reference answer)
@@ -83,7 +75,7 @@ class Task:
 
 
 def builtin_tasks(spec: str, eval_items: int, seed: int = 0) -> list[Task]:
-    """The tasks of a comma-separated ``spec`` (``TASKS``, from `gptforge.chat.tasks`): ``TRAIN_POOL``
+    """The tasks of a comma-separated ``spec`` (``RL_TASKS``, from `gptforge.chat.tasks`): ``TRAIN_POOL``
     train-split prompts in template-seen phrasings, and ``eval_items`` test-split ones (the first
     half in template-seen phrasings, the rest in held-out ones).
 
@@ -91,8 +83,8 @@ def builtin_tasks(spec: str, eval_items: int, seed: int = 0) -> list[Task]:
         UserError: an empty spec or an unknown task.
     """
     names = [n.strip() for n in spec.split(",") if n.strip()]
-    if not names or any(n not in TASKS for n in names):
-        raise UserError(f"--tasks {spec!r}: choose one or more of {', '.join(TASKS)}, comma-separated")
+    if not names or any(n not in RL_TASKS for n in names):
+        raise UserError(f"--tasks {spec!r}: choose one or more of {', '.join(RL_TASKS)}, comma-separated")
 
     def pairs(drawn):
         return [(prompt, ref) for prompt, ref, _ in drawn]

@@ -221,6 +221,16 @@ FINETUNE_RESETS = {"out": "", "max_time": 0.0, "schedule_time": 0.0, "max_tokens
 # and learning rates stay); here rather than in chat/sft.py so that `sft --help` needs no torch
 SFT_DEFAULTS = {**FINETUNE_RESETS, "max_steps": 300, "eval_tokens": 65536, "pretrain_mix": 0.25}
 
+# what an RL run (gptforge.finetune.rl) changes from its SFT run's config unless told otherwise (here
+# so that `rl --help` needs no torch): B = 16 replies (2 prompts x 8 samples) per micro-batch, AdamW
+# at a small constant lr after a short warmup (wsd without a warmdown), so a run cut by its time
+# budget has trained at full strength throughout. lr 1e-4: at 1e-3 the KL to the SFT model reached
+# 1-2 nats per token within 30 steps (bench/README.md, "RL")
+RL_DEFAULTS = {**FINETUNE_RESETS, "optimizer": "adamw", "lr": 1e-4, "batch_size": 16, "max_steps": 200,
+               "schedule": "wsd", "warmdown_frac": 0.0, "warmup_steps": 5, "eval_interval": 20,
+               "pretrain_mix": 0.0, "grad_clip": 1.0}
+RL_TASKS = ("arithmetic", "letter_count")  # the verifiable tasks RL trains on (gptforge.chat.tasks)
+
 
 def finetune_config(base, task: str, defaults: dict, *layers: dict, purpose: str) -> TrainConfig:
     """The config of a finetuning run (SFT, DPO) from base run or checkpoint ``base`` (its best
