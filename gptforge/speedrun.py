@@ -258,6 +258,8 @@ class SpeedrunConfig:
         if self.only:
             return [self.only, "report"] if self.only == "eval" else [self.only]
         skip = {x.strip() for x in self.skip.split(",")}
+        if "sft" in skip:  # RL tunes the SFT model: without one there is nothing to tune
+            skip.add("rl")
         return [s for s in STAGES if s not in skip]
 
 

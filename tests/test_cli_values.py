@@ -28,6 +28,7 @@ PREFIXES = {
     "sft": ["sft", "--ckpt", MISSING, "--data", "identity"],  # an accepted value would start training
     "chat": ["chat", "--ckpt", MISSING, "-p", "hi"],
     "dpo": ["dpo", "--ckpt", MISSING, "--prefs", MISSING],  # an accepted value would start training
+    "rl": ["rl", "--ckpt", MISSING, "--tasks", "arithmetic"],  # an accepted value would start training
     "arena ratings": ["arena", "ratings", "--battles", MISSING],
     "arena auto": ["arena", "auto", "--ckpt", MISSING, "--ckpt", MISSING + "2"],
     "eval": ["eval", "--ckpt", "{ckpt}", "--tasks", "bpb", "--no-progress"],

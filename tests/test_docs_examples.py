@@ -14,7 +14,8 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "docs" / "examples"
 
 
 def test_sample_preference_pairs_load_and_train(tmp_path, capsys):
-    pairs = read_preferences(EXAMPLES / "prefs.jsonl")
+    pairs, skipped = read_preferences(EXAMPLES / "prefs.jsonl")
+    assert skipped == []
     assert len(pairs) == 14
     assert all(p["prompt"][-1]["role"] == "user" and p["chosen"] != p["rejected"] for p in pairs)
     run, tok = tiny_chat_base(tmp_path, 64)

@@ -38,7 +38,7 @@ def speedrun_dir(no_eval_data):
 def test_speedrun_without_eval_data_still_runs_the_tool_tasks(speedrun_dir):
     for name in ("pretrain", "sft"):
         ev = json.loads((speedrun_dir / name / "eval.json").read_text())
-        assert set(ev["tasks"]) == {"chat:arithmetic", "chat:letter_count"}
+        assert set(ev["tasks"]) == {"chat:arithmetic", "chat:letter_count", "chat:social"}
         assert ev["tasks"]["chat:arithmetic"]["n"] == 3 and ev["bpb"]["bpb"] > 0
     report = (speedrun_dir / "report.md").read_text()
     assert "chat:arithmetic" in report and "chat:letter_count" in report

@@ -76,8 +76,9 @@ def run(args) -> int:
     print(f"sft data: {tr.conversations:,} train conversations in {tr.rows:,} rows of {cfg.block_size + 1} "
           f"tokens ({tr.trained_tokens:,} of {tr.tokens:,} tokens trained on), {te.conversations:,} test "
           f"conversations; cropped to a row: {tr.cropped:,} train, {te.cropped:,} test", file=sys.stderr)
-    if cfg.pretrain_mix:
-        print(f"sft data: each row is the base run's pretraining text with probability {cfg.pretrain_mix:g} "
+    if data.batches.pretrain is not None:
+        print(f"sft data: each row is the base run's pretraining text with probability "
+              f"{data.batches.pretrain_mix:g} "
               f"({len(data.batches.pretrain):,} train tokens to draw windows from)", file=sys.stderr)
     if tr.cropped:
         print(f"gptforge: warning: {tr.cropped} train conversation(s) longer than block_size + 1 = "
