@@ -66,7 +66,7 @@ def train(cfg: TrainConfig, resume: bool = False, logger: Logger | None = None,
     ``cfg.data``; SFT passes conversations, see gptforge.chat.sft). ``started``: the wall-clock time
     (``time.time()``) that ``max_time`` counts from (default: after setup, when the loop begins;
     the speedrun passes when its calibration began, so the probe counts). A step that would end
-    past ``max_time``, judged by the last step's time, is not begun.
+    past ``max_time``, judged by the last step's time (from the second on), is not begun.
 
     Summary keys: run_dir, checkpoint (path of the last save), step, tokens, train_loss, val_loss,
     val_bpb (nats/token, nats/token, bits/byte), best_val_loss (the lowest val loss of a saved
@@ -211,9 +211,11 @@ def _stop_reason(s, log: Logger, stop: StopSignal, step_times: list[float], star
     """Why the run stops before its next step (max_steps, max_tokens, max_time, signal), or None;
     with ``schedule_time`` it first re-plans ``s.total_steps``. All ranks agree: rank 0's clock
     decides max_time (counted from ``started``; no step begins that the last one's time says would
-    end past it) and the plan."""
+    end past it, from the session's second step on) and the plan."""
     cfg, d, st = s.cfg, s.d, s.state
-    next_s = step_times[-1] if step_times else 0.0
+    # the session's first step is no forecast: it holds one-off costs (torch.compile took 33 s of a
+    # GPU run's first step, bench/README.md "GPU"), which would stop an 89 s budget after one step
+    next_s = step_times[-1] if len(step_times) > 1 else 0.0
     time_up = d.main and cfg.max_time > 0 and time.time() - started + next_s >= cfg.max_time
     planned = replan(cfg, st.step, s.total_steps, st.train_time_s, step_times) if d.main else 0
     flags = d.all_sum(torch.tensor([float(stop.received is not None), float(time_up), float(planned)],
