@@ -441,8 +441,9 @@ def generate(model: GPT, ids: list[int], max_new_tokens: int, temperature: float
              top_p: float = 1.0):
     """Yield new token ids. The context is cropped to block_size exactly as gptforge's engine does.
 
-    temperature >= 0 (0: greedy); top_k >= 1 keeps the k most likely tokens (k >= the vocabulary:
-    all); top_p in (0, 1] keeps the smallest set whose probability reaches p; seed >= 0 or None.
+    temperature >= 0 (0, or below float32's smallest normal number: greedy, as the engine); top_k
+    >= 1 keeps the k most likely tokens (k >= the vocabulary: all); top_p in (0, 1] keeps the
+    smallest set whose probability reaches p; seed >= 0 or None.
     Raises SystemExit if the model's logits are not finite (weights so large that they overflow).
     """
     rng = np.random.default_rng(seed)
@@ -454,7 +455,7 @@ def generate(model: GPT, ids: list[int], max_new_tokens: int, temperature: float
     for _ in range(max_new_tokens):
         if not np.isfinite(logits).all():
             raise SystemExit(f"the logits are not finite at position {len(seq)} (the weights overflow)")
-        if temperature == 0:
+        if temperature < np.finfo(np.float32).tiny:  # 0, or so small that logits / it overflow: greedy
             nxt = int(np.argmax(logits))
         else:
             z = logits.astype(np.float64) / temperature

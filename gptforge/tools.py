@@ -27,6 +27,7 @@ from __future__ import annotations
 import ast
 import math
 import operator
+import warnings
 
 MAX_CHARS = 200  # longest expression accepted
 MAX_NODES = 300  # AST nodes, operator nodes included (a sum of n terms has 3n - 1)
@@ -94,7 +95,9 @@ def _parse(expr: str) -> ast.expr:
     if not expr:
         raise _Refused("empty expression")
     try:
-        tree = ast.parse(expr, mode="eval").body
+        with warnings.catch_warnings():  # "3x" is a syntax warning before it is an error: never print it
+            warnings.simplefilter("ignore", SyntaxWarning)
+            tree = ast.parse(expr, mode="eval").body
     except (SyntaxError, ValueError, RecursionError, MemoryError):  # ValueError: a NUL byte
         raise _Refused("syntax error") from None
     # depth first, iteratively: a recursive walk of a hostile tree is what the bound guards against

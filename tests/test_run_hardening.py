@@ -420,3 +420,16 @@ def test_python_m_gptforge_run_from_an_installed_package(bins, tmp_path):
     r = subprocess.run([sys.executable, "-m", "gptforge.run", "--help"], capture_output=True, text=True,
                        cwd=tmp_path, env=dict(os.environ, PYTHONPATH=str(tmp_path / "site")))
     assert r.returncode == 0 and "--top-p" in r.stdout
+
+
+@pytest.mark.parametrize("value", ["1e-46", "5e-324", "1e-320"])
+def test_sampling_values_that_underflow_are_greedy(bins, value):
+    """Issue 27.1: `run.py --temperature 1e-320` divided the logits into inf and raised on nan
+    probabilities. A temperature below float32's smallest normal number is greedy (as the engine), and
+    a top_p that small keeps the top token only: both give the greedy tokens."""
+    greedy = run_py(bins["modern"], "--prompt", "ab", "--max-new-tokens", 6, "--temperature", 0, "--ids")
+    assert greedy.returncode == 0, greedy.stderr
+    for flags in (("--temperature", value), ("--temperature", 1, "--top-p", value)):
+        r = run_py(bins["modern"], "--prompt", "ab", "--max-new-tokens", 6, "--seed", 1, "--ids", *flags)
+        assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr
+        assert r.stdout == greedy.stdout

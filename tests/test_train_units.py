@@ -295,3 +295,26 @@ def test_muon_float32_matches_torch_muon():
         assert cos > 0.999 and (d_ours - d_ref).norm() / d_ref.norm() < 0.02
         assert torch.equal(o.state[ours]["momentum_buffer"], r.state[ref]["momentum_buffer"])
         r.load_state_dict(o.state_dict())  # the same state layout
+
+
+def test_a_time_bound_run_logs_no_unreachable_step_total(capsys):
+    """The RL stage runs on a wall-clock budget with an unreachable step budget (10^9): its log lines
+    said "step 39/1000000000 ... ETA 160699:16:54". With max_time the ETA is the time left and the
+    line says the run is time-bound; a run whose steps end first keeps its step total."""
+    import time as _time
+
+    from gptforge.train.log import Logger
+
+    rec = {"train_loss": 1.0, "lr": 1e-3, "tokens_per_s": 10.0, "mfu": None, "time_s": 0.1}
+    log = Logger("log", interval=0.0)
+    log.start(10**9, 0, max_time=5.0)
+    _time.sleep(0.05)
+    log.step({**rec, "step": 1})
+    line = capsys.readouterr().out
+    assert "step 1 (time-bound)" in line and "1000000000" not in line
+    assert 0 < log.eta(1) <= 5.0
+    log = Logger("log", interval=0.0)
+    log.start(3, 0, max_time=3600.0)
+    _time.sleep(0.05)
+    log.step({**rec, "step": 1})
+    assert "step 1/3" in capsys.readouterr().out and log.eta(1) < 1.0

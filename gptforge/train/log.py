@@ -51,9 +51,10 @@ class Logger:
         else:
             print(msg, flush=True)
 
-    def start(self, total_steps: int, step: int) -> None:
-        """Training begins at ``step`` of ``total_steps`` (the budget)."""
-        self._t0, self._step0, self._total = time.time(), step, total_steps
+    def start(self, total_steps: int, step: int, max_time: float = 0.0) -> None:
+        """Training begins at ``step`` of ``total_steps`` (the budget); ``max_time`` > 0: a wall-clock
+        budget in seconds from now too, which the ETA follows when it ends first."""
+        self._t0, self._step0, self._total, self._max_time = time.time(), step, total_steps, max_time
         self._last_line = self._t0
         if self.mode == "bar":
             # a terminal that reports its size as 0 x 0 (a fresh pty: `script`, CI runners, some IDEs)
@@ -75,14 +76,28 @@ class Logger:
             self.bar.refresh()
 
     def eta(self, step: int) -> float:
-        """Seconds left at this session's average pace (evaluations included)."""
+        """Seconds left at this session's average pace (evaluations included), or of the time budget
+        when that ends first."""
         done = step - self._step0
-        return (time.time() - self._t0) / done * max(0, self._total - step) if done else float("nan")
+        by_steps = (time.time() - self._t0) / done * max(0, self._total - step) if done else float("nan")
+        return min(by_steps, self._time_left()) if self._time_bound(step) else by_steps
+
+    def _time_left(self) -> float:
+        return max(0.0, self._max_time - (time.time() - self._t0))
+
+    def _time_bound(self, step: int) -> bool:
+        """The time budget ends before the step budget would, at the present pace."""
+        done = step - self._step0
+        return self._max_time > 0 and done > 0 and \
+            self._time_left() < (time.time() - self._t0) / done * max(0, self._total - step)
 
     def step(self, r: dict) -> None:
         """After each optimizer step, with its metrics record."""
         mfu = f"{r['mfu']:.1%}" if r.get("mfu") is not None else "-"
+        bound = self._time_bound(r["step"])
         if self.mode == "bar":
+            if bound and self.bar.total is not None:  # a time-bound run: count steps, with no total
+                self.bar.total = None
             self.bar.update(r["step"] - self.bar.n)
             self.bar.set_postfix_str(f"loss {r['train_loss']:.4f}, {r['tokens_per_s']:,.0f} tok/s, MFU {mfu}")
         elif self.mode == "log":
@@ -90,7 +105,8 @@ class Logger:
             if (now - self._last_line >= self.interval or r["step"] == self._step0 + 1
                     or r["step"] == self._total):
                 self._last_line = now
-                print(f"step {r['step']}/{self._total} | loss {r['train_loss']:.4f} | lr {r['lr']:.2e} | "
+                total = " (time-bound)" if bound else f"/{self._total}"
+                print(f"step {r['step']}{total} | loss {r['train_loss']:.4f} | lr {r['lr']:.2e} | "
                       f"{r['tokens_per_s']:,.0f} tok/s | MFU {mfu} | {_fmt_s(r['time_s'])} elapsed | "
                       f"ETA {_fmt_s(self.eta(r['step'])) if r['step'] > self._step0 else '-'}", flush=True)
 

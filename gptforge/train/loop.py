@@ -103,7 +103,7 @@ def _loop(s, log: Logger, resume: bool, started: float | None) -> dict:
     started = t_start if started is None else started
     last_ckpt, saved_at = st.path, st.step if resume else None
     step_times, record, mfu_explained = [], {}, False
-    log.start(s.total_steps if cfg.schedule_time else s.budget_steps, st.step)
+    log.start(s.total_steps if cfg.schedule_time else s.budget_steps, st.step, cfg.max_time)
     with StopSignal() as stop:
         if not resume:  # the curve starts at the untrained model
             metrics.write(_eval_record(s, log))
