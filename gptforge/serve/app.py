@@ -48,7 +48,6 @@ import sys
 import time
 import traceback
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
@@ -58,7 +57,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
@@ -66,15 +65,23 @@ from gptforge.chat.assistant import fit_context
 from gptforge.chat.conversation import check_conversation
 from gptforge.chat.render import render_for_completion
 from gptforge.errors import UserError
-from gptforge.serve.batcher import Batcher, Event, Inbox, Job, QueueFull, RowParams
+from gptforge.serve.arena import add_arena
+from gptforge.serve.batcher import Batcher, Inbox, Job, QueueFull, RowParams
 from gptforge.serve.limits import Limits  # torch-free there, for the CLI's flags
-
-STATIC = Path(__file__).parent / "static"
-# A stream writes at most once per STREAM_INTERVAL seconds (everything decoded meanwhile goes in one
-# write; the first token and a row's end are never held back): waking the event loop for every token
-# of a small model slowed decoding on 2 cores (bench/README.md, serve.py). 20 ms is below what a
-# reader of streamed text can see.
-STREAM_INTERVAL = 0.02
+from gptforge.serve.protocol import (
+    STATIC,
+    STREAM_INTERVAL,
+    APIError,
+    Body,
+    MaxTokens,
+    Served,
+    Temperature,
+    Text,
+    TopK,
+    TopP,
+    add_part,
+    sse_line,
+)
 
 
 def is_loopback(host: str) -> bool:
@@ -198,44 +205,9 @@ def replay(body: bytes, receive):
     return again
 
 
-class APIError(Exception):
-    """An error answered as OpenAI's error JSON with this HTTP status."""
-
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 type: str = "invalid_request_error"):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
-
-    def response(self) -> JSONResponse:
-        error = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
-        return JSONResponse({"error": error}, status_code=self.status)
-
-
-@dataclass
-class Served:
-    """A model the server offers: its batcher, context size and whether it is a chat model
-    (finetuned on conversations: only then /v1/chat/completions and the arena take it)."""
-
-    name: str
-    batcher: Batcher
-    block_size: int
-    chat: bool
-
-
 # --- request bodies (pydantic; FastAPI answers a mismatch with 422, which `validation_error` makes
 # a 400 naming the field). Strict: no "1" for 1, no true for 1; no NaN or infinity. Fields OpenAI has
 # and gptforge ignores (presence_penalty, user, ...) are allowed. ----------------------------------
-
-class Body(BaseModel):
-    model_config = ConfigDict(strict=True, allow_inf_nan=False, extra="allow")
-
-
-Text = Annotated[str, Field(min_length=1)]
-Temperature = Annotated[float, Field(ge=0, le=2)]
-TopK = Annotated[int, Field(ge=1, le=1 << 24)]
-TopP = Annotated[float, Field(gt=0, le=1)]
-MaxTokens = Annotated[int, Field(ge=1, le=1 << 30)]
-
 
 class StreamOptions(Body):
     include_usage: bool = False
@@ -331,8 +303,6 @@ def create_app(models: dict, api_key: str | None = None, limits: Limits | None =
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     app.add_api_route("/", lambda: FileResponse(STATIC / "index.html"))
     if arena_db is not None:
-        from gptforge.serve.arena import add_arena  # here: that module builds on this one's helpers
-
         try:
             add_arena(app, served, limits, arena_db, authorize)
         except BaseException:  # e.g. a damaged database: no batcher thread outlives the refusal
@@ -576,21 +546,6 @@ async def collect(request: Request, job: Job, events: Inbox, meta: dict, chat: b
         return {**meta, "object": "chat.completion", "choices": choices, "usage": usage}
     choices = [{"index": i, "text": texts[i], "logprobs": None, "finish_reason": finish[i]} for i in range(n)]
     return {**meta, "object": "text_completion", "choices": choices, "usage": usage}
-
-
-def add_part(parts: list[dict], e: Event) -> None:
-    """Append event ``e`` to a reply's list of parts (consecutive text joined; markers left out)."""
-    if e.part is not None:
-        parts.append(dict(e.part))
-    elif e.text:
-        if parts and parts[-1]["type"] == "text":
-            parts[-1]["text"] += e.text
-        else:
-            parts.append({"type": "text", "text": e.text})
-
-
-def sse_line(obj) -> str:
-    return f"data: {json.dumps(obj, ensure_ascii=False)}\n\n"
 
 
 async def sse(job: Job, events: Inbox, meta: dict, chat: bool, prompt_tokens: int,

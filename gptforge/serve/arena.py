@@ -50,12 +50,13 @@ from gptforge.chat.assistant import fit_context
 from gptforge.chat.conversation import check_conversation
 from gptforge.chat.render import render_for_completion
 from gptforge.errors import UserError
-from gptforge.serve.app import (
+from gptforge.serve.batcher import Inbox, Job, QueueFull, RowParams
+from gptforge.serve.limits import Limits
+from gptforge.serve.protocol import (
     STATIC,
     STREAM_INTERVAL,
     APIError,
     Body,
-    Limits,
     MaxTokens,
     Served,
     Temperature,
@@ -64,7 +65,6 @@ from gptforge.serve.app import (
     add_part,
     sse_line,
 )
-from gptforge.serve.batcher import Inbox, Job, QueueFull, RowParams
 
 COOKIE = "gptforge_arena_session"
 COOKIE_MAX_AGE_S = 365 * 24 * 3600
