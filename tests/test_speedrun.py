@@ -6,7 +6,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import CHAT_TEXT
+from helpers import CHAT_TEXT, SHARED
 
 from gptforge.cli import main
 from gptforge.models import build_model
@@ -61,7 +61,9 @@ def test_speedrun_to_an_assistant(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "gptforge chat --ckpt" in err and "gptforge serve --ckpt" in err
     report = (out / "report.md").read_text()
-    assert "| | pretrain | sft |" in report and "chat:arithmetic" in report and "core:piqa" in report
+    assert "| | pretrain | sft |" in report and "chat:arithmetic" in report
+    if (SHARED / "evals").is_dir():  # CORE needs the task files; the tool tasks run without them
+        assert "core:piqa" in report
     assert "## A chat with the SFT model" in report and "you> What is 123 + 456?" in report
     for name in ("pretrain", "sft"):
         ev = json.loads((out / name / "eval.json").read_text())
