@@ -192,9 +192,17 @@ def _banner(s, resume: bool) -> str:
     return (f"{'resuming' if resume else 'training'} {cfg.arch} ({s.state.num_params:,} parameters, "
             f"{s.flops_per_token:,} FLOPs/token) in {s.run_dir}\n{format_config(cfg)}\n"
             f"  -> {d.world} process(es) on {d.device.type}, {s.dtype}, B={cfg.batch_size} "
-            f"T={cfg.block_size} accum={s.accum}: {s.tokens_per_step:,} tokens/step, {s.total_steps} steps "
-            f"in the schedule; {s.data.train_tokens:,} train / {s.data.eval_tokens:,} "
+            f"T={cfg.block_size} accum={s.accum}: {s.tokens_per_step:,} tokens/step, {_horizon(s)}; "
+            f"{s.data.train_tokens:,} train / {s.data.eval_tokens:,} "
             f"eval tokens" + (f"\n  {describe_peak(d.device, _peak_dtype(s))}" if d.main else ""))
+
+
+def _horizon(s) -> str:
+    """The schedule's length as the banner says it: a time-bound run (RL's, whose step budget is only a
+    ceiling) gives its seconds, not a step count it will never reach."""
+    if s.cfg.max_time and s.total_steps >= 10**6:
+        return f"until {s.cfg.max_time:g} s have passed"
+    return f"{s.total_steps} steps in the schedule"
 
 
 def _peak_dtype(s) -> torch.dtype:
