@@ -22,20 +22,14 @@ from pathlib import Path
 from gptforge.errors import UserError
 from gptforge.tokenizer.base import EOT
 from gptforge.tokenizer.bpe import GPT2_SPLIT_PATTERN, BPETokenizer
+from gptforge.tokenizer.train import bytes_to_unicode
 
 
 @cache
 def byte_chars() -> list[str]:
     """The 256 printable characters byte-level BPE shows bytes 0..255 as (GPT-2's ``bytes_to_unicode``)."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    chars, extra = {}, 0
-    for b in range(256):
-        if b in keep:
-            chars[b] = chr(b)
-        else:
-            chars[b] = chr(256 + extra)
-            extra += 1
-    return [chars[b] for b in range(256)]
+    table = bytes_to_unicode()
+    return [table[b] for b in range(256)]
 
 
 def token_str(b: bytes) -> str:
