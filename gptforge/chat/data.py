@@ -25,13 +25,13 @@ with their location, ``file:line`` for JSONL (lines counted from 1, as an editor
 
 from __future__ import annotations
 
-import glob as globlib
 import json
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gptforge.chat.conversation import check_conversation
+from gptforge.data.corpus import find_files
 from gptforge.errors import UserError
 
 SUFFIXES = (".jsonl", ".parquet")
@@ -74,36 +74,18 @@ class ReadStats:
 
 
 def resolve_files(spec: str | Path | Iterable[str | Path]) -> list[Path]:
-    """The ``.jsonl`` / ``.parquet`` files a spec names, in reading order.
+    """The ``.jsonl`` / ``.parquet`` files a spec names, in reading order (``data.corpus.find_files``).
 
     Raises:
         UserError: a path does not exist, a file has another suffix, or a directory or glob holds
             no such file.
     """
-    if isinstance(spec, str | Path):
-        spec = [spec]
-    files: list[Path] = []
-    for s in spec:
-        s = str(s)
-        p = Path(s)
-        if p.is_file():
-            if p.suffix not in SUFFIXES:
-                raise UserError(f"{s}: cannot read conversations from a {p.suffix or 'suffix-less'} file "
-                                f"(expected {' or '.join(SUFFIXES)})")
-            files.append(p)
-        elif p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.suffix in SUFFIXES and f.is_file())
-            if not found:
-                raise UserError(f"{s}: directory holds no {' or '.join(SUFFIXES)} files")
-            files.extend(found)
-        elif globlib.has_magic(s):
-            found = sorted(Path(f) for f in globlib.glob(s, recursive=True)
-                           if Path(f).suffix in SUFFIXES and Path(f).is_file())
-            if not found:
-                raise UserError(f"{s}: pattern matches no {' or '.join(SUFFIXES)} files")
-            files.extend(found)
-        else:
-            raise UserError(f"{s}: no such file or directory (conversations expected)")
+    specs = [spec] if isinstance(spec, str | Path) else spec
+    files = [f for s in specs for f in find_files(str(s), SUFFIXES, "conversations")]
+    for f in files:
+        if f.suffix not in SUFFIXES:  # a file named on its own
+            raise UserError(f"{f}: cannot read conversations from a {f.suffix or 'suffix-less'} file "
+                            f"(expected {' or '.join(SUFFIXES)})")
     return files
 
 

@@ -161,34 +161,45 @@ def open_corpus(spec: str, text_column: str = "text") -> Corpus:
     """Resolve ``spec`` (built-in name, file, directory or glob) to a ``Corpus``.
 
     Raises:
-        UserError: nothing exists at ``spec``, it is not a regular file (a FIFO, a device), or a
-            directory/glob holds no files to read.
+        UserError: from ``find_files`` (nothing at ``spec``, not a regular file, no files to read).
     """
     if spec in BUILTIN:
         return Corpus(spec)
-    p = Path(spec)
+    what = f"a corpus file, directory or glob, or {' or '.join(BUILTIN)}"
+    return Corpus(spec, find_files(spec, (".txt", ".parquet"), what, glob_filter=False), text_column)
+
+
+def find_files(spec: str, suffixes: tuple[str, ...], what: str, glob_filter: bool = True) -> list[Path]:
+    """The files ``spec`` names, in reading order: a file itself (whatever its suffix: the caller
+    decides), or the files with one of ``suffixes`` below a directory or matched by a glob pattern
+    (with ``glob_filter=False``, every file the glob matches), sorted. Regular files only (FIFOs and
+    devices are left out), and each once: paths reaching one file (through a symlink, a loop of them,
+    or a hard link) keep the first in sorted order, so that a document is read once and never lands
+    in both splits. ``what`` names what was expected, for the error message.
+
+    Raises:
+        UserError: nothing exists at ``spec`` (and it is no glob), it is not a regular file (a FIFO,
+            a device), or a directory or glob holds no such file.
+    """
+    p, kinds = Path(spec), ", nor ".join(f"{s} files" for s in suffixes)
     if p.is_file():
-        return Corpus(spec, [p], text_column)
+        return [p]
     if p.is_dir():
-        files = _unique_files(f for f in p.rglob("*") if f.suffix in (".txt", ".parquet"))
-        if not files:
-            raise UserError(f"{spec}: directory holds no .txt files (nor .parquet files)")
-        return Corpus(spec, files, text_column)
+        if not (files := _unique_files(f for f in p.rglob("*") if f.suffix in suffixes)):
+            raise UserError(f"{spec}: directory holds no {kinds}")
+        return files
     if p.exists():
-        raise UserError(f"{spec}: is {_file_kind(p)}, not a regular file; a corpus is a file, a directory or "
-                        "a glob")
-    if globlib.has_magic(spec):
-        files = _unique_files(Path(f) for f in globlib.glob(spec, recursive=True))
-        if not files:
-            raise UserError(f"{spec}: pattern matches no files")
-        return Corpus(spec, files, text_column)
-    raise UserError(f"{spec}: no such file or directory (and not a built-in corpus: {', '.join(BUILTIN)})")
+        raise UserError(f"{spec}: is {_file_kind(p)}, not a regular file")
+    if not globlib.has_magic(spec):
+        raise UserError(f"{spec}: no such file or directory ({what} expected)")
+    matches = (Path(f) for f in globlib.glob(spec, recursive=True))
+    if not (files := _unique_files(f for f in matches if not glob_filter or f.suffix in suffixes)):
+        raise UserError(f"{spec}: pattern matches no {kinds if glob_filter else 'files'}")
+    return files
 
 
 def _unique_files(paths) -> list[Path]:
-    """The regular files among ``paths``, sorted, each file once: paths reaching one file (through a
-    symlink, a loop of them, or a hard link) keep the first in sorted order, so that a document is
-    read once and never lands in both splits. FIFOs and devices are left out."""
+    """The regular files among ``paths``, sorted, each file once (``find_files``)."""
     seen, files = set(), []
     for f in sorted(paths):
         try:
