@@ -189,29 +189,17 @@ def train_merges(
             while i < n:
                 if w[i] == a and i + 1 < n and w[i + 1] == b:
                     if out:
-                        x = out[-1]
-                        p = (x, a)
-                        pair_counts[p] -= c
-                        p = (x, new)
+                        pair_counts[out[-1], a] -= c
+                        p = (out[-1], new)
                         pair_counts[p] = get(p, 0) + c
                         grown.add(p)
-                        s = where.get(p)
-                        if s is None:
-                            where[p] = {wi}
-                        else:
-                            s.add(wi)
+                        where.setdefault(p, set()).add(wi)
                     if i + 2 < n:
-                        y = w[i + 2]
-                        p = (b, y)
-                        pair_counts[p] -= c
-                        p = (new, y)
+                        pair_counts[b, w[i + 2]] -= c
+                        p = (new, w[i + 2])
                         pair_counts[p] = get(p, 0) + c
                         grown.add(p)
-                        s = where.get(p)
-                        if s is None:
-                            where[p] = {wi}
-                        else:
-                            s.add(wi)
+                        where.setdefault(p, set()).add(wi)
                     out.append(new)
                     i += 2
                 else:
@@ -243,13 +231,7 @@ def _count_pairs(chunk_counts: Mapping[str | bytes, int], order: list[int]):
     pair_counts: dict[tuple[int, int], int] = {}
     where: dict[tuple[int, int], set[int]] = {}
     for chunk, c in chunk_counts.items():
-        if isinstance(chunk, str):
-            try:
-                b = chunk.encode("utf-8")
-            except UnicodeEncodeError:  # a lone surrogate has no UTF-8 form
-                b = fix_surrogates(chunk).encode("utf-8")
-        else:
-            b = chunk
+        b = fix_surrogates(chunk).encode("utf-8") if isinstance(chunk, str) else chunk
         if len(b) < 2 or c <= 0:
             continue  # holds no pair; never changes
         w = [order[x] for x in b]
@@ -258,11 +240,7 @@ def _count_pairs(chunk_counts: Mapping[str | bytes, int], order: list[int]):
         freqs.append(c)
         for pair in zip(w, w[1:], strict=False):
             pair_counts[pair] = pair_counts.get(pair, 0) + c
-            s = where.get(pair)
-            if s is None:
-                where[pair] = {wi}
-            else:
-                s.add(wi)
+            where.setdefault(pair, set()).add(wi)
     return words, freqs, pair_counts, where
 
 
