@@ -388,8 +388,8 @@ class BPETokenizer(Tokenizer):
             if not isinstance(merges, list) or not all(
                     isinstance(m, list) and len(m) == 2 and all(type(x) is int for x in m) for m in merges):
                 raise ValueError("merges must be a list of [left_id, right_id] integer pairs")
-            _check_merge_sizes(merges)
-            tokens = dict(enumerate(merges_to_tokens(merges)))
+            bound = max(MAX_AVG_TOKEN_BYTES * (256 + len(merges)), MIN_TOKEN_BYTES_BOUND)
+            tokens = dict(enumerate(merges_to_tokens(merges, bound)))
             return cls(tokens, pattern, specials, merges=[tuple(m) for m in merges], name=name)
         ranks = d["ranks"]
         if not isinstance(ranks, list):
@@ -412,18 +412,3 @@ class BPETokenizer(Tokenizer):
         return (f"BPETokenizer(name={self.name!r}, vocab_size={self.vocab_size}, "
                 f"special_tokens={len(self.special_tokens)})")
 
-
-def _check_merge_sizes(merges: list[list[int]]) -> None:
-    """Raise ValueError before ``merges_to_tokens`` would build tokens of more than
-    ``max(MAX_AVG_TOKEN_BYTES * tokens, MIN_TOKEN_BYTES_BOUND)`` bytes in all (lengths only: O(merges))."""
-    lengths = [1] * 256
-    total, bound = 256, max(MAX_AVG_TOKEN_BYTES * (256 + len(merges)), MIN_TOKEN_BYTES_BOUND)
-    for i, (a, b) in enumerate(merges):
-        n = len(lengths)
-        if not (0 <= a < n and 0 <= b < n):
-            raise ValueError(f"merge {i} ({a}, {b}) refers to a token id not defined before it (< {n})")
-        lengths.append(lengths[a] + lengths[b])
-        total += lengths[-1]
-        if total > bound:
-            raise ValueError(f"the merges define tokens of more than {bound:,} bytes in all "
-                             f"(merge {i} makes a token of {lengths[-1]:,} bytes)")

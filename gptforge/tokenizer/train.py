@@ -244,16 +244,22 @@ def _count_pairs(chunk_counts: Mapping[str | bytes, int], order: list[int]):
     return words, freqs, pair_counts, where
 
 
-def merges_to_tokens(merges: Iterable[tuple[int, int]]) -> list[bytes]:
+def merges_to_tokens(merges: Iterable[tuple[int, int]], max_bytes: int | None = None) -> list[bytes]:
     """The bytes of every token: ``tokens[i]`` for ids ``0 .. 255 + len(merges)``.
 
     Raises:
-        ValueError: a merge refers to an id not defined before it.
+        ValueError: a merge refers to an id not defined before it, or (with ``max_bytes``) the tokens
+            would hold more than ``max_bytes`` bytes in all (checked before each token is built).
     """
     tokens = [bytes([i]) for i in range(256)]
+    total = 256
     for i, (a, b) in enumerate(merges):
         n = len(tokens)
         if not (0 <= a < n and 0 <= b < n):
             raise ValueError(f"merge {i} ({a}, {b}) refers to a token id not defined before it (< {n})")
+        total += len(tokens[a]) + len(tokens[b])
+        if max_bytes is not None and total > max_bytes:
+            raise ValueError(f"the merges define tokens of more than {max_bytes:,} bytes in all "
+                             f"(merge {i} makes a token of {len(tokens[a]) + len(tokens[b]):,} bytes)")
         tokens.append(tokens[a] + tokens[b])
     return tokens
