@@ -142,25 +142,17 @@ def set_rng_state(d: dict, device: torch.device, where: str | os.PathLike = "tra
         UserError: ``d`` is not a valid saved state (naming ``where``).
     """
     try:
-        _set_rng_state(d, device)
+        py, n = d["python"], d["numpy"]
+        random.setstate((py["version"], tuple(int(v) for v in _unb64(py["state"], np.uint32)), py["gauss"]))
+        np.random.set_state((n["kind"], _unb64(n["keys"], np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+        torch.set_rng_state(torch.from_numpy(_unb64(d["torch"], np.uint8)))
+        if device.type == "cuda" and "cuda" in d:
+            torch.cuda.set_rng_state(torch.from_numpy(_unb64(d["cuda"], np.uint8)), device)
     except (KeyError, TypeError, ValueError, RuntimeError, IndexError, OverflowError) as e:
         raise UserError(f"{where}: corrupt RNG state ({type(e).__name__})") from None
 
 
-def _set_rng_state(d: dict, device: torch.device) -> None:
-    py, n = d["python"], d["numpy"]
-    random.setstate((py["version"], tuple(int(v) for v in _unb64(py["state"], np.uint32)), py["gauss"]))
-    np.random.set_state((n["kind"], _unb64(n["keys"], np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
-    torch.set_rng_state(torch.from_numpy(_unb64(d["torch"], np.uint8)))
-    if device.type == "cuda" and "cuda" in d:
-        torch.cuda.set_rng_state(torch.from_numpy(_unb64(d["cuda"], np.uint8)), device)
-
-
 # --- writing --------------------------------------------------------------------------------------
-def _write_pointer(ckpt_root: Path, name: str, target: str) -> None:
-    atomic_write(ckpt_root / name, target + "\n")
-
-
 def read_pointer(ckpt_root: Path, name: str) -> str | None:
     """The checkpoint directory name in ``ckpt/latest`` or ``ckpt/best``, or None if there is none.
 
@@ -222,9 +214,8 @@ def save_checkpoint(run_dir: str | os.PathLike, model: torch.nn.Module,
         shutil.rmtree(old, ignore_errors=True)
     os.replace(tmp, final)
     fsync(root)
-    _write_pointer(root, "latest", name)
-    if is_best:
-        _write_pointer(root, "best", name)
+    for pointer in ("latest", "best") if is_best else ("latest",):
+        atomic_write(root / pointer, name + "\n")
     _prune(root, keep_last)
     return final
 

@@ -42,14 +42,17 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import NamedTuple
 
 import torch
 
+from gptforge.checkpoint import load_checkpoint
 from gptforge.errors import UserError
 from gptforge.models import GPT
 from gptforge.models.cpu import use_cpu_kernels
 from gptforge.sampling import SamplingParams  # torch-free there, for the CLI's flags
+from gptforge.tokenizer import load_tokenizer
 from gptforge.tools import calculator
 
 TOOL_TOKENS = ("<|tool_call_start|>", "<|tool_call_end|>", "<|tool_output_start|>", "<|tool_output_end|>")
@@ -488,11 +491,6 @@ def load_for_inference(ckpt: str, which: str = "best", device: str = "cpu", veri
         UserError: no usable checkpoint, a device that does not exist here, or a tokenizer that does
             not match the model.
     """
-    from pathlib import Path
-
-    from gptforge.checkpoint import load_checkpoint
-    from gptforge.tokenizer import load_tokenizer
-
     device = check_device(device)
     try:
         model, state = load_checkpoint(ckpt, which, device, verify)

@@ -63,15 +63,12 @@ def portable_tokenizer(tok: Tokenizer) -> dict:
     """The tokenizer as run.py understands it: char tables or BPE token bytes + split pattern."""
     if tok.kind == "char":
         return {"kind": "char", "chars": tok.chars, "special_tokens": dict(tok.special_tokens)}
-    pattern = getattr(tok, "pattern", None)
-    if pattern is None:
-        raise UserError(f"cannot export a {tok.kind} tokenizer (no split pattern)")
     specials = set(tok.special_tokens.values())
     n_ordinary = tok.vocab_size - len(specials)
     if any(i < n_ordinary for i in specials):
         raise UserError("cannot export a tokenizer whose special tokens are not at the end of the vocabulary")
     vocab = [base64.b64encode(tok.decode_bytes([i])).decode("ascii") for i in range(n_ordinary)]
-    return {"kind": "bpe", "pattern": pattern, "vocab": vocab, "special_tokens": dict(tok.special_tokens)}
+    return {"kind": "bpe", "pattern": tok.pattern, "vocab": vocab, "special_tokens": dict(tok.special_tokens)}
 
 
 def export_model(model: torch.nn.Module, tok: Tokenizer, out: str | os.PathLike,
@@ -123,7 +120,6 @@ def export_model(model: torch.nn.Module, tok: Tokenizer, out: str | os.PathLike,
 
 
 def _gpt(model: torch.nn.Module, tok: Tokenizer, what: str):
-
     if not isinstance(model, GPT):
         raise UserError(f"{what} export supports GPT models only, not {type(model).__name__}")
     if tok.kind != "bpe":
@@ -206,8 +202,6 @@ def export_gguf(model: torch.nn.Module, tok: Tokenizer, out: str | os.PathLike,
         import gguf
     except ImportError:
         raise UserError("gguf export needs the gguf package: pip install 'gptforge[gguf]'") from None
-
-
     model = _gpt(model, tok, "GGUF")
     c = model.config
     misfits = gpt2_misfits(c)
@@ -294,8 +288,6 @@ def import_hf(source: str | os.PathLike, out: str | os.PathLike, tokenizer: str 
         UserError: an unsupported model or tokenizer, a tokenizer whose size is not the model's
             vocab_size, or ``out`` already holds checkpoints.
     """
-
-
     out = Path(out)
     if (out / "ckpt").exists():
         raise UserError(f"{out}: already holds checkpoints; give a new run directory")
@@ -324,8 +316,6 @@ def import_hf(source: str | os.PathLike, out: str | os.PathLike, tokenizer: str 
 def _with_chat_tokens(tok: Tokenizer, model: torch.nn.Module):
     """(tokenizer, model) with the special tokens of SPECIAL_TOKENS that ``tok`` lacks appended (new ids
     from vocab_size on) and new embedding / output rows for them, each the mean of the old rows."""
-
-
     missing = [s for s in SPECIAL_TOKENS if s not in tok.special_tokens]
     if not missing:
         return tok, model
