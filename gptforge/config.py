@@ -172,21 +172,19 @@ def check(obj, where: str | None = None) -> None:
         setattr(obj, name, convert(cls, name, getattr(obj, name), where))
 
 
-def split_item(item: str, where: str) -> tuple[str, str]:
-    """``"n_embd=128"`` -> ``("n_embd", "128")``; no ``=`` or no key is a UserError."""
-    key, sep, value = item.partition("=")
-    if not sep or not key.strip():
-        raise UserError(f"{where}: expected KEY=VALUE, got {item!r}")
-    return key.strip(), value.strip()
-
-
 def overrides(cls: type, items: list[str], where: str = "--model") -> dict:
     """``["n_embd=128", "bias=false"]`` -> ``{"n_embd": 128, "bias": False}``, typed by ``cls``'s fields.
 
     Raises:
-        UserError: an item without ``=``, an unknown key or a value ``convert`` refuses.
+        UserError: an item without ``=`` or key, an unknown key or a value ``convert`` refuses.
     """
-    return convert_all(cls, dict(split_item(item, where) for item in items), where)
+    values = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"{where}: expected KEY=VALUE, got {item!r}")
+        values[key.strip()] = value.strip()
+    return convert_all(cls, values, where)
 
 
 def convert_all(cls: type, values: dict, where: str = "config") -> dict:

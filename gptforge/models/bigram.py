@@ -52,10 +52,9 @@ class Bigram(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         logits = self.wte(idx).float()  # (B, T, V)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+        if targets is None:
+            return logits, None
+        return logits, F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=-1)
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
         """V * V. The table is the output layer as well as a lookup, so exclude_embeddings keeps it."""

@@ -376,10 +376,9 @@ class GPT(nn.Module):
         logits = self.lm_head(x).float()  # (B, T, V), or (N, V) with select
         if cfg.logit_softcap is not None:
             logits = cfg.logit_softcap * torch.tanh(logits / cfg.logit_softcap)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+        if targets is None:
+            return logits, None
+        return logits, F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=-1)
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
         """Number of parameters (a tied wte/lm_head matrix counts once).

@@ -76,10 +76,9 @@ class LSTM(nn.Module):
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         logits, _ = self.forward_step(idx)  # from a zero initial state
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+        if targets is None:
+            return logits, None
+        return logits, F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=-1)
 
     def forward_step(self, idx: torch.Tensor, state: tuple[torch.Tensor, torch.Tensor] | None = None):
         """Continue from a recurrent state: (logits float32 (B, T, V), new state).

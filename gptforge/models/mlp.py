@@ -85,10 +85,9 @@ class MLP(nn.Module):
         if self.config.direct:
             h = torch.cat([h, x], dim=-1)  # (B, T, n_hidden + n_ctx * m)
         logits = self.lm_head(h).float()  # (B, T, V)
-        loss = None
-        if targets is not None:
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+        if targets is None:
+            return logits, None
+        return logits, F.cross_entropy(logits.flatten(0, -2), targets.flatten(), ignore_index=-1)
 
     def num_params(self, exclude_embeddings: bool = False) -> int:
         """All parameters; exclude_embeddings=True leaves out the wte lookup table (no matmul)."""
