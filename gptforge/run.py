@@ -365,13 +365,15 @@ class GPT:
             pad = np.zeros(self.k.shape[:2] + (more, self.hs), np.float32)
             self.k, self.v = np.concatenate([self.k, pad], 2), np.concatenate([self.v, pad], 2)
 
+    def rms(self, x):
+        return x / np.sqrt((x * x).mean(-1, keepdims=True) + self.c["norm_eps"])
+
     def norm(self, x, prefix):
-        eps = self.c["norm_eps"]
         if self.c["norm"] == "rmsnorm":
-            return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps)
+            return self.rms(x)
         mu = x.mean(-1, keepdims=True)
         var = ((x - mu) ** 2).mean(-1, keepdims=True)
-        y = (x - mu) / np.sqrt(var + eps) * self.w[prefix + ".weight"]
+        y = (x - mu) / np.sqrt(var + self.c["norm_eps"]) * self.w[prefix + ".weight"]
         b = self.w.get(prefix + ".bias")
         return y if b is None else y + b
 
@@ -408,9 +410,7 @@ class GPT:
             if c["positional"] == "rope":
                 q, k = self.rope(q, p0), self.rope(k, p0)
             if c["qk_norm"]:
-                eps = c["norm_eps"]
-                q = q / np.sqrt((q * q).mean(-1, keepdims=True) + eps)
-                k = k / np.sqrt((k * k).mean(-1, keepdims=True) + eps)
+                q, k = self.rms(q), self.rms(k)
             self.k[layer, :, p0:p0 + T], self.v[layer, :, p0:p0 + T] = k, v
             K = np.repeat(self.k[layer, :, : p0 + T], nh // nkv, axis=0)  # (nh, p0+T, hs)
             V = np.repeat(self.v[layer, :, : p0 + T], nh // nkv, axis=0)

@@ -96,15 +96,11 @@ class Tokenizer:
         start = 0
         # split on allowed special strings, leftmost first, longest first on ties
         while start <= len(text):
-            best = None
-            for s in allowed:
-                i = text.find(s, start)
-                if i != -1 and (best is None or i < best[0] or (i == best[0] and len(s) > len(best[1]))):
-                    best = (i, s)
-            if best is None:
+            hits = [(i, -len(s), s) for s in allowed if (i := text.find(s, start)) != -1]
+            if not hits:
                 ids.extend(encode_ordinary(text[start:]))
                 break
-            i, s = best
+            i, _, s = min(hits)
             ids.extend(encode_ordinary(text[start:i]))
             ids.append(self.special_tokens[s])
             start = i + len(s)
