@@ -10,8 +10,7 @@ import time
 
 from gptforge.data.corpus import open_corpus
 from gptforge.errors import UserError
-from gptforge.tokenizer.bpe import SPECIAL_TOKENS, BPETokenizer, coverage_error, training_settings
-from gptforge.tokenizer.train import count_chunks, train_merges
+from gptforge.tokenizer.bpe import SPECIAL_TOKENS, BPETokenizer, train_bpe, training_settings
 
 
 def train_on_corpus(corpus_spec: str, vocab_size: int, pattern: str = "gpt4", tie_break: str = "rustbpe",
@@ -30,7 +29,7 @@ def train_on_corpus(corpus_spec: str, vocab_size: int, pattern: str = "gpt4", ti
     """
     from tqdm import tqdm
 
-    pattern, n_merges = training_settings(vocab_size, pattern, len(SPECIAL_TOKENS))
+    training_settings(vocab_size, pattern, len(SPECIAL_TOKENS))  # a bad setting fails before any reading
     t0 = time.perf_counter()
     corpus = open_corpus(corpus_spec, text_column)
     bar = tqdm(total=corpus.total_bytes(), unit="B", unit_scale=True, desc="splitting",
@@ -43,19 +42,13 @@ def train_on_corpus(corpus_spec: str, vocab_size: int, pattern: str = "gpt4", ti
             if piece.split == "train":
                 trained += len(piece.text.encode("utf-8"))
                 yield piece.text
+        bar.close()
 
     try:
-        counts = count_chunks(train_texts(), pattern)
-    except UserError:  # a bad corpus or setting, raised while reading: already says what is wrong
-        raise
-    except ValueError as e:
-        raise coverage_error(pattern, e) from None
+        tok, chunks = train_bpe(train_texts(), vocab_size, pattern, SPECIAL_TOKENS, tie_break, progress)
     finally:
         bar.close()
-    if not counts:
+    if not chunks:
         raise UserError(f"{corpus_spec}: the train split is empty")
-    with tqdm(total=n_merges, desc="merging", unit=" merges", disable=not progress, leave=False) as mbar:
-        merges = train_merges(counts, n_merges, tie_break=tie_break, progress=mbar.update)
-    tok = BPETokenizer.from_merges(merges, pattern, SPECIAL_TOKENS, name=f"bpe-{vocab_size}")
-    return tok, {"merges": len(merges), "train_bytes": trained, "chunks": len(counts),
+    return tok, {"merges": len(tok.merges), "train_bytes": trained, "chunks": chunks,
                  "seconds": time.perf_counter() - t0}

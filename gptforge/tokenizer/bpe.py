@@ -127,12 +127,6 @@ def training_settings(vocab_size: int, pattern: str, n_special: int) -> tuple[st
     return pattern, n_merges
 
 
-def coverage_error(pattern: str, e: ValueError) -> UserError:
-    """The UserError for a split ``pattern`` whose matches skip text (``e`` says where)."""
-    return UserError(f"split pattern {pattern!r} does not cover the text: {e}; a split pattern "
-                     "must match every character (end it with an alternative such as |\\s+|.)")
-
-
 def bpe_encode_chunk(piece: bytes, ranks: dict[bytes, int]) -> list[int]:
     """Reference BPE for one pre-split chunk, by tiktoken's rule (lowest-rank pair first).
 
@@ -247,23 +241,11 @@ class BPETokenizer(Tokenizer):
                 invalid pattern, one with a capturing group or one that does not match every
                 character of ``texts``, or an unknown ``tie_break``.
         """
-        pattern, n_merges = training_settings(vocab_size, pattern, len(special_tokens))
-        if tie_break not in TIE_BREAKS:
-            raise UserError(f"tie_break must be one of {', '.join(TIE_BREAKS)}, not {tie_break!r}")
         from tqdm import tqdm
 
-        if isinstance(texts, str):
-            texts = [texts]
-        texts = tqdm(texts, desc="splitting", unit=" texts", disable=not progress, leave=False)
-        try:
-            counts = count_chunks(texts, pattern)
-        except UserError:
-            raise
-        except ValueError as e:
-            raise coverage_error(pattern, e) from None
-        with tqdm(total=n_merges, desc="merging", unit=" merges", disable=not progress, leave=False) as bar:
-            merges = train_merges(counts, n_merges, tie_break=tie_break, progress=bar.update)
-        return cls.from_merges(merges, pattern, special_tokens, name=f"bpe-{vocab_size}")
+        texts = tqdm([texts] if isinstance(texts, str) else texts, desc="splitting", unit=" texts",
+                     disable=not progress, leave=False)
+        return train_bpe(texts, vocab_size, pattern, special_tokens, tie_break, progress)[0]
 
     # --- the Tokenizer interface ------------------------------------------------------------
     @property
@@ -412,3 +394,24 @@ class BPETokenizer(Tokenizer):
         return (f"BPETokenizer(name={self.name!r}, vocab_size={self.vocab_size}, "
                 f"special_tokens={len(self.special_tokens)})")
 
+
+def train_bpe(texts: Iterable[str], vocab_size: int, pattern: str = "gpt4",
+              special_tokens: Sequence[str] = SPECIAL_TOKENS, tie_break: str = "rustbpe",
+              progress: bool = False) -> tuple[BPETokenizer, int]:
+    """``BPETokenizer.train`` on an iterable of texts (no progress bar of its own over them), and the
+    number of distinct pre-split chunks it counted (0: there was no text). Raises as ``train``."""
+    from tqdm import tqdm
+
+    pattern, n_merges = training_settings(vocab_size, pattern, len(special_tokens))
+    if tie_break not in TIE_BREAKS:
+        raise UserError(f"tie_break must be one of {', '.join(TIE_BREAKS)}, not {tie_break!r}")
+    try:
+        counts = count_chunks(texts, pattern)
+    except UserError:  # a bad corpus, raised while reading: already says what is wrong
+        raise
+    except ValueError as e:
+        raise UserError(f"split pattern {pattern!r} does not cover the text: {e}; a split pattern "
+                        "must match every character (end it with an alternative such as |\\s+|.)") from None
+    with tqdm(total=n_merges, desc="merging", unit=" merges", disable=not progress, leave=False) as bar:
+        merges = train_merges(counts, n_merges, tie_break=tie_break, progress=bar.update)
+    return BPETokenizer.from_merges(merges, pattern, special_tokens, name=f"bpe-{vocab_size}"), len(counts)
