@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gptforge.data import shakespeare
 from gptforge.errors import UserError
 from gptforge.tokenizer.train import fix_surrogates
 
@@ -95,8 +96,6 @@ class Corpus:
     def total_bytes(self) -> int:
         """Bytes to read (for progress bars)."""
         if self.builtin:
-            from gptforge.data import shakespeare
-
             return shakespeare.SIZE_BYTES
         return sum(_parquet_text_bytes(p, self.text_column) if p.suffix == ".parquet" else p.stat().st_size
                    for p in self.sources)
@@ -126,8 +125,6 @@ class Corpus:
                 on_bytes(len(b))
 
         if self.builtin:
-            from gptforge.data import shakespeare
-
             for name, text in shakespeare.plays("all"):
                 consumed(text.encode("utf-8"))
                 yield Piece("val" if name in shakespeare.VAL_PLAYS else "train", text, True)
