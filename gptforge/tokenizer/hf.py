@@ -28,8 +28,7 @@ from gptforge.tokenizer.train import bytes_to_unicode
 @cache
 def byte_chars() -> list[str]:
     """The 256 printable characters byte-level BPE shows bytes 0..255 as (GPT-2's ``bytes_to_unicode``)."""
-    table = bytes_to_unicode()
-    return [table[b] for b in range(256)]
+    return list(bytes_to_unicode().values())  # in byte order
 
 
 def token_str(b: bytes) -> str:

@@ -68,14 +68,8 @@ def bytes_to_unicode() -> dict[int, str]:
     map to U+0100 onwards in byte order. Hugging Face's ``ByteLevel`` uses the same map.
     """
     keep = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + list(range(0xAE, 0x100))
-    out, n = {}, 0
-    for b in range(256):
-        if b in keep:
-            out[b] = chr(b)
-        else:
-            out[b] = chr(256 + n)
-            n += 1
-    return out
+    moved = [b for b in range(256) if b not in keep]
+    return {b: chr(b) if b in keep else chr(256 + moved.index(b)) for b in range(256)}
 
 
 def _base_order(tie_break: str) -> list[int]:
@@ -85,10 +79,7 @@ def _base_order(tie_break: str) -> list[int]:
     if tie_break == "hf":
         chars = bytes_to_unicode()
         by_char = sorted(range(256), key=lambda b: ord(chars[b]))  # BpeTrainer sorts its alphabet
-        order = [0] * 256
-        for i, b in enumerate(by_char):
-            order[b] = i
-        return order
+        return [by_char.index(b) for b in range(256)]
     raise ValueError(f"tie_break must be one of {TIE_BREAKS}, not {tie_break!r}")
 
 
@@ -217,9 +208,7 @@ def train_merges(
 
     if tie_break == "rustbpe":
         return merges
-    inverse = [0] * 256
-    for b, i in enumerate(order):
-        inverse[i] = b
+    inverse = sorted(range(256), key=order.__getitem__)  # id -> byte
     return [(inverse[a] if a < 256 else a, inverse[b] if b < 256 else b) for a, b in merges]
 
 
