@@ -54,10 +54,7 @@ def read_rank_file(path: str | os.PathLike) -> dict[bytes, int]:
         raise UserError(f"{p}: corrupt gzip rank file ({e})") from None
     ranks: dict[bytes, int] = {}
     seen: set[int] = set()
-    lines = raw.split(b"\n")
-    if lines and lines[-1] == b"":
-        lines.pop()
-    for n, line in enumerate(lines, 1):
+    for n, line in enumerate(raw.splitlines(), 1):
         try:
             tok, rank = line.split()
             b, r = base64.b64decode(tok, validate=True), int(rank)
