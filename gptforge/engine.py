@@ -460,8 +460,7 @@ def generate_stream(model: torch.nn.Module, prompts: Sequence[Sequence[int]], ma
     Raises:
         UserError: empty prompt or sampling settings out of range.
     """
-    device = next(model.parameters()).device
-    rows = make_rows(prompts, max_new_tokens, device=device, **kwargs)
+    rows = make_rows(prompts, max_new_tokens, device=next(model.parameters()).device, **kwargs)
     yield from decode(model, prompts, rows, use_cache)
 
 
