@@ -293,9 +293,8 @@ class Tokenizer:
             self.vocab = [base64.b64decode(b) for b in d["vocab"]]
             self.ranks = {b: i for i, b in enumerate(self.vocab)}
             self.split = split_function(d["pattern"])
-        for s, i in self.special.items():  # i < the model's vocab_size: the loop is bounded by the file
-            while len(self.vocab) <= i:
-                self.vocab.append(b"")
+        for s, i in self.special.items():  # i < the model's vocab_size: bounded by the file
+            self.vocab += [b""] * (i + 1 - len(self.vocab))
             self.vocab[i] = s.encode("utf-8")
 
     def _bpe(self, chunk: bytes) -> list[int]:

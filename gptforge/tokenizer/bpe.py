@@ -307,11 +307,8 @@ class BPETokenizer(Tokenizer):
 
     def reference_encode_ordinary(self, text: str) -> list[int]:
         """``encode_ordinary`` in plain Python (``bpe_encode_chunk`` per chunk): slow, for tests."""
-        ids: list[int] = []
-        for m in self._regex.finditer(fix_surrogates(text)):  # whole matches, as tiktoken
-            chunk = m.group()
-            ids.extend(bpe_encode_chunk(chunk.encode("utf-8"), self.ranks))
-        return ids
+        chunks = self._regex.finditer(fix_surrogates(text))  # whole matches, as tiktoken
+        return [i for m in chunks for i in bpe_encode_chunk(m.group().encode("utf-8"), self.ranks)]
 
     def reference_encode(self, text: str, allowed_special: AllowedSpecial = (),
                          disallowed_special: DisallowedSpecial = "all") -> list[int]:
