@@ -21,7 +21,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from gptforge.arena.store import VoteStore
+from gptforge.arena.store import WINNER, VoteStore
 from gptforge.chat.render import render_for_completion
 from gptforge.errors import UserError
 from gptforge.eval.chat import MAX_NEW, generate_replies, reply_correct, task_items, text_of
@@ -71,8 +71,7 @@ def run_auto(models: dict[str, tuple[torch.nn.Module, object]], tasks: Sequence[
             model, tok = models[m]
             prompts = [render_for_completion([{"role": "user", "content": q}], tok) for q, _ in items]
             out = generate_replies(model, tok, prompts, max_new, batch_size=batch_size,
-                                   temperature=temperature,
-                                   seed=seed)
+                                   temperature=temperature, seed=seed)
             replies[m] = [parts or [{"type": "text", "text": ""}] for parts, _ in out]
             right[m] = [reply_correct(task, parts, ref)
                         for (parts, _), (_, ref) in zip(out, items, strict=True)]
@@ -99,8 +98,6 @@ def run_auto(models: dict[str, tuple[torch.nn.Module, object]], tasks: Sequence[
                     bid = store.create_battle(ORACLE, q, a, b, replies[a][i], replies[b][i],
                                               {**sampling, "max_new_tokens": max_new}, meta)
                     store.record_vote(bid, ORACLE, vote)
-                battles.append({"model_a": a, "model_b": b, "task": task,
-                                "winner": {"a": "model_a", "b": "model_b", "tie": "tie",
-                                           "bothbad": "tie (bothbad)"}[vote],
+                battles.append({"model_a": a, "model_b": b, "task": task, "winner": WINNER[vote],
                                 "reply_a": text_of(replies[a][i]), "reply_b": text_of(replies[b][i])})
     return {"battles": battles, "accuracy": accuracy, "ci95": intervals, "paired": paired, "n": n}

@@ -148,21 +148,19 @@ def win_matrix(a: np.ndarray, b: np.ndarray, score: np.ndarray, n_models: int,
     return W
 
 
-def fit_bt(W: np.ndarray, l2: float | None = None, tol: float = 1e-10, max_iter: int = 100) -> np.ndarray:
+def fit_bt(W: np.ndarray) -> np.ndarray:
     """Bradley-Terry strengths beta (M,) float64, mean 0, natural-log units (R = 400 / ln 10 * beta),
     maximising sum_ij W[i, j] * log sigmoid(beta_i - beta_j) - l2 / 2 * |beta|^2.
 
     Newton's method: the negative log-likelihood is convex; its Hessian is singular along the
     all-ones direction (only differences matter), so the step solves (H + 11^T / M) d = -g, which
-    leaves the mean of beta at 0 since g sums to zero. ``l2`` defaults to ``L2`` times the battles.
+    leaves the mean of beta at 0 since g sums to zero. ``l2`` is ``L2`` times the battles.
     """
-    M = len(W)
-    if l2 is None:
-        l2 = L2 * W.sum()
+    M, l2 = len(W), L2 * W.sum()
     N = W + W.T  # battles between i and j
     beta = np.zeros(M)
     ones = np.full((M, M), 1.0 / M)
-    for _ in range(max_iter):
+    for _ in range(100):
         p = 1.0 / (1.0 + np.exp(-(beta[:, None] - beta[None, :])))  # P(i beats j)
         # gradient of the log-likelihood: observed wins minus expected wins, per model
         g = (W - N * p).sum(axis=1) - l2 * beta
@@ -174,7 +172,7 @@ def fit_bt(W: np.ndarray, l2: float | None = None, tol: float = 1e-10, max_iter:
             step = step / 2
         beta = beta + step
         beta -= beta.mean()
-        if np.abs(g).max() < tol * max(1.0, W.sum()):
+        if np.abs(g).max() < 1e-10 * max(1.0, W.sum()):
             break
     return beta
 
@@ -215,16 +213,15 @@ def bootstrap(battles: Sequence[dict], rounds: int = 1000, seed: int = 0, anchor
     return models, out
 
 
-def online_elo(battles: Iterable[dict], k: float = K_ELO, base: float = BASE, scale: float = SCALE,
-               init: float = INIT) -> dict[str, float]:
+def online_elo(battles: Iterable[dict]) -> dict[str, float]:
     """Online Elo {model: points} after the battles in the order given (LMSYS ``compute_online_elo``)."""
     rating: dict[str, float] = {}
     for b in battles:
-        ra, rb = rating.setdefault(b["model_a"], init), rating.setdefault(b["model_b"], init)
-        ea = 1.0 / (1.0 + base ** ((rb - ra) / scale))
+        ra, rb = rating.setdefault(b["model_a"], INIT), rating.setdefault(b["model_b"], INIT)
+        ea = 1.0 / (1.0 + BASE ** ((rb - ra) / SCALE))
         sa = 1.0 if b["winner"] == "model_a" else 0.0 if b["winner"] == "model_b" else 0.5
-        rating[b["model_a"]] = ra + k * (sa - ea)
-        rating[b["model_b"]] = rb + k * ((1.0 - sa) - (1.0 - ea))
+        rating[b["model_a"]] = ra + K_ELO * (sa - ea)
+        rating[b["model_b"]] = rb + K_ELO * ((1.0 - sa) - (1.0 - ea))
     return rating
 
 

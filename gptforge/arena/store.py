@@ -160,10 +160,7 @@ class VoteStore:
             db.execute("BEGIN IMMEDIATE")  # take the write lock before reading: no lost race
             try:
                 row = db.execute("SELECT session_id, vote FROM battles WHERE id = ?", (battle_id,)).fetchone()
-                if row is None:
-                    raise BattleError("unknown", f"battle {battle_id!r}: no such battle")
-                if row["session_id"] != session_id:
-                    raise BattleError("forbidden", f"battle {battle_id!r} belongs to another session")
+                _own(row, battle_id, session_id)
                 if row["vote"] is not None:
                     raise BattleError("voted", f"battle {battle_id!r} has already been voted on "
                                                f"({row['vote']})")
@@ -191,11 +188,7 @@ class VoteStore:
         """
         with self._connect() as db:
             r = db.execute("SELECT * FROM battles WHERE id = ?", (battle_id,)).fetchone()
-        if r is None:
-            raise BattleError("unknown", f"battle {battle_id!r}: no such battle")
-        if r["session_id"] != session_id:
-            raise BattleError("forbidden", f"battle {battle_id!r} belongs to another session")
-        return self._row(r)
+        return self._row(_own(r, battle_id, session_id))
 
     def battles(self, voted_only: bool = True) -> list[dict]:
         """Every battle (voted ones only by default), oldest first. For offline analysis: it
@@ -226,6 +219,15 @@ class VoteStore:
                         "chosen": [{"role": "assistant", "content": b[win]}],
                         "rejected": [{"role": "assistant", "content": b[lose]}]})
         return out
+
+
+def _own(row: sqlite3.Row | None, battle_id: str, session_id: str) -> sqlite3.Row:
+    """``row`` of battle ``battle_id``, when it exists and belongs to ``session_id``; else BattleError."""
+    if row is None:
+        raise BattleError("unknown", f"battle {battle_id!r}: no such battle")
+    if row["session_id"] != session_id:
+        raise BattleError("forbidden", f"battle {battle_id!r} belongs to another session")
+    return row
 
 
 def is_sqlite(path: str | Path) -> bool:

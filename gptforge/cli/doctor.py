@@ -14,22 +14,17 @@ the loss gets logits, not probabilities; dropout on in train mode only, eval det
 between steps; batches vary; targets are the next tokens; train/val overlap; lr and batch size for the
 model size; tokenizer round trip; chat special tokens (SFT). Exit status 1 when a check FAILs.
 
-examples:
-  gptforge doctor --config big.toml --data data/mine
-  gptforge doctor --run runs/speedrun-cpu-20250101-120000/pretrain
-  gptforge doctor --run runs/sft
+example: gptforge doctor --config big.toml --data data/mine
 """
 
 
 def register(sub: argparse._SubParsersAction, help: str) -> None:
     p = sub.add_parser("doctor", help=help, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Run the training checklist for real, on the CPU, in about a minute: "
-                                   "each check PASS / WARN / FAIL with a one-line reason. Flags override "
-                                   "the config.")
+                       description="Each check PASS / WARN / FAIL with a one-line reason, on the CPU, in "
+                                   "about a minute. Flags override the config.")
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--config", metavar="FILE.toml",
-                   help="a config before any training (as `pretrain --config`)")
+    g.add_argument("--config", metavar="FILE.toml", help="a config before any training (as pretrain's)")
     g.add_argument("--run", metavar="RUN_DIR", help="the config of a run (pretraining or SFT)")
     add_model_flag(p)
     add_config_flags(p, TrainConfig, skip=("device", "progress", "out"))

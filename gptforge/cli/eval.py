@@ -19,37 +19,28 @@ tasks (comma-separated):
   NAME            a CORE task (arc_easy, piqa, lambada_openai, ...) or a chat task (gsm8k, ...);
                   core:NAME / chat:NAME pick one form of a name both have (chat:arc_easy)
 
-examples:
-  gptforge eval --ckpt runs/speedrun/pretrain --tasks core --limit 200
+example:
   gptforge eval --ckpt runs/speedrun/sft --tasks chat,bpb --limit 100
-  gptforge eval --ckpt hf-folder --tokenizer r50k_base.tiktoken --tasks arc_easy,piqa --shots 0
 """
 
 
 def register(sub: argparse._SubParsersAction, help: str) -> None:
-    e = sub.add_parser(
-        "eval", help=help, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Evaluate a checkpoint: multiple-choice, schema and language-modelling tasks scored "
-                    "by log-likelihood (CORE), chat tasks by the model's replies, bits per byte. Prints "
-                    "a table (each accuracy with its 95% Wilson interval) and writes every figure to a "
-                    "JSON file, with per-item correctness for paired comparisons.")
-    e.add_argument("--ckpt", required=True,
-                   help="run or checkpoint directory, or a Hugging Face folder "
-                        "(config.json + model.safetensors)")
+    e = sub.add_parser("eval", help=help, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description="Prints a table (accuracies with 95% Wilson intervals) and writes "
+                                   "every figure, per-item correctness too, to a JSON file.")
+    e.add_argument("--ckpt", required=True, help="run or checkpoint directory, or a Hugging Face folder "
+                                                "(config.json + model.safetensors)")
     e.add_argument("--which", choices=["latest", "best"], default="best",
                    help="checkpoint of a run directory (default best, falling back to latest)")
-    e.add_argument("--tokenizer", help="for a Hugging Face folder: a gptforge tokenizer.json, an OpenAI rank "
-                                       "file (.tiktoken) or an encoding name (cl100k_base, o200k_base)")
+    e.add_argument("--tokenizer", help="for a Hugging Face folder: tokenizer.json, .tiktoken, encoding name")
     e.add_argument("--tasks", default="core", help="what to run (see below; default core)")
     e.add_argument("--limit", type=int, metavar="N", help="items per task (default: all)")
     e.add_argument("--shots", type=int, metavar="K", help="few-shot examples for every CORE task "
                                                          "(default: each task's own count)")
     e.add_argument("--data", help="bpb: a shard directory (its val split) or a UTF-8 text file")
     e.add_argument("--eval-data", metavar="DIR",
-                   help="evaluation data folder (default: $GPTFORGE_DATA or ~/.cache/gptforge/evals, filled "
-                        "by `gptforge data evals`, else ../shared/data/evals beside the repository)")
-    e.add_argument("--out", help="JSON file to write (default: eval.json in the run directory, or a new "
-                                 "eval-DATE-TIME.json there when eval.json exists: it is never replaced)")
+                   help="evaluation data folder (default: where `gptforge data evals` puts it)")
+    e.add_argument("--out", help="JSON to write (default: the run's eval.json, else eval-DATE-TIME.json)")
     e.add_argument("--examples", action="store_true", help="also write per-example records to the JSON")
     e.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
     e.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -64,19 +55,11 @@ def load_model(ckpt: str, which: str, tokenizer: str | None, device: str):
     if (p / "model.safetensors").is_file() and (p / "config.json").is_file():  # gptforge's have trainer.json
         from gptforge.models.hf import from_hf
         from gptforge.tokenizer import load_tokenizer
-        from gptforge.tokenizer.openai import load_rank_file, openai_tokenizer
 
         if tokenizer is None:
             raise UserError(f"{p} is a Hugging Face folder: say which tokenizer it uses with --tokenizer "
                             "(a tokenizer.json or an encoding name such as gpt2)")
-        if tokenizer.endswith(".tiktoken"):  # an OpenAI rank file
-            tok = load_rank_file(tokenizer)
-        elif Path(tokenizer).is_file():
-            tok = load_tokenizer(tokenizer)
-        else:
-            tok = openai_tokenizer(tokenizer)
-        model = from_hf(p).to(check_device(device)).eval()
-        return model, tok, None
+        return from_hf(p).to(check_device(device)).eval(), load_tokenizer(tokenizer), None
     if tokenizer is not None:
         raise UserError("--tokenizer is for Hugging Face folders; a gptforge checkpoint carries its own")
     model, tok, state = load_for_inference(ckpt, which, device)
@@ -136,8 +119,7 @@ def new_file(path: Path) -> Path:
 class _Progress:
     """One tqdm bar per task (items done / total, with ETA) on stderr."""
 
-    def __init__(self):
-        self.task, self.bar = None, None
+    task, bar = None, None
 
     def update(self, task: str, done: int, total: int) -> None:
         from tqdm import tqdm
@@ -148,7 +130,6 @@ class _Progress:
             # count only what follows it
             self.task, self.bar = task, tqdm(total=total, initial=done, desc=task, unit="req",
                                              file=sys.stderr, dynamic_ncols=True, leave=False)
-            return
         self.bar.total = total
         self.bar.update(done - self.bar.n)
 

@@ -6,22 +6,19 @@ import argparse
 import sys
 
 EPILOG = """\
-outputs in --out: index.html (open it in any browser: tokens coloured by loss), explore.json (summary,
-the shown units with per-token losses), units.jsonl (every unit, highest loss first, with its flags).
+outputs in --out: index.html (tokens coloured by loss), explore.json (summary, the shown units),
+units.jsonl (every unit, highest loss first, with its flags).
 
-examples:
-  gptforge explore --ckpt runs/speedrun-cpu-.../pretrain --corpus shakespeare --out explore/
-  gptforge explore --ckpt runs/base --data data/mine --split val --out explore-val/
-  gptforge explore --ckpt runs/sft --sft-data chats.jsonl --out explore-sft/
+example: gptforge explore --ckpt runs/base --data data/mine --split val --out explore-val/
 """
 
 
 def register(sub: argparse._SubParsersAction, help: str) -> None:
     p = sub.add_parser("explore", help=help, epilog=EPILOG,
                        formatter_class=argparse.RawDescriptionHelpFormatter,
-                       description="Loss per document (per window of long documents) in bits per byte, "
-                                   "sorted both ways, with flags: exact and near duplicates (MinHash), "
-                                   "high-entropy strings (hashes, base64, ids), unusual characters.")
+                       description="Loss per document (or window) in bits per byte, sorted both ways, with "
+                                   "flags: duplicates, near duplicates, high-entropy strings, unusual "
+                                   "characters.")
     p.add_argument("--ckpt", required=True, help="run or checkpoint directory (best, else latest)")
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--corpus", help="a corpus: shakespeare, a .txt or .jsonl file, a directory or a glob")

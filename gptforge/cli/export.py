@@ -10,13 +10,9 @@ DTYPES = {"bin": ("float32", "bfloat16"), "hf": ("float32",), "gguf": ("float32"
 
 
 def register(sub: argparse._SubParsersAction, help: str) -> None:
-    e = sub.add_parser(
-        "export", help=help,
-        description="Write a checkpoint for another runner. bin: one self-describing file (JSON header, "
-                    "weights, tokenizer) that `python -m gptforge.run` runs with nothing but numpy. "
-                    "hf: a Hugging Face folder (safetensors, config.json, tokenizer.json, chat template) "
-                    "that transformers loads with no gptforge code. gguf: one file for llama.cpp and "
-                    "Ollama (gpt2 preset only).")
+    e = sub.add_parser("export", help=help,
+                       description="bin: one file `python -m gptforge.run` runs with numpy alone; hf: a "
+                                   "folder transformers loads; gguf: for llama.cpp, Ollama (gpt2 preset).")
     e.add_argument("--ckpt", required=True, help="run directory or checkpoint directory")
     e.add_argument("--which", choices=["latest", "best"], default="best")
     e.add_argument("--format", choices=list(DTYPES), default="bin")

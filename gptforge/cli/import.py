@@ -7,12 +7,9 @@ import argparse
 
 
 def register(sub: argparse._SubParsersAction, help: str) -> None:
-    p = sub.add_parser(
-        "import", help=help,
-        description="Turn a local Hugging Face model folder (GPT2LMHeadModel, e.g. GPT-2, or "
-                    "NanoChatForCausalLM; safetensors weights) into a gptforge run directory: one checkpoint "
-                    "with its tokenizer, which sample, chat, serve, eval, export and sft --ckpt take. "
-                    "Nothing is downloaded.")
+    p = sub.add_parser("import", help=help,
+                       description="A local Hugging Face folder (GPT2LMHeadModel, NanoChatForCausalLM) as a "
+                                   "run directory that sample, chat, serve, eval, export, sft --ckpt take.")
     p.add_argument("source", help="Hugging Face model folder (config.json + model.safetensors)")
     p.add_argument("--out", required=True, help="new run directory")
     p.add_argument("--tokenizer", default=None,

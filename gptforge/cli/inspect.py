@@ -8,22 +8,14 @@ import sys
 from gptforge.cli.flags import add_config_flags, add_model_flag
 from gptforge.train.config import TrainConfig
 
-EPILOG = """\
-examples:
-  gptforge inspect batch --run runs/speedrun-cpu-.../pretrain --step 100
-  gptforge inspect batch --run runs/sft --step 0 --rows 2 --html batch.html
-  gptforge inspect batch --config big.toml --data data/mine --step 0
-"""
-
 
 def register(sub: argparse._SubParsersAction, help: str) -> None:
     p = sub.add_parser("inspect", help=help, description=help)
     what = p.add_subparsers(dest="what", metavar="WHAT", required=True)
     b = what.add_parser("batch", help="the batch of one training step",
-                        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
+                        epilog="example: gptforge inspect batch --run runs/sft --step 0 --html b.html",
                         description="Recompute and decode the micro-batch the trainer feeds at optimizer "
-                                    "step N (batches are a pure function of the config and the step). In SFT "
-                                    "batches the trained targets are marked (green, or between ⟦ ⟧).")
+                                    "step N; SFT's trained targets are marked (green, or between ⟦ ⟧).")
     g = b.add_mutually_exclusive_group(required=True)
     g.add_argument("--config", metavar="FILE.toml", help="a config, before any training")
     g.add_argument("--run", metavar="RUN_DIR", help="a run directory (pretraining or SFT)")

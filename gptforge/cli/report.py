@@ -8,12 +8,9 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction, help: str) -> None:
-    r = sub.add_parser(
-        "report", help=help,
-        description="Compare runs side by side: training figures from each run's metrics.jsonl, and task "
-                    "accuracies, CORE and ChatCORE from its eval.json (written by gptforge eval). "
-                    "Prints markdown and writes it with a PNG of loss curves and accuracies.",
-        epilog="example: gptforge report runs/speedrun/pretrain runs/speedrun/sft --out compare.md")
+    r = sub.add_parser("report", help=help, epilog="example: gptforge report runs/x/pretrain runs/x/sft",
+                       description="Training figures (metrics.jsonl) and accuracies (eval.json) of runs side "
+                                   "by side: markdown, and a PNG of loss curves and accuracies beside it.")
     r.add_argument("runs", nargs="+", metavar="RUN", help="run directories")
     r.add_argument("--out", default="report.md", help="markdown file to write (default report.md); the PNG "
                                                        "goes beside it with the same name")

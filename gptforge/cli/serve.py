@@ -16,17 +16,9 @@ SHUTDOWN_TIMEOUT_S = 5
 def register(sub: argparse._SubParsersAction, help: str) -> None:
     p = sub.add_parser(
         "serve", help=help, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Serve models over HTTP with OpenAI's Chat Completions and Completions protocols\n"
-                    "(POST /v1/chat/completions, POST /v1/completions, GET /v1/models, GET /health) and a\n"
-                    "chat page at /. Concurrent requests to a model are decoded together (continuous\n"
-                    "batching).\n"
-                    "With two or more chat models (runs finetuned on conversations: SFT, DPO), /arena runs\n"
-                    "blind battles between them and stores the votes in --arena-db; /arena/leaderboard\n"
-                    "shows their ratings.",
-        epilog="examples:\n  gptforge serve --ckpt runs/sft                      # model name: sft\n"
-               "  gptforge serve --ckpt chat=runs/sft --ckpt base=runs/pretrain --port 8080\n"
-               "  gptforge serve --ckpt sft=runs/sft --ckpt dpo=runs/dpo --arena-db votes.db   # /arena\n"
-               "then open http://127.0.0.1:8000/ or point an OpenAI client at http://127.0.0.1:8000/v1")
+        description="OpenAI's Chat Completions and Completions protocols (/v1), a chat page at / and, with\n"
+                    "two or more chat models (SFT, DPO runs), blind battles at /arena (README: Serving).",
+        epilog="example:\n  gptforge serve --ckpt chat=runs/sft --ckpt base=runs/pretrain --port 8080")
     p.add_argument("--ckpt", action="append", required=True, metavar="[NAME=]DIR",
                    help="run or checkpoint directory to serve, optionally named (default name: the "
                         "directory's name); repeatable")
@@ -37,17 +29,13 @@ def register(sub: argparse._SubParsersAction, help: str) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default 8000)")
     p.add_argument("--api-key", default=None, help="require the header Authorization: Bearer KEY on /v1")
     p.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
-                   help="with a loopback --host, also answer requests for this Host name (e.g. a name "
-                        "in /etc/hosts or a proxy's); repeatable, * for any. Other names get 403, which "
-                        "stops DNS-rebinding pages")
+                   help="with a loopback --host, also serve this Host name (repeatable, * for any; else 403)")
     p.add_argument("--allowed-origin", action="append", default=[], metavar="ORIGIN",
-                   help="let web pages of this origin (e.g. https://example.com) call the server "
-                        "(CORS); repeatable, * for any. Other sites' pages get 403")
+                   help="let web pages of this origin call the server (CORS; repeatable, * for any)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or mps (default cpu)")
     p.add_argument("--arena-db", default=None, metavar="FILE",
-                   help="SQLite file for the arena's votes; turns the arena on (/arena battles need two "
-                        "or more chat models, /arena/leaderboard reads the file). Default: arena.db in the "
-                        "current folder when two or more chat models (finetuned runs) are served")
+                   help="SQLite file of the arena's votes; turns the arena on (default: arena.db here when "
+                        "two or more chat models are served)")
     add_config_flags(p, Limits)
     p.set_defaults(func=run)
 

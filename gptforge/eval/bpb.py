@@ -51,12 +51,11 @@ def windows(tokens: np.ndarray, T: int, B: int, device) -> Iterator[tuple[torch.
         yield x.to(device), y.to(device)
 
 
-def bpb_tokens(model: torch.nn.Module, tokens: np.ndarray, token_bytes: np.ndarray, batch_size: int = 8,
-               amp=None) -> dict:
+def bpb_tokens(model: torch.nn.Module, tokens: np.ndarray, token_bytes: np.ndarray, batch_size: int = 8
+               ) -> dict:
     """Bits per byte of ``model`` on the 1-D id array ``tokens``.
 
     token_bytes: (vocab_size,) UTF-8 bytes per id (``Tokenizer.token_bytes()``; 0 for special tokens).
-    amp: an autocast context for the forward passes (None: the model's own dtype).
     Returns {"bpb": bits/byte, "loss": nats/token over every scored target, "tokens": targets scored,
     "bytes": UTF-8 bytes of the scored text targets, "seconds"}.
     """
@@ -66,7 +65,7 @@ def bpb_tokens(model: torch.nn.Module, tokens: np.ndarray, token_bytes: np.ndarr
     tb = torch.as_tensor(np.asarray(token_bytes, dtype=np.int64), device=device)
     n = max(len(tokens) - 1, 0)
     batches = windows(tokens, T, batch_size, device)
-    loss, bpb = evaluate(model, batches, tb, amp or nullcontext(), _OneProcess())
+    loss, bpb = evaluate(model, batches, tb, nullcontext(), _OneProcess())  # in the model's own dtype
     nbytes = int(tb[torch.as_tensor(np.asarray(tokens[1:], dtype=np.int64), device=device)].sum()) if n else 0
     return {"bpb": bpb, "loss": loss, "tokens": n, "bytes": nbytes, "seconds": time.perf_counter() - t0}
 
@@ -77,12 +76,10 @@ def _check_vocab(model: torch.nn.Module, tok, what: str) -> None:
                         f"{model.config.vocab_size}; evaluate with the tokenizer the model was trained with")
 
 
-def bpb_shards(model: torch.nn.Module, shard_dir: str | Path, split: str = "val", tok=None,
-               max_tokens: int | None = None, batch_size: int = 8, amp=None) -> dict:
+def bpb_shards(model: torch.nn.Module, shard_dir: str | Path, split: str = "val", tok=None) -> dict:
     """Bits per byte on split ``split`` ("train" or "val") of a shard directory (gptforge.data.shards).
 
     tok: the model's tokenizer; when given, the shards must have been made with it (sha256 checked).
-    max_tokens: score only the first max_tokens + 1 tokens of the split (None: all of it).
     Returns `bpb_tokens`'s dict plus "split".
 
     Raises:
@@ -95,14 +92,12 @@ def bpb_shards(model: torch.nn.Module, shard_dir: str | Path, split: str = "val"
     shard_tok = shards.tokenizer()
     _check_vocab(model, shard_tok, str(shard_dir))
     tokens = shards.tokens(split)
-    if max_tokens is not None:
-        tokens = tokens[:max_tokens + 1]
     if len(tokens) < 2:
         raise UserError(f"{shard_dir}: the {split} split holds {len(tokens)} tokens; nothing to score")
-    return {**bpb_tokens(model, tokens, shard_tok.token_bytes(), batch_size, amp), "split": split}
+    return {**bpb_tokens(model, tokens, shard_tok.token_bytes()), "split": split}
 
 
-def bpb_text(model: torch.nn.Module, tok, path: str | Path, batch_size: int = 8, amp=None) -> dict:
+def bpb_text(model: torch.nn.Module, tok, path: str | Path, batch_size: int = 8) -> dict:
     """Bits per byte on a UTF-8 text file, tokenized with ``tok`` (special-token strings as plain text).
 
     Returns `bpb_tokens`'s dict; "bytes" is the file's size.
@@ -126,7 +121,7 @@ def bpb_text(model: torch.nn.Module, tok, path: str | Path, batch_size: int = 8,
     ids = ([] if tok.eot_id is None else [tok.eot_id]) + tok.encode_ordinary(text)
     if len(ids) < 2:
         raise UserError(f"{p}: too little text to score")
-    out = bpb_tokens(model, np.asarray(ids, dtype=np.int64), tok.token_bytes(), batch_size, amp)
+    out = bpb_tokens(model, np.asarray(ids, dtype=np.int64), tok.token_bytes(), batch_size)
     # a split pattern that misses characters makes tiktoken drop them silently: the byte count shows it
     if tok.eot_id is not None and out["bytes"] != len(text.encode("utf-8")):
         raise UserError(f"{p}: the tokenizer drops text ({len(text.encode('utf-8'))} bytes encode to "

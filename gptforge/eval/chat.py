@@ -86,8 +86,6 @@ LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 Progress = Callable[[str, int, int], None]  # (task, items done, items in the task)
 
 
-
-
 # ---------------------------------------------------------------------------------------------
 # answers: extraction and comparison
 
@@ -140,10 +138,6 @@ def reply_parts(ids: Sequence[int], tok: Tokenizer) -> list[dict]:
 # ---------------------------------------------------------------------------------------------
 # model calls
 
-def _device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 @torch.inference_mode()
 def choose_letters(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
                    letter_ids: Sequence[Sequence[int]]) -> list[int]:
@@ -159,7 +153,7 @@ def choose_letters(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
     block = model.config.block_size
     rows = [list(p)[-block:] for p in prompts]
     T = max(len(r) for r in rows)
-    idx = torch.zeros((len(rows), T), dtype=torch.long, device=_device(model))
+    idx = torch.zeros((len(rows), T), dtype=torch.long, device=next(model.parameters()).device)
     for i, r in enumerate(rows):  # right padding: a causal model's earlier positions never see it
         idx[i, : len(r)] = torch.tensor(r, dtype=torch.long)
     logits, _ = model(idx)  # (B, T, V)
@@ -214,6 +208,12 @@ def _read_jsonl(path: Path, task: str) -> list[dict]:
         raise UserError(f"{path}: not readable as JSON lines ({e})") from None
 
 
+def _gsm8k_items(rows: list[dict]) -> list[tuple[str, str]]:
+    """(question, reference number) of GSM8K rows: the number after the answer's last ``#### ``."""
+    return [(r["question"].strip(), r["answer"].rpartition("#### ")[2].strip().replace(",", ""))
+            for r in rows]
+
+
 def mc_question(query: str, choices: Sequence[str]) -> str:
     """The user turn of a lettered multiple-choice item."""
     question = query.removeprefix("Question:").strip()
@@ -250,9 +250,7 @@ def task_items(task: str, n: int, data_dir: str | Path | None = None) -> list[tu
         return [(q, a) for q, a, _ in _tool_items(task, n)]
     if task == "gsm8k":
         root = Path(data_dir) if data_dir is not None else default_data_dir()
-        rows = _read_jsonl(root / FILES[task], task)[:n]
-        return [(r["question"].strip(), r["answer"].rpartition("#### ")[2].strip().replace(",", ""))
-                for r in rows]
+        return _gsm8k_items(_read_jsonl(root / FILES[task], task)[:n])
     raise UserError(f"task {task!r} has no numeric answers (choose from arithmetic, letter_count, gsm8k)")
 
 
@@ -401,9 +399,8 @@ def _evaluate_task(model, tok, task, rows, limit, progress, out_dir, batch_size,
         records = _run_mc(model, tok, items, batch_size, tick)
         baseline = sum(1 / r["options"] for r in records) / len(records) if records else 0.25
     elif task == "gsm8k":
-        pairs = [(r["question"].strip(), r["answer"].rpartition("#### ")[2].strip().replace(",", ""))
-                 for r in items]
-        records, baseline = _run_generation(model, tok, task, pairs, max_new, batch_size, tick), 0.0
+        records = _run_generation(model, tok, task, _gsm8k_items(items), max_new, batch_size, tick)
+        baseline = 0.0
     elif task in SYNTHETIC:
         records = _run_generation(model, tok, task, [(q, a) for q, a, _ in items], max_new, batch_size, tick)
         for r, (_, _, family) in zip(records, items, strict=True):
@@ -418,26 +415,22 @@ def _evaluate_task(model, tok, task, rows, limit, progress, out_dir, batch_size,
     elif task == "humaneval":
         records, baseline = _run_humaneval(model, tok, items, max_new, batch_size, tick), 0.0
         res["sandbox"] = list(protections())
-    else:  # mt_bench
+    else:  # mt_bench: answered, not scored
         records = _run_mt_bench(model, tok, items, max_new, batch_size, tick)
         if out_dir is not None:
             path = Path(out_dir) / "mt_bench_answers.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
-            with open(path, "w", encoding="utf-8") as f:
-                for r in records:
-                    keep = ("question_id", "category", "turns", "answers")
-                    f.write(json.dumps({k: r[k] for k in keep}) + "\n")
+            keep = ("question_id", "category", "turns", "answers")
+            path.write_text("".join(json.dumps({k: r[k] for k in keep}) + "\n" for r in records),
+                            encoding="utf-8")
             res["answers_file"] = str(path)
-        res.update(n=len(records), accuracy=None, centered=None, baseline=None,
-                   seconds=round(time.perf_counter() - t0, 3))
-        if examples:
-            res["examples"] = records
-        return res
-    accuracy = sum(r["correct"] for r in records) / len(records) if records else math.nan
-    res.update(n=len(records), accuracy=accuracy, centered=centered(accuracy, 100 * baseline),
-               baseline=baseline, seconds=round(time.perf_counter() - t0, 3),
-               correct=[int(r["correct"]) for r in records],  # per item: paired tests need it
-               items=items_fingerprint(json.dumps(item, sort_keys=True, default=str) for item in items))
+        res.update(n=len(records), accuracy=None, centered=None, baseline=None)
+    if task != "mt_bench":
+        accuracy = sum(r["correct"] for r in records) / len(records) if records else math.nan
+        res.update(n=len(records), accuracy=accuracy, centered=centered(accuracy, 100 * baseline),
+                   baseline=baseline, correct=[int(r["correct"]) for r in records],  # per item: paired tests
+                   items=items_fingerprint(json.dumps(item, sort_keys=True, default=str) for item in items))
+    res["seconds"] = round(time.perf_counter() - t0, 3)
     if examples:
         res["examples"] = records
     return res

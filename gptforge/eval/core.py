@@ -40,6 +40,7 @@ lm-eval itself.
 from __future__ import annotations
 
 import json
+import os
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -49,6 +50,7 @@ from pathlib import Path
 import torch
 
 from gptforge.errors import UserError
+from gptforge.eval.files import missing_hint
 from gptforge.eval.loglik import Request, Score, score_requests
 from gptforge.eval.stats import items_fingerprint
 from gptforge.io import read_text
@@ -119,8 +121,6 @@ def task_dir(data_dir: str | Path) -> Path:
         if sub.is_dir():
             return sub
     if not p.is_dir():
-        from gptforge.eval.files import missing_hint
-
         raise UserError(f"{p}: no such task directory (expected the CORE task files); {missing_hint()}")
     return p
 
@@ -223,14 +223,6 @@ def render_options(spec: TaskSpec, item: dict, fewshot: Sequence[dict] = ()) -> 
 # tokens
 
 
-def _common_prefix(seqs: Sequence[Sequence[int]]) -> int:
-    n = min(len(s) for s in seqs)
-    for i in range(n):
-        if any(s[i] != seqs[0][i] for s in seqs):
-            return i
-    return n
-
-
 def core_requests(tok, options: Sequence[tuple[str, str]], kind: str, bos: int | None) -> list[Request]:
     """Scoring requests of one item, split the way nanochat's core_eval splits them.
 
@@ -247,14 +239,14 @@ def core_requests(tok, options: Sequence[tuple[str, str]], kind: str, bos: int |
     full = [head + tok.encode_ordinary(c + x) for c, x in options]
     if any(len(f) < 2 for f in full):
         raise UserError("a prompt encodes to fewer than two tokens; nothing to score")
+    common = lambda seqs: len(os.path.commonprefix(seqs))  # of lists of ids too, not only of paths
     if kind == MC:
-        starts = [_common_prefix(full)] * len(full)
+        starts = [common(full)] * len(full)
     elif kind == SCHEMA:
-        suffix = _common_prefix([s[::-1] for s in full])
+        suffix = common([s[::-1] for s in full])
         starts = [len(s) - suffix for s in full]
     else:
-        without = head + tok.encode_ordinary(options[0][0].rstrip())
-        starts = [_common_prefix([without, full[0]])]
+        starts = [common([head + tok.encode_ordinary(options[0][0].rstrip()), full[0]])]
     starts = [min(max(s, 1), len(f) - 1) for s, f in zip(starts, full, strict=True)]
     return [Request(f[:s], f[s:]) for f, s in zip(full, starts, strict=True)]
 
@@ -348,14 +340,12 @@ def evaluate_task(model: torch.nn.Module, tok, spec: TaskSpec, rows: Sequence[di
     examples = [{"idx": idx, **_judge(spec, rows[idx], scores[a:b])} for idx, (a, b) in enumerate(spans)]
     acc = sum(e["correct"] for e in examples) / n
     out = {"task": spec.label, "type": spec.kind, "shots": min(k, len(rows) - 1), "n": n, "rows": len(rows),
-           "accuracy": acc,
-           "centered": centered(acc, spec.baseline), "baseline": spec.baseline / 100}
+           "accuracy": acc, "centered": centered(acc, spec.baseline), "baseline": spec.baseline / 100}
     if spec.kind != LM:
         out["accuracy_sum"] = sum(e["correct_sum"] for e in examples) / n
-    out["seconds"] = time.perf_counter() - t0
     # per-item correctness (0/1, file order) and which items: a paired test needs both
-    out["correct"] = [int(e["correct"]) for e in examples]
-    out["items"] = items_fingerprint([spec.label, len(rows), n])
+    out.update(seconds=time.perf_counter() - t0, correct=[int(e["correct"]) for e in examples],
+               items=items_fingerprint([spec.label, len(rows), n]))
     if records:
         out["examples"] = examples
     return out

@@ -138,14 +138,6 @@ def missing_hint() -> str:
     return "get the task files with `gptforge data evals`, or pass their folder with --eval-data"
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _fetch(url: str, progress: tqdm, timeout: float) -> bytes:
     """The body at ``url``; UserError (one line) when the server cannot be reached, answers an
     error status, or closes the connection before the length it announced."""
@@ -189,8 +181,10 @@ def download(out: str | Path, files: Sequence[EvalFile] = FILES, *, mirror: str 
     written = []
     for f in files:
         dest = out / f.path
-        if dest.is_file() and _sha256(dest) == f.sha256:
-            continue
+        if dest.is_file():
+            with open(dest, "rb") as fh:
+                if hashlib.file_digest(fh, "sha256").hexdigest() == f.sha256:
+                    continue
         url = f"{mirror.rstrip('/')}/{f.path}" if mirror else f.url
         bar = tqdm(desc=f.path, unit="B", unit_scale=True, leave=False, disable=not progress)
         try:

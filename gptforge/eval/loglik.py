@@ -58,10 +58,6 @@ class Score:
         return -self.logprob / self.n_tokens
 
 
-def _device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
 @torch.inference_mode()
 def score_requests(model: torch.nn.Module, requests: Sequence[Request], max_tokens: int = 4096,
                    max_batch: int = 64, progress: Callable[[int, int], None] | None = None) -> list[Score]:
@@ -89,7 +85,7 @@ def score_requests(model: torch.nn.Module, requests: Sequence[Request], max_toke
         n_scored.append(min(len(r.continuation), len(seq) - 1))
     order = sorted(range(len(requests)), key=lambda i: -len(windows[i]))
     selects = "select" in inspect.signature(model.forward).parameters  # GPT can skip unscored logits
-    device = _device(model)
+    device = next(model.parameters()).device
     logprob = torch.zeros(len(requests), dtype=torch.float64)
     greedy = torch.zeros(len(requests), dtype=torch.bool)
     done = 0

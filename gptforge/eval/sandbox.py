@@ -51,6 +51,7 @@ security sandbox"); the fences here are kernel ones.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -211,13 +212,6 @@ def _text(result: list, cap: int) -> str:
     return text + (f"...[{total - cap} bytes dropped]" if total > cap else "")
 
 
-def _kill_group(pgid: int) -> None:
-    try:
-        os.killpg(pgid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
-
-
 def _remove(path: str) -> None:
     """Remove the working directory, even after the program took permissions away from its files."""
     def fix(func, p, _exc):
@@ -274,7 +268,8 @@ def run_python(code: str, timeout: float = 5.0, *, memory_mb: int = 1024, max_ou
         except subprocess.TimeoutExpired:
             timed_out = True
         # the whole group, also after a normal exit: nothing the program started may outlive it
-        _kill_group(proc.pid)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
         seconds = time.perf_counter() - start
         for t in readers:  # EOF comes once every holder of the pipes is gone; don't wait on strays

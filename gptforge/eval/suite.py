@@ -34,7 +34,7 @@ from gptforge.eval import bpb, chat, core
 from gptforge.eval.chat import TASKS as CHAT_TASKS
 from gptforge.eval.core import CORE_TASKS
 from gptforge.eval.files import default_data_dir
-from gptforge.eval.stats import add_interval
+from gptforge.eval.stats import add_interval, format_interval
 
 GROUPS = ("core", "chat", "bpb")
 
@@ -107,7 +107,9 @@ def evaluate(model: torch.nn.Module, tok, plan: Plan, *, data_dir: str | Path | 
     if plan.bpb:
         if bpb_data is None:
             raise UserError("task bpb needs data: a shard directory or a text file")
-        result["bpb"] = bits_per_byte(model, tok, bpb_data)
+        p = Path(bpb_data)  # a shard directory's val split, or a text file
+        res = bpb.bpb_shards(model, p, "val", tok) if p.is_dir() else bpb.bpb_text(model, tok, p)
+        result["bpb"] = {**res, "data": str(p)}
     if plan.core:
         res = core.evaluate_core(model, tok, root, None if plan.core_all else plan.core, limit=limit,
                                  shots=shots, records=examples, progress=progress)
@@ -126,18 +128,8 @@ def evaluate(model: torch.nn.Module, tok, plan: Plan, *, data_dir: str | Path | 
     return result
 
 
-def bits_per_byte(model: torch.nn.Module, tok, data: str | Path) -> dict:
-    """Bits per byte on a shard directory's val split or on a text file (`gptforge.eval.bpb`)."""
-    p = Path(data)
-    if p.is_dir():
-        return {**bpb.bpb_shards(model, p, "val", tok), "data": str(p)}
-    return {**bpb.bpb_text(model, tok, p), "data": str(p)}
-
-
 def format_table(result: dict) -> str:
     """The result as an aligned text table: one line per task, then the means."""
-    from gptforge.eval.stats import format_interval
-
     lines = [f"{'task':40s} {'n':>6s} {'accuracy':>9s} {'95% interval':>14s} {'centred':>8s} "
              f"{'baseline':>9s} {'seconds':>8s}"]
     for name, r in result["tasks"].items():

@@ -60,22 +60,21 @@ def check_initial_loss(model: torch.nn.Module, batch, vocab_size: int, loss_fn: 
     """
     with eval_mode(model):
         loss = float(loss_fn(model, batch)[0])
-    ln_v = math.log(vocab_size)
+    ln_v, name = math.log(vocab_size), "initial loss"
     msg = f"loss {loss:.3f} nats at step 0, ln V = {ln_v:.3f}"
     if not math.isfinite(loss):
-        return Check("initial loss", FAIL, f"{msg}: not finite")
+        return Check(name, FAIL, f"{msg}: not finite")
     if pretrained:
-        return Check("initial loss", PASS if loss < ln_v else WARN,
+        return Check(name, PASS if loss < ln_v else WARN,
                      f"{msg} (starts from a checkpoint, so it should be below ln V)")
     if loss > ln_v + 1.0:
-        return Check("initial loss", FAIL, f"{msg}: the init is confidently wrong (output weights too "
-                                           "large?)")
+        return Check(name, FAIL, f"{msg}: the init is confidently wrong (output weights too large?)")
     if loss < ln_v - 1.0:
-        return Check("initial loss", FAIL, f"{msg}: an untrained model cannot know this much; "
-                                           "are the targets visible in the inputs?")
+        return Check(name, FAIL, f"{msg}: an untrained model cannot know this much; are the targets visible "
+                                 "in the inputs?")
     if abs(loss - ln_v) > 0.3:
-        return Check("initial loss", WARN, f"{msg}: off by {loss - ln_v:+.2f}")
-    return Check("initial loss", PASS, msg)
+        return Check(name, WARN, f"{msg}: off by {loss - ln_v:+.2f}")
+    return Check(name, PASS, msg)
 
 
 def check_logits(model: torch.nn.Module, batch) -> Check:
@@ -135,17 +134,14 @@ def check_overfit_one_batch(model: torch.nn.Module, batch, loss_fn: Callable = l
         last = float(loss_fn(m, batch)[0])
     msg = f"{first:.3f} -> {last:.3f} nats on {batch[0].shape[0]} rows x {batch[0].shape[1]} tokens"
     if not math.isfinite(last):
-        return Check("overfit one batch", FAIL, f"{msg}: loss became {last}")
-    if last < target:
-        return Check("overfit one batch", PASS, msg)
-    if last < first / 2:
-        return Check("overfit one batch", WARN, f"{msg}: learning, but not below {target} in {steps} steps")
-    return Check("overfit one batch", FAIL, f"{msg}: cannot memorise one batch")
-
-
-def _has_dropout(model: torch.nn.Module) -> bool:
-    cfg_p = getattr(getattr(model, "config", None), "dropout", 0) or 0
-    return cfg_p > 0 or any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
+        msg, status = f"{msg}: loss became {last}", FAIL
+    elif last < target:
+        status = PASS
+    elif last < first / 2:
+        msg, status = f"{msg}: learning, but not below {target} in {steps} steps", WARN
+    else:
+        msg, status = f"{msg}: cannot memorise one batch", FAIL
+    return Check("overfit one batch", status, msg)
 
 
 @torch.no_grad()
@@ -165,16 +161,16 @@ def check_train_eval_mode(model: torch.nn.Module, batch) -> Check:
 
     with eval_mode(model):  # restores the mode
         eval_same, train_same = twice(False), twice(True)
-    dropout = _has_dropout(model)
+    dropout = (getattr(getattr(model, "config", None), "dropout", 0) or 0) > 0 or \
+        any(isinstance(m, torch.nn.Dropout) and m.p > 0 for m in model.modules())
+    name = "train vs eval mode"
     if not eval_same:
-        return Check("train vs eval mode", FAIL, "eval mode is not deterministic: dropout (or other "
-                                                 "randomness) still on in eval")
+        return Check(name, FAIL, "eval mode is not deterministic: dropout (or other randomness) still on in "
+                                 "eval")
     if dropout and train_same:
-        return Check("train vs eval mode", WARN, "dropout is configured but train mode is deterministic")
-    if dropout:
-        return Check("train vs eval mode", PASS, "dropout active in train mode, off in eval; eval "
-                                                 "deterministic")
-    return Check("train vs eval mode", PASS, "no dropout; eval deterministic")
+        return Check(name, WARN, "dropout is configured but train mode is deterministic")
+    return Check(name, PASS, "dropout active in train mode, off in eval; eval deterministic" if dropout
+                 else "no dropout; eval deterministic")
 
 
 # --- the optimizer step ----------------------------------------------------------------------------------
@@ -209,19 +205,18 @@ def check_zero_grad(model: torch.nn.Module, make_optimizers: Callable, batch, lo
     finally:
         for h in handles:
             h.remove()
-    k = len(optimizers)
+    k, name = len(optimizers), "zero_grad between steps"
     if len(seen) != 2 * k:
-        return Check("zero_grad between steps", FAIL,
-                     f"two steps ran optimizer.step() {len(seen)} times, not {2 * k}")
+        return Check(name, FAIL, f"two steps ran optimizer.step() {len(seen)} times, not {2 * k}")
     g1, g2 = math.sqrt(sum(seen[:k])), math.sqrt(sum(seen[k:]))
     ratio = g2 / g1 if g1 > 0 else float("nan")
     msg = f"grad norm {g1:.4g} at step 1, {g2:.4g} at step 2 on the same batch with fixed weights"
     if not math.isfinite(ratio) or g1 == 0:
-        return Check("zero_grad between steps", FAIL, f"{msg}: no gradient reaches the parameters")
+        return Check(name, FAIL, f"{msg}: no gradient reaches the parameters")
     if abs(ratio - 1) > 0.01:
-        return Check("zero_grad between steps", FAIL, f"{msg} (x{ratio:.2f}): gradients accumulate across "
-                                                      "steps; zero_grad missing?")
-    return Check("zero_grad between steps", PASS, msg)
+        return Check(name, FAIL, f"{msg} (x{ratio:.2f}): gradients accumulate across steps; zero_grad "
+                                 "missing?")
+    return Check(name, PASS, msg)
 
 
 # --- the data --------------------------------------------------------------------------------------------
@@ -247,8 +242,7 @@ def check_targets_shifted(batches) -> Check:
     scored = y[:, :-1] != -1
     if not bool((y != -1).any()):
         return Check("targets = next tokens", FAIL, "no target is scored (every target is -1)")
-    bad = int(((y[:, :-1] != x[:, 1:]) & scored).sum())
-    if bad:
+    if bad := int(((y[:, :-1] != x[:, 1:]) & scored).sum()):
         return Check("targets = next tokens", FAIL,
                      f"{bad} of {int(scored.sum())} scored targets are not the next input token")
     frac = float((y != -1).float().mean())
@@ -334,9 +328,8 @@ def check_hyperparameters(cfg, num_params: int, train_tokens: int) -> Check:
     msg = (f"{num_params / 1e6:.2f}M params, AdamW lr {cfg.lr:g}"
            f"{f', Muon lr {cfg.muon_lr:g}' if cfg.optimizer == 'muon' else ''}, {tps:,} tokens/step, "
            f"{epochs:.2f} epochs")
-    if warn:
-        return Check("lr and batch size", WARN, f"{'; '.join(warn)} ({msg})")
-    return Check("lr and batch size", PASS, msg)
+    return Check("lr and batch size", WARN, f"{'; '.join(warn)} ({msg})") if warn else \
+        Check("lr and batch size", PASS, msg)
 
 
 def check_tokenizer_roundtrip(tok, texts: Iterable[str]) -> Check:
@@ -363,11 +356,10 @@ def check_chat_tokens(tok, batches: Iterable[tuple[torch.Tensor, torch.Tensor]])
     encoded as plain text (``"<|user_start|>"`` spelled out in ordinary tokens)."""
     from gptforge.chat.render import CHAT_TOKENS
 
-    specials = getattr(tok, "special_tokens", {}) or {}
-    missing = [s for s in CHAT_TOKENS if s not in specials]
-    if missing:
-        return Check("chat special tokens", FAIL, f"the tokenizer has no {', '.join(missing[:2])}, ...: "
-                                                  "chat needs a gptforge BPE tokenizer")
+    specials, name = getattr(tok, "special_tokens", {}) or {}, "chat special tokens"
+    if missing := [s for s in CHAT_TOKENS if s not in specials]:
+        return Check(name, FAIL, f"the tokenizer has no {', '.join(missing[:2])}, ...: chat needs a gptforge "
+                                 "BPE tokenizer")
     a_start, a_end = specials["<|assistant_start|>"], specials["<|assistant_end|>"]
     special_ids = set(specials.values())
     rows = bad = spelled = 0
@@ -383,15 +375,15 @@ def check_chat_tokens(tok, batches: Iterable[tuple[torch.Tensor, torch.Tensor]])
             bad += a_start not in xr or a_end not in yr
             spelled += spells
     if not rows:
-        return Check("chat special tokens", FAIL, "no row has a trained target")
+        return Check(name, FAIL, "no row has a trained target")
     if spelled:
-        return Check("chat special tokens", FAIL, f"{spelled} of {rows} rows spell special tokens as plain "
-                                                  "text: render conversations with gptforge.chat.render")
+        return Check(name, FAIL, f"{spelled} of {rows} rows spell special tokens as plain text: render "
+                                 "conversations with gptforge.chat.render")
     if bad:
-        return Check("chat special tokens", FAIL, f"{bad} of {rows} trained rows lack <|assistant_start|> or "
-                                                  "a trained <|assistant_end|>")
-    return Check("chat special tokens", PASS, f"{rows} trained rows, each with <|assistant_start|> and a "
-                                              "trained <|assistant_end|>")
+        return Check(name, FAIL, f"{bad} of {rows} trained rows lack <|assistant_start|> or a trained "
+                                 "<|assistant_end|>")
+    return Check(name, PASS, f"{rows} trained rows, each with <|assistant_start|> and a trained "
+                             "<|assistant_end|>")
 
 
 # --- all of it, for a config ------------------------------------------------------------------------------
@@ -459,10 +451,9 @@ def run_doctor(cfg, rows: int = 4, overfit_steps: int = 60, overfit_tokens: int 
     out: list[Check] = []
 
     def add(fn):
-        c = _timed(fn)
-        out.append(c)
+        out.append(_timed(fn))
         if on_check:
-            on_check(c)
+            on_check(out[-1])
 
     add(lambda: check_initial_loss(model, batch, tok.vocab_size, data.loss_fn,
                                    pretrained=bool(cfg.init_from)))
@@ -492,7 +483,5 @@ def run_doctor(cfg, rows: int = 4, overfit_steps: int = 60, overfit_tokens: int 
     if cfg.task == "sft":
         add(lambda: check_chat_tokens(tok, (data.batches.get(s * accum, "cpu") for s in range(4))))
     else:
-        out.append(Check("chat special tokens", SKIP, "pretraining: no chat data"))
-        if on_check:
-            on_check(out[-1])
+        add(lambda: Check("chat special tokens", SKIP, "pretraining: no chat data"))
     return out

@@ -81,8 +81,7 @@ def _windows(text: str, window_bytes: int) -> Iterator[str]:
         yield "".join(buf)
 
 
-def corpus_units(spec: str, tok, window_bytes: int = 2048, max_doc_bytes: int = 8192,
-                 on_bytes: Callable[[int], None] | None = None) -> Iterator[Unit]:
+def corpus_units(spec: str, tok, window_bytes: int = 2048, max_doc_bytes: int = 8192) -> Iterator[Unit]:
     """Units of a corpus (``gptforge.data.corpus`` spec: built-in name, file, directory, JSONL, glob),
     both splits: whole documents up to ``max_doc_bytes``, longer ones in windows. Streams: at most
     one document (or ``max_doc_bytes`` plus a piece of one) is held at a time.
@@ -103,7 +102,7 @@ def corpus_units(spec: str, tok, window_bytes: int = 2048, max_doc_bytes: int = 
             yield Unit(f"doc {doc} window {win}", w, start + tok.encode_ordinary(w))
             win += 1
 
-    for piece in corpus.pieces(on_bytes=on_bytes, chunk_bytes=1 << 20):
+    for piece in corpus.pieces(chunk_bytes=1 << 20):
         if piece.doc_start and buf:
             yield from emit("".join(buf), whole=win == 0 and held <= max_doc_bytes)
             buf, held = [], 0
@@ -120,10 +119,9 @@ def corpus_units(spec: str, tok, window_bytes: int = 2048, max_doc_bytes: int = 
         yield from emit("".join(buf), whole=win == 0 and held <= max_doc_bytes)
 
 
-def shard_units(shard_dir: str, split: str = "train", max_doc_tokens: int = 2048,
-                chunk_tokens: int = 1 << 20) -> Iterator[Unit]:
+def shard_units(shard_dir: str, split: str = "train", max_doc_tokens: int = 2048) -> Iterator[Unit]:
     """Units of a token shard split: the documents between ``<|endoftext|>`` ids, longer ones cut
-    into windows of ``max_doc_tokens // 4`` tokens. Read ``chunk_tokens`` at a time from the memmap.
+    into windows of ``max_doc_tokens // 4`` tokens. Read 2**20 tokens at a time from the memmap.
 
     Raises:
         UserError: a bad shard directory or split.
@@ -134,7 +132,7 @@ def shard_units(shard_dir: str, split: str = "train", max_doc_tokens: int = 2048
         raise UserError(f"--split {split}: choose train or val")
     tokens, eot = shards.tokens(split), tok.eot_id
     start = [] if eot is None else [eot]
-    doc, carry = 0, np.zeros(0, dtype=np.int64)
+    doc, carry, chunk_tokens = 0, np.zeros(0, dtype=np.int64), 1 << 20
 
     def emit(ids: np.ndarray, d: int) -> Iterator[Unit]:
         ids = ids.tolist()
@@ -182,8 +180,7 @@ _HEX = re.compile(r"[0-9a-fA-F]{16,}")
 
 def _entropy(s: str) -> float:
     """Shannon entropy of the characters of ``s``, bits per character."""
-    n = len(s)
-    return -sum(c / n * math.log2(c / n) for c in Counter(s).values())
+    return -sum(c / len(s) * math.log2(c / len(s)) for c in Counter(s).values())
 
 
 def high_entropy_strings(text: str) -> list[str]:
@@ -208,18 +205,15 @@ def _shingles(text: str, k: int = 5) -> set[bytes]:
 
 
 class Flagger:
-    """Flags units as they stream past (each compared with the units before it).
+    """Flags units as they stream past (each compared with the units before it). usual_chars: the
+    corpus's usual characters (None: no unusual-character flag). Near duplicates: Jaccard >= 0.7,
+    MinHash with 128 permutations."""
 
-    usual_chars: the corpus's usual characters (None: no unusual-character flag);
-    near_threshold: the Jaccard similarity from which two units are near duplicates.
-    """
-
-    def __init__(self, usual_chars: set[str] | None = None, near_threshold: float = 0.7,
-                 num_perm: int = 128):
+    def __init__(self, usual_chars: set[str] | None = None):
         from datasketch import MinHash, MinHashLSH
 
-        self._minhash, self.num_perm = MinHash, num_perm
-        self.lsh = MinHashLSH(threshold=near_threshold, num_perm=num_perm)
+        self._minhash, self.num_perm = MinHash, 128
+        self.lsh = MinHashLSH(threshold=0.7, num_perm=self.num_perm)
         self.seen: dict[bytes, int] = {}
         self.usual = usual_chars
 

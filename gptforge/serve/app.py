@@ -80,6 +80,8 @@ from gptforge.serve.protocol import (
     TopK,
     TopP,
     add_part,
+    max_new_tokens,
+    server_error,
     sse_line,
 )
 
@@ -93,11 +95,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def host_name(authority: str) -> str:
-    """``"127.0.0.1:8000"`` -> ``"127.0.0.1"``, ``"[::1]:80"`` -> ``"::1"`` (lower case)."""
-    return (urlsplit("//" + authority).hostname or "") if authority else ""
 
 
 class Guard:
@@ -129,7 +126,7 @@ class Guard:
 
     def refusal(self, scope, headers: dict) -> APIError | None:
         host = headers.get("host", "")
-        name = host_name(host)
+        name = (urlsplit("//" + host).hostname or "") if host else ""  # "[::1]:80" -> "::1", lower case
         if self.loopback and not (is_loopback(name) or name in self.hosts or "*" in self.hosts):
             return APIError(403, f"host {host!r} is not allowed: this server answers only to "
                                  "localhost (start it with --allowed-host NAME to add one)",
@@ -319,7 +316,7 @@ def http_error(request, e: HTTPException) -> JSONResponse:
 
 def bug(request, e: Exception) -> JSONResponse:
     traceback.print_exception(e, file=sys.stderr)
-    return APIError(500, "internal server error (see the server's log)", type="server_error").response()
+    return server_error().response()
 
 
 def authorizer(api_key: str | None):
@@ -445,7 +442,8 @@ def openai_message(m, i: int) -> dict:
                            param="messages")
         m["content"] = "".join(p["text"] for p in c)
     elif m["role"] == "assistant" and isinstance(c, list):  # gptforge_parts sent back: drop blank text
-        m["content"] = [p for p in c if not is_blank_text(p)]
+        m["content"] = [p for p in c if not (isinstance(p, dict) and p.get("type") == "text"
+                                             and isinstance(p.get("text"), str) and not p["text"].strip())]
     return m
 
 
@@ -458,23 +456,11 @@ def content_chars(content) -> int:
     return 0
 
 
-def is_blank_text(part) -> bool:
-    """A text part holding only whitespace (a reply can have one; the conversation check refuses it)."""
-    return isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str) \
-        and not part["text"].strip()
-
-
 def max_tokens(body, s: Served, limits: Limits) -> int:
-    """max_completion_tokens (newer clients) or max_tokens; default: ``limits.default_max_tokens``, at
-    most half the context. Raises APIError 400 when it leaves no room for the prompt."""
+    """max_completion_tokens (newer clients) or max_tokens (`max_new_tokens`). Raises APIError 400."""
     name = "max_completion_tokens" if body.max_completion_tokens is not None else "max_tokens"
-    n = getattr(body, name)
-    if n is None:
-        return min(limits.default_max_tokens, s.block_size // 2)
-    if n > s.block_size - 8:  # the shortest chat prompt is about 5 tokens
-        raise APIError(400, f"{name}: {n} is beyond model {s.name!r}'s context of {s.block_size} tokens "
-                            f"(at most {s.block_size - 8})", param=name, code="context_length_exceeded")
-    return n
+    return max_new_tokens(getattr(body, name), name, s.block_size, limits.default_max_tokens,
+                          f"model {s.name!r}'s context")
 
 
 def sampling(body: Sampling, max_new: int, limits: Limits) -> list[RowParams]:
@@ -516,6 +502,11 @@ async def answer(request: Request, s: Served, prompt: list[int], rows: list[RowP
         job.cancelled = True  # done anyway, or the client left (the handler was cancelled)
 
 
+def usage_of(prompt_tokens: int, completion_tokens: int) -> dict:
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens}
+
+
 async def collect(request: Request, job: Job, events: Inbox, meta: dict, chat: bool,
                   prompt_tokens: int) -> dict:
     """The whole response of a non-streamed request."""
@@ -535,10 +526,9 @@ async def collect(request: Request, job: Job, events: Inbox, meta: dict, chat: b
             add_part(parts[e.index], e)
             if e.finish is not None:
                 if e.finish == "error":
-                    raise APIError(500, "internal server error (see the server's log)", type="server_error")
+                    raise server_error()
                 finish[e.index], tokens = e.finish, tokens + e.tokens
-    usage = {"prompt_tokens": prompt_tokens, "completion_tokens": tokens,
-             "total_tokens": prompt_tokens + tokens}
+    usage = usage_of(prompt_tokens, tokens)
     if chat:
         choices = [{"index": i, "logprobs": None, "finish_reason": finish[i],
                     "message": {"role": "assistant", "content": texts[i], "gptforge_parts": parts[i]}}
@@ -574,9 +564,7 @@ async def sse(job: Job, events: Inbox, meta: dict, chat: bool, prompt_tokens: in
             out = []
             for e in await events.get():  # everything since the last write
                 if e.finish == "error":
-                    yield "".join(out) + sse_line({"error": {
-                        "message": "internal server error (see the server's log)", "type": "server_error",
-                        "param": None, "code": None}})
+                    yield "".join(out) + sse_line(server_error().body())
                     return
                 if e.text or e.part:
                     out.append(chunk(e.index, e.text, e.part))
@@ -589,9 +577,7 @@ async def sse(job: Job, events: Inbox, meta: dict, chat: bool, prompt_tokens: in
                 if open_rows:
                     await events.settle(STREAM_INTERVAL)  # let the tokens gather; a row's end comes at once
         if include_usage:
-            usage = {"prompt_tokens": prompt_tokens, "completion_tokens": tokens,
-                     "total_tokens": prompt_tokens + tokens}
-            yield sse_line({**meta, "object": obj, "choices": [], "usage": usage})
+            yield sse_line({**meta, "object": obj, "choices": [], "usage": usage_of(prompt_tokens, tokens)})
         yield "data: [DONE]\n\n"
     finally:
         job.cancelled = True  # finished anyway, or the client went away mid-stream

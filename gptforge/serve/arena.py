@@ -63,13 +63,17 @@ from gptforge.serve.protocol import (
     TopK,
     TopP,
     add_part,
+    max_new_tokens,
+    server_error,
     sse_line,
 )
 
 COOKIE = "gptforge_arena_session"
 COOKIE_MAX_AGE_S = 365 * 24 * 3600
 ROUNDS, SEED = 100, 0  # bootstrap rounds of the leaderboard: enough for 95% intervals, and quick
-BATTLE_ERRORS = {"unknown": 404, "forbidden": 403, "voted": 409, "invalid": 400}
+# BattleError.kind -> (HTTP status, OpenAI-style error code)
+BATTLE_ERRORS = {"unknown": (404, "battle_not_found"), "forbidden": (403, "not_your_battle"),
+                 "voted": (409, "already_voted"), "invalid": (400, "invalid_value")}
 
 
 def draw_pair(names: list[str], rng: random.Random) -> tuple[str, str]:
@@ -77,13 +81,6 @@ def draw_pair(names: list[str], rng: random.Random) -> tuple[str, str]:
     draws without replacement and its order is random, so the sides are shuffled too."""
     a, b = rng.sample(names, 2)
     return a, b
-
-
-def reply_content(parts: list[dict]):
-    """A reply as the store keeps it: a plain string when it is only text, else the list of parts."""
-    if all(p["type"] == "text" for p in parts):
-        return "".join(p["text"] for p in parts)
-    return parts
 
 
 class BattleRequest(Body):
@@ -161,17 +158,6 @@ class Arena:
             return HTMLResponse(page, status_code=400)
         return with_session(FileResponse(STATIC / "arena.html"), request)
 
-    def max_tokens(self, n: int | None) -> int:
-        """The battle's max_tokens: default ``default_max_tokens``, at most half the smallest
-        context. Raises APIError 400 beyond the smallest context (no model named)."""
-        if n is None:
-            return min(self.limits.default_max_tokens, self.context // 2)
-        if n > self.context - 8:
-            raise APIError(400, f"max_tokens: {n} is beyond the smallest context of the arena's models "
-                                f"({self.context} tokens; at most {self.context - 8})", param="max_tokens",
-                           code="context_length_exceeded")
-        return n
-
     def prompts(self, prompt: str, max_new: int) -> dict[str, list[int]]:
         """The prompt rendered for every contender: {name: token ids}. Raises APIError 400 when it is
         not a valid prompt, or does not fit (or tokenize) for some contender (which is not named)."""
@@ -200,7 +186,8 @@ class Arena:
     async def new_battle(self, body: BattleRequest, request: Request):
         if not self.ready:
             raise APIError(400, self.why_off, code="arena_unavailable")
-        max_new = self.max_tokens(body.max_tokens)
+        max_new = max_new_tokens(body.max_tokens, "max_tokens", self.context, self.limits.default_max_tokens,
+                                 "the smallest context of the arena's models")  # no model named
         prompts = self.prompts(body.prompt, max_new)
         params = RowParams(max_new=max_new, temperature=body.temperature, top_k=body.top_k, top_p=body.top_p)
         settings = {"temperature": params.temperature, "top_k": params.top_k, "top_p": params.top_p,
@@ -214,22 +201,23 @@ class Arena:
                                      media_type="text/event-stream")
         return with_session(response, request, session)
 
-    async def vote(self, battle_id: str, body: VoteRequest, request: Request):
-        if self.store is None:
-            raise APIError(400, self.why_off, code="arena_unavailable")
-        try:  # in a thread: the commit waits for an fsync, which must not stall the event loop
-            b = await asyncio.to_thread(self.store.record_vote, battle_id, session_of(request), body.vote)
-        except BattleError as e:
-            raise battle_error(e) from None
-        return {"id": b["id"], "vote": b["vote"], "model_a": b["model_a"], "model_b": b["model_b"]}
-
-    async def get_battle(self, battle_id: str, request: Request):
+    async def _in_store(self, method: str, *args) -> dict:
+        """The store's ``method(*args)``, in a thread (a vote's commit waits for an fsync, which must
+        not stall the event loop); a BattleError becomes its HTTP error."""
         if self.store is None:
             raise APIError(400, self.why_off, code="arena_unavailable")
         try:
-            b = await asyncio.to_thread(self.store.get_battle, battle_id, session_of(request))
+            return await asyncio.to_thread(getattr(self.store, method), *args)
         except BattleError as e:
-            raise battle_error(e) from None
+            status, code = BATTLE_ERRORS[e.kind]
+            raise APIError(status, str(e), param="vote" if e.kind == "invalid" else None, code=code) from None
+
+    async def vote(self, battle_id: str, body: VoteRequest, request: Request):
+        b = await self._in_store("record_vote", battle_id, session_of(request), body.vote)
+        return {"id": b["id"], "vote": b["vote"], "model_a": b["model_a"], "model_b": b["model_b"]}
+
+    async def get_battle(self, battle_id: str, request: Request):
+        b = await self._in_store("get_battle", battle_id, session_of(request))
         out = {k: b[k] for k in ("id", "prompt", "reply_a", "reply_b", "sampling", "vote", "created_at")}
         if b["vote"] is not None:  # blind until voted
             out.update(model_a=b["model_a"], model_b=b["model_b"])
@@ -247,12 +235,6 @@ def with_session(response: Response, request: Request, session: str | None = Non
         response.set_cookie(COOKIE, session or secrets.token_urlsafe(32), max_age=COOKIE_MAX_AGE_S,
                             path="/arena", httponly=True, samesite="strict")
     return response
-
-
-def battle_error(e: BattleError) -> APIError:
-    return APIError(BATTLE_ERRORS[e.kind], str(e), param="vote" if e.kind == "invalid" else None,
-                    code={"unknown": "battle_not_found", "forbidden": "not_your_battle",
-                          "voted": "already_voted", "invalid": "invalid_value"}[e.kind])
 
 
 class Battle:
@@ -294,9 +276,7 @@ class Battle:
                 out = []
                 for side, e in ((side, e) for side, evs in await self.events.get() for e in evs):
                     if e.finish == "error":
-                        yield "".join(out) + sse_line({"error": {
-                            "message": "internal server error (see the server's log)", "type": "server_error",
-                            "param": None, "code": None}})
+                        yield "".join(out) + sse_line(server_error().body())
                         return
                     if e.part is not None:
                         out.append(sse_line({"side": side, "part": e.part}))
@@ -310,9 +290,11 @@ class Battle:
                     yield "".join(out)
                     if running:
                         await self.events.settle(STREAM_INTERVAL)
-            a, b = self.pair["a"].name, self.pair["b"].name
-            bid = await asyncio.to_thread(store.create_battle, session, prompt, a, b,
-                                          reply_content(parts["a"]), reply_content(parts["b"]), settings)
+            # the store keeps a reply that is only text as a plain string, else the list of parts
+            a, b = (ps if any(p["type"] != "text" for p in ps) else "".join(p["text"] for p in ps)
+                    for ps in (parts["a"], parts["b"]))
+            bid = await asyncio.to_thread(store.create_battle, session, prompt, self.pair["a"].name,
+                                          self.pair["b"].name, a, b, settings)
             yield sse_line({"battle_id": bid})
             yield "data: [DONE]\n\n"
         finally:

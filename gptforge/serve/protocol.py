@@ -31,9 +31,16 @@ class APIError(Exception):
         super().__init__(message)
         self.status, self.message, self.param, self.code, self.type = status, message, param, code, type
 
+    def body(self) -> dict:
+        return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
     def response(self) -> JSONResponse:
-        error = {"message": self.message, "type": self.type, "param": self.param, "code": self.code}
-        return JSONResponse({"error": error}, status_code=self.status)
+        return JSONResponse(self.body(), status_code=self.status)
+
+
+def server_error() -> APIError:
+    """A bug (a row's failure in the batcher, or an exception in a route): 500, details in the log."""
+    return APIError(500, "internal server error (see the server's log)", type="server_error")
 
 
 @dataclass
@@ -57,6 +64,18 @@ Temperature = Annotated[float, Field(ge=0, le=2)]
 TopK = Annotated[int, Field(ge=1, le=1 << 24)]
 TopP = Annotated[float, Field(gt=0, le=1)]
 MaxTokens = Annotated[int, Field(ge=1, le=1 << 30)]
+
+
+def max_new_tokens(n: int | None, name: str, context: int, default: int, whose: str) -> int:
+    """A reply's token budget: ``n`` (the request's field ``name``), else ``default`` but at most half
+    the ``context``. Raises APIError 400 when ``n`` leaves no room for a prompt (the shortest chat
+    prompt is about 5 tokens); ``whose`` names the context in the message."""
+    if n is None:
+        return min(default, context // 2)
+    if n > context - 8:
+        raise APIError(400, f"{name}: {n} is beyond {whose} of {context} tokens (at most {context - 8})",
+                       param=name, code="context_length_exceeded")
+    return n
 
 
 def add_part(parts: list[dict], e: Event) -> None:
