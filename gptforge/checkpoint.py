@@ -179,12 +179,13 @@ def file_sha256(path: Path) -> str:
 
 
 def save_checkpoint(run_dir: str | os.PathLike, model: torch.nn.Module,
-                    optimizers: list[torch.optim.Optimizer], state: RunState,
+                    optimizers: list[torch.optim.Optimizer | dict], state: RunState,
                     tokenizer_json: str | os.PathLike | None = None, is_best: bool = False,
                     keep_last: int = 2, sampler: dict[str, np.ndarray] | None = None) -> Path:
     """Write ``RUN_DIR/ckpt/step_{state.step:06d}`` atomically, update the pointers, prune old ones.
 
-    ``state`` is written as ``trainer.json`` (format keys and the weights' sha256 added);
+    ``optimizers``: the optimizers, or their state dicts (a sharded run passes the full ones it
+    gathered); ``state`` is written as ``trainer.json`` (format keys and the weights' sha256 added);
     ``sampler``, named numpy arrays, as ``sampler.safetensors``. Returns the checkpoint directory.
     """
     step = state.step
@@ -195,7 +196,8 @@ def save_checkpoint(run_dir: str | os.PathLike, model: torch.nn.Module,
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     save_model(model, str(tmp / "model.safetensors"), metadata={"format": FORMAT, "step": str(step)})
-    torch.save({"optimizers": [o.state_dict() for o in optimizers]}, tmp / "optimizer.pt")
+    torch.save({"optimizers": [o if isinstance(o, dict) else o.state_dict() for o in optimizers]},
+               tmp / "optimizer.pt")
     state.weights_sha256 = file_sha256(tmp / "model.safetensors")
     write_json(tmp / "trainer.json", {"created_by": f"gptforge {__version__}", **state.to_json()},
                FORMAT, FORMAT_VERSION)
@@ -310,7 +312,9 @@ def load_weights(model: torch.nn.Module, ckpt: Path, device: str | torch.device 
 
 def load_optimizer_state(optimizers: list[torch.optim.Optimizer], ckpt: Path,
                          device: str | torch.device = "cpu") -> None:
-    """Load ``ckpt/optimizer.pt`` (``torch.load(weights_only=True)``) into ``optimizers``.
+    """Load ``ckpt/optimizer.pt`` (``torch.load(weights_only=True)``) into ``optimizers``. The file
+    holds full tensors; for a sharded (FSDP2) model each rank keeps its shard of them, laid out as
+    the parameter's (pass ``device="cpu"`` there, so the full state never lands on the GPU).
 
     Raises:
         UserError: missing, corrupt, or made for other optimizers/parameters.
@@ -329,9 +333,28 @@ def load_optimizer_state(optimizers: list[torch.optim.Optimizer], ckpt: Path,
         raise UserError(f"{f}: optimizer state does not match this run's optimizers")
     try:
         for opt, sd in zip(optimizers, states, strict=True):
-            opt.load_state_dict(sd)
+            opt.load_state_dict(_shard_like_params(opt, sd))
     except (ValueError, KeyError, TypeError, AttributeError, IndexError) as e:  # whatever the structure
         raise UserError(f"{f}: optimizer state does not match this run's optimizers ({e})") from None
+
+
+def _shard_like_params(opt: torch.optim.Optimizer, sd: dict) -> dict:
+    """``sd`` (a full optimizer state dict) with each state tensor of a DTensor parameter's shape
+    cut to that parameter's shard (its mesh and placements; every rank holds the full tensor, so
+    no data moves between ranks). ``sd`` unchanged when no parameter is a DTensor."""
+    params = [p for g in opt.param_groups for p in g["params"]]
+    if not any(type(p).__name__ == "DTensor" for p in params):  # plain models import no torch.distributed
+        return sd
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    ids = [i for g in sd["param_groups"] for i in g["params"]]
+    state = dict(sd["state"])
+    for i, p in zip(ids, params, strict=True):
+        if isinstance(p, DTensor) and i in state:
+            state[i] = {k: distribute_tensor(v.to(p.device), p.device_mesh, p.placements, src_data_rank=None)
+                        if isinstance(v, torch.Tensor) and v.shape == p.shape else v
+                        for k, v in state[i].items()}
+    return {**sd, "state": state}
 
 
 def load_checkpoint(path: str | os.PathLike, which: str = "latest", device: str | torch.device = "cpu",

@@ -190,6 +190,46 @@ def test_ddp_two_processes_equal_one_with_accumulation(data, tmp_path):
     assert ddp_st["world_size"] == 2 and len(ddp_st["rng"]) == 2 and st["world_size"] == 1
 
 
+def _torchrun(*args: str) -> None:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes=1", "--nproc-per-node=2",
+           "--master-addr=127.0.0.1", f"--master-port={_free_port()}", "-m", "gptforge", "pretrain", *args]
+    rc = subprocess.run(cmd, env=_cli_env(), capture_output=True, text=True, timeout=180)
+    assert rc.returncode == 0, rc.stderr[-3000:]
+
+
+def test_fsdp_two_processes_equal_one_and_resume_exactly(data, tmp_path):
+    """--parallel fsdp (FSDP2 on gloo, Muon's Newton-Schulz on sharded matrices): 2 processes give
+    the losses of 1 process with accumulation; the checkpoint is the one-process format; resuming
+    it sharded is exact, and in 1 process (the world size changes) continues as the 1-process run.
+    9 eval windows: the ranks run 2 and 1 eval batches, which FSDP's collective forward must survive."""
+    kw = dict(max_steps=4, decay_steps=6, eval_interval=2, eval_tokens=9 * 32, optimizer="muon",
+              sampling="random", tokens_per_step=2 * 4 * 32, keep_last=4)
+    run = tmp_path / "fsdp"
+    _torchrun(*_cli_args(data, run, parallel="fsdp", **kw))
+    train(cfg_for(data, tmp_path / "one", **{**kw, "max_steps": 6}))
+    fsdp_recs, one_recs = metrics(run), metrics(tmp_path / "one")
+    assert [r["step"] for r in fsdp_recs] == [r["step"] for r in one_recs[:len(fsdp_recs)]] == [0, 1, 2, 3, 4]
+    for a, b in zip(fsdp_recs, one_recs, strict=False):
+        for key in ("train_loss", "val_loss", "val_bpb"):
+            if key in a:
+                assert a[key] == pytest.approx(b[key], abs=1e-5), (a["step"], key)
+    sharded, _ = load_checkpoint(run)  # one process reads what two wrote, as the one-process run wrote it
+    single, _ = load_checkpoint(tmp_path / "one" / "ckpt" / "step_000004")
+    assert sharded.state_dict().keys() == single.state_dict().keys()
+    for k, v in single.state_dict().items():
+        assert sharded.state_dict()[k] == pytest.approx(v, abs=1e-5), k
+    # exact resume under FSDP: from step 2 of a copy, to step 4
+    shutil.copytree(run, tmp_path / "again")
+    (tmp_path / "again" / "ckpt" / "latest").write_text("step_000002")
+    _torchrun("--resume", str(tmp_path / "again"), "--max-steps", "4")
+    assert train_losses(tmp_path / "again") == train_losses(run)
+    # the world size changes: 2 -> 1
+    train(resume_config(run, {"max_steps": 6}), resume=True)
+    resumed, ref = train_losses(run), train_losses(tmp_path / "one")
+    assert list(resumed) == list(ref) == [1, 2, 3, 4, 5, 6]
+    assert list(resumed.values()) == pytest.approx(list(ref.values()), abs=1e-5)
+
+
 def test_budgets_and_best_checkpoint(data, tmp_path):
     s = train(cfg_for(data, tmp_path / "tok", max_tokens=5 * 4 * 32 - 1, max_steps=100))
     assert s["stopped_by"] == "max_tokens" and s["step"] == 5

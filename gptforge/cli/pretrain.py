@@ -20,6 +20,7 @@ examples:
   gptforge pretrain --data data/sc --model bias=true --model logit_softcap=none
   gptforge pretrain --resume runs/20250101-120000 --max-steps 2000
   torchrun --nproc_per_node=8 -m gptforge pretrain --config big.toml --data data/fineweb
+  torchrun --nproc_per_node=8 -m gptforge pretrain --parallel fsdp --config big.toml --data data/fineweb
 
 config file (TOML): the same keys with underscores at top level, model overrides in a [model]
 table ("none" turns an optional field off). A run directory gets config.json, metrics.jsonl and

@@ -124,6 +124,9 @@ class TrainConfig:
     dtype: str = setting("auto", "auto: bfloat16 autocast on CUDA with bf16, else float32",
                          choices=("auto", "float32", "bfloat16"))
     compile: bool = setting(False, "torch.compile the model")
+    parallel: str = setting("ddp", "under torchrun: ddp (a whole model per process) or fsdp (parameters, "
+                                   "gradients and optimizer state sharded over the processes, torch "
+                                   "FSDP2: a model past one device's memory)", choices=("ddp", "fsdp"))
     threads: int = setting(0, "CPU threads per process; 0 -> cores / processes on this node (capped "
                               "at the core count)", ge=0, le=4096)
 

@@ -15,12 +15,14 @@ from gptforge.train.batches import get_batch
 
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-             token_bytes: torch.Tensor, amp, d) -> tuple[float, float]:
+             token_bytes: torch.Tensor, amp, d, lockstep: bool = False) -> tuple[float, float]:
     """``(val_loss, val_bpb)`` over this rank's ``batches`` of (x, y), summed over all ranks.
 
     batches: (x, y) int64 pairs of shape (B, T), targets -1 where nothing is scored (SFT masks);
     token_bytes: (V,) int64 UTF-8 bytes per id; amp: an autocast context (or nullcontext);
-    d: the process's ``Dist``.
+    d: the process's ``Dist``; lockstep: every rank runs as many forward passes (an FSDP model's
+    forward is collective: it all-gathers each unit's weights), a rank short of batches one on a
+    single token that scores nothing.
 
     val_loss: mean cross-entropy over all scored targets, nats/token. val_bpb: bits per UTF-8 byte,
     ``sum(nats) / ln 2 / sum(bytes)`` over scored targets that stand for text; special tokens such
@@ -28,6 +30,11 @@ def evaluate(model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch
     compares across tokenizers. NaN when nothing (or no text) was scored.
     """
     sums = torch.zeros(4, dtype=torch.float64)  # nats, tokens, nats on text tokens, bytes
+    if lockstep:
+        batches = list(batches)
+        idle = (torch.zeros((1, 1), dtype=torch.long, device=d.device),
+                torch.full((1, 1), -1, dtype=torch.long, device=d.device))
+        batches += [idle] * (max(d.gather(len(batches))) - len(batches))
     for x, y in batches:
         with amp, eval_mode(model):
             logits, _ = model(x, y)

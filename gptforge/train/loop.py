@@ -3,7 +3,9 @@
 One optimizer step = ``accum`` micro steps of B x T tokens on each of ``world`` devices, so
 ``tokens_per_step = B * T * accum * world``. The loss is the mean cross-entropy in nats per
 token; gradients are averaged over micro steps (loss / accum) and, under DDP, over ranks.
-Run under ``torchrun`` it uses PyTorch DDP (NCCL on CUDA, gloo on CPU); rank 0 logs and saves.
+Run under ``torchrun`` it uses PyTorch DDP (NCCL on CUDA, gloo on CPU), or with ``parallel =
+"fsdp"`` FSDP2 (parameters, gradients and optimizer state sharded; session.shard); rank 0 logs and
+saves, checkpoints hold the full state either way.
 
 Each step appends one record to ``RUN_DIR/metrics.jsonl``::
 
@@ -113,7 +115,7 @@ def _loop(s, log: Logger, resume: bool, started: float | None) -> dict:
             set_lr(s.optimizers, lr_mult)
             out = optimizer_step(s.model, s.optimizers, lambda i: s.data.batches.get(
                 batch_index(st.step, i, s.accum, d.rank, d.world), d.device), s.accum, s.data.loss_fn,
-                s.amp, d.ddp, cfg.grad_clip)
+                s.amp, d.ddp and not s.sharded, cfg.grad_clip)
             st.step += 1
             st.tokens += s.tokens_per_step
             train_loss = _rank_mean(d, out.loss)  # waits for the step: its time ends here

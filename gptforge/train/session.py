@@ -8,6 +8,7 @@ or resumed), and the two things the loop asks of it on the way: ``evaluate()`` a
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import os
 import signal
@@ -240,7 +241,9 @@ def shard_data(cfg: TrainConfig) -> TrainData:
 @dataclass
 class Session:
     """What one training process holds. ``model`` is what the loop calls (compiled and/or DDP);
-    ``raw_model`` the plain module (saved, clipped, counted); ``eval_model`` the model without DDP."""
+    ``raw_model`` the module itself (saved, clipped, counted; sharded in place under FSDP);
+    ``eval_model`` the model without DDP. ``sharded``: FSDP2 holds the parameters as DTensor shards;
+    ``full_model`` is then, on rank 0, the CPU copy that a checkpoint gathers the weights into."""
 
     cfg: TrainConfig
     d: Dist
@@ -261,6 +264,8 @@ class Session:
     budget_steps: int
     flops_per_token: int
     peak: float | None
+    sharded: bool = False
+    full_model: torch.nn.Module | None = None
 
     def evaluate(self) -> dict:
         """Validation metrics of the current weights: ``val_loss`` (nats/token; DPO: its loss),
@@ -270,7 +275,8 @@ class Session:
             res = self.data.evaluate(self.eval_model, self.d, self.amp)
         else:
             batches = self.data.val_batches(self.d.rank, self.d.world, self.d.device)
-            loss, bpb = evaluate(self.eval_model, batches, self.token_bytes, self.amp, self.d)
+            loss, bpb = evaluate(self.eval_model, batches, self.token_bytes, self.amp, self.d,
+                                 lockstep=self.sharded)
             res = {"val_loss": loss, "val_bpb": bpb}
         self.state.val_loss, self.state.val_bpb = res["val_loss"], res.get("val_bpb")
         self.state.val_step = self.state.step
@@ -290,9 +296,12 @@ class Session:
         st.data = {"sampling": self.cfg.sampling, "seed": self.cfg.seed, "next_step": st.step,
                    "batch": "pure function of (seed, (step * accum + micro) * world + rank)"
                             + (" and the curriculum table in sampler.safetensors" if sampler else "")}
+        model, optimizers = self.raw_model, self.optimizers
+        if self.sharded:
+            model, optimizers = gather_full_state(self.raw_model, self.optimizers, self.full_model)
         if not self.d.main:
             return None
-        return ckpt.save_checkpoint(self.run_dir, self.raw_model, self.optimizers, st,
+        return ckpt.save_checkpoint(self.run_dir, model, optimizers, st,
                                     self.data.tokenizer_json, is_best=is_best, keep_last=self.cfg.keep_last,
                                     sampler=sampler.state_arrays() if sampler else None)
 
@@ -319,6 +328,9 @@ def setup(cfg: TrainConfig, resume: bool, d: Dist, data: TrainData | None = None
     if data.sampler is not None and d.world > 1:
         raise UserError("sampling curriculum runs in one process only (each DDP rank would see only "
                         "its own rows' losses); use sampling random under torchrun")
+    sharded = cfg.parallel == "fsdp" and d.world > 1
+    if sharded and data.evaluate is not None:  # DPO's and RL's evaluations do not run in lockstep
+        raise UserError(f"parallel fsdp: pretraining and SFT only, not {cfg.task}; use parallel ddp")
     if cfg.schedule_time and not replannable(cfg):
         raise UserError("config: schedule_time re-plans a wsd schedule's length; it needs schedule = "
                         "'wsd' and decay_steps = 0")
@@ -332,16 +344,16 @@ def setup(cfg: TrainConfig, resume: bool, d: Dist, data: TrainData | None = None
     raw_model, state = _model_and_state(cfg, resume, data.tokenizer, tokens_per_step)
     state.config = saved_config(cfg, Path(cfg.out))
     state.tokens_per_step, state.world_size = tokens_per_step, d.world
-    raw_model.to(d.device)
     use_cpu_kernels(raw_model)  # the CPU's faster Dropout, as before it was opt-in (torch's elsewhere)
+    full_model = shard(raw_model, d) if sharded else raw_model.to(d.device)
     model = eval_model = torch.compile(raw_model) if cfg.compile else raw_model
-    if d.ddp:
+    if d.ddp and not sharded:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         model = DDP(model, device_ids=[d.local_rank] if d.device.type == "cuda" else None)
     optimizers = build_optimizers(raw_model, cfg, d.device.type)
     if resume:
-        _restore(state, optimizers, data.sampler, d)
+        _restore(state, optimizers, data.sampler, d, sharded)
     else:
         torch.manual_seed(cfg.seed + d.rank)  # distinct dropout streams per rank; same init on all
     total_steps = (resume and cfg.schedule_time and state.schedule_steps  # a resumed timed run: its last plan
@@ -359,7 +371,8 @@ def setup(cfg: TrainConfig, resume: bool, d: Dist, data: TrainData | None = None
         total_steps=total_steps, budget_steps=budget_steps,
         flops_per_token=raw_model.flops_per_token(),
         peak=(peak_flops(d.device, torch.bfloat16 if dtype == "bfloat16" else torch.float32)
-              if d.main else None))
+              if d.main else None),
+        sharded=sharded, full_model=full_model if sharded and d.main else None)
 
 
 def _model_and_state(cfg: TrainConfig, resume: bool, tokenizer: dict, tokens_per_step: int):
@@ -395,11 +408,11 @@ def _model_and_state(cfg: TrainConfig, resume: bool, tokenizer: dict, tokens_per
                            num_params=model.num_params())
 
 
-def _restore(state: RunState, optimizers: list, sampler, d: Dist) -> None:
+def _restore(state: RunState, optimizers: list, sampler, d: Dist, sharded: bool) -> None:
     """Resume: the optimizer state, the sampler's table (if any) and this rank's RNG streams from
     checkpoint ``state.path``. Raises UserError for a missing or mismatched state or table."""
     path = Path(state.path)
-    ckpt.load_optimizer_state(optimizers, path, d.device)
+    ckpt.load_optimizer_state(optimizers, path, "cpu" if sharded else d.device)
     if sampler is not None:
         table = ckpt.read_sampler_state(path)
         if table is None:  # the run switched to curriculum sampling on this resume
@@ -414,3 +427,55 @@ def _restore(state: RunState, optimizers: list, sampler, d: Dist) -> None:
     elif d.main:
         print(f"note: checkpoint saved by {len(state.rng)} processes, resuming with {d.world}: "
               "RNG streams (dropout) restart from the seed", file=sys.stderr)
+
+
+# --- FSDP ----------------------------------------------------------------------------------------
+def shard(model: torch.nn.Module, d: Dist) -> torch.nn.Module | None:
+    """Shard ``model`` in place over all processes with FSDP2 (``torch.distributed.fsdp.fully_shard``):
+    each element of an ``nn.ModuleList`` (GPT's blocks) is a unit whose parameters are all-gathered
+    just before its forward and backward pass, the rest of the model the root unit. Parameters
+    become DTensors sharded on dim 0 and move to ``d.device``; gradients are reduce-scattered
+    (averaged over ranks) after each backward pass. Returns, on rank 0, a CPU copy of the unsharded
+    model that ``gather_full_state`` fills at each checkpoint (None on other ranks).
+
+    The full model is built on the CPU of every process first (from its seed or the checkpoint),
+    so a model must fit in CPU memory, not in one device's. Source: PyTorch's FSDP2 tutorial.
+    """
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    full = copy.deepcopy(model) if d.main else None
+    mesh = init_device_mesh(d.device.type, (d.world,))
+    units = [m for lst in model.modules() if isinstance(lst, torch.nn.ModuleList) for m in lst]
+    for m in units:
+        fully_shard(m, mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return full
+
+
+def gather_full_state(model: torch.nn.Module, optimizers: list, full_model: torch.nn.Module | None):
+    """The full weights and optimizer state of sharded ``model`` (every rank calls it: each DTensor
+    is all-gathered, one at a time, so a device holds one full tensor at most). Returns
+    ``(full_model, [optimizer state dict])`` on rank 0, the weights copied into ``full_model`` and
+    the state dicts' tensors on the CPU, in the format of an unsharded run's; ``(None, None)`` on
+    the other ranks."""
+    from torch.distributed.tensor import DTensor
+
+    keep = full_model is not None
+
+    def full(v):
+        v = v.full_tensor() if isinstance(v, DTensor) else v
+        return v.cpu() if keep and isinstance(v, torch.Tensor) else v
+
+    target = full_model.state_dict() if keep else {}
+    with torch.no_grad():
+        for k, v in model.state_dict().items():
+            v = full(v)
+            if keep:
+                target[k].copy_(v)
+    states = []
+    for opt in optimizers:
+        sd = opt.state_dict()
+        states.append({**sd, "state": {i: {k: full(v) for k, v in st.items()}
+                                       for i, st in sd["state"].items()}})
+    return (full_model, states) if keep else (None, None)
