@@ -14,6 +14,8 @@ Layout of a run directory::
         tokenizer.json             the tokenizer, so the checkpoint alone can sample
         sampler.safetensors        only with curriculum sampling: the sampler's loss table (numpy
                                    arrays; safetensors, so no pickled code)
+        adapter_config.json        only for a LoRA run: the adapter in PEFT's own files, beside the
+        adapter_model.safetensors  frozen weights in model.safetensors (gptforge.models.lora)
     RUN_DIR/ckpt/latest            text file naming the newest checkpoint directory
     RUN_DIR/ckpt/best              text file naming the checkpoint with the lowest val loss
 
@@ -24,6 +26,7 @@ moment leaves the pointers naming a complete checkpoint. Old step checkpoints be
 
 Loading: the trainer (resume) and the engine (sampling, serving, evaluation) both read checkpoints
 through ``load_checkpoint``; this module sits below both, so the engine never imports training.
+A LoRA checkpoint loads with its adapter merged into the weights (resuming keeps them apart).
 """
 
 from __future__ import annotations
@@ -51,6 +54,7 @@ from gptforge import __version__
 from gptforge.errors import UserError
 from gptforge.io import atomic_write, fsync, read_file, read_json, validate, write_json
 from gptforge.models import model_from_config
+from gptforge.models.lora import ADAPTER_CONFIG, has_lora, load_lora, save_lora
 
 FORMAT = "gptforge.checkpoint"
 FORMAT_VERSION = 1
@@ -195,7 +199,11 @@ def save_checkpoint(run_dir: str | os.PathLike, model: torch.nn.Module,
     tmp = root / f".tmp-{name}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"), metadata={"format": FORMAT, "step": str(step)})
+    meta = {"format": FORMAT, "step": str(step)}
+    if has_lora(model):  # the frozen weights as model.safetensors, the adapter beside them
+        save_lora(model, tmp, meta)
+    else:
+        save_model(model, str(tmp / "model.safetensors"), metadata=meta)
     torch.save({"optimizers": [o if isinstance(o, dict) else o.state_dict() for o in optimizers]},
                tmp / "optimizer.pt")
     state.weights_sha256 = file_sha256(tmp / "model.safetensors")
@@ -358,12 +366,14 @@ def _shard_like_params(opt: torch.optim.Optimizer, sd: dict) -> dict:
 
 
 def load_checkpoint(path: str | os.PathLike, which: str = "latest", device: str | torch.device = "cpu",
-                    verify: bool = True) -> tuple[torch.nn.Module, RunState]:
+                    verify: bool = True, merge_lora: bool = True) -> tuple[torch.nn.Module, RunState]:
     """Load a model for sampling/evaluation: ``(model in eval mode on device, RunState)``.
 
     ``path`` is a run directory (``which`` picks ``latest`` or ``best``) or a checkpoint
     directory. ``state.path`` is the checkpoint directory; its ``tokenizer.json`` is the tokenizer.
     ``verify`` checks the weights file against the sha256 in trainer.json (when it has one).
+    A LoRA checkpoint's adapter is merged into the weights (``merge_lora``; False: kept apart and
+    trainable, to resume its run).
 
     Raises:
         UserError: missing, incomplete, corrupt or incompatible checkpoint (the message names it).
@@ -381,5 +391,7 @@ def load_checkpoint(path: str | os.PathLike, which: str = "latest", device: str 
     except (KeyError, TypeError, ValueError) as e:
         raise UserError(f"{ck / 'trainer.json'}: cannot build the model it describes ({e})") from None
     load_weights(model, ck, device, state.weights_sha256 if verify else None)
+    if (ck / ADAPTER_CONFIG).is_file():
+        model = load_lora(model, ck, merge_lora)
     model.to(device).eval()
     return model, state

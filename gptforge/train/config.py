@@ -59,6 +59,9 @@ class TrainConfig:
                                  le=100_000)
     init_from: str = setting("", "start from this checkpoint's weights (a run or checkpoint directory); "
                                  "empty -> a new model", metavar="DIR")
+    lora: str = setting("", "train LoRA adapters only, the rest frozen: r=RANK,alpha=A[,targets=NAME,...] "
+                            "(default targets: every Linear layer of the blocks, c_attn,c_proj,c_fc); "
+                            "needs init_from; empty -> every weight trains", metavar="SPEC")
     out: str = setting("", "run directory; empty -> runs/<YYYYmmdd-HHMMSS> (-2, -3, ... when taken)",
                        metavar="DIR")
     # model
@@ -132,13 +135,20 @@ class TrainConfig:
 
     def __post_init__(self):
         check(self, "config")
+        if self.lora:
+            from gptforge.models.lora import parse_lora
+
+            self.lora = str(parse_lora(self.lora))  # the spelled-out form: all its keys, as saved
+            if not self.init_from:
+                raise UserError("config: lora trains adapters on a trained model; it needs init_from "
+                                "(`gptforge sft --ckpt`, or `pretrain --init-from`)")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
 
 
-# keys that change the model's shape or the data it was trained on: fixed once a run exists
-FIXED_ON_RESUME = ("task", "init_from", "arch", "preset", "depth", "model", "block_size")
+# keys that change the model's shape (or what of it trains) or its data: fixed once a run exists
+FIXED_ON_RESUME = ("task", "init_from", "arch", "preset", "depth", "model", "block_size", "lora")
 # keys that may name a path
 PATH_KEYS = ("data", "init_from")
 
@@ -214,11 +224,12 @@ def make_config(base: dict | None = None, *layers: dict, where: str = "config") 
 # own (empty: a new timestamped one, never the base's), fresh budgets, a short warmup, random
 # batches (of conversations or pairs, whatever the base's sampling was), frequent evaluation, one
 # checkpoint kept, and no weight decay, which would pull the trained weights toward zero over a few
-# hundred steps of little data (nanochat's SFT uses none either)
+# hundred steps of little data (nanochat's SFT uses none either); no LoRA unless asked (a LoRA base
+# comes merged: gptforge.models.lora)
 FINETUNE_RESETS = {"out": "", "max_time": 0.0, "schedule_time": 0.0, "max_tokens": 0, "decay_steps": 0,
                    "warmup_steps": 10, "sampling": "random", "weight_decay": 0.0, "eval_interval": 50,
                    "ckpt_interval": 0, "keep_last": 1, "tokens_per_step": 0, "progress": "auto",
-                   "pretrain_mix": 0.0}
+                   "pretrain_mix": 0.0, "lora": ""}
 
 # what an SFT run changes from the base run's config unless told otherwise (the base's schedule shape
 # and learning rates stay); here rather than in chat/sft.py so that `sft --help` needs no torch

@@ -191,7 +191,9 @@ def _evaluate(s, log: Logger) -> dict:
 
 def _banner(s, resume: bool) -> str:
     cfg, d = s.cfg, s.d
-    return (f"{'resuming' if resume else 'training'} {cfg.arch} ({s.state.num_params:,} parameters, "
+    lora = (f", {sum(p.numel() for p in s.raw_model.parameters() if p.requires_grad):,} of them trained: "
+            f"LoRA {cfg.lora}" if cfg.lora else "")
+    return (f"{'resuming' if resume else 'training'} {cfg.arch} ({s.state.num_params:,} parameters{lora}, "
             f"{s.flops_per_token:,} FLOPs/token) in {s.run_dir}\n{format_config(cfg)}\n"
             f"  -> {d.world} process(es) on {d.device.type}, {s.dtype}, B={cfg.batch_size} "
             f"T={cfg.block_size} accum={s.accum}: {s.tokens_per_step:,} tokens/step, {_horizon(s)}; "

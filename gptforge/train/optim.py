@@ -8,6 +8,12 @@ weights), and AdamW for what Muon is not meant for: embeddings (``nn.Embedding``
 head (the module named ``lm_head``), biases, norms and other < 2-D parameters. With tied
 embedding/head weights the shared tensor is optimised once, by AdamW.
 
+Frozen parameters (``requires_grad`` False) are in no group and get no optimizer state. A LoRA run
+(``cfg.lora``) trains only its adapters, with AdamW whatever ``optimizer`` says: LoRA's scale
+(alpha / r) and learning rates were set with Adam (Hu et al. 2021), and Muon's shape rule would give
+the (out, r) factor B sqrt(out / r) times the lr (about 17x for c_attn at r = 8) and orthogonalise
+each rank-r factor on its own, not their product B A, the update that matters.
+
 The schedule is a multiplier on each group's peak lr (``group["peak_lr"]``), a function of the
 step only, so a resumed run follows the same curve.
 """
@@ -111,7 +117,7 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig,
     hidden, embed_head, rest = split_params(model)
     betas = (cfg.beta1, cfg.beta2)
     fused = device_type == "cuda" or None  # fused AdamW kernel on CUDA; torch's default elsewhere
-    if cfg.optimizer == "adamw":
+    if cfg.optimizer == "adamw" or cfg.lora:  # LoRA: only the adapters train, with AdamW (see above)
         groups = [{"params": hidden + embed_head, "weight_decay": cfg.weight_decay},
                   {"params": rest, "weight_decay": 0.0}]
         groups = [g for g in groups if g["params"]]

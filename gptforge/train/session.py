@@ -29,6 +29,7 @@ from gptforge.data.shards import open_shards
 from gptforge.errors import UserError
 from gptforge.models import build_model, model_config
 from gptforge.models.cpu import use_cpu_kernels
+from gptforge.models.lora import add_lora, parse_lora
 from gptforge.models.zoo import with_block_size
 from gptforge.train.batches import PretrainBatches, eval_offsets, lm_loss
 from gptforge.train.config import TrainConfig, saved_config
@@ -386,8 +387,10 @@ def _model_and_state(cfg: TrainConfig, resume: bool, tokenizer: dict, tokens_per
                             **gpt_dial, **cfg.model)
         return model, RunState(tokenizer=tokenizer, model_config=model_config(model),
                                num_params=model.num_params())
-    # weights from a checkpoint: this run's own, or the one it starts from
-    model, loaded = ckpt.load_checkpoint(cfg.out if resume else cfg.init_from, "latest")
+    # weights from a checkpoint: this run's own (its LoRA adapter, if any, apart), or the one it
+    # starts from (merged)
+    model, loaded = ckpt.load_checkpoint(cfg.out if resume else cfg.init_from, "latest",
+                                         merge_lora=not resume)
     model.train()
     if loaded.tokenizer.get("sha256") != tokenizer.get("sha256"):
         raise UserError(f"{cfg.data}: this data was made with a different tokenizer than the "
@@ -404,6 +407,8 @@ def _model_and_state(cfg: TrainConfig, resume: bool, tokenizer: dict, tokens_per
         except UserError as e:
             raise UserError(f"--block-size {cfg.block_size} is longer than the context of {loaded.path} "
                             f"({model.config.block_size}): {e}") from None
+    if cfg.lora:  # adapters on the loaded weights, drawn from the seed; the rest frozen
+        model = add_lora(model, parse_lora(cfg.lora))
     return model, RunState(tokenizer=tokenizer, model_config=model_config(model),
                            num_params=model.num_params())
 
