@@ -73,10 +73,12 @@ class TrainConfig:
     tokens_per_step: int = setting(0, "tokens per optimizer step, all devices; 0 -> B * T * processes",
                                    ge=0, le=BIG)
     sampling: str = setting("random", "pretraining batch windows: random offsets (nanoGPT), sequential, "
-                                      "or curriculum (experimental: chunks whose loss is still falling "
-                                      "drawn more, noise and learnt text less; one process only; see "
-                                      "gptforge/train/curriculum.py)",
-                            choices=("random", "sequential", "curriculum"))
+                                      "packed (documents of a multi-document corpus best-fit into rows "
+                                      "that each start at a document, nanochat's loader; the cut-off "
+                                      "share is logged as train_cropped), or curriculum (experimental: "
+                                      "chunks whose loss is still falling drawn more, noise and learnt "
+                                      "text less; one process only; see gptforge/train/curriculum.py)",
+                            choices=("random", "sequential", "packed", "curriculum"))
     chunk_windows: int = setting(8, "curriculum: windows of block_size tokens per chunk (the unit the "
                                     "sampler keeps a loss record for)", ge=1, le=1 << 20)
     curriculum_mix: float = setting(0.5, "curriculum: share of the draws spread uniformly over chunks "
