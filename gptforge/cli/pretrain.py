@@ -66,7 +66,40 @@ def config_from_args(args) -> tuple[TrainConfig, bool]:
         if args.out and args.out != args.resume:
             raise UserError("--resume continues a run in its own directory; leave out --out")
         return resume_config(args.resume, file_layer, flags), True
-    return make_config(file_layer, flags, where="command line"), False
+    cfg = make_config(file_layer, flags, where="command line")
+    if cfg.dial:
+        cfg = make_config(_dial(cfg, set(file_layer) | set(flags)), file_layer, flags, where="command line")
+    return cfg, False
+
+
+def _dial(cfg: TrainConfig, explicit: set[str]) -> dict:
+    """The depth dial's values for ``cfg`` (gptforge.train.config.depth_dial), its rules printed.
+    Raises UserError for an arch other than gpt or unreadable shards."""
+    import os
+
+    import torch
+
+    from gptforge.data.shards import open_shards
+    from gptforge.models import build_model
+    from gptforge.train.config import DIAL_REF_DEPTH, depth_dial
+
+    if cfg.arch != "gpt":
+        raise UserError(f"dial: the depth dial sets a gpt's training; this run's arch is {cfg.arch}")
+    if not cfg.data:
+        raise UserError("no data: pass --data DIR (a shard directory from `gptforge data prepare`)")
+    vocab = open_shards(cfg.data).meta["tokenizer"]["vocab_size"]
+
+    def params(depth: int) -> int:
+        with torch.device("meta"):  # shapes only: no memory, no init
+            return build_model("gpt", vocab_size=vocab, block_size=cfg.block_size, preset=cfg.preset,
+                               depth=depth, **cfg.model).num_params(exclude_embeddings=True)
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    values, lines = depth_dial(cfg, explicit, params(cfg.depth), params(DIAL_REF_DEPTH),
+                               cfg.batch_size * cfg.block_size * world)
+    if os.environ.get("RANK", "0") == "0":
+        print("\n".join(lines), file=sys.stderr)
+    return values
 
 
 def run(args) -> int:

@@ -260,6 +260,19 @@ class Shards:
         return load_tokenizer(self.path / "tokenizer.json")
 
 
+def document_spans(tokens: np.ndarray, eot: int, chunk: int = 1 << 24) -> np.ndarray:
+    """The documents of a split as ``[start, end)`` token offsets: int64 of shape (D, 2).
+
+    Documents are the runs between end-of-text ids, as ``_write_shards`` separates them: none
+    before the first document or after the last, so ``tokens[start - 1] == eot`` for every
+    document but the first. Empty runs are kept (``end == start``). The split is scanned
+    ``chunk`` tokens at a time, so memory is O(chunk) besides the result, whatever its size.
+    """
+    cuts = [np.flatnonzero(np.asarray(tokens[i:i + chunk]) == eot) + i for i in range(0, len(tokens), chunk)]
+    cuts = np.concatenate([np.zeros(0, dtype=np.int64), *cuts]).astype(np.int64)
+    return np.stack([np.r_[0, cuts + 1], np.r_[cuts, len(tokens)]], axis=1)
+
+
 def open_shards(path: str | os.PathLike, tokenizer: Tokenizer | None = None) -> Shards:
     """Open and check a shard directory made by ``prepare``.
 

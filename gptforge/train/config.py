@@ -24,6 +24,7 @@ from any working directory.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,14 +77,22 @@ class TrainConfig:
     tokens_per_step: int = setting(0, "tokens per optimizer step, all devices; 0 -> B * T * processes",
                                    ge=0, le=BIG)
     sampling: str = setting("random", "pretraining batch windows: random offsets (nanoGPT), sequential, "
-                                      "or curriculum (experimental: chunks whose loss is still falling "
-                                      "drawn more, noise and learnt text less; one process only; see "
-                                      "gptforge/train/curriculum.py)",
-                            choices=("random", "sequential", "curriculum"))
+                                      "packed (documents of a multi-document corpus best-fit into rows "
+                                      "that each start at a document, nanochat's loader; the cut-off "
+                                      "share is logged as train_cropped), or curriculum (experimental: "
+                                      "chunks whose loss is still falling drawn more, noise and learnt "
+                                      "text less; one process only; see gptforge/train/curriculum.py)",
+                            choices=("random", "sequential", "packed", "curriculum"))
     chunk_windows: int = setting(8, "curriculum: windows of block_size tokens per chunk (the unit the "
                                     "sampler keeps a loss record for)", ge=1, le=1 << 20)
     curriculum_mix: float = setting(0.5, "curriculum: share of the draws spread uniformly over chunks "
                                          "(the rest follows learning progress)", ge=0, le=1)
+    dial: bool = setting(False, "gpt pretraining: derive max_steps, tokens_per_step, lr, muon_lr and "
+                                "weight_decay from depth by nanochat's rules (depth_dial; printed at "
+                                "start); values set in a file or flag win")
+    param_data_ratio: float = setting(12.0, "dial: training tokens per parameter (12: nanochat's fit, "
+                                            "counting matrices and lm_head; Chinchilla's is 20)",
+                                      gt=0, le=1e6)
     seed: int = setting(1337, "model init, dropout and batch sampling", ge=0, le=2**32 - 1)
     # optimizer
     optimizer: str = setting("adamw", "adamw, or muon (Muon for hidden 2-D weights, AdamW for the rest)",
@@ -145,6 +154,58 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
+
+
+#: the depth dial's reference (nanochat, scripts/base_train.py): the default lr, muon_lr and
+#: weight_decay are taken as right for a model of depth DIAL_REF_DEPTH at DIAL_REF_BATCH tokens a step
+DIAL_REF_DEPTH = 12
+DIAL_REF_BATCH = 2 ** 19
+
+
+def depth_dial(cfg: TrainConfig, explicit: set[str], params: int, ref_params: int, micro_tokens: int
+               ) -> tuple[dict, list[str]]:
+    """The settings the depth dial derives, ``(values, lines)``: the values of the keys not in
+    ``explicit`` (those set by a file or flag, used as given in the rules below), and one printable
+    line per derived value with its rule. The rules are nanochat's (scripts/base_train.py):
+
+    - horizon: D = param_data_ratio x N tokens, N = ``params``, the model's parameters without
+      its input embeddings (nanochat counts matrices + lm_head); max_steps = D // tokens_per_step.
+    - batch: tokens_per_step = B_ref x (D / D_ref)^0.383 (Power Lines, arXiv:2505.13738), to a
+      power of 2 (nanochat), then to a multiple of B x T x processes (``micro_tokens``);
+      B_ref = DIAL_REF_BATCH, D_ref = param_data_ratio x ``ref_params`` (the same model at depth
+      DIAL_REF_DEPTH).
+    - learning rates: lr and muon_lr x sqrt(tokens_per_step / B_ref) (the square-root rule for
+      Adam; nanochat applies it to Muon too).
+    - weight decay: weight_decay x sqrt(tokens_per_step / B_ref) x D_ref / D, which keeps
+      B / (lr x wd x D) constant (the AdamW timescale, arXiv:2405.13698).
+    """
+    default = TrainConfig()
+    D, D_ref = cfg.param_data_ratio * params, cfg.param_data_ratio * ref_params
+    out, lines = {}, []
+
+    def derive(key, value, rule):
+        if key in explicit:
+            lines.append(f"  {key} = {getattr(cfg, key)!r} (set, not derived)")
+            return getattr(cfg, key)
+        out[key] = value
+        lines.append(f"  {key} = {value!r}: {rule}")
+        return value
+
+    lines.append(f"depth dial: N = {params:,} parameters (without input embeddings), D = "
+                 f"{cfg.param_data_ratio:g} x N = {D:,.0f} tokens; reference: depth {DIAL_REF_DEPTH}, "
+                 f"N_ref = {ref_params:,}, B_ref = {DIAL_REF_BATCH:,} tokens/step")
+    pow2 = 2 ** round(math.log2(DIAL_REF_BATCH * (D / D_ref) ** 0.383))
+    B = derive("tokens_per_step", max(1, round(pow2 / micro_tokens)) * micro_tokens,
+               f"B_ref x (D / D_ref)^0.383 to a power of 2 ({pow2:,}), then to a multiple of "
+               f"{micro_tokens:,}")
+    derive("max_steps", max(1, int(D // B)), "D // tokens_per_step")
+    scale = math.sqrt(B / DIAL_REF_BATCH)
+    derive("lr", default.lr * scale, f"{default.lr:g} x sqrt(tokens_per_step / B_ref) = x {scale:.4g}")
+    derive("muon_lr", default.muon_lr * scale, f"{default.muon_lr:g} x sqrt(tokens_per_step / B_ref)")
+    derive("weight_decay", default.weight_decay * scale * D_ref / D,
+           f"{default.weight_decay:g} x sqrt(tokens_per_step / B_ref) x D_ref / D")
+    return out, lines
+
 
 
 # keys that change the model's shape (or what of it trains) or its data: fixed once a run exists

@@ -31,7 +31,7 @@ from gptforge.models import build_model, model_config
 from gptforge.models.cpu import use_cpu_kernels
 from gptforge.models.lora import add_lora, parse_lora
 from gptforge.models.zoo import with_block_size
-from gptforge.train.batches import PretrainBatches, eval_offsets, lm_loss
+from gptforge.train.batches import PackedBatches, PretrainBatches, eval_offsets, lm_loss
 from gptforge.train.config import TrainConfig, saved_config
 from gptforge.train.curriculum import CurriculumBatches
 from gptforge.train.evaluate import evaluate, window_batches
@@ -226,6 +226,11 @@ def shard_data(cfg: TrainConfig) -> TrainData:
         batches = CurriculumBatches(train_tokens, cfg.batch_size, T, cfg.seed, cfg.chunk_windows,
                                     cfg.curriculum_mix)
         loss_fn, sampler = batches.loss, batches
+    elif cfg.sampling == "packed":
+        batches = PackedBatches(train_tokens, cfg.batch_size, T, cfg.seed, shards.meta["tokenizer"]["eot_id"])
+        loss_fn, sampler = batches.loss, None
+        if os.environ.get("RANK", "0") == "0":
+            print(batches.describe(), file=sys.stderr)
     else:
         batches = PretrainBatches(train_tokens, cfg.batch_size, T, cfg.seed, cfg.sampling)
         loss_fn, sampler = lm_loss, None
