@@ -106,6 +106,7 @@ def lineage(lc: LineageConfig, train_overrides: dict | None = None, progress: bo
         UserError: a bad setting or corpus, or an output folder that is not empty.
         KeyboardInterrupt: Ctrl-C / SIGTERM during training (the run being trained is saved first).
     """
+    from gptforge.data.corpus import open_corpus
     from gptforge.data.shards import prepare
     from gptforge.speedrun import build_tokenizer
 
@@ -118,6 +119,7 @@ def lineage(lc: LineageConfig, train_overrides: dict | None = None, progress: bo
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise UserError(f"{out}: exists and is not an empty folder; choose another --out")
     configs = _configs(lc, over, out, progress)  # a bad override fails here, before anything is built
+    open_corpus(lc.corpus)  # and so does a missing corpus
     out.mkdir(parents=True, exist_ok=True)
     t_all = time.time()
     _say(f"[data] tokenizer ({lc.tokenizer}) on {lc.corpus}, token shards -> {out / 'data'}")
