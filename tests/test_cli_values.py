@@ -36,6 +36,7 @@ PREFIXES = {
     "inspect batch": ["inspect", "batch", "--run", "{ckpt}", "--step", "1"],
     "doctor": ["doctor", "--run", MISSING],  # an accepted value would run every check
     "explore": ["explore", "--ckpt", MISSING, "--corpus", "{corpus}", "--out", MISSING],
+    "lineage": ["lineage", "--corpus", MISSING],  # an accepted value would start training
 }
 WRITES = ("speedrun", "data prepare", "tokenizer train", "pretrain")  # these get a fresh --out each
 VALUES = ["nan", "inf", "-1", "0", "1e20"]

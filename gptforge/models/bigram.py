@@ -1,7 +1,8 @@
 """Bigram language model: the next token depends only on the current one, through a V x V table.
 
-The simplest model on the common interface (Karpathy, makemore / "Let's build GPT": the bigram
-baseline). Row i of the table holds the logits of the token that follows token i.
+The simplest model on the common interface (Shannon 1948, "A Mathematical Theory of Communication",
+the digram approximation; Karpathy, makemore / "Let's build GPT": the bigram baseline). Row i of the
+table holds the logits of the token that follows token i.
 """
 
 from __future__ import annotations

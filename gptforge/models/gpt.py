@@ -13,7 +13,8 @@ Two named presets (see `gpt_config`):
   untied embeddings, no biases, logit softcap 15: the recipe modded-nanogpt and nanochat found
   fastest. Exports to Hugging Face ``NanoChatForCausalLM``.
 
-References: Radford et al. 2019 (GPT-2; openai/gpt-2 src/model.py); Karpathy, nanoGPT model.py and
+References: Vaswani et al. 2017 (the Transformer); Radford et al. 2018 (GPT); Radford et al. 2019 (GPT-2;
+openai/gpt-2 src/model.py); Karpathy, nanoGPT model.py and
 nanochat gpt.py; Jordan et al., modded-nanogpt; Su et al. 2021 (RoPE); Zhang & Sennrich 2019
 (RMSNorm); So et al. 2021 (Primer, ReLU^2); Shazeer 2020 (SwiGLU); Henry et al. 2020 / Dehghani et
 al. 2023 (QK-norm); Gemma 2 team 2024 (logit softcap); Ainslie et al. 2023 (GQA); Chowdhery et al.
