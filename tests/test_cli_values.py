@@ -36,8 +36,10 @@ PREFIXES = {
     "inspect batch": ["inspect", "batch", "--run", "{ckpt}", "--step", "1"],
     "doctor": ["doctor", "--run", MISSING],  # an accepted value would run every check
     "explore": ["explore", "--ckpt", MISSING, "--corpus", "{corpus}", "--out", MISSING],
+    "probe icl": ["probe", "icl", "--ckpt", "{ckpt}"],
 }
-WRITES = ("speedrun", "data prepare", "tokenizer train", "pretrain")  # these get a fresh --out each
+# these get a fresh --out each
+WRITES = ("speedrun", "data prepare", "tokenizer train", "pretrain", "probe icl")
 VALUES = ["nan", "inf", "-1", "0", "1e20"]
 
 

@@ -36,6 +36,7 @@ COMMANDS = {
     "explore": "loss per document, sorted both ways, with duplicate/noise flags (HTML + JSON)",
     "inspect": "decode the exact batch the trainer feeds at a step (terminal + HTML)",
     "doctor": "run the training checklist (init loss, overfit one batch, zero_grad, leaks, ...)",
+    "probe": "measure a trained model: in-context copying per checkpoint (probe icl)",
 }
 
 
