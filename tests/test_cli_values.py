@@ -37,8 +37,10 @@ PREFIXES = {
     "doctor": ["doctor", "--run", MISSING],  # an accepted value would run every check
     "explore": ["explore", "--ckpt", MISSING, "--corpus", "{corpus}", "--out", MISSING],
     "lineage": ["lineage", "--corpus", MISSING],  # an accepted value would start training
+    "probe icl": ["probe", "icl", "--ckpt", "{ckpt}"],
 }
-WRITES = ("speedrun", "data prepare", "tokenizer train", "pretrain")  # these get a fresh --out each
+# these get a fresh --out each
+WRITES = ("speedrun", "data prepare", "tokenizer train", "pretrain", "probe icl")
 VALUES = ["nan", "inf", "-1", "0", "1e20"]
 
 
