@@ -38,11 +38,13 @@ class LawFit:
 
     def loss(self, N, D):
         """Predicted loss (nats/token) at N parameters and D tokens (scalars or arrays)."""
-        return self.E + self.A / np.asarray(N, float) ** self.alpha + self.B / np.asarray(D, float) ** self.beta
+        N, D = np.asarray(N, float), np.asarray(D, float)
+        return self.E + self.A / N**self.alpha + self.B / D**self.beta
 
     def optimal_ratio(self, C: float) -> float:
         """Compute-optimal tokens per parameter D/N at C FLOPs, taking C = 6 N D (Hoffmann et al. eq. 4):
-        N_opt = G (C/6)^(beta/(alpha+beta)), D_opt = (C/6) / N_opt, G = (alpha A / (beta B))^(1/(alpha+beta))."""
+        N_opt = G (C/6)^(beta/(alpha+beta)), D_opt = (C/6) / N_opt,
+        G = (alpha A / (beta B))^(1/(alpha+beta))."""
         G = (self.alpha * self.A / (self.beta * self.B)) ** (1 / (self.alpha + self.beta))
         n_opt = G * (C / 6) ** (self.beta / (self.alpha + self.beta))
         return (C / 6) / n_opt / n_opt
