@@ -484,3 +484,25 @@ def test_social_items_and_checker():
     assert tasks.reply_correct("gsm8k", [P("text", "so 3 then 7\n#### 12")], "12")
     with pytest.raises(ValueError):
         tasks.items("poetry")
+
+
+def test_letter_count_checker_reads_the_answers_the_mixture_writes():
+    """Every letter-count answer form of the spelling mixture scores right against its own count
+    (words included: "once", "twice", "does not appear"), and a wrong count scores wrong."""
+    from gptforge.chat import tasks
+
+    forms = set()
+    for conv in M.mixture("spelling", "train", 600, seed=5):
+        parts = conv[-1]["content"]
+        call = next(p["text"] for p in parts if p["type"] == "tool_call")
+        if ".count(" not in call:
+            continue
+        ref = next(p["text"] for p in parts if p["type"] == "tool_output")
+        reply = [p for p in parts if p["type"] == "text"][-1:]
+        forms.add(re.sub(r"\d+", "N", reply[0]["text"].split(" in ")[0]))
+        assert tasks.reply_correct("letter_count", parts, ref), (reply, ref)
+        assert not tasks.reply_correct("letter_count", parts, str(int(ref) + 1)), (reply, ref)
+    assert {"N", "The letter t appears once", "The letter e appears twice"} & forms
+    assert any("does not appear" in f for f in forms) and any("once" in f for f in forms)
+    assert tasks.last_count("There are 3 r's in strawberry, not 2.") == "2"
+    assert tasks.last_count("no digits here") is None

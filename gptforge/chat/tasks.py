@@ -10,7 +10,8 @@ Tasks:
 - ``arithmetic``: the arithmetic mixture's questions (`gptforge.chat.mixtures`, operands of up to
   ``max_digits`` digits, default 3); reference: the calculator's result; right when the last number
   of the reply's text equals it.
-- ``letter_count``: the spelling mixture's letter-count questions; scored the same way.
+- ``letter_count``: the spelling mixture's letter-count questions; right when the reply's last count
+  equals it, in digits or as the mixture's answers say it ("once", "twice", "does not appear").
 - ``social``: greetings, thanks, questions about the assistant and requests it cannot serve (a
   poem, facts it does not know), from the identity mixture; reference: the topic (``greeting``,
   ``creative``...); right when the reply calls no tool and says what that topic's answers say
@@ -102,6 +103,21 @@ def last_number(text: str) -> str | None:
     return found[-1] if found else None
 
 
+# the letter-count answers say small counts in words ("appears twice", "does not appear")
+COUNT = re.compile(r"-?\d+|\b(once|twice|not appear)\b", re.IGNORECASE)
+COUNT_WORDS = {"once": "1", "twice": "2", "not appear": "0"}
+
+
+def last_count(text: str) -> str | None:
+    """The last count written in ``text``, in digits or as the letter-count answers say it ("once",
+    "twice", "does not appear"), as digits; None when there is none."""
+    found = list(COUNT.finditer(text.replace(",", "")))
+    if not found:
+        return None
+    word = found[-1].group(1)
+    return COUNT_WORDS[word.lower()] if word else found[-1].group(0)
+
+
 def gsm8k_answer(text: str) -> str | None:
     """The number after the last ``####`` in ``text``, else its last number, else None."""
     found = GSM8K_ANSWER.findall(text.replace(",", ""))
@@ -132,4 +148,6 @@ def reply_correct(task: str, parts: list[dict], reference: str) -> bool:
     if task == "social":
         no_tool = not any(p["type"] == "tool_call" for p in parts)
         return no_tool and re.search(IDENTITY_KEYWORDS[reference], text.lower()) is not None
-    return same_number(gsm8k_answer(text) if task == "gsm8k" else last_number(text), reference)
+    if task == "gsm8k":
+        return same_number(gsm8k_answer(text), reference)
+    return same_number(last_count(text) if task == "letter_count" else last_number(text), reference)
