@@ -60,7 +60,15 @@ import torch
 
 from gptforge.chat import tasks as chat_tasks
 from gptforge.chat.render import ChatTokens, render_for_completion
-from gptforge.chat.tasks import gsm8k_answer, held_out, last_number, reply_correct, same_number, text_of  # noqa: F401
+from gptforge.chat.tasks import (  # noqa: F401
+    gsm8k_answer,
+    held_out,
+    last_count,
+    last_number,
+    reply_correct,
+    same_number,
+    text_of,
+)
 from gptforge.engine import ToolUse, generate
 from gptforge.errors import UserError
 from gptforge.eval.core import centered
@@ -288,7 +296,7 @@ def _run_generation(model, tok, task, items, max_new, batch_size, tick) -> list[
     records = []
     for (q, ref), (parts, stopped) in zip(items, replies, strict=True):
         text = text_of(parts)
-        pred = gsm8k_answer(text) if task == "gsm8k" else last_number(text)
+        pred = {"gsm8k": gsm8k_answer, "letter_count": last_count}.get(task, last_number)(text)
         records.append({"question": q, "reference": ref, "pred": pred,
                         "correct": reply_correct(task, parts, ref), "reply": parts, "stopped": stopped})
     return records

@@ -207,7 +207,6 @@ def depth_dial(cfg: TrainConfig, explicit: set[str], params: int, ref_params: in
     return out, lines
 
 
-
 # keys that change the model's shape (or what of it trains) or its data: fixed once a run exists
 FIXED_ON_RESUME = ("task", "init_from", "arch", "preset", "depth", "model", "block_size", "lora")
 # keys that may name a path
