@@ -37,6 +37,7 @@ COMMANDS = {
     "inspect": "decode the exact batch the trainer feeds at a step (terminal + HTML)",
     "doctor": "run the training checklist (init loss, overfit one batch, zero_grad, leaks, ...)",
     "lineage": "bigram -> MLP -> LSTM -> GPT on the same data and budget: a table and a plot",
+    "scaling": "scaling laws: an isoFLOP grid, the Chinchilla fits and a held-out run predicted",
     "probe": "measure a trained model: in-context copying per checkpoint (probe icl)",
 }
 
