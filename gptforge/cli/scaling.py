@@ -19,7 +19,7 @@ def register(sub: argparse._SubParsersAction, help: str) -> None:
     p = sub.add_parser(
         "scaling", help=help, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train an isoFLOP grid (compute budgets C = 6 N D x model depths), fit L(N, D) = E + "
-                    "A/N^alpha + B/D^beta (Chinchilla Approach 3, bootstrap 95%% intervals) and a parabola "
+                    "A/N^alpha + B/D^beta (Chinchilla Approach 3, bootstrap 95% intervals) and a parabola "
                     "per budget (Approach 2), predict a run at a larger budget before training it, then "
                     "train it; write OUT/scaling.md, scaling.png and scaling.json.")
     add_config_flags(p, ScalingConfig)

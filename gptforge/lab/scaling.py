@@ -7,10 +7,17 @@ grid of starting points; Besiroglu et al. 2024, "Chinchilla Scaling: A replicati
 (arXiv 2404.10102): the same fit, run to convergence, with bootstrap intervals.
 
 Units: N parameters, D training tokens, L loss in nats per token, C FLOPs.
+
+Below the fitters, `gptforge scaling` (``scaling``): an isoFLOP grid of runs trained with
+gptforge.train, both fits on their final validation losses, and a held-out run at a larger budget
+whose loss the fit predicts before it is trained (AI2's model ladders report such a prediction's
+absolute error). OUT receives ``tokenizer.json``, ``data/`` (the shards), one run directory per run
+(``C<budget>-d<depth>``, ``heldout-d<depth>``), and ``scaling.md``, ``scaling.png``, ``scaling.json``.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import os
@@ -19,20 +26,28 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from gptforge.config import check, setting
 from gptforge.errors import UserError
 from gptforge.io import atomic_write, write_json
 
+if TYPE_CHECKING:  # numpy is imported where used: `gptforge scaling --help` must not pay for it
+    import numpy as np
+
 HUBER_DELTA = 1e-3  # Hoffmann et al.'s delta
 
-# Hoffmann et al.'s grid of starts: alpha, beta in {0, 0.5, ..., 2}, e in {-1, -0.5, ..., 1},
-# a, b in {0, 5, ..., 25} (A = exp(a), B = exp(b), E = exp(e))
-START_GRID = np.array(list(itertools.product(np.arange(0, 30, 5.0), np.arange(0, 30, 5.0),
-                                             np.arange(-1, 1.5, 0.5), np.arange(0, 2.5, 0.5),
-                                             np.arange(0, 2.5, 0.5))))  # columns a, b, e, alpha, beta
+
+@functools.cache
+def start_grid():
+    """Hoffmann et al.'s grid of starts, shape (4500, 5), columns a, b, e, alpha, beta: alpha, beta in
+    {0, 0.5, ..., 2}, e in {-1, -0.5, ..., 1}, a, b in {0, 5, ..., 25} (A = exp(a), B = exp(b),
+    E = exp(e))."""
+    import numpy as np
+
+    return np.array(list(itertools.product(np.arange(0, 30, 5.0), np.arange(0, 30, 5.0),
+                                           np.arange(-1, 1.5, 0.5), np.arange(0, 2.5, 0.5),
+                                           np.arange(0, 2.5, 0.5))))
 
 
 @dataclass
@@ -48,6 +63,8 @@ class LawFit:
 
     def loss(self, N, D):
         """Predicted loss (nats/token) at N parameters and D tokens (scalars or arrays)."""
+        import numpy as np
+
         N, D = np.asarray(N, float), np.asarray(D, float)
         return self.E + self.A / N**self.alpha + self.B / D**self.beta
 
@@ -55,6 +72,8 @@ class LawFit:
         """Compute-optimal tokens per parameter D/N at C FLOPs, taking C = 6 N D (Hoffmann et al. eq. 4):
         N_opt = G (C/6)^(beta/(alpha+beta)), D_opt = (C/6) / N_opt,
         G = (alpha A / (beta B))^(1/(alpha+beta))."""
+        import numpy as np
+
         num, den = self.alpha * self.A, self.beta * self.B
         if num <= 0 or den <= 0:  # a degenerate fit (a bootstrap resample): no N term or no D term
             return float("inf") if num <= 0 else 0.0
@@ -66,6 +85,8 @@ class LawFit:
 
 def _huber_terms(r: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
     """(Huber loss, its derivative) of residuals r, elementwise."""
+    import numpy as np
+
     small = np.abs(r) <= delta
     return (np.where(small, 0.5 * r * r, delta * (np.abs(r) - 0.5 * delta)),
             np.where(small, r, delta * np.sign(r)))
@@ -74,6 +95,8 @@ def _huber_terms(r: np.ndarray, delta: float) -> tuple[np.ndarray, np.ndarray]:
 def _objective(x: np.ndarray, logN: np.ndarray, logD: np.ndarray, logL: np.ndarray, delta: float):
     """(sum of Huber losses of log L_pred - log L, gradient) at x = (a, b, e, alpha, beta); log L_pred is
     the log-sum-exp of a - alpha log N, b - beta log D and e (numerically stable, as Hoffmann et al.)."""
+    import numpy as np
+
     a, b, e, alpha, beta = x
     terms = np.stack([a - alpha * logN, b - beta * logD, np.full_like(logN, e)])
     m = terms.max(axis=0)
@@ -87,8 +110,10 @@ def _objective(x: np.ndarray, logN: np.ndarray, logD: np.ndarray, logL: np.ndarr
 
 
 def _grid_objective(logN, logD, logL, delta: float) -> np.ndarray:
-    """The objective at every row of START_GRID (vectorised), shape (len(START_GRID),)."""
-    a, b, e, alpha, beta = (START_GRID[:, i:i + 1] for i in range(5))
+    """The objective at every row of start_grid() (vectorised), shape (len(start_grid()),)."""
+    import numpy as np
+
+    a, b, e, alpha, beta = (start_grid()[:, i:i + 1] for i in range(5))
     terms = np.stack([a - alpha * logN, b - beta * logD, np.broadcast_to(e, (len(a), len(logN)))])
     pred = np.logaddexp.reduce(terms, axis=0)
     return _huber_terms(pred - logL, delta)[0].sum(axis=1)
@@ -105,6 +130,7 @@ def fit_law(N, D, L, delta: float = HUBER_DELTA, starts: int = 20) -> LawFit:
     Raises:
         ValueError: mismatched lengths, fewer than 5 points, or a non-positive value.
     """
+    import numpy as np
     from scipy.optimize import minimize
 
     N, D, L = (np.asarray(v, float).ravel() for v in (N, D, L))
@@ -115,7 +141,7 @@ def fit_law(N, D, L, delta: float = HUBER_DELTA, starts: int = 20) -> LawFit:
     logN, logD, logL = np.log(N), np.log(D), np.log(L)
     order = np.argsort(_grid_objective(logN, logD, logL, delta))[:starts]
     best = None
-    for x0 in START_GRID[order]:
+    for x0 in start_grid()[order]:
         res = minimize(_objective, x0, args=(logN, logD, logL, delta), jac=True, method="L-BFGS-B",
                        options={"maxiter": 10_000, "ftol": 1e-15, "gtol": 1e-12})
         if best is None or res.fun < best.fun:
@@ -132,6 +158,8 @@ def bootstrap_law(N, D, L, n_boot: int = 200, seed: int = 0, level: float = 0.95
     when ``ratio_at`` (FLOPs) is given, of the compute-optimal tokens per parameter there ("ratio"; inf
     for a bound where resamples' fits have no N term). ``on_fit(i, n_boot)``, when given, is called
     after each resample (progress)."""
+    import numpy as np
+
     N, D, L = (np.asarray(v, float).ravel() for v in (N, D, L))
     rng = np.random.default_rng(seed)
     fits = []
@@ -154,6 +182,8 @@ def fit_parabola(N, L) -> float | None:
     """Approach 2 for one compute budget: fit L = c2 x^2 + c1 x + c0 with x = log N by least squares;
     return the N at its vertex, or None when the parabola opens downwards (no minimum). Needs >= 3
     points (ValueError otherwise)."""
+    import numpy as np
+
     x, L = np.log(np.asarray(N, float)), np.asarray(L, float)
     if len(x) < 3:
         raise ValueError("a parabola needs at least 3 points")
@@ -289,12 +319,21 @@ def _train_run(size: dict, budget: float, data: Path, out: Path, sc: ScalingConf
     return row
 
 
+def n_opt(law: LawFit, C: float) -> float:
+    """The law's compute-optimal N at C FLOPs (C = 6 N D): sqrt(C / 6 / optimal_ratio); 0 when the fit
+    has no N term, inf when it has no D term."""
+    ratio = law.optimal_ratio(C)
+    return 0.0 if math.isinf(ratio) else math.inf if ratio <= 0 else math.sqrt(C / 6 / ratio)
+
+
 def fit_grid(rows: list[dict], budgets, heldout_budget: float, boot: int, seed: int
              ) -> tuple[LawFit, list, dict]:
     """Approach 3 on the grid's runs: (the fit, its bootstrap fits, a dict of ``law`` (E, A, B, alpha,
     beta), ``intervals`` (95%: those and "ratio", the compute-optimal D/N at ``heldout_budget``) and
     ``per_budget``: for each budget, N_opt and D/N by Approach 3 and by Approach 2 (a parabola in
     log N; None when it opens downwards or has under 3 points))."""
+    import numpy as np
+
     N, D, L = (np.array([r[k] for r in rows], float) for k in ("params", "tokens", "val_loss"))
     law = fit_law(N, D, L)
     def on_fit(i, n):
@@ -307,9 +346,11 @@ def fit_grid(rows: list[dict], budgets, heldout_budget: float, boot: int, seed: 
     for c in budgets:
         pts = [r for r in rows if r["budget"] == c]
         n2 = fit_parabola([r["params"] for r in pts], [r["val_loss"] for r in pts]) if len(pts) >= 3 else None
-        n3 = math.sqrt(c / 6 / law.optimal_ratio(c))
-        per_budget.append({"budget": c, "n_opt3": n3, "ratio3": c / 6 / n3 / n3, "n_opt2": n2,
-                           "ratio2": c / 6 / n2 / n2 if n2 else None})
+        n3 = n_opt(law, c)
+        sampled = [r["params"] for r in pts]
+        per_budget.append({"budget": c, "n_opt3": n3, "ratio3": law.optimal_ratio(c), "n_opt2": n2,
+                           "ratio2": c / 6 / n2 / n2 if n2 else None,
+                           "n_opt2_inside": bool(n2 and min(sampled) <= n2 <= max(sampled))})
     return law, fits, {"law": {k: getattr(law, k) for k in ("E", "A", "B", "alpha", "beta")},
                        "intervals": intervals, "per_budget": per_budget}
 
@@ -317,12 +358,14 @@ def fit_grid(rows: list[dict], budgets, heldout_budget: float, boot: int, seed: 
 def predict(law: LawFit, fits: list[LawFit], sizes: list[dict], budget: float) -> dict:
     """The held-out run: the size among ``sizes`` nearest (in log N) the law's compute-optimal N at
     ``budget``, its tokens D = budget / 6N, and the predicted loss with the bootstrap fits' 95% interval."""
-    n_opt = math.sqrt(budget / 6 / law.optimal_ratio(budget))
-    size = min(sizes, key=lambda s: abs(math.log(s["params"] / n_opt)))
+    import numpy as np
+
+    best = n_opt(law, budget)
+    size = min(sizes, key=lambda s: abs(np.log(s["params"]) - np.log(best)))
     D = budget / (6 * size["params"])
     boot = np.array([f.loss(size["params"], D) for f in fits], float)
     lo, hi = np.nanpercentile(boot, [2.5, 97.5]) if len(boot) else (math.nan, math.nan)
-    return {"budget": budget, "n_opt": n_opt, "depth": size["depth"], "params": size["params"],
+    return {"budget": budget, "n_opt": best, "depth": size["depth"], "params": size["params"],
             "tokens_planned": D, "pred_loss": float(law.loss(size["params"], D)),
             "pred_interval": [float(lo), float(hi)]}
 
@@ -341,6 +384,8 @@ def scaling(sc: ScalingConfig, grid: Grid | None = None, progress: bool = True) 
         UserError: a bad corpus or an output folder that is not empty.
         KeyboardInterrupt: Ctrl-C / SIGTERM during training (the run being trained is saved first).
     """
+    import numpy as np
+
     from gptforge.data.corpus import open_corpus
     from gptforge.data.shards import prepare
     from gptforge.speedrun import build_tokenizer
@@ -426,10 +471,12 @@ def scaling_markdown(record: dict) -> str:
              f"{r['val_bpb']:.4f}", f"{r['train_s']:.1f}"] for r in record["runs"]]
     law = [[k, f"{fit['law'][k]:.4g}", f"{iv[k][0]:.4g} - {iv[k][1]:.4g}"]
            for k in ("E", "A", "B", "alpha", "beta")]
-    ratio = [f"compute-optimal D/N at {h['budget']:.3g} FLOPs", f"{h['budget'] / 6 / h['n_opt'] ** 2:.4g}",
+    ratio = [f"compute-optimal D/N at {h['budget']:.3g} FLOPs", f"{h['budget'] / 6 / h['n_opt'] ** 2:.4g}"
+             if h["n_opt"] else "inf",
              f"{iv['ratio'][0]:.4g} - {iv['ratio'][1]:.4g}"]
     per = [[f"{p['budget']:.3g}", f"{p['n_opt3']:,.0f}", f"{p['ratio3']:.3g}",
-            f"{p['n_opt2']:,.0f}" if p["n_opt2"] else "no minimum",
+            (f"{p['n_opt2']:,.0f}" + ("" if p["n_opt2_inside"] else " (outside)")) if p["n_opt2"]
+            else "no minimum",
             f"{p['ratio2']:.3g}" if p["ratio2"] else "-"]
            for p in fit["per_budget"]]
     lo, hi = h["pred_interval"]
@@ -452,7 +499,8 @@ def scaling_markdown(record: dict) -> str:
         f"intervals from {g['boot']} bootstrap resamples of the runs (Besiroglu et al. 2024). Loss in "
         "nats/token.", "", *_table(["", "fit", "95% interval"], law + [ratio]), "",
         "## Compute-optimal size per budget: Approach 3 against Approach 2", "",
-        "Approach 2 fits a parabola in log N to each budget's losses and takes its vertex.", "",
+        "Approach 2 fits a parabola in log N to each budget's losses and takes its vertex ('outside': "
+        "beyond the sizes trained, an extrapolation). D/N at C: C / 6 N_opt^2.", "",
         *_table(["budget (FLOPs)", "N_opt (3)", "D/N (3)", "N_opt (2)", "D/N (2)"], per), "",
         "## Held-out prediction", "",
         f"Predicted before training: {h['budget']:.3g} FLOPs ({g['heldout_factor']:g}x the largest budget); "
@@ -469,6 +517,7 @@ def plot_scaling(record: dict, law: LawFit, out: Path) -> Path:
     curves), the compute-optimal frontier, and the held-out run (prediction with its interval, and
     the measurement)."""
     import matplotlib
+    import numpy as np
 
     from gptforge.train.plot import save_png
 
@@ -477,6 +526,8 @@ def plot_scaling(record: dict, law: LawFit, out: Path) -> Path:
 
     runs, h = record["runs"], record["heldout"]
     n_all = [r["params"] for r in runs] + [h["params"]]
+    if 0 < h["n_opt"] < math.inf:  # show the frontier near the held-out run, within 100x of the grid
+        n_all.append(min(max(h["n_opt"], min(n_all) / 100), max(n_all) * 100))
     n = np.geomspace(min(n_all) / 2, max(n_all) * 2, 200)
     fig, ax = plt.subplots(figsize=(7.5, 5))
     for i, c in enumerate(record["grid"]["budgets"]):
@@ -492,10 +543,10 @@ def plot_scaling(record: dict, law: LawFit, out: Path) -> Path:
                 label="predicted (95% interval)")
     ax.plot([h["params"]], [h["run"]["val_loss"]], "*", color="crimson", ms=12, label="measured")
     cs = np.geomspace(min(record["grid"]["budgets"]) / 2, c * 2, 50)
-    n_opt = np.array([math.sqrt(x / 6 / law.optimal_ratio(x)) for x in cs])
-    keep = (n_opt > n[0]) & (n_opt < n[-1])
-    ax.plot(n_opt[keep], law.loss(n_opt[keep], cs[keep] / (6 * n_opt[keep])), ":", color="grey", lw=2,
-            label="compute-optimal frontier")
+    front = np.array([n_opt(law, x) for x in cs])
+    keep = (front > n[0]) & (front < n[-1])
+    ax.plot(front[keep], law.loss(front[keep], cs[keep] / (6 * front[keep])), ":", color="grey", lw=2,
+            label="compute-optimal frontier" + ("" if keep.any() else " (outside the plot)"))
     ax.set_xscale("log")
     ax.set(xlabel="parameters N (without input embeddings)", ylabel="validation loss (nats/token)",
            title=f"isoFLOP curves on {record['config']['corpus']} (Approach 3 fit)")
