@@ -247,8 +247,9 @@ def test_gguf_export_runs_in_llama_cpp_with_our_greedy_tokens(tok, tied, tmp_pat
     # llama.cpp's logits at every position, ours to 0.1% of the largest (it rounds GELU through an f16 table;
     # measured: 2e-4): prompt + continuation (the last token not yet fed), then 48 random tokens at once
     torch.manual_seed(1)
-    for seq in (prompt + want[:-1], torch.randint(0, tok.vocab_size, (BLOCK,)).tolist()):
-        if seq[0] != prompt[0]:
+    noise = torch.randint(0, tok.vocab_size, (BLOCK,)).tolist()
+    for fed, seq in ((True, prompt + want[:-1]), (False, noise)):
+        if not fed:
             llm.reset()
             llm.eval(seq)
         with torch.no_grad():
