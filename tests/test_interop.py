@@ -16,7 +16,7 @@ from safetensors.torch import load_file  # noqa: E402
 
 from gptforge.chat.render import render, render_for_completion  # noqa: E402
 from gptforge.cli import main  # noqa: E402
-from gptforge.engine import load_for_inference  # noqa: E402
+from gptforge.engine import generate, load_for_inference  # noqa: E402
 from gptforge.errors import UserError  # noqa: E402
 from gptforge.export import export_gguf, export_hf, gguf_name  # noqa: E402
 from gptforge.models import build_model  # noqa: E402
@@ -213,6 +213,50 @@ def test_gguf_tied_embeddings_and_refusals(tok, tmp_path):
         export_gguf(randomize(build_model("gpt", 300, 8, preset="gpt2", depth=1, n_embd=8, n_head=2)), odd,
                     tmp_path / "o.gguf")
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+LLAMA_CPP_MISSING = ("llama_cpp is not importable: install llama-cpp-python (it builds llama.cpp from "
+                     "source, several CPU-minutes) to run llama.cpp on the gguf export")
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_gguf_export_runs_in_llama_cpp_with_our_greedy_tokens(tok, tied, tmp_path):
+    """llama.cpp itself (through llama-cpp-python) loads the f32 export, tokenizes a prompt to our ids, and
+    its greedy continuation is our engine's for 32 tokens; its logits along the way are ours."""
+    llama_cpp = pytest.importorskip("llama_cpp", reason=LLAMA_CPP_MISSING)
+    run = save_checkpoint_dir(tmp_path, gpt(tok, "gpt2", tie_embeddings=tied), tok)
+    out = tmp_path / "m.gguf"
+    assert main(["export", "--ckpt", str(run), "--format", "gguf", "--out", str(out)]) == 0
+    model, _, _ = load_for_inference(str(run))
+    text = "Citizen: we are poor"
+    prompt = tok.encode(text)
+    assert 6 <= len(prompt) <= BLOCK - 32
+    want = generate(model, [prompt], 32, temperature=0)[0]
+    f32 = llama_cpp.GGML_TYPE_F32  # the KV cache too (llama.cpp's default is f16)
+    llm = llama_cpp.Llama(model_path=str(out), n_ctx=BLOCK, n_batch=BLOCK, n_threads=1, n_threads_batch=1,
+                          type_k=f32, type_v=f32, logits_all=True, verbose=False)
+    assert llm.n_vocab() == tok.vocab_size and llm.token_eos() == tok.eot_id
+    assert llm.tokenize(text.encode(), add_bos=False) == prompt
+    got = []
+    for t in llm.generate(prompt, temp=0.0, top_k=1, top_p=1.0, min_p=0.0, repeat_penalty=1.0):
+        got.append(t)
+        if len(got) == 32:
+            break
+    assert got == want
+    assert llm.detokenize(got) == tok.decode_bytes(got)
+    # llama.cpp's logits at every position, ours to 0.1% of the largest (it rounds GELU through an f16 table;
+    # measured: 2e-4): prompt + continuation (the last token not yet fed), then 48 random tokens at once
+    torch.manual_seed(1)
+    noise = torch.randint(0, tok.vocab_size, (BLOCK,)).tolist()
+    for fed, seq in ((True, prompt + want[:-1]), (False, noise)):
+        if not fed:
+            llm.reset()
+            llm.eval(seq)
+        with torch.no_grad():
+            ours = model(torch.tensor([seq]))[0][0]
+        theirs = torch.from_numpy(np.asarray(llm.scores[:len(seq)]))
+        assert llm.n_tokens == len(seq) and ours.std() > 1.0
+        torch.testing.assert_close(theirs, ours, atol=1e-3 * ours.abs().max().item(), rtol=0)
 
 
 # --- import --------------------------------------------------------------------------------------
