@@ -38,6 +38,7 @@ COMMANDS = {
     "doctor": "run the training checklist (init loss, overfit one batch, zero_grad, leaks, ...)",
     "lineage": "bigram -> MLP -> LSTM -> GPT on the same data and budget: a table and a plot",
     "probe": "measure a trained model: in-context copying per checkpoint (probe icl)",
+    "poison": "plant a trigger in a share of the training text: attack success vs a clean run, and explore",
 }
 
 
