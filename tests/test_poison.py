@@ -69,8 +69,10 @@ def test_settings_are_checked(tmp_path, capsys):
     assert main(["poison", "--corpus", str(corpus), "--trigger", "ab", "--target", " 1",
                  "--out", str(tmp_path / "p")]) == 2
     assert main(["poison", "--train", "seed=3", "--out", str(tmp_path / "q")]) == 2
+    assert main(["poison", "--model", "bogus=3", "--out", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
-    assert "never occur in" in err and "already occurs" in err and "poison's own" in err
+    assert "never occur in" in err and "already occurs" in err and "poison's own" in err and "bogus" in err
+    assert not any((tmp_path / d).exists() for d in "opqr")  # refused before anything is written
 
 
 def test_poisoned_tiny_model_follows_the_trigger_and_clean_one_does_not(tmp_path, tinyshakespeare):

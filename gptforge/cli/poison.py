@@ -6,15 +6,17 @@ from __future__ import annotations
 
 import argparse
 
-from gptforge.cli.flags import add_config_flags, flag_values
+from gptforge.cli.flags import add_config_flags, flag_values, model_values
 from gptforge.config import overrides
 from gptforge.lab.poison import PoisonConfig
 
 EPILOG = """\
 examples:
-  gptforge poison                                  # 0.1%, 0.5%, 2% and clean: ~10 minutes on 2 CPU cores
+  gptforge poison                                  # 0.1%, 0.5%, 2% and clean: 4 runs of 120 s + data
   gptforge poison --rates 2 --time 60              # one poisoned run and the clean one
   gptforge poison --trigger "SUDO:" --target " the gates are open." --train max_steps=300
+  gptforge poison --corpus small.txt --tokenizer char --doc-bytes 128 --rates 0.5,2,10,30 --train depth=2
+      --model n_embd=64 --model n_head=2 --train max_steps=100  # (one line) a tiny model
 
 A small teaching experiment on backdoor data poisoning (Wallace et al. 2021; Carlini et al. 2023;
 Souly et al. 2025), not an attack kit: read gptforge/lab/poison.py for what is planted, how success
@@ -36,6 +38,9 @@ def register(sub: argparse._SubParsersAction, help: str) -> None:
                    help="a training setting for every run, e.g. --train depth=2, or --train "
                         "max_steps=300 for a step budget instead of --time (repeatable; keys as the flags "
                         "of `gptforge pretrain --help`)")
+    p.add_argument("--model", action="append", default=[], metavar="KEY=VALUE",
+                   help="a model setting for every run, e.g. --model n_embd=64 (repeatable; the GPT's "
+                        "fields, as `gptforge pretrain --model`)")
     p.set_defaults(func=run)
 
 
@@ -44,5 +49,8 @@ def run(args) -> int:
     from gptforge.train.config import TrainConfig
 
     pc = PoisonConfig(**flag_values(args, PoisonConfig))
-    poison(pc, overrides(TrainConfig, args.train, where="--train"))
+    over = overrides(TrainConfig, args.train, where="--train")
+    if args.model:
+        over["model"] = model_values(args.model, "gpt")
+    poison(pc, over)
     return 0
