@@ -79,7 +79,8 @@ def test_poisoned_tiny_model_follows_the_trigger_and_clean_one_does_not(tmp_path
     """A step budget (100 steps, fixed seed) keeps this independent of the machine's load. At 30% of
     256 documents of ~128 characters, a 2-layer char model writes the target after the trigger on every
     held-out prompt by step 100 (26/26 when written; the assertion leaves room: at least 60%); the clean
-    run never does. At 40 steps it writes ' the the' instead: the margin is not large."""
+    run never does. The margin in steps is not large: 40 steps of 32 rows left it writing ' the the t',
+    and AdamW (lr 1e-2) instead of Muon had not learnt it at step 100."""
     from gptforge.lab.poison import poison
 
     text = tmp_path / "c.txt"
