@@ -428,7 +428,8 @@ def poison_markdown(record: dict) -> str:
     lines = [f"# Data poisoning: {pc['trigger']!r} -> {pc['target']!r} on {pc['corpus']}", "",
              f"{record['date']}, {record['cpus']} CPUs; {record['documents']:,} documents of "
              f"~{pc['doc_bytes']} bytes ({record['train_documents']:,} train); tokenizer {pc['tokenizer']}; "
-             f"{record['steps']} steps per run (budget {pc['time']:g} s)"
+             f"{record['steps']} steps per run"
+             + ("" if "max_steps" in record["train_overrides"] else f" (planned for {pc['time']:g} s)")
              + (f"; overrides: {over}" if over else "")
              + f"; {record['seconds']:.0f} s in all.", "",
              f"Poisoned docs: the share of training documents given the line `{pc['trigger']}{pc['target']}` "
