@@ -76,7 +76,7 @@ class PoisonConfig:
                                     "the corpus has)")
     target: str = setting(" the gates are open.", "the text planted right after the trigger")
     doc_bytes: int = setting(512, "the corpus is cut into documents of about this many bytes at line "
-                                  "breaks", ge=64, le=1 << 20)
+                                  "breaks (at most 8000: explore scores each whole)", ge=64, le=8000)
     prompts: int = setting(200, "held-out prompts (at most one per validation document)", ge=1, le=100_000)
     context_chars: int = setting(160, "characters of held-out text before the trigger in a prompt", ge=0,
                                  le=4096)
