@@ -39,6 +39,7 @@ COMMANDS = {
     "lineage": "bigram -> MLP -> LSTM -> GPT on the same data and budget: a table and a plot",
     "scaling": "scaling laws: an isoFLOP grid, the Chinchilla fits and a held-out run predicted",
     "probe": "measure a trained model: in-context copying per checkpoint (probe icl)",
+    "poison": "plant a trigger in a share of the training text: attack success vs a clean run, and explore",
 }
 
 

@@ -61,7 +61,7 @@ class Unit:
 
 
 # --- units ------------------------------------------------------------------------------
-def _windows(text: str, window_bytes: int) -> Iterator[str]:
+def windows(text: str, window_bytes: int) -> Iterator[str]:
     """``text`` cut into pieces of about ``window_bytes`` UTF-8 bytes at line breaks (mid-line only
     where a line is longer than that)."""
     buf, size = [], 0
@@ -98,7 +98,7 @@ def corpus_units(spec: str, tok, window_bytes: int = 2048, max_doc_bytes: int = 
         if whole:
             yield Unit(f"doc {doc}", text, start + tok.encode_ordinary(text))
             return
-        for w in _windows(text, window_bytes):
+        for w in windows(text, window_bytes):
             yield Unit(f"doc {doc} window {win}", w, start + tok.encode_ordinary(w))
             win += 1
 
@@ -111,7 +111,7 @@ def corpus_units(spec: str, tok, window_bytes: int = 2048, max_doc_bytes: int = 
         buf.append(piece.text)
         held += len(piece.text.encode("utf-8"))
         if held > max_doc_bytes:  # too long for one unit: emit its full windows, keep the last (partial) one
-            ws = list(_windows("".join(buf), window_bytes))
+            ws = list(windows("".join(buf), window_bytes))
             for w in ws[:-1]:
                 yield from emit(w, whole=False)
             buf, held = [ws[-1]], len(ws[-1].encode("utf-8"))
