@@ -306,6 +306,9 @@ def plan(sr: SpeedrunConfig, train_overrides: dict | None = None, progress: bool
     for stage, needs in needed:
         if stage in stages and needs not in stages and not made[needs].exists():
             raise UserError(f"the {stage} stage needs {made[needs]}; run the {needs} stage first")
+    if "sft" in stages and "data" not in stages and not (out_dir / "tokenizer.json").exists():
+        # else the SFT stage would skip, saying the tokenizer has no chat tokens
+        raise UserError(f"the sft stage needs {out_dir / 'tokenizer.json'}; run the data stage first")
     return cfg, budget
 
 

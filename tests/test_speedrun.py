@@ -264,3 +264,12 @@ def test_only_data_prints_no_hints_for_stages_that_never_ran(tmp_path, capsys):
     captured = capsys.readouterr()
     assert "report:" not in captured.out and "sample from it" not in captured.err
     assert "talk to it" not in captured.err and not (tmp_path / "r" / "report.md").exists()
+
+
+def test_a_stage_run_alone_names_the_missing_tokenizer(tmp_path, capsys):
+    """`--only sft` on a folder with a pretrain run but no tokenizer.json said "the tokenizer has no chat
+    special tokens" and skipped; it names the missing file instead."""
+    (tmp_path / "r" / "pretrain").mkdir(parents=True)
+    assert main(["speedrun", "--out", str(tmp_path / "r"), "--only", "sft"]) == 2
+    err = capsys.readouterr().err
+    assert "the sft stage needs" in err and "tokenizer.json; run the data stage first" in err
