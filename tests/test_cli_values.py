@@ -37,6 +37,8 @@ PREFIXES = {
     "doctor": ["doctor", "--run", MISSING],  # an accepted value would run every check
     "explore": ["explore", "--ckpt", MISSING, "--corpus", "{corpus}", "--out", MISSING],
     "lineage": ["lineage", "--corpus", MISSING],  # an accepted value would start training
+    "scaling": ["scaling", "--corpus", MISSING],  # an accepted value would start training
+    "poison": ["poison", "--corpus", MISSING],  # an accepted value would start training
     "probe icl": ["probe", "icl", "--ckpt", "{ckpt}"],
 }
 # these get a fresh --out each
