@@ -20,6 +20,7 @@ import os
 import stat
 import tempfile
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import IO
 
@@ -64,6 +65,19 @@ def check_target(path: str | os.PathLike) -> Path:
         raise UserError(f"{path}: the folder {path.parent} does not exist")
     if not os.access(path.parent, os.W_OK | os.X_OK):
         raise UserError(f"{path}: cannot write (the folder {path.parent} is not writable)")
+    return path
+
+
+def empty_out_dir(out: str | os.PathLike | None, kind: str) -> Path:
+    """An experiment's output folder: ``out``, or ``runs/KIND-YYYYmmdd-HHMMSS`` when it is empty or
+    None; not created here (the caller checks its inputs first).
+
+    Raises:
+        UserError: the folder exists and is not empty (a file there would be overwritten).
+    """
+    path = Path(out or f"runs/{kind}-{datetime.now():%Y%m%d-%H%M%S}")
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise UserError(f"{path}: exists and is not an empty folder; choose another --out")
     return path
 
 

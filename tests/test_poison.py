@@ -70,8 +70,12 @@ def test_settings_are_checked(tmp_path, capsys):
                  "--out", str(tmp_path / "p")]) == 2
     assert main(["poison", "--train", "seed=3", "--out", str(tmp_path / "q")]) == 2
     assert main(["poison", "--model", "bogus=3", "--out", str(tmp_path / "r")]) == 2
+    (tmp_path / "taken").mkdir()
+    (tmp_path / "taken" / "x").write_text("x")
+    assert main(["poison", "--corpus", str(corpus), "--out", str(tmp_path / "taken")]) == 2
     err = capsys.readouterr().err
     assert "never occur in" in err and "already occurs" in err and "poison's own" in err and "bogus" in err
+    assert "taken: exists and is not an empty folder" in err
     assert not any((tmp_path / d).exists() for d in "opqr")  # refused before anything is written
 
 

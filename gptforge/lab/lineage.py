@@ -38,7 +38,7 @@ from pathlib import Path
 
 from gptforge.config import check, setting
 from gptforge.errors import UserError
-from gptforge.io import atomic_write, write_json
+from gptforge.io import atomic_write, empty_out_dir, write_json
 
 # the order the models came in, each with the paper it comes from and its training recipe (what the
 # GPT does not take from the speedrun's; B, T, the schedule and the budget are shared, see _configs)
@@ -115,9 +115,7 @@ def lineage(lc: LineageConfig, train_overrides: dict | None = None, progress: bo
     if bad:
         raise UserError(f"--train: {', '.join(bad)} are the lineage's own (each model has its recipe); "
                         "use --corpus, --out and --seed for the data, folder and seed")
-    out = Path(lc.out or f"runs/lineage-{datetime.now():%Y%m%d-%H%M%S}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out}: exists and is not an empty folder; choose another --out")
+    out = empty_out_dir(lc.out, "lineage")
     configs = _configs(lc, over, out, progress)  # a bad override fails here, before anything is built
     open_corpus(lc.corpus)  # and so does a missing corpus
     out.mkdir(parents=True, exist_ok=True)

@@ -55,7 +55,7 @@ from pathlib import Path
 
 from gptforge.config import check, setting
 from gptforge.errors import UserError
-from gptforge.io import atomic_write, write_json
+from gptforge.io import atomic_write, empty_out_dir, write_json
 
 VAL_FRACTION = 0.1  # the shard writer's default split of a multi-document corpus: every 10th document
 EVAL_TOKENS = 16384
@@ -278,9 +278,7 @@ def poison(pc: PoisonConfig, train_overrides: dict | None = None, progress: bool
     bad = sorted(set(over) & set(OWN_KEYS))
     if bad:
         raise UserError(f"--train: {', '.join(bad)} are poison's own; use --out and --seed")
-    out = Path(pc.out or f"runs/poison-{datetime.now():%Y%m%d-%H%M%S}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out}: exists and is not an empty folder; choose another --out")
+    out = empty_out_dir(pc.out, "poison")
     rates = pc.rate_list()
     cfg = _config(pc, over, out, progress)  # a bad override fails here, before anything is built
     docs = corpus_documents(pc.corpus, pc.doc_bytes)

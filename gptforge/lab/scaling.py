@@ -29,8 +29,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gptforge.config import check, setting
-from gptforge.errors import UserError
-from gptforge.io import atomic_write, write_json
+from gptforge.io import atomic_write, empty_out_dir, write_json
 
 if TYPE_CHECKING:  # numpy is imported where used: `gptforge scaling --help` must not pay for it
     import numpy as np
@@ -391,9 +390,7 @@ def scaling(sc: ScalingConfig, grid: Grid | None = None, progress: bool = True) 
     from gptforge.speedrun import build_tokenizer
 
     grid = grid or GRIDS["quick" if sc.quick else "full"]
-    out = Path(sc.out or f"runs/scaling-{datetime.now():%Y%m%d-%H%M%S}")
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise UserError(f"{out}: exists and is not an empty folder; choose another --out")
+    out = empty_out_dir(sc.out, "scaling")
     open_corpus(sc.corpus)  # a missing corpus fails before anything is built
     out.mkdir(parents=True, exist_ok=True)
     t_all = time.time()
