@@ -213,7 +213,9 @@ SFT_CONTEXT = 2
 CORE_SUBSET = "arc_easy,piqa,winogrande,copa,lambada_openai"  # quick, and the ones small models move on
 CHAT_TASKS = "arithmetic,letter_count,social,chat:arc_easy"
 FILE_FREE_TASKS = "arithmetic,letter_count,social"  # generated: they run without the evaluation data
-TRANSCRIPT = "What is 123 + 456?"
+# one prompt of each kind the assistant is trained for, each in a new conversation (issue 29)
+TRANSCRIPT = ("What is 123 + 456?", "How many r's are in strawberry?", "Hello! Who are you?",
+              "Write a short poem about the sea.")
 
 
 @dataclass
@@ -553,9 +555,10 @@ def _stage_report(sr: SpeedrunConfig, recipe: Recipe, out_dir: Path, info: dict)
     transcript, chat_run = None, _chat_run(out_dir)
     if chat_run is not None:
         chat_model, chat_tok, _ = load_for_inference(str(chat_run), "best")
-        pieces = respond(chat_model, chat_tok, [{"role": "user", "content": TRANSCRIPT}], 64, temperature=0)
-        reply = "".join(p.shown() for p in pieces)
-        transcript = f"you> {TRANSCRIPT}\nassistant> {reply}\n"
+        transcript = ""
+        for prompt in TRANSCRIPT:
+            pieces = respond(chat_model, chat_tok, [{"role": "user", "content": prompt}], 64, temperature=0)
+            transcript += f"you> {prompt}\nassistant> {''.join(p.shown() for p in pieces)}\n\n"
         atomic_write(out_dir / "chat.txt", transcript)
     cfg = TrainConfig(**read_json(out_dir / "pretrain" / "config.json", what="run config"))
     pre = info.get("pretrain") or {}
@@ -630,8 +633,9 @@ def _report(name, recipe, meta, cfg, pre, state, metrics, texts, comparison, tra
               "![loss and accuracy](compare.png)", "", comparison.replace("## ", "### "), ""]
     if transcript:
         lines += [f"## A chat with the {chat_name.upper()} model", "",
-                  "Greedy, with the calculator tool: the engine runs the call and forces its output into "
-                  "the reply.", "", "```text", transcript.rstrip("\n"), "```", ""]
+                  "Greedy, with the calculator tool (the engine runs the call and forces its output "
+                  "into the reply); each prompt in a new conversation.", "",
+                  "```text", transcript.rstrip("\n"), "```", ""]
     lines += ["## Pretraining loss", "", "![loss curves](loss.png)", "",
               "| step | tokens | train time (s) | val loss | val bpb |",
               "|---:|---:|---:|---:|---:|"]

@@ -65,6 +65,8 @@ def test_speedrun_to_an_assistant(tmp_path, capsys):
     if (SHARED / "evals").is_dir():  # CORE needs the task files; the tool tasks run without them
         assert "core:piqa" in report
     assert "## A chat with the SFT model" in report and "you> What is 123 + 456?" in report
+    assert "you> How many r's are in strawberry?" in report and "you> Hello! Who are you?" in report
+    assert report.count("assistant> ") == 4 and "you> Write a short poem about the sea." in report
     for name in ("pretrain", "sft"):
         ev = json.loads((out / name / "eval.json").read_text())
         assert ev["tasks"]["chat:arithmetic"]["n"] == 3 and ev["bpb"]["bpb"] > 0
