@@ -10,8 +10,8 @@ from gptforge.lab.scaling import ScalingConfig
 
 EPILOG = """\
 examples:
-  gptforge scaling --corpus shakespeare --quick            # 3 budgets x 3 depths, about 5 minutes on 2 cores
-  gptforge scaling --corpus shakespeare --out runs/scaling # 4 budgets x 5 depths, about 30 minutes
+  gptforge scaling --corpus shakespeare --quick            # 3 budgets x 3 depths, about a minute on 2 cores
+  gptforge scaling --corpus shakespeare --out runs/scaling # 4 budgets x 5 depths, about 6 minutes
 """
 
 

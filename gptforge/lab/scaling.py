@@ -239,7 +239,7 @@ class ScalingConfig:
     corpus: str = setting("shakespeare",
                           "'shakespeare' (built in), a .txt/.jsonl file, a directory or a glob")
     quick: bool = setting(False, "3 budgets x 3 depths and a held-out run at 2x the largest budget (about "
-                                 "5 minutes on 2 CPU cores) instead of 4 x 5 and 4x (about 30)")
+                                 "a minute on 2 CPU cores) instead of 4 x 5 and 4x (about 6)")
     tokenizer: str = setting("char", "'char', or 'bpe:N' (its N-row output layer then dominates the small "
                                      "models' parameters)")
     out: str = setting("", "output folder; empty -> runs/scaling-<YYYYmmdd-HHMMSS>", metavar="DIR")
