@@ -30,7 +30,7 @@ def best_ms(runs: dict, repeats: int, inner: int) -> dict[str, float]:
     """Best mean milliseconds per call of each of ``runs``: generate.py's `best_times` (rounds take
     the runs in turn) over ``inner`` calls per round."""
     rounds = {name: (lambda fn=fn: [fn() for _ in range(inner)]) for name, fn in runs.items()}
-    return {name: t / inner * 1e3 for name, t in best_times(rounds, repeats).items()}
+    return {name: t / inner * 1e3 for name, t in best_times(rounds, repeats)[0].items()}
 
 
 def training_step(dropout: float, torch_dropout: bool):

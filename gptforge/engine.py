@@ -50,7 +50,6 @@ import torch
 from gptforge.checkpoint import load_checkpoint
 from gptforge.errors import UserError
 from gptforge.models import GPT
-from gptforge.models.cpu import use_cpu_kernels
 from gptforge.sampling import SamplingParams  # torch-free there, for the CLI's flags
 from gptforge.tokenizer import load_tokenizer
 from gptforge.tools import calculator
@@ -302,8 +301,6 @@ class Slots:
         self.model, self.max_rows = model, max_rows
         self.block_size = model.config.block_size
         self.device = next(model.parameters()).device
-        if self.device.type == "cpu":
-            use_cpu_kernels(model)  # a faster Linear for the few rows of a decode step
         self.cache = None
         self.recurrent = use_cache and hasattr(model, "forward_step")  # the LSTM: its state is its context
         if use_cache and isinstance(model, GPT):

@@ -64,24 +64,6 @@ def test_chunked_prefill_builds_the_offset_causal_mask(name):
     torch.testing.assert_close(again, full[:, :10], atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize("rows", [1, 2, 8, 64, 65])
-@pytest.mark.parametrize("bias", [True, False])
-@pytest.mark.parametrize("out", [96, 33])  # even: one row splits the weight in two; odd: it cannot
-def test_linear_decode_path_equals_f_linear(rows, bias, out):
-    # the model's Linear takes weight @ x.T (or a two-way bmm for one row) at <= SKINNY_ROWS rows
-    # without autograd: the same product as F.linear up to float rounding, in the same shape
-    torch.manual_seed(0)
-    lin = randomize(cpu_kernels.Linear(48, out, bias=bias))
-    x = torch.randn(rows, 1, 48)  # (B, T=1, C), a decode step's input
-    ref = torch.nn.functional.linear(x, lin.weight, lin.bias)
-    with torch.no_grad():
-        y = lin(x)
-    assert y.shape == (rows, 1, out) and y.is_contiguous()
-    torch.testing.assert_close(y, ref, atol=1e-5, rtol=1e-5)
-    assert torch.equal(lin(x).detach(), ref)  # with autograd: F.linear itself
-    assert lin(x).requires_grad
-
-
 def test_kv_cache_layout_and_limits():
     model = make("modern-gqa")
     cache = KVCache(model, batch_size=3, max_len=8)
