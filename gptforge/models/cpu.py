@@ -5,8 +5,7 @@
 Same parameters, state dict and distribution of masks; it falls back to torch's own kernel off the
 CPU and in evaluation. The trainer swaps it in for every run; measurements in bench/README.md
 (dropout.py). A one-row Linear for decoding (two half-weight products in one ``bmm``) lived here
-until 2026-12-05: on the 2-core Intel Xeon it made decoding 1.4-1.8x slower than F.linear
-(bench/README.md, generate.py), so the engine uses torch's Linear.
+until it measured slower than F.linear (bench/README.md, generate.py); the engine uses torch's.
 """
 
 from __future__ import annotations
