@@ -156,3 +156,26 @@ def test_rl_command(base, tmp_path, capsys):
                       ([], "--tasks: which verifiable tasks?")):
         assert main(["rl", "--ckpt", str(run), "--out", str(tmp_path / "x"), *args]) == 2
         assert msg in capsys.readouterr().err
+
+
+def test_reward_pays_a_right_count_only_when_a_right_call_produced_it():
+    # the reward's checker: a bare guess, or a right number after a wrong call, earns nothing
+    from gptforge.finetune.rl import grounded_correct
+
+    def reply(*parts):
+        return [{"type": t, "text": x} for t, x in parts]
+
+    call = reply(("tool_call", '"berry".count("r")'), ("tool_output", "2"), ("text", "There are 2."))
+    wrong = reply(("tool_call", '"bery".count("r")'), ("tool_output", "1"), ("text", "There are 2."))
+    guess = reply(("text", "2"))
+    assert grounded_correct("letter_count", call, "2")
+    assert not grounded_correct("letter_count", wrong, "2")
+    assert not grounded_correct("letter_count", guess, "2")
+    assert not grounded_correct("letter_count", call, "3")
+    sum_ = reply(("tool_call", "2+3"), ("tool_output", "5"), ("text", "5"))
+    assert grounded_correct("arithmetic", sum_, "5")
+    # social: right means no tool call and a reply of the topic
+    hello = reply(("text", "Hello! I'm a small assistant. What would you like to know?"))
+    assert grounded_correct("social", hello, "greeting")
+    tool_hello = reply(("tool_call", "1+1"), ("tool_output", "2"), ("text", "Hello!"))
+    assert not grounded_correct("social", tool_hello, "greeting")

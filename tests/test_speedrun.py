@@ -87,7 +87,7 @@ def test_speedrun_rl_stage(tmp_path, capsys):
                  "--sft-steps", "2", "--rl-steps", "2"]) == 0
     err = capsys.readouterr().err
     assert "[4/6] rl" in err
-    assert "RL on arithmetic,letter_count (2 prompts x 8 samples per step, 2 steps)" in err
+    assert "RL on arithmetic,letter_count,social (2 prompts x 8 samples per step, 2 steps)" in err
     assert f"gptforge chat --ckpt {out / 'rl'}" in err
     info = json.loads((out / "speedrun.json").read_text())
     assert list(info["stage_s"]) == ["data", "pretrain", "sft", "rl", "eval", "report"]

@@ -94,9 +94,21 @@ def builtin_tasks(spec: str, eval_items: int, seed: int = 0) -> list[Task]:
         test = (chat_tasks.items(name, "test", eval_items - eval_items // 2, phrasings="train")
                 + chat_tasks.items(name, "test", eval_items // 2, phrasings="test"))
         out.append(Task(name, pairs(chat_tasks.items(name, "train", TRAIN_POOL, seed, phrasings="train")),
-                        pairs(test), lambda parts, ref, name=name: chat_tasks.reply_correct(name, parts, ref),
+                        pairs(test), lambda parts, ref, name=name: grounded_correct(name, parts, ref),
                         MAX_NEW[name]))
     return out
+
+
+def grounded_correct(task: str, parts: list[dict], reference: str) -> bool:
+    """The reward's checker: the reply is right (`gptforge.chat.tasks.reply_correct`) *and* one of the
+    calculator's outputs in it equals the reference, so the right number came from a right call.
+    Without the second condition RL paid a guess as much as a count: from a model that copied the
+    word into its call a quarter of the time, it learned to answer the commonest count, 1, to every
+    letter-count question and not to call the tool right (bench/README.md, "The SFT/RL split")."""
+    if task == "social":  # right means no tool call at all
+        return chat_tasks.reply_correct(task, parts, reference)
+    return chat_tasks.reply_correct(task, parts, reference) and any(
+        p["type"] == "tool_output" and chat_tasks.same_number(p["text"].strip(), reference) for p in parts)
 
 
 # ---------------------------------------------------------------------------------------------

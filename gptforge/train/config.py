@@ -303,7 +303,7 @@ SFT_DEFAULTS = {**FINETUNE_RESETS, "max_steps": 300, "eval_tokens": 65536, "pret
 RL_DEFAULTS = {**FINETUNE_RESETS, "optimizer": "adamw", "lr": 1e-4, "batch_size": 16, "max_steps": 200,
                "schedule": "wsd", "warmdown_frac": 0.0, "warmup_steps": 5, "eval_interval": 20,
                "pretrain_mix": 0.0, "grad_clip": 1.0}
-RL_TASKS = ("arithmetic", "letter_count")  # the verifiable tasks RL trains on (gptforge.chat.tasks)
+RL_TASKS = ("arithmetic", "letter_count", "social")  # the checkable tasks RL trains on (gptforge.chat.tasks)
 
 
 def finetune_config(base, task: str, defaults: dict, *layers: dict, purpose: str) -> TrainConfig:
