@@ -248,6 +248,25 @@ def test_budgets_and_best_checkpoint(data, tmp_path):
     assert kept == {"best", "latest", f"step_{best_step:06d}", "step_000008"}
 
 
+def test_a_slow_first_step_is_no_forecast(data, tmp_path, monkeypatch):
+    """The first step holds one-off costs (torch.compile took 33 s of a GPU run's first step) and
+    must not stop a max_time run after one step: the GPU check's gpu-small stage did."""
+    import gptforge.train.loop as loop
+
+    real, calls = loop.optimizer_step, []
+
+    def slow_first(*args, **kwargs):  # the real step, 1.5 s late the first time only
+        calls.append(1)
+        if len(calls) == 1:
+            time.sleep(1.5)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "optimizer_step", slow_first)
+    s = train(cfg_for(data, tmp_path / "slow", max_time=2.5, max_steps=10**6, eval_interval=10**6))
+    # forecasting from the 1.5 s step stops at step 1 (1.5 + 1.5 > 2.5); later steps take milliseconds
+    assert s["stopped_by"] == "max_time" and s["step"] > 3
+
+
 def test_schedule_time_replans_the_wsd_schedule_to_fill_its_seconds(data, tmp_path):
     """Steps slowed to >= 25 ms each: a 2 s schedule first planned at 30 steps (too few) or 300
     (too many) is re-planned from the measured step times, warmdown included, to end near 2 s."""
