@@ -265,9 +265,9 @@ class KVCache:
             self.k[layer, :B, :, L - T:L] = k
             self.v[layer, :B, :, L - T:L] = v
         else:  # (B, T, nkv, hs) into the rows' (nkv, hs) slots at their positions
-            rows, pos = where.index
-            self.k[layer][rows, :, pos] = k.transpose(1, 2)
-            self.v[layer][rows, :, pos] = v.transpose(1, 2)
+            rows, pos = where.index  # index_put does not cast as slice assignment does (autocast's bf16 k, v)
+            self.k[layer][rows, :, pos] = k.transpose(1, 2).to(self.k.dtype)
+            self.v[layer][rows, :, pos] = v.transpose(1, 2).to(self.v.dtype)
         return self.k[layer, :B, :, :L], self.v[layer, :B, :, :L], where.mask
 
     def copy_row(self, dst: int, src: int, n: int, other: KVCache | None = None) -> None:

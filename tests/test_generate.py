@@ -40,6 +40,17 @@ def test_kv_cache_greedy_equals_full_forward(preset, kw):
     assert generate(m, [prompts[1]], 30, temperature=0)[0] == with_cache[1]
 
 
+def test_ragged_rows_decode_under_bf16_autocast():
+    """A bf16 run's RL samples its replies under autocast: keys and values come out in bf16 and go
+    into the float32 KV cache at each row's own positions (index_put, which does not cast)."""
+    m = gpt("modern")
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11]]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        rows = generate(m, prompts, 12, temperature=0)
+    assert [len(r) for r in rows] == [12, 12, 12]
+    assert all(0 <= t < TOK.vocab_size for r in rows for t in r)
+
+
 @pytest.mark.parametrize("preset,kw", PRESETS[:2])
 def test_each_cached_step_matches_full_forward_logits(preset, kw):
     m = gpt(preset, **kw)
