@@ -96,7 +96,8 @@ CPU = dict(
     arch="gpt", preset="modern", depth=4, model={"n_embd": 192, "n_head": 3, "dropout": 0.1}, block_size=128,
     batch_size=16, optimizer="muon", lr=1e-2, muon_lr=0.02, weight_decay=0.3, beta1=0.9, beta2=0.95,
     grad_clip=1.0, schedule="wsd", warmdown_frac=0.4, min_lr_frac=0.0, warmup_steps=20,
-    dtype="float32", eval_interval=100, eval_tokens=65536)  # the eval stage scores the whole val split
+    # dtype auto: bf16 autocast only where the CPU has bf16 instructions (elsewhere emulated, slower)
+    dtype="auto", eval_interval=100, eval_tokens=65536)  # the eval stage scores the whole val split
 # Under a minute, a shallower, narrower model on smaller batches takes more steps and wins; up to five
 # minutes (one to four passes over the data) no dropout.
 SHORT_BUDGET = 60.0  # seconds

@@ -49,6 +49,14 @@ def test_bf16_peak_follows_the_instruction_set():
     assert mfu.cpu_peak(cpuinfo(1, "EPYC", FLAGS_AVX2, mhz="2000"), 1, torch.bfloat16)[0] == 2e9 * 32
 
 
+def test_native_bf16_means_bf16_instructions_in_the_flags():
+    assert mfu.cpu_native_bf16(cpuinfo(2, "Xeon", FLAGS_AVX512 + " avx512_bf16 amx_bf16 amx_tile"))
+    assert mfu.cpu_native_bf16(cpuinfo(2, "EPYC", FLAGS_AVX512 + " avx512_bf16"))
+    assert not mfu.cpu_native_bf16(cpuinfo(2, "Xeon", FLAGS_AVX512))  # AVX-512 alone emulates bf16
+    assert not mfu.cpu_native_bf16(cpuinfo(2, "EPYC", FLAGS_AVX2))
+    assert not mfu.cpu_native_bf16("")  # unreadable: fp32, never a guess
+
+
 def test_unreadable_cpu_has_no_peak_rather_than_a_guess():
     assert mfu.cpu_peak("", 2)[0] is None
     assert mfu.cpu_peak(cpuinfo(2, "Mystery", "fpu vme"), 2)[0] is None  # no SIMD flag known

@@ -204,7 +204,8 @@ def test_fsdp_two_processes_equal_one_and_resume_exactly(data, tmp_path):
     it sharded is exact, and in 1 process (the world size changes) continues as the 1-process run.
     9 eval windows: the ranks run 2 and 1 eval batches, which FSDP's collective forward must survive."""
     kw = dict(max_steps=4, decay_steps=6, eval_interval=2, eval_tokens=9 * 32, optimizer="muon",
-              sampling="random", tokens_per_step=2 * 4 * 32, keep_last=4)
+              sampling="random", tokens_per_step=2 * 4 * 32, keep_last=4,
+              dtype="float32")  # bf16 autocast rounds sharded and whole matmuls differently
     run = tmp_path / "fsdp"
     _torchrun(*_cli_args(data, run, parallel="fsdp", **kw))
     train(cfg_for(data, tmp_path / "one", **{**kw, "max_steps": 6}))
@@ -265,6 +266,19 @@ def test_a_slow_first_step_is_no_forecast(data, tmp_path, monkeypatch):
     s = train(cfg_for(data, tmp_path / "slow", max_time=2.5, max_steps=10**6, eval_interval=10**6))
     # forecasting from the 1.5 s step stops at step 1 (1.5 + 1.5 > 2.5); later steps take milliseconds
     assert s["stopped_by"] == "max_time" and s["step"] > 3
+
+
+@pytest.mark.parametrize("flags, dtype", [("fma avx2 avx512f", "float32"),
+                                          ("fma avx2 avx512f avx512_bf16", "bfloat16")])
+def test_dtype_auto_trains_in_bf16_only_on_a_cpu_with_bf16_instructions(data, tmp_path, monkeypatch, capfd,
+                                                                          flags, dtype):
+    from gptforge.train import mfu
+
+    real = mfu._read
+    monkeypatch.setattr(mfu, "_read", lambda path: (f"processor\t: 0\nflags\t\t: {flags}\n"
+                                                    if path == "/proc/cpuinfo" else real(path)))
+    s = train(cfg_for(data, tmp_path / dtype, max_steps=2, dtype="auto", progress="log"))
+    assert s["step"] == 2 and f"on cpu, {dtype}," in capfd.readouterr().out
 
 
 def test_schedule_time_replans_the_wsd_schedule_to_fill_its_seconds(data, tmp_path):

@@ -133,7 +133,8 @@ class TrainConfig:
                             choices=("auto", "bar", "log", "none"))
     # system
     device: str = setting("auto", "where to train", choices=("auto", "cpu", "cuda", "mps"))
-    dtype: str = setting("auto", "auto: bfloat16 autocast on CUDA with bf16, else float32",
+    dtype: str = setting("auto", "auto: bfloat16 autocast on CUDA with bf16 and on a CPU with bf16 "
+                                 "instructions (AMX-BF16, AVX512-BF16), else float32",
                          choices=("auto", "float32", "bfloat16"))
     compile: bool = setting(False, "torch.compile the model")
     parallel: str = setting("ddp", "under torchrun: ddp (a whole model per process) or fsdp (parameters, "

@@ -85,6 +85,16 @@ def _cpuinfo_fields(text: str) -> list[dict[str, str]]:
     return blocks
 
 
+def cpu_native_bf16(cpuinfo: str | None = None) -> bool:
+    """True when the CPU multiplies bf16 in hardware: AMX-BF16 or AVX512-BF16 in the ``flags`` of
+    ``cpuinfo`` (the text of /proc/cpuinfo; read from there when None; False where it cannot be
+    read). There bf16 autocast trains faster than fp32; elsewhere torch computes bf16 in fp32 and
+    autocast only adds casts (bench/README.md, "bf16 autocast on a CPU with native bf16")."""
+    blocks = _cpuinfo_fields((_read("/proc/cpuinfo") or "") if cpuinfo is None else cpuinfo)
+    flags = set((blocks[0].get("flags") or "").split()) if blocks else set()
+    return bool(flags & {"amx_bf16", "avx512_bf16"})
+
+
 def cpu_peak(cpuinfo: str, threads: int, dtype: torch.dtype = torch.float32,
              max_freq_khz: str | None = None) -> tuple[float | None, str, str]:
     """(peak FLOP/s, how it was computed, clock source) of ``threads`` cores from /proc/cpuinfo text.

@@ -35,7 +35,7 @@ from gptforge.train.batches import PackedBatches, PretrainBatches, eval_offsets,
 from gptforge.train.config import TrainConfig, saved_config
 from gptforge.train.curriculum import CurriculumBatches
 from gptforge.train.evaluate import evaluate, window_batches
-from gptforge.train.mfu import peak_flops
+from gptforge.train.mfu import cpu_native_bf16, peak_flops
 from gptforge.train.optim import build_optimizers, replannable, schedule_steps
 
 
@@ -325,8 +325,9 @@ def setup(cfg: TrainConfig, resume: bool, d: Dist, data: TrainData | None = None
     torch.set_num_threads(min(cfg.threads, cores) if cfg.threads else max(1, cores // d.local_world))
     if d.device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 for any float32 matmul
-    dtype = cfg.dtype if cfg.dtype != "auto" else (
-        "bfloat16" if d.device.type == "cuda" and torch.cuda.is_bf16_supported() else "float32")
+    native_bf16 = (torch.cuda.is_bf16_supported() if d.device.type == "cuda" else
+                   d.device.type == "cpu" and cpu_native_bf16())
+    dtype = cfg.dtype if cfg.dtype != "auto" else "bfloat16" if native_bf16 else "float32"
     amp = (torch.autocast(d.device.type, dtype=torch.bfloat16) if dtype == "bfloat16"
            else contextlib.nullcontext())
 
