@@ -49,6 +49,19 @@ def test_bf16_peak_follows_the_instruction_set():
     assert mfu.cpu_peak(cpuinfo(1, "EPYC", FLAGS_AVX2, mhz="2000"), 1, torch.bfloat16)[0] == 2e9 * 32
 
 
+def test_zen4_runs_avx512_at_half_rate():
+    """Zen 4 (AMD family 25) executes each 512-bit instruction on two 256-bit halves; Zen 5 (26) does not."""
+    def amd(family):
+        return (f"processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: {family}\nmodel name\t: AMD EPYC\n"
+                f"cpu MHz\t\t: 2000.000\nflags\t\t: {FLAGS_AVX512} avx512_bf16\n")
+    peak, how, _ = mfu.cpu_peak(amd(25), 1, torch.float32)
+    assert peak == 2e9 * 32 and "Zen 4" in how
+    assert mfu.cpu_peak(amd(25), 1, torch.bfloat16)[0] == 2e9 * 64
+    assert mfu.cpu_peak(amd(26), 1, torch.float32)[0] == 2e9 * 64
+    zen3 = amd(25).replace(f"{FLAGS_AVX512} avx512_bf16", FLAGS_AVX2)  # family 25 without AVX-512
+    assert mfu.cpu_peak(zen3, 1, torch.float32)[0] == 2e9 * 32
+
+
 def test_native_bf16_means_bf16_instructions_in_the_flags():
     assert mfu.cpu_native_bf16(cpuinfo(2, "Xeon", FLAGS_AVX512 + " avx512_bf16 amx_bf16 amx_tile"))
     assert mfu.cpu_native_bf16(cpuinfo(2, "EPYC", FLAGS_AVX512 + " avx512_bf16"))

@@ -12,7 +12,8 @@ against a probe of 0.07 TFLOP/s on a processor whose peak is 0.144):
   the physical cores; the clock is the maximum from cpufreq, else the GHz in the model name, else
   ``cpu MHz`` (a virtual machine's nominal clock); FLOPs per cycle follow the instruction set in
   the ``flags`` (two FMA units per core: AVX-512 64 fp32, AVX2 with FMA 32, AVX 16, SSE 8; bf16:
-  AMX 2048, AVX512-BF16 128, else the fp32 figure, as bf16 is then computed in fp32).
+  AMX 2048, AVX512-BF16 128, else the fp32 figure, as bf16 is then computed in fp32); AMD's Zen 4
+  (family 25 with AVX-512) runs AVX-512 on 256-bit units, half those figures.
 
 Beside it, a short n x n matmul probe gives what this machine reaches now ("achievable"); a probe
 faster than the computed CPU peak shows the clock was read low (a VM's nominal ``cpu MHz`` under
@@ -127,6 +128,8 @@ def cpu_peak(cpuinfo: str, threads: int, dtype: torch.dtype = torch.float32,
             break
     else:
         return None, "instruction set not recognised in /proc/cpuinfo flags: the CPU's peak is unknown", ""
+    if first.get("vendor_id") == "AuthenticAMD" and first.get("cpu family") == "25" and flag.startswith("avx512"):
+        per_cycle, isa = per_cycle // 2, isa + " on Zen 4's 256-bit units"  # each 512-bit op takes two
     kind = "bf16" if bf16 else "fp32"
     peak = cores * ghz * 1e9 * per_cycle
     how = (f"{cores} core(s) x {ghz:.2f} GHz (from {source}) x {per_cycle} {kind} FLOPs/cycle ({isa}) "
