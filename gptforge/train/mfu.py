@@ -128,8 +128,9 @@ def cpu_peak(cpuinfo: str, threads: int, dtype: torch.dtype = torch.float32,
             break
     else:
         return None, "instruction set not recognised in /proc/cpuinfo flags: the CPU's peak is unknown", ""
-    if first.get("vendor_id") == "AuthenticAMD" and first.get("cpu family") == "25" and flag.startswith("avx512"):
-        per_cycle, isa = per_cycle // 2, isa + " on Zen 4's 256-bit units"  # each 512-bit op takes two
+    zen4 = first.get("vendor_id") == "AuthenticAMD" and first.get("cpu family") == "25"
+    if zen4 and flag.startswith("avx512"):  # Zen 4 runs each 512-bit instruction as two 256-bit halves
+        per_cycle, isa = per_cycle // 2, isa + " on Zen 4's 256-bit units"
     kind = "bf16" if bf16 else "fp32"
     peak = cores * ghz * 1e9 * per_cycle
     how = (f"{cores} core(s) x {ghz:.2f} GHz (from {source}) x {per_cycle} {kind} FLOPs/cycle ({isa}) "
