@@ -165,13 +165,19 @@ def test_reward_pays_a_right_count_only_when_a_right_call_produced_it():
     def reply(*parts):
         return [{"type": t, "text": x} for t, x in parts]
 
-    call = reply(("tool_call", '"berry".count("r")'), ("tool_output", "2"), ("text", "There are 2."))
+    # letter counting: the reference is the item's call, which the reply must make
+    ref = '"berry".count("r")'
+    call = reply(("tool_call", "'berry'.count( 'r' )"), ("tool_output", "2"), ("text", "There are 2."))
     wrong = reply(("tool_call", '"bery".count("r")'), ("tool_output", "1"), ("text", "There are 2."))
+    lucky = reply(("tool_call", '"carry".count("r")'), ("tool_output", "2"), ("text", "There are 2."))
     guess = reply(("text", "2"))
-    assert grounded_correct("letter_count", call, "2")
-    assert not grounded_correct("letter_count", wrong, "2")
-    assert not grounded_correct("letter_count", guess, "2")
-    assert not grounded_correct("letter_count", call, "3")
+    assert grounded_correct("letter_count", call, ref)
+    assert not grounded_correct("letter_count", wrong, ref)
+    assert not grounded_correct("letter_count", lucky, ref)  # a made-up word with the right count
+    assert not grounded_correct("letter_count", guess, ref)
+    miscount = reply(("tool_call", ref), ("tool_output", "2"), ("text", "There are 3."))
+    assert not grounded_correct("letter_count", miscount, ref)
+    assert not grounded_correct("letter_count", reply(("tool_call", "((((("), ("text", "2")), ref)
     sum_ = reply(("tool_call", "2+3"), ("tool_output", "5"), ("text", "5"))
     assert grounded_correct("arithmetic", sum_, "5")
     # social: right means no tool call and a reply of the topic

@@ -52,9 +52,10 @@ Item = tuple[list[dict], str, str]  # (prompt conversation, reference answer, ph
 
 
 def items(task: str, split: str = "test", n: int = 200, seed: int = 1, phrasings: str | None = None,
-          max_digits: int = 3) -> list[Item]:
+          max_digits: int = 3, calls: bool = False) -> list[Item]:
     """The first ``n`` items of ``task`` in ``split`` (fewer when the split holds fewer: social),
-    in a seeded order; see the module docstring for ``phrasings``.
+    in a seeded order; see the module docstring for ``phrasings``. ``calls``: the reference of an
+    arithmetic or letter-count item is its calculator call (``"berry".count("r")``), not the result.
 
     Raises:
         ValueError: an unknown task, split or phrasings, or n < 0.
@@ -82,11 +83,12 @@ def items(task: str, split: str = "test", n: int = 200, seed: int = 1, phrasings
         stream = (x for x in generated_items("spelling", split, seed,
                                              lambda rng: spelling_problem(rng, words, phrasings))
                   if x[1].startswith("count:"))
-    return [([conv[0]], _tool_result(conv), family) for conv, family in islice(stream, n)]
+    part = "tool_call" if calls else "tool_output"
+    return [([conv[0]], _last_part(conv, part), family) for conv, family in islice(stream, n)]
 
 
-def _tool_result(conv: list[dict]) -> str:
-    return [p["text"] for p in conv[-1]["content"] if p["type"] == "tool_output"][-1]
+def _last_part(conv: list[dict], kind: str) -> str:
+    return [p["text"] for p in conv[-1]["content"] if p["type"] == kind][-1]
 
 
 def held_out(family: str) -> bool:

@@ -36,6 +36,7 @@ seeded generators, so a resumed run continues bit for bit on CPU.
 
 from __future__ import annotations
 
+import ast
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +53,7 @@ from gptforge.eval.chat import MAX_NEW, reply_parts
 from gptforge.finetune.logprobs import masked_mean, token_logprobs
 from gptforge.models import eval_mode
 from gptforge.tokenizer import Tokenizer
+from gptforge.tools import calculator
 from gptforge.train.config import RL_DEFAULTS, RL_TASKS, TrainConfig, finetune_config
 from gptforge.train.session import TrainData
 
@@ -91,24 +93,40 @@ def builtin_tasks(spec: str, eval_items: int, seed: int = 0) -> list[Task]:
 
     out = []
     for name in dict.fromkeys(names):
-        test = (chat_tasks.items(name, "test", eval_items - eval_items // 2, phrasings="train")
-                + chat_tasks.items(name, "test", eval_items // 2, phrasings="test"))
-        out.append(Task(name, pairs(chat_tasks.items(name, "train", TRAIN_POOL, seed, phrasings="train")),
+        calls = name == "letter_count"  # its reference is the call (see grounded_correct)
+        test = (chat_tasks.items(name, "test", eval_items - eval_items // 2, phrasings="train", calls=calls)
+                + chat_tasks.items(name, "test", eval_items // 2, phrasings="test", calls=calls))
+        out.append(Task(name, pairs(chat_tasks.items(name, "train", TRAIN_POOL, seed, phrasings="train",
+                                                     calls=calls)),
                         pairs(test), lambda parts, ref, name=name: grounded_correct(name, parts, ref),
                         MAX_NEW[name]))
     return out
 
 
 def grounded_correct(task: str, parts: list[dict], reference: str) -> bool:
-    """The reward's checker: the reply is right (`gptforge.chat.tasks.reply_correct`) *and* one of the
-    calculator's outputs in it equals the reference, so the right number came from a right call.
-    Without the second condition RL paid a guess as much as a count: from a model that copied the
-    word into its call a quarter of the time, it learned to answer the commonest count, 1, to every
-    letter-count question and not to call the tool right (bench/README.md, "The SFT/RL split")."""
+    """The reward's checker: the reply is right (`gptforge.chat.tasks.reply_correct`) *and* the right
+    number came from a right call. Arithmetic: one of the calculator's outputs equals the reference
+    (a wrong pair of operands rarely gives the right sum). Letter counting, whose reference is the
+    item's call (``"berry".count("r")``; counts are small, so any call may give the right one): the
+    reply makes that call (the same expression up to quotes and spaces) and answers its result.
+    Paying a right number alone, RL learned to answer the commonest count, 1, to every question;
+    paying any call whose output was right, calls on made-up words that give 1 (bench/README.md,
+    "The SFT/RL split", "A reward that a guess cannot earn")."""
     if task == "social":  # right means no tool call at all
         return chat_tasks.reply_correct(task, parts, reference)
+    if task == "letter_count":
+        made = {_expression(p["text"]) for p in parts if p["type"] == "tool_call"}
+        return _expression(reference) in made and chat_tasks.reply_correct(task, parts, calculator(reference))
     return chat_tasks.reply_correct(task, parts, reference) and any(
         p["type"] == "tool_output" and chat_tasks.same_number(p["text"].strip(), reference) for p in parts)
+
+
+def _expression(text: str) -> str | None:
+    """A Python expression's syntax tree as text (quotes and spaces do not matter), None if none."""
+    try:
+        return ast.dump(ast.parse(text.strip(), mode="eval"))
+    except (SyntaxError, ValueError, RecursionError, MemoryError):
+        return None
 
 
 # ---------------------------------------------------------------------------------------------
