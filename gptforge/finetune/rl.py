@@ -39,6 +39,7 @@ from __future__ import annotations
 import ast
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -93,13 +94,12 @@ def builtin_tasks(spec: str, eval_items: int, seed: int = 0) -> list[Task]:
 
     out = []
     for name in dict.fromkeys(names):
-        calls = name == "letter_count"  # its reference is the call (see grounded_correct)
-        test = (chat_tasks.items(name, "test", eval_items - eval_items // 2, phrasings="train", calls=calls)
-                + chat_tasks.items(name, "test", eval_items // 2, phrasings="test", calls=calls))
-        out.append(Task(name, pairs(chat_tasks.items(name, "train", TRAIN_POOL, seed, phrasings="train",
-                                                     calls=calls)),
-                        pairs(test), lambda parts, ref, name=name: grounded_correct(name, parts, ref),
-                        MAX_NEW[name]))
+        # letter counting's reference is the item's call (see grounded_correct)
+        draw = partial(chat_tasks.items, name, calls=name == "letter_count")
+        test = (draw("test", eval_items - eval_items // 2, phrasings="train")
+                + draw("test", eval_items // 2, phrasings="test"))
+        out.append(Task(name, pairs(draw("train", TRAIN_POOL, seed, phrasings="train")), pairs(test),
+                        lambda parts, ref, name=name: grounded_correct(name, parts, ref), MAX_NEW[name]))
     return out
 
 

@@ -92,8 +92,13 @@ def cpu_native_bf16(cpuinfo: str | None = None) -> bool:
     read). There bf16 autocast trains faster than fp32; elsewhere torch computes bf16 in fp32 and
     autocast only adds casts (bench/README.md, "bf16 autocast on a CPU with native bf16")."""
     blocks = _cpuinfo_fields((_read("/proc/cpuinfo") or "") if cpuinfo is None else cpuinfo)
-    flags = set((blocks[0].get("flags") or "").split()) if blocks else set()
-    return bool(flags & {"amx_bf16", "avx512_bf16"})
+    native = {flag for flag, fp32, _, bf16, _ in CPU_ISA if bf16 > fp32}  # amx_bf16, avx512_bf16
+    return bool(blocks and native & _flags(blocks[0]))
+
+
+def _flags(block: dict[str, str]) -> set[str]:
+    """The instruction-set flags of one /proc/cpuinfo processor block (x86 ``flags``, ARM ``Features``)."""
+    return set((block.get("flags") or block.get("Features") or "").split())
 
 
 def cpu_peak(cpuinfo: str, threads: int, dtype: torch.dtype = torch.float32,
@@ -120,7 +125,7 @@ def cpu_peak(cpuinfo: str, threads: int, dtype: torch.dtype = torch.float32,
         ghz, source = float(first["cpu MHz"]) / 1e3, "'cpu MHz' in /proc/cpuinfo (base or current clock)"
     else:
         return None, "no clock in /proc/cpuinfo or cpufreq: the CPU's peak is unknown", ""
-    flags = set((first.get("flags") or first.get("Features") or "").split())
+    flags = _flags(first)
     bf16 = dtype == torch.bfloat16
     for flag, fp32_per_cycle, fp32_isa, bf16_per_cycle, bf16_isa in CPU_ISA:
         if flag in flags:
