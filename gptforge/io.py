@@ -204,7 +204,7 @@ def read_json(path: str | os.PathLike, fmt: str | None = None, versions: tuple[i
         if obj.get("format") != fmt:
             raise UserError(f"{p}: not a {what} (format {str(obj.get('format'))[:40]!r}, expected {fmt!r})")
         if type(obj.get("version")) is not int or obj["version"] not in versions:
-            raise UserError(f"{p}: {what} version {str(obj.get('version'))[:40]} is not supported "
+            raise UserError(f"{p}: {what} version {repr(obj.get('version'))[:40]} is not supported "
                             f"(this gptforge reads {', '.join(map(str, versions))})")
     return obj if schema is None else validate(schema, obj, p, what)
 

@@ -328,8 +328,8 @@ def open_shards(path: str | os.PathLike, tokenizer: Tokenizer | None = None) -> 
 
 
 def _plain_name(f: str) -> str:
-    # no separator, not "." or "..": the file is inside the shard directory
-    if f in ("", ".", "..", "meta.json", "tokenizer.json") or any(c in f for c in "/\\\0"):
+    # no separator, not "." or "..": the file is inside the shard directory; printable (prepare's names are)
+    if f in ("", ".", "..", "meta.json", "tokenizer.json") or "/" in f or "\\" in f or not f.isprintable():
         raise ValueError(f)
     return f
 
