@@ -381,12 +381,13 @@ class Slots:
         self.pos = [p + 1 for p in self.pos]
         return logits[:, -1]
 
-    def remove(self, i: int) -> None:
-        """Row ``i`` leaves; the last row takes its number."""
+    def remove(self, i: int, *also: list) -> None:
+        """Row ``i`` leaves; the last row takes its number, also in each list of ``also`` (the
+        caller's per-row lists, one entry per slot row)."""
         last = len(self.tokens) - 1
         if i != last and self.cache is not None:
             self.cache.copy_row(i, last, self.pos[last])
-        for rows in (self.tokens, self.pos, self.states):
+        for rows in (self.tokens, self.pos, self.states, *also):
             rows[i] = rows[last]
             rows.pop()
 
@@ -413,9 +414,7 @@ def decode(model: torch.nn.Module, prompts: Sequence[Sequence[int]], rows: Seque
         yield out
         for j in range(len(live) - 1, -1, -1):
             if rows[live[j]].done:
-                slots.remove(j)
-                live[j] = live[-1]
-                live.pop()
+                slots.remove(j, live)
         if live:
             logits = slots.step([rows[i].tokens[-1] for i in live])
 

@@ -75,9 +75,7 @@ def run_slots(m, prompts, starts, n_new, max_rows=3):
                 out[i].append(int(slots.add(prompts[i])[0].argmax()))
         for r in range(len(live) - 1, -1, -1):  # leave, as the batcher does: the last row moves in
             if len(out[live[r]]) == n_new[live[r]]:
-                slots.remove(r)
-                live[r] = live[-1]
-                live.pop()
+                slots.remove(r, live)
         if live:
             logits = slots.step([out[i][-1] for i in live])
             for r, i in enumerate(live):

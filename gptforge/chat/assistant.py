@@ -95,20 +95,21 @@ class TurnDecoder:
     """Token ids of an assistant turn -> Pieces, one token at a time: text as soon as it is whole
     UTF-8 (an incremental decoder holds back a partial multi-byte character, so a character is
     never split across pieces), a tool call or output whole at its end token. ``respond`` and the
-    server's batcher (one per row) share it."""
+    server's batcher (one per row) share it. ``tools=False``: text only, as the server's plain
+    completions want (a base model's tokenizer has no chat tokens)."""
 
-    def __init__(self, tok: Tokenizer):
-        self.tok, self.t = tok, ChatTokens(tok)
+    def __init__(self, tok: Tokenizer, tools: bool = True):
+        self.tok, self.t = tok, ChatTokens(tok) if tools else None
         self.mode, self.buf = "text", []
         self.dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def feed(self, i: int) -> list[Piece]:
         """The pieces completed by token ``i`` (often none, at most two)."""
         t, out = self.t, []
-        if i in (t.tool_call_start, t.tool_output_start):
+        if t and i in (t.tool_call_start, t.tool_output_start):
             out = self.finish()
             self.mode, self.buf = ("tool_call" if i == t.tool_call_start else "tool_output"), []
-        elif i in (t.tool_call_end, t.tool_output_end):
+        elif t and i in (t.tool_call_end, t.tool_output_end):
             out = [Piece(self.mode, self.tok.decode(self.buf))]
             self.mode, self.buf = "text", []
         elif self.mode == "text":

@@ -124,27 +124,27 @@ class Guard:
         self.hosts = {h.lower() for h in allowed_hosts}
         self.origins = {o.rstrip("/").lower() for o in allowed_origins}
 
-    def refusal(self, scope, headers: dict) -> APIError | None:
+    def refuse(self, scope, headers: dict) -> None:
+        """Raise APIError 403 for a host or origin not allowed, 415 for a POST body not JSON."""
         host = headers.get("host", "")
         name = (urlsplit("//" + host).hostname or "") if host else ""  # "[::1]:80" -> "::1", lower case
         if self.loopback and not (is_loopback(name) or name in self.hosts or "*" in self.hosts):
-            return APIError(403, f"host {host!r} is not allowed: this server answers only to "
-                                 "localhost (start it with --allowed-host NAME to add one)",
-                            code="host_not_allowed", type="permission_error")
+            raise APIError(403, f"host {host!r} is not allowed: this server answers only to "
+                                "localhost (start it with --allowed-host NAME to add one)",
+                           code="host_not_allowed", type="permission_error")
         origin = headers.get("origin")
         if origin is not None:
             own = {f"{scheme}://{host}".lower() for scheme in ("http", "https")}
             o = origin.rstrip("/").lower()
             if o not in own and o not in self.origins and "*" not in self.origins:
-                return APIError(403, f"origin {origin!r} is not allowed: web pages of other sites cannot "
-                                     "use this server (start it with --allowed-origin ORIGIN to allow "
-                                     "one)", code="origin_not_allowed", type="permission_error")
+                raise APIError(403, f"origin {origin!r} is not allowed: web pages of other sites cannot "
+                                    "use this server (start it with --allowed-origin ORIGIN to allow "
+                                    "one)", code="origin_not_allowed", type="permission_error")
         kind = headers.get("content-type")
         if scope["method"] == "POST" and kind is not None \
                 and kind.split(";")[0].strip().lower() != "application/json":
-            return APIError(415, f"Content-Type {kind!r}: expected application/json",
-                            code="unsupported_media_type")
-        return None
+            raise APIError(415, f"Content-Type {kind!r}: expected application/json",
+                           code="unsupported_media_type")
 
     async def read_body(self, headers: dict, receive) -> bytes:
         """The whole body. Raises APIError 413 or 408, or ClientDisconnect."""
@@ -174,8 +174,7 @@ class Guard:
             return await self.app(scope, receive, send)
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         try:
-            if (e := self.refusal(scope, headers)) is not None:
-                raise e
+            self.refuse(scope, headers)
             if scope["method"] == "POST":
                 body = await self.read_body(headers, receive)
                 receive = replay(body, receive)

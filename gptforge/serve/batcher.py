@@ -26,7 +26,6 @@ go on. Only a failed decode step (the batch's forward pass) ends every live row.
 from __future__ import annotations
 
 import asyncio
-import codecs
 import random
 import sys
 import threading
@@ -161,22 +160,6 @@ def _wake(waiter: asyncio.Future) -> None:
         waiter.set_result(None)
 
 
-class _TextDecoder:
-    """Token ids -> text pieces for plain completions (incremental UTF-8, like TurnDecoder)."""
-
-    def __init__(self, tok):
-        self.tok = tok
-        self.dec = codecs.getincrementaldecoder("utf-8")(errors="replace")
-
-    def feed(self, i: int) -> list[Piece]:
-        text = self.dec.decode(self.tok.decode_bytes([i]))
-        return [Piece("text", text)] if text else []
-
-    def finish(self) -> list[Piece]:
-        tail = self.dec.decode(b"", final=True)
-        return [Piece("text", tail)] if tail else []
-
-
 class StopStrings:
     """Finds stop strings in streamed text. ``feed(text)`` returns the text that is safe to send: text
     that might be the start of a stop string is held back until the next piece decides. After a stop
@@ -212,8 +195,7 @@ class StopStrings:
 class _Row:
     job: Job
     index: int
-    params: RowParams
-    decoder: TurnDecoder | _TextDecoder
+    decoder: TurnDecoder
     stops: StopStrings
     row: Row  # the engine's decoder of this row: sampler, tool calls, stop tokens, tokens so far
     done: bool = False
@@ -369,12 +351,12 @@ class Batcher:
 
     def _new_row(self, job: Job, index: int, params: RowParams) -> _Row:
         seed = params.seed + index if params.seed is not None else random.getrandbits(63)
-        decoder = TurnDecoder(self.tok) if job.chat else _TextDecoder(self.tok)
+        decoder = TurnDecoder(self.tok, tools=job.chat)
         # a chat turn ends at <|assistant_end|> or <|endoftext|>, plain text at <|endoftext|> (not sent)
         stops = [t for t in ((self.end_turn, self.eot) if job.chat else (self.eot,)) if t is not None]
         row = Row(params.max_new, params.temperature, params.top_k, params.top_p, seed, stops,
                   self.tool if job.chat else None, device=self.device)
-        return _Row(job, index, params, decoder, StopStrings(params.stop), row)
+        return _Row(job, index, decoder, StopStrings(params.stop), row)
 
     def _choose(self, rows: list[_Row], logits: torch.Tensor, first: int) -> None:
         """Pick each row's next token (rows[i] has logits[i] and is slot first + i; ``Row.choose``),
@@ -410,7 +392,5 @@ class Batcher:
             job.send(events)
         for i in range(len(self.live) - 1, -1, -1):
             if self.live[i].done:
-                self.slots.remove(i)
-                self.live[i] = self.live[-1]
-                self.live.pop()
+                self.slots.remove(i, self.live)
         self.running = len(self.live)
