@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator
 from contextlib import nullcontext
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -28,13 +29,6 @@ import torch
 from gptforge.data.shards import open_shards
 from gptforge.errors import UserError
 from gptforge.train.evaluate import evaluate
-
-
-class _OneProcess:
-    """The one-process stand-in for the training loop's ``Dist`` that ``evaluate`` sums over."""
-
-    def all_sum(self, t: torch.Tensor) -> torch.Tensor:
-        return t
 
 
 def windows(tokens: np.ndarray, T: int, B: int, device) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -65,7 +59,8 @@ def bpb_tokens(model: torch.nn.Module, tokens: np.ndarray, token_bytes: np.ndarr
     tb = torch.as_tensor(np.asarray(token_bytes, dtype=np.int64), device=device)
     n = max(len(tokens) - 1, 0)
     batches = windows(tokens, T, batch_size, device)
-    loss, bpb = evaluate(model, batches, tb, nullcontext(), _OneProcess())  # in the model's own dtype
+    one_process = SimpleNamespace(all_sum=lambda t: t)  # the loop's Dist, with nothing to sum over
+    loss, bpb = evaluate(model, batches, tb, nullcontext(), one_process)  # in the model's own dtype
     nbytes = int(tb[torch.as_tensor(np.asarray(tokens[1:], dtype=np.int64), device=device)].sum()) if n else 0
     return {"bpb": bpb, "loss": loss, "tokens": n, "bytes": nbytes, "seconds": time.perf_counter() - t0}
 

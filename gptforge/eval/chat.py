@@ -66,7 +66,6 @@ from gptforge.chat.tasks import (  # noqa: F401
     last_count,
     last_number,
     reply_correct,
-    same_number,
     text_of,
 )
 from gptforge.engine import ToolUse, generate

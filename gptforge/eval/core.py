@@ -168,33 +168,17 @@ def load_rows(path: str | Path, kind: str) -> list[dict]:
     return rows
 
 
-class _AllBut(Sequence):
-    """The indices 0..n-1 without ``skip``, as a sequence (len n - 1) that costs O(1) to make.
-
-    ``random.Random.sample`` only takes len() and indexes (or iterates) its population, so sampling
-    from this draws exactly what sampling from ``[i for i in range(n) if i != skip]`` draws (nanochat's
-    list), without building a 20,000-item list per item."""
-
-    def __init__(self, n: int, skip: int):
-        self.n, self.skip = n, skip
-
-    def __len__(self) -> int:
-        return self.n - 1
-
-    def __getitem__(self, j: int) -> int:
-        if not 0 <= j < self.n - 1:
-            raise IndexError(j)
-        return j + (j >= self.skip)
-
-
 def fewshot_indices(n_rows: int, idx: int, k: int, seed: int = DEFAULT_SEED) -> list[int]:
     """The rows that serve as few-shot examples for row ``idx`` of a task with ``n_rows`` rows:
     ``random.Random(seed + idx).sample`` of min(k, n_rows - 1) of the other rows (nanochat's rule;
-    deterministic, never ``idx`` itself)."""
+    deterministic, never ``idx`` itself). ``sample`` picks positions from the population's length and
+    the random stream alone, so sampling ``range(n_rows - 1)`` and shifting positions at or past
+    ``idx`` up by one draws exactly what sampling nanochat's list ``[i for i in range(n_rows) if i !=
+    idx]`` draws, without building that list per item."""
     k = min(k, n_rows - 1)
     if k <= 0:
         return []
-    return random.Random(seed + idx).sample(_AllBut(n_rows, idx), k)
+    return [j + (j >= idx) for j in random.Random(seed + idx).sample(range(n_rows - 1), k)]
 
 
 def render_options(spec: TaskSpec, item: dict, fewshot: Sequence[dict] = ()) -> list[tuple[str, str]]:

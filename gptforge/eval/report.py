@@ -81,9 +81,7 @@ def compare_markdown(cards: list[dict]) -> str:
     evals = [c["eval"] or {} for c in cards]
     if any(e.get("bpb") for e in evals):
         out += row("bits per byte (eval)", [_num((e.get("bpb") or {}).get("bpb")) for e in evals])
-    tasks = []
-    for e in evals:
-        tasks += [t for t in e.get("tasks", {}) if t not in tasks]
+    tasks = list(dict.fromkeys(t for e in evals for t in e.get("tasks", {})))  # in first-seen order
     if tasks:
         out += ("\n## Evaluation (accuracy; centred accuracy in brackets; 95% Wilson intervals in %)\n\n"
                 + head)
@@ -91,10 +89,8 @@ def compare_markdown(cards: list[dict]) -> str:
             results = [e.get("tasks", {}).get(t) for e in evals]
             out += row(t, [_accuracy_cell(r) for r in results])
             out += row(f"{t}, 95% interval", [_interval_cell(r) for r in results])
-            groups = []
-            for r in results:
-                groups += [g for g in (r or {}).get("by_phrasing", {}) if g not in groups]
-            for g in groups:  # template-seen and -unseen phrasings of the synthetic tasks
+            # template-seen and -unseen phrasings of the synthetic tasks
+            for g in dict.fromkeys(g for r in results for g in (r or {}).get("by_phrasing", {})):
                 sub = [(r or {}).get("by_phrasing", {}).get(g) for r in results]
                 out += row(f"{t}, {g} phrasings", [_accuracy_cell(x) for x in sub])
                 out += row(f"{t}, {g} phrasings, 95% interval", [_interval_cell(x) for x in sub])
@@ -159,10 +155,8 @@ def compare_png(cards: list[dict], out: str | os.PathLike) -> Path:
         if c["curve"]:
             ax_loss.plot(*zip(*c["curve"], strict=True), "o-", ms=3, color=f"C{i % 10}", label=c["name"])
     ax_loss.set(xlabel="tokens", ylabel="val loss (nats/token)", title="validation loss")
-    tasks = []
-    for c in cards:
-        tasks += [t for t, r in ((c["eval"] or {}).get("tasks", {})).items()
-                  if r.get("accuracy") is not None and t not in tasks]
+    tasks = list(dict.fromkeys(t for c in cards for t, r in ((c["eval"] or {}).get("tasks", {})).items()
+                               if r.get("accuracy") is not None))
     width = 0.8 / max(len(cards), 1)
     for i, c in enumerate(cards):
         res = (c["eval"] or {}).get("tasks", {})
