@@ -51,7 +51,7 @@ import json
 import math
 import random
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from functools import cache
 from itertools import islice
 from pathlib import Path
@@ -131,52 +131,6 @@ def mixture(name: str, split: str = "train", n: int | None = None, seed: int = 0
     return stream if n is None else islice(stream, n)
 
 
-def mix(weights: Mapping[str, float], split: str = "train", n: int | None = None, seed: int = 0,
-        options: Mapping[str, Mapping] | None = None) -> Iterator[list[dict]]:
-    """Conversations drawn from several mixtures in proportion to ``weights``.
-
-    Each conversation comes from mixture ``k`` with probability ``weights[k] / sum(weights)``,
-    drawn with a ``random.Random`` seeded by (split, seed); each mixture's own stream is the one
-    ``mixture(k, split, seed=seed)`` gives, repeating finite sets in new orders as needed.
-
-    Args:
-        weights: mixture name -> weight (>= 0, not all 0), e.g. ``{"arithmetic": 2, "gsm8k": 1}``.
-        split, seed: as for ``mixture``.
-        n: how many conversations; ``None`` for an endless stream.
-        options: mixture name -> its options, e.g. ``{"arithmetic": {"max_digits": 3}}``.
-
-    Raises:
-        UserError: an unknown mixture name, or one with no items in ``split``; as ``mixture``.
-        ValueError: negative weights, all weights 0, or bad split or n.
-    """
-    names = list(weights)
-    w = [float(weights[k]) for k in names]
-    for k in names:
-        if k not in _BUILDERS:
-            raise UserError(f"unknown mixture {k!r} (choose from {', '.join(MIXTURES)})")
-    if not names or any(x < 0 or not math.isfinite(x) for x in w) or sum(w) <= 0:
-        raise ValueError(f"weights must be finite, >= 0 and not all 0: {dict(weights)}")
-    if split not in SPLITS:
-        raise ValueError(f"split must be 'train' or 'test', not {split!r}")
-    if n is not None and n < 0:
-        raise ValueError(f"n must be >= 0 or None, not {n}")
-    options = options or {}
-    streams = {k: _BUILDERS[k](split, seed, repeat=True, **options.get(k, {})) for k in names}
-
-    def draw() -> Iterator[list[dict]]:
-        rng = random.Random(f"mix:{split}:{seed}")
-        count = 0
-        while n is None or count < n:
-            k = rng.choices(names, weights=w)[0]
-            conv = next(streams[k], None)
-            if conv is None:
-                raise UserError(f"mixture {k!r} has no {split} items")
-            yield conv
-            count += 1
-
-    return draw()
-
-
 def _shuffled(name: str, items: list[tuple[str, list[dict]]], split: str, seed: int,
               repeat: bool) -> Iterator[list[dict]]:
     """The items of ``split`` in a seeded order, once or (``repeat``) pass after pass."""
@@ -201,12 +155,6 @@ def generated_items(name: str, split: str, seed: int,
         key, conv, family = make(rng)
         if conv is not None and split_of(name, key) == split:
             yield check_conversation(conv), family
-
-
-def _generated(name: str, split: str, seed: int, make: Callable[[random.Random], tuple[str, list[dict], str]]
-               ) -> Iterator[list[dict]]:
-    """``generated_items`` without the families."""
-    return (conv for conv, _ in generated_items(name, split, seed, make))
 
 
 def _norm(text: str) -> str:
@@ -436,8 +384,8 @@ def _arithmetic(split: str, seed: int, repeat: bool, max_digits: int = 4, phrasi
                 ) -> Iterator[list[dict]]:
     if not (isinstance(max_digits, int) and 1 <= max_digits <= 4):
         raise ValueError(f"max_digits must be 1, 2, 3 or 4, not {max_digits!r}")
-    return _generated("arithmetic", split, seed,
-                      lambda rng: arithmetic_problem(rng, max_digits, phrasings or split, split))
+    make = lambda rng: arithmetic_problem(rng, max_digits, phrasings or split, split)
+    return (conv for conv, _ in generated_items("arithmetic", split, seed, make))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -523,7 +471,8 @@ def spelling_problem(rng: random.Random, words: tuple[str, ...] | None = None, p
 
 def _spelling(split: str, seed: int, repeat: bool, phrasings: str | None = None) -> Iterator[list[dict]]:
     words = spelling_words()
-    return _generated("spelling", split, seed, lambda rng: spelling_problem(rng, words, phrasings or split))
+    make = lambda rng: spelling_problem(rng, words, phrasings or split)
+    return (conv for conv, _ in generated_items("spelling", split, seed, make))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -648,15 +597,11 @@ IDENTITY_KEYWORDS = {
 }
 
 
-def identity_items() -> list[tuple[str, list[dict]]]:
-    """Every (key, conversation) of ``identity``: each question of a topic with each of its answers,
-    also asked in lower case without punctuation; the key is the normalised question."""
-    return [(key, conv) for key, conv, _ in identity_topic_items()]
-
-
 @cache
 def identity_topic_items() -> tuple[tuple[str, list[dict], str], ...]:
-    """``identity_items`` with each item's topic (a key of ``IDENTITY``) as a third element."""
+    """Every ``(key, conversation, topic)`` of ``identity``: each question of a topic (a key of
+    ``IDENTITY``) with each of its answers, also asked in lower case without punctuation; the key is
+    the normalised question."""
     items = []
     for topic, (questions, answers) in IDENTITY.items():
         for q in questions:
@@ -667,7 +612,7 @@ def identity_topic_items() -> tuple[tuple[str, list[dict], str], ...]:
 
 
 def _identity(split: str, seed: int, repeat: bool) -> Iterator[list[dict]]:
-    return _shuffled("identity", identity_items(), split, seed, repeat)
+    return _shuffled("identity", [(k, conv) for k, conv, _ in identity_topic_items()], split, seed, repeat)
 
 
 # ---------------------------------------------------------------------------------------------

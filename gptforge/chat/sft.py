@@ -214,7 +214,6 @@ def base_train_tokens(init_from: str | Path, tok: Tokenizer) -> np.ndarray | Non
         UserError: the base was not pretrained on a shard directory, or the directory is missing,
             corrupt or made with another tokenizer.
     """
-    from gptforge import checkpoint as ckpt
     from gptforge.data.shards import open_shards
 
     shards = pretraining_data(ckpt.find_checkpoint(init_from).parent.parent)
