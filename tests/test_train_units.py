@@ -12,7 +12,7 @@ from gptforge import checkpoint as ckpt
 from gptforge.config import load_toml, overrides
 from gptforge.errors import UserError
 from gptforge.models import GPTConfig, build_model
-from gptforge.train.batches import batch_offsets, eval_offsets, get_batch, train_batch
+from gptforge.train.batches import PretrainBatches, batch_index, batch_offsets, eval_offsets, get_batch
 from gptforge.train.config import make_config
 from gptforge.train.optim import build_optimizers, lr_multiplier, replan_steps, split_params
 
@@ -96,18 +96,18 @@ def test_batches_are_pure_functions_of_seed_and_index():
 
 @pytest.mark.parametrize("sampling", ["random", "sequential"])
 def test_two_ranks_see_the_batches_of_two_micro_steps(sampling):
-    toks = np.arange(5000, dtype=np.uint16)
+    src = PretrainBatches(np.arange(5000, dtype=np.uint16), 2, 8, 5, sampling)  # what the loop reads
     for step in (0, 3):
-        single = [train_batch(toks, 2, 8, 5, sampling, step, m, accum=2, rank=0, world=1)[0] for m in (0, 1)]
-        ranks = [train_batch(toks, 2, 8, 5, sampling, step, 0, accum=1, rank=r, world=2)[0] for r in (0, 1)]
+        single = [src.get(batch_index(step, m, accum=2, rank=0, world=1))[0] for m in (0, 1)]
+        ranks = [src.get(batch_index(step, 0, accum=1, rank=r, world=2))[0] for r in (0, 1)]
         for s, r in zip(single, ranks, strict=True):
             assert torch.equal(s, r)
         assert not torch.equal(ranks[0], ranks[1])  # ranks read different data
 
 
 def test_sequential_windows_tile_the_split_in_order():
-    toks = np.arange(10_000, dtype=np.uint16)
-    rows = torch.cat([train_batch(toks, 2, 8, 0, "sequential", s, m, 2, r, 2)[0]
+    src = PretrainBatches(np.arange(10_000, dtype=np.uint16), 2, 8, 0, "sequential")
+    rows = torch.cat([src.get(batch_index(s, m, 2, r, 2))[0]
                       for s in range(3) for m in range(2) for r in range(2)])
     assert torch.equal(rows.flatten(), torch.arange(rows.numel()))  # disjoint, adjacent, in order
 

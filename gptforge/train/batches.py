@@ -70,13 +70,6 @@ def batch_index(step: int, micro: int, accum: int, rank: int, world: int) -> int
     return (step * accum + micro) * world + rank
 
 
-def train_batch(tokens: np.ndarray, B: int, T: int, seed: int, sampling: str, step: int, micro: int,
-                accum: int, rank: int, world: int, device="cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """The (x, y) that ``rank`` trains on in micro step ``micro`` of optimizer ``step``."""
-    index = batch_index(step, micro, accum, rank, world)
-    return get_batch(tokens, batch_offsets(len(tokens), B, T, seed, index, sampling), T, device)
-
-
 def eval_offsets(n_tokens: int, T: int, eval_tokens: int) -> np.ndarray:
     """Offsets of the fixed validation subset: ceil(eval_tokens / T) windows spread evenly over the
     split (the same for every run, seed and device count; capped at what the split holds).

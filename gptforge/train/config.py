@@ -325,9 +325,7 @@ def finetune_config(base, task: str, defaults: dict, *layers: dict, purpose: str
     state = ckpt.read_trainer_state(found)
     if state.model_config.get("arch") != "gpt":
         raise UserError(f"{found}: {purpose}; this one is {state.model_config.get('arch')!r}")
-    merged: dict = {}
-    for layer in layers:
-        merged.update(layer)
+    merged = {k: v for layer in layers for k, v in layer.items()}  # later layers win, whole values
     return make_config(from_saved(state.config, found.parent.parent), defaults, merged,
                        {"task": task, "init_from": str(found)}, where=task)
 

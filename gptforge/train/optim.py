@@ -118,19 +118,10 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig,
     betas = (cfg.beta1, cfg.beta2)
     fused = device_type == "cuda" or None  # fused AdamW kernel on CUDA; torch's default elsewhere
     if cfg.optimizer == "adamw" or cfg.lora:  # LoRA: only the adapters train, with AdamW (see above)
-        groups = [{"params": hidden + embed_head, "weight_decay": cfg.weight_decay},
-                  {"params": rest, "weight_decay": 0.0}]
-        groups = [g for g in groups if g["params"]]
-        for g in groups:
-            g["peak_lr"] = cfg.lr
-        return [torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, fused=fused)]
-    # muon
-    adam_groups = [{"params": embed_head, "weight_decay": cfg.weight_decay},
-                   {"params": rest, "weight_decay": 0.0}]
-    adam_groups = [g for g in adam_groups if g["params"]]
-    for g in adam_groups:
-        g["peak_lr"] = cfg.lr
-    opts: list[torch.optim.Optimizer] = [torch.optim.AdamW(adam_groups, lr=cfg.lr, betas=betas, fused=fused)]
+        hidden, embed_head = [], hidden + embed_head
+    groups = [{"params": ps, "weight_decay": wd, "peak_lr": cfg.lr}
+              for ps, wd in ((embed_head, cfg.weight_decay), (rest, 0.0)) if ps]
+    opts: list[torch.optim.Optimizer] = [torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, fused=fused)]
     if hidden:
         cls = torch.optim.Muon if device_type == "cuda" else MuonFloat32
         muon = cls(hidden, lr=cfg.muon_lr, weight_decay=cfg.weight_decay, momentum=cfg.muon_momentum,
@@ -143,12 +134,12 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig,
 def schedule_steps(cfg: TrainConfig, tokens_per_step: int) -> int:
     """The schedule's horizon in optimizer steps: ``decay_steps`` if set, else the step budget
     (``max_steps``, or fewer when ``max_tokens`` ends the run first)."""
-    if cfg.decay_steps:
-        return cfg.decay_steps
-    steps = cfg.max_steps
-    if cfg.max_tokens:
-        steps = min(steps, -(-cfg.max_tokens // tokens_per_step))
-    return steps
+    return cfg.decay_steps or budget_steps(cfg, tokens_per_step)
+
+
+def budget_steps(cfg: TrainConfig, tokens_per_step: int) -> int:
+    """The run's step budget: ``max_steps``, or fewer when ``max_tokens`` ends the run first."""
+    return min(cfg.max_steps, -(-cfg.max_tokens // tokens_per_step)) if cfg.max_tokens else cfg.max_steps
 
 
 def lr_multiplier(step: int, cfg: TrainConfig, total_steps: int) -> float:

@@ -36,7 +36,7 @@ from gptforge.train.config import TrainConfig, saved_config
 from gptforge.train.curriculum import CurriculumBatches
 from gptforge.train.evaluate import evaluate, window_batches
 from gptforge.train.mfu import cpu_native_bf16, peak_flops
-from gptforge.train.optim import build_optimizers, replannable, schedule_steps
+from gptforge.train.optim import budget_steps, build_optimizers, replannable, schedule_steps
 
 
 # --- process ---------------------------------------------------------------------------------------
@@ -367,15 +367,12 @@ def setup(cfg: TrainConfig, resume: bool, d: Dist, data: TrainData | None = None
                    or schedule_steps(cfg, tokens_per_step))
     if cfg.schedule_time:
         state.schedule_steps = total_steps
-    budget_steps = cfg.max_steps
-    if cfg.max_tokens:
-        budget_steps = min(budget_steps, -(-cfg.max_tokens // tokens_per_step))
     return Session(
         cfg=cfg, d=d, run_dir=Path(cfg.out), lock=lock, data=data,
         token_bytes=torch.from_numpy(data.token_bytes.astype(np.int64)).to(d.device),
         raw_model=raw_model, model=model, eval_model=eval_model, optimizers=optimizers, state=state,
         amp=amp, dtype=dtype, accum=tokens_per_step // micro_tokens, tokens_per_step=tokens_per_step,
-        total_steps=total_steps, budget_steps=budget_steps,
+        total_steps=total_steps, budget_steps=budget_steps(cfg, tokens_per_step),
         flops_per_token=raw_model.flops_per_token(),
         peak=(peak_flops(d.device, torch.bfloat16 if dtype == "bfloat16" else torch.float32)
               if d.main else None),
