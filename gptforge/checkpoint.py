@@ -174,12 +174,9 @@ def read_pointer(ckpt_root: Path, name: str) -> str | None:
 
 
 def file_sha256(path: Path) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB blocks."""
-    h = hashlib.sha256()
+    """Hex sha256 of a file's bytes (read in blocks)."""
     with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def save_checkpoint(run_dir: str | os.PathLike, model: torch.nn.Module,

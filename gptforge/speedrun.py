@@ -410,18 +410,24 @@ def _budgeted(cfg, budget: float | None, data=None, what: str = "training"):
     return cfg, per_step, started
 
 
+def _trained(summary: dict, cfg, what: str, command: str) -> dict:
+    """A stage's training summary, without its step times; after Ctrl-C / SIGTERM (the run is saved)
+    it says how to continue and raises KeyboardInterrupt, so the speedrun stops here, not at the end."""
+    if summary["stopped_by"] == "signal":
+        _say(f"interrupted: {what} saved at step {summary['step']} in {cfg.out}; "
+             f"continue it with gptforge {command} --resume {cfg.out}")
+        raise KeyboardInterrupt
+    summary.pop("step_times_s")
+    return summary
+
+
 def _stage_pretrain(cfg, budget: float | None) -> dict:
     from gptforge.train import train
 
     cfg, per_step, started = _budgeted(cfg, budget)
     _say(f"      pretraining -> {cfg.out}")
     t0 = time.time()
-    summary = train(cfg, started=started)
-    if summary["stopped_by"] == "signal":  # Ctrl-C / SIGTERM: the run is saved; stop here, not at the end
-        _say(f"interrupted: pretraining saved at step {summary['step']} in {cfg.out}; "
-             f"continue it with gptforge pretrain --resume {cfg.out}")
-        raise KeyboardInterrupt
-    summary.pop("step_times_s")
+    summary = _trained(train(cfg, started=started), cfg, "pretraining", "pretrain")
     return {**summary, "budget_s": budget, "per_step_s": per_step, "wall_s": time.time() - t0}
 
 
@@ -451,12 +457,7 @@ def _stage_sft(sr: SpeedrunConfig, recipe: Recipe, out_dir: Path, progress: bool
     cfg, per_step, started = _budgeted(cfg, budget, data, "SFT")
     _say(f"      SFT -> {cfg.out}")
     t0 = time.time()
-    summary = train(cfg, data=data, started=started)
-    if summary["stopped_by"] == "signal":
-        _say(f"interrupted: SFT saved at step {summary['step']} in {cfg.out}; "
-             f"continue it with gptforge sft --resume {cfg.out}")
-        raise KeyboardInterrupt
-    summary.pop("step_times_s")
+    summary = _trained(train(cfg, data=data, started=started), cfg, "SFT", "sft")
     return {**summary, "budget_s": budget, "per_step_s": per_step, "wall_s": time.time() - t0,
             "conversations": tr.conversations, "cropped": tr.cropped}
 
@@ -482,12 +483,7 @@ def _stage_rl(sr: SpeedrunConfig, recipe: Recipe, out_dir: Path, progress: bool)
     data = rl_run_data(cfg)
     _say(f"      RL on {RL_TASKS} ({cfg.batch_size // cfg.rl_samples} prompts x {cfg.rl_samples} samples "
          f"per step" + (f", {budget:.0f} s" if budget else f", {cfg.max_steps} steps") + f") -> {cfg.out}")
-    summary = train(cfg, data=data, started=started if budget else None)
-    if summary["stopped_by"] == "signal":
-        _say(f"interrupted: RL saved at step {summary['step']} in {cfg.out}; "
-             f"continue it with gptforge rl --resume {cfg.out}")
-        raise KeyboardInterrupt
-    summary.pop("step_times_s")
+    summary = _trained(train(cfg, data=data, started=started if budget else None), cfg, "RL", "rl")
     return {**summary, "budget_s": budget, "wall_s": time.time() - started}
 
 

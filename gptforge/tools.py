@@ -165,13 +165,9 @@ def _check_power(base: Number, exp: Number) -> None:
         _Refused: the result would be too large.
         ZeroDivisionError: 0 to a negative power.
     """
-    if base == 0:
-        if exp < 0:
-            raise ZeroDivisionError
-        return
-    if abs(base) == 1:
-        return
-    if math.log10(abs(base)) * exp > MAX_LOG10:
+    if base == 0 and exp < 0:
+        raise ZeroDivisionError
+    if abs(base) not in (0, 1) and math.log10(abs(base)) * exp > MAX_LOG10:
         raise _Refused("result too large")
 
 

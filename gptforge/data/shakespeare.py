@@ -75,10 +75,7 @@ def render_play(markdown: str) -> str:
         if in_direction:
             in_direction = not line.endswith("_")
             continue
-        if not line:
-            flush()
-            continue
-        if line.startswith("#"):
+        if not line or line.startswith("#"):
             flush()
             continue
         m = _SPEAKER.match(line)
