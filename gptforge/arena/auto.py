@@ -86,7 +86,7 @@ def run_auto(models: dict[str, tuple[torch.nn.Module, object]], tasks: Sequence[
             paired.append({"task": task, "model_a": ma, "model_b": mb, **t})
             if log:
                 log(f"{task}: {mb} vs {ma}: {t['points']:+.0f} points, {format_p(t['p'])} (exact McNemar; "
-                    f"{t['only_b']} items only {mb} got right, {t['only_a']} only {ma})")
+                    f"right only for {mb}: {t['only_b']}, only for {ma}: {t['only_a']})")
         for i, (q, ref) in enumerate(items):
             pairs = (list(itertools.combinations(names, 2)) if all_pairs
                      else [tuple(rng.choice(names, size=2, replace=False))])

@@ -130,4 +130,4 @@ def compare_sentence(name_a: str, name_b: str, task: str, res_a: dict, res_b: di
     t = paired_test(ca, cb)
     verdict = "significant at 5%" if t["p"] < 0.05 else "not significant"
     return (f"{name_b} vs {name_a} on {task}: {t['points']:+.0f} points, {format_p(t['p'])} ({verdict}; "
-            f"{t['only_b']} items only {name_b} got right, {t['only_a']} only {name_a}, of {t['n']})")
+            f"right only for {name_b}: {t['only_b']}, only for {name_a}: {t['only_a']}, of {t['n']} items)")
