@@ -5,6 +5,14 @@ from pathlib import Path
 import pytest
 import torch
 from helpers import shared_file
+from hypothesis import settings
+
+# The fuzz tests draw the same inputs on every run ("ci", the default), so that whether a commit
+# passes does not depend on the draw; `pytest --hypothesis-profile explore` draws new ones (run it
+# when changing a parser or a file reader, and pin what it finds with @example).
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile("ci")
 
 
 @pytest.fixture
