@@ -106,10 +106,10 @@ class TurnDecoder:
     def feed(self, i: int) -> list[Piece]:
         """The pieces completed by token ``i`` (often none, at most two)."""
         t, out = self.t, []
-        if t and i in (t.tool_call_start, t.tool_output_start):
+        if t is not None and i in (t.tool_call_start, t.tool_output_start):
             out = self.finish()
             self.mode, self.buf = ("tool_call" if i == t.tool_call_start else "tool_output"), []
-        elif t and i in (t.tool_call_end, t.tool_output_end):
+        elif t is not None and i in (t.tool_call_end, t.tool_output_end):
             out = [Piece(self.mode, self.tok.decode(self.buf))]
             self.mode, self.buf = "text", []
         elif self.mode == "text":

@@ -117,10 +117,11 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig,
     hidden, embed_head, rest = split_params(model)
     betas = (cfg.beta1, cfg.beta2)
     fused = device_type == "cuda" or None  # fused AdamW kernel on CUDA; torch's default elsewhere
+    decayed = embed_head  # AdamW's matrices (weight decay); Muon takes the hidden ones
     if cfg.optimizer == "adamw" or cfg.lora:  # LoRA: only the adapters train, with AdamW (see above)
-        hidden, embed_head = [], hidden + embed_head
+        hidden, decayed = [], hidden + embed_head
     groups = [{"params": ps, "weight_decay": wd, "peak_lr": cfg.lr}
-              for ps, wd in ((embed_head, cfg.weight_decay), (rest, 0.0)) if ps]
+              for ps, wd in ((decayed, cfg.weight_decay), (rest, 0.0)) if ps]
     opts: list[torch.optim.Optimizer] = [torch.optim.AdamW(groups, lr=cfg.lr, betas=betas, fused=fused)]
     if hidden:
         cls = torch.optim.Muon if device_type == "cuda" else MuonFloat32
