@@ -156,20 +156,14 @@ class VoteStore:
         """
         if vote not in VOTES:
             raise BattleError("invalid", f"vote {vote!r}: expected one of {', '.join(VOTES)}")
-        with self._connect() as db:
+        with self._connect() as db, db:  # `with db`: COMMIT at the end, ROLLBACK on an exception
             db.execute("BEGIN IMMEDIATE")  # take the write lock before reading: no lost race
-            try:
-                row = db.execute("SELECT session_id, vote FROM battles WHERE id = ?", (battle_id,)).fetchone()
-                _own(row, battle_id, session_id)
-                if row["vote"] is not None:
-                    raise BattleError("voted", f"battle {battle_id!r} has already been voted on "
-                                               f"({row['vote']})")
-                db.execute("UPDATE battles SET vote = ?, voted_at = ? WHERE id = ?",
-                           (vote, time.time(), battle_id))
-                db.execute("COMMIT")
-            except BaseException:
-                db.execute("ROLLBACK")
-                raise
+            row = db.execute("SELECT session_id, vote FROM battles WHERE id = ?", (battle_id,)).fetchone()
+            _own(row, battle_id, session_id)
+            if row["vote"] is not None:
+                raise BattleError("voted", f"battle {battle_id!r} has already been voted on ({row['vote']})")
+            db.execute("UPDATE battles SET vote = ?, voted_at = ? WHERE id = ?",
+                       (vote, time.time(), battle_id))
         return self.get_battle(battle_id, session_id)
 
     # -- reading ------------------------------------------------------------------------------
@@ -210,15 +204,11 @@ class VoteStore:
         """Battles with a winner as preference pairs in the messages format (what gptforge.arena.dpo
         reads, and TRL's conversational format): ``{"prompt": [user message], "chosen":
         [assistant message], "rejected": [assistant message]}``. Ties and both-bad give no pair."""
-        out = []
-        for b in self.battles():
-            if b["vote"] not in ("a", "b"):
-                continue
-            win, lose = ("reply_a", "reply_b") if b["vote"] == "a" else ("reply_b", "reply_a")
-            out.append({"prompt": [{"role": "user", "content": b["prompt"]}],
-                        "chosen": [{"role": "assistant", "content": b[win]}],
-                        "rejected": [{"role": "assistant", "content": b[lose]}]})
-        return out
+        loser = {"a": "reply_b", "b": "reply_a"}
+        return [{"prompt": [{"role": "user", "content": b["prompt"]}],
+                 "chosen": [{"role": "assistant", "content": b[f"reply_{b['vote']}"]}],
+                 "rejected": [{"role": "assistant", "content": b[loser[b["vote"]]]}]}
+                for b in self.battles() if b["vote"] in loser]
 
 
 def _own(row: sqlite3.Row | None, battle_id: str, session_id: str) -> sqlite3.Row:
