@@ -177,12 +177,8 @@ class StopStrings:
             self.hit, self.held = True, ""
             return buf[:cut]
         # hold the longest tail of buf that is a proper prefix of some stop string
-        keep = 0
-        for s in self.stops:
-            for k in range(min(len(s) - 1, len(buf)), keep, -1):
-                if buf.endswith(s[:k]):
-                    keep = k
-                    break
+        keep = max((k for s in self.stops for k in range(1, min(len(s), len(buf) + 1))
+                    if buf.endswith(s[:k])), default=0)
         self.held = buf[len(buf) - keep:]
         return buf[:len(buf) - keep]
 
