@@ -49,7 +49,8 @@ import numpy as np
 from gptforge.errors import UserError
 from gptforge.io import atomic_open, read_text
 
-WINNERS = ("model_a", "model_b", "tie", "tie (bothbad)")
+SCORE = {"model_a": 1.0, "model_b": 0.0, "tie": 0.5, "tie (bothbad)": 0.5}  # A's score, by winner
+WINNERS = tuple(SCORE)
 BASE, SCALE, INIT = 10.0, 400.0, 1000.0
 K_ELO = 4.0
 L2 = 1e-6  # per battle, on beta (natural-log units); see the module docstring
@@ -85,8 +86,7 @@ def check_battle(b, where: str) -> dict:
     for key in ("model_a", "model_b", "winner"):
         if key not in b:
             raise UserError(f"{where}: no {key!r} field")
-    if not isinstance(b["model_a"], str) or not isinstance(b["model_b"], str) or not b["model_a"] \
-            or not b["model_b"]:
+    if not all(isinstance(b[k], str) and b[k] for k in ("model_a", "model_b")):
         raise UserError(f"{where}: model_a and model_b must be non-empty strings")
     if b["model_a"] == b["model_b"]:
         raise UserError(f"{where}: a model cannot battle itself ({b['model_a']!r})")
@@ -132,9 +132,7 @@ def _index(battles: Sequence[dict]) -> tuple[list[str], np.ndarray, np.ndarray, 
     pos = {m: i for i, m in enumerate(models)}
     a = np.array([pos[b["model_a"]] for b in battles], dtype=np.int64)
     bb = np.array([pos[b["model_b"]] for b in battles], dtype=np.int64)
-    score = np.array([1.0 if b["winner"] == "model_a" else 0.0 if b["winner"] == "model_b" else 0.5
-                      for b in battles])
-    return models, a, bb, score
+    return models, a, bb, np.array([SCORE[b["winner"]] for b in battles])
 
 
 def win_matrix(a: np.ndarray, b: np.ndarray, score: np.ndarray, n_models: int,
@@ -219,9 +217,8 @@ def online_elo(battles: Iterable[dict]) -> dict[str, float]:
     for b in battles:
         ra, rb = rating.setdefault(b["model_a"], INIT), rating.setdefault(b["model_b"], INIT)
         ea = 1.0 / (1.0 + BASE ** ((rb - ra) / SCALE))
-        sa = 1.0 if b["winner"] == "model_a" else 0.0 if b["winner"] == "model_b" else 0.5
-        rating[b["model_a"]] = ra + K_ELO * (sa - ea)
-        rating[b["model_b"]] = rb + K_ELO * ((1.0 - sa) - (1.0 - ea))
+        delta = K_ELO * (SCORE[b["winner"]] - ea)  # B's score and expectation are 1 minus A's
+        rating[b["model_a"]], rating[b["model_b"]] = ra + delta, rb - delta
     return rating
 
 
