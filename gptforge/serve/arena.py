@@ -79,8 +79,7 @@ BATTLE_ERRORS = {"unknown": (404, "battle_not_found"), "forbidden": (403, "not_y
 def draw_pair(names: list[str], rng: random.Random) -> tuple[str, str]:
     """Two different models from ``names``, in random order: (side A, side B). ``random.sample``
     draws without replacement and its order is random, so the sides are shuffled too."""
-    a, b = rng.sample(names, 2)
-    return a, b
+    return tuple(rng.sample(names, 2))
 
 
 class BattleRequest(Body):
@@ -110,11 +109,8 @@ def add_arena(app: FastAPI, served: dict[str, Served], limits: Limits, db_path: 
     app.add_api_route("/arena/battles", arena.new_battle, methods=["POST"], dependencies=[authorize])
     app.add_api_route("/arena/battles/{battle_id}/vote", arena.vote, methods=["POST"])
     app.add_api_route("/arena/battles/{battle_id}", arena.get_battle)
+    app.add_api_route("/arena/leaderboard", lambda: FileResponse(STATIC / "leaderboard.html"))
     board = Leaderboard(arena.reader)
-
-    @app.get("/arena/leaderboard")
-    def leaderboard_page():
-        return FileResponse(STATIC / "leaderboard.html")
 
     @app.get("/arena/leaderboard.json")
     async def leaderboard_json():
