@@ -279,17 +279,16 @@ def create_app(models: dict, api_key: str | None = None, limits: Limits | None =
         for s in served.values():  # let the batcher threads end
             s.batcher.stop()
 
-    app = FastAPI(title="gptforge", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    handlers = {APIError: lambda request, e: e.response(), RequestValidationError: validation_error,
+                HTTPException: http_error, Exception: bug}
+    app = FastAPI(title="gptforge", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan,
+                  exception_handlers=handlers)
     app.state.served, app.state.limits, app.state.created = served, limits, int(time.time())
     if allowed_origins:  # the browser's preflight and response headers for the origins allowed
         app.add_middleware(CORSMiddleware, allow_origins=list(allowed_origins), allow_methods=["GET", "POST"],
                            allow_headers=["authorization", "content-type"])
     app.add_middleware(Guard, limits=limits, loopback=is_loopback(host), allowed_hosts=allowed_hosts,
                        allowed_origins=allowed_origins)
-    app.add_exception_handler(APIError, lambda request, e: e.response())
-    app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(HTTPException, http_error)
-    app.add_exception_handler(Exception, bug)
     authorize = Depends(authorizer(api_key))
     app.add_api_route("/health", health)
     app.add_api_route("/v1/models", list_models, dependencies=[authorize])
@@ -365,8 +364,7 @@ async def chat_completions(body: ChatRequest, request: Request):
                        code="context_length_exceeded") from None
     prompt = render_for_completion(convo, s.batcher.tok)
     headers = {"X-Gptforge-Dropped-Messages": str(dropped)}
-    return await answer(request, s, prompt, sampling(body, max_new, limits), chat=True, body=body,
-                        headers=headers)
+    return await answer(request, s, prompt, max_new, chat=True, body=body, headers=headers)
 
 
 async def completions(body: CompletionRequest, request: Request):
@@ -389,7 +387,7 @@ async def completions(body: CompletionRequest, request: Request):
         raise APIError(400, f"prompt is {len(prompt)} tokens; with max_tokens {max_new} that is more "
                             f"than the model's context of {s.block_size}", param="prompt",
                        code="context_length_exceeded")
-    return await answer(request, s, prompt, sampling(body, max_new, limits), chat=False, body=body)
+    return await answer(request, s, prompt, max_new, chat=False, body=body)
 
 
 # --- checking requests ----------------------------------------------------------------------------
@@ -462,27 +460,24 @@ def max_tokens(body, s: Served, limits: Limits) -> int:
                           f"model {s.name!r}'s context")
 
 
-def sampling(body: Sampling, max_new: int, limits: Limits) -> list[RowParams]:
-    """One RowParams per choice (``n``) from the request's sampling parameters. Raises APIError 400."""
+# --- answering ----------------------------------------------------------------------------------------
+
+
+async def answer(request: Request, s: Served, prompt: list[int], max_new: int, *, chat: bool,
+                 body: Sampling, headers: dict | None = None) -> Response:
+    """Queue the job, one row per choice (``n``) with the request's sampling parameters, then stream
+    its events as SSE or collect them into one JSON response. A client that goes away cancels the job
+    (its rows stop at the batcher's next step). Raises APIError 400 (``n`` too large) or 429."""
+    limits = request.app.state.limits
     most = min(limits.max_n, limits.max_batch)
     if body.n > most:
         raise APIError(400, f"n: {body.n} is more than the {most} choices a request may ask for", param="n",
                        code="invalid_value")
-    stop = [body.stop] if isinstance(body.stop, str) else body.stop or []
-    params = RowParams(max_new=max_new, temperature=body.temperature, top_k=body.top_k, top_p=body.top_p,
-                       seed=body.seed, stop=tuple(stop))
-    return [params] * body.n
-
-
-# --- answering ----------------------------------------------------------------------------------------
-
-
-async def answer(request: Request, s: Served, prompt: list[int], rows: list[RowParams], *, chat: bool,
-                 body: Sampling, headers: dict | None = None) -> Response:
-    """Queue the job, then stream its events as SSE or collect them into one JSON response. A client
-    that goes away cancels the job (its rows stop at the batcher's next step)."""
+    stop = (body.stop,) if isinstance(body.stop, str) else tuple(body.stop or ())
+    row = RowParams(max_new=max_new, temperature=body.temperature, top_k=body.top_k, top_p=body.top_p,
+                    seed=body.seed, stop=stop)
     events = Inbox(asyncio.get_running_loop())
-    job = Job(prompt=prompt, rows=rows, chat=chat,
+    job = Job(prompt=prompt, rows=[row] * body.n, chat=chat,
               send=lambda evs: events.put(evs, urgent=any(e.finish for e in evs)))
     try:
         s.batcher.submit(job)
