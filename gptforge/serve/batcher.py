@@ -215,11 +215,10 @@ class _Row:
 
     def end(self, reason: str) -> None:
         self.done = True
-        if reason != "cancelled":
-            self.say(self.decoder.finish())
-            tail = "" if self.stops.hit else self.stops.flush()
-            self.events.append(Event(self.index, tail, finish="stop" if self.stops.hit else reason,
-                                     tokens=len(self.row.tokens)))
+        self.say(self.decoder.finish())
+        tail = "" if self.stops.hit else self.stops.flush()
+        self.events.append(Event(self.index, tail, finish="stop" if self.stops.hit else reason,
+                                 tokens=len(self.row.tokens)))
 
 
 def marker(p: Piece) -> str:
@@ -334,7 +333,7 @@ class Batcher:
         """One decode step of every live row, then the finished and cancelled rows leave."""
         for r in self.live:
             if r.job.cancelled and not r.done:
-                r.end("cancelled")
+                r.done = True  # its client is gone: no last event
                 self.cancelled += 1
         self._leave()
         if not self.live:
