@@ -392,7 +392,6 @@ async def completions(body: CompletionRequest, request: Request):
 
 # --- checking requests ----------------------------------------------------------------------------
 
-
 def find_model(served: dict[str, Served], name: str) -> Served:
     if name not in served:
         raise APIError(404, f"model {name!r} does not exist; this server has {', '.join(served)}",
@@ -461,7 +460,6 @@ def max_tokens(body, s: Served, limits: Limits) -> int:
 
 
 # --- answering ----------------------------------------------------------------------------------------
-
 
 async def answer(request: Request, s: Served, prompt: list[int], max_new: int, *, chat: bool,
                  body: Sampling, headers: dict | None = None) -> Response:
