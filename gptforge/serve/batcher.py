@@ -203,14 +203,11 @@ class _Row:
         for p in pieces:
             if self.stops.hit:
                 return
-            if p.kind == "text":
-                text = self.stops.feed(p.text)
-                if text:
-                    self.events.append(Event(self.index, text))
-            else:  # a tool call or its output: the held text goes first, then the part
-                held = self.stops.flush()
-                if held:
-                    self.events.append(Event(self.index, held))
+            # a tool call or its output: the held text goes first, then the part
+            text = self.stops.feed(p.text) if p.kind == "text" else self.stops.flush()
+            if text:
+                self.events.append(Event(self.index, text))
+            if p.kind != "text":
                 self.events.append(Event(self.index, marker(p), part={"type": p.kind, "text": p.text}))
 
     def end(self, reason: str) -> None:
