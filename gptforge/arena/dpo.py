@@ -306,6 +306,5 @@ def dpo_data(cfg: TrainConfig, tok: Tokenizer, tokenizer_json: str | Path, pairs
     data = TrainData(batches=DPOBatches(*tr, cfg.batch_size, cfg.seed), loss_fn=dpo_step_loss(cfg.dpo_beta),
                      val_batches=lambda rank, world, device: iter(()), train_tokens=int(tr[0].size),
                      eval_tokens=int(va[0].size), tokenizer_json=Path(tokenizer_json),
-                     tokenizer=tok.identity(),
-                     token_bytes=tok.token_bytes(), evaluate=evaluate)
+                     tokenizer=tok.identity(), token_bytes=tok.token_bytes(), evaluate=evaluate)
     return data, st, len(val)
