@@ -184,10 +184,7 @@ def encode(prompt: list[dict], reply: list[dict], tok: Tokenizer, T: int
     n_prompt = len(render(prompt, tok)[0])
     ids, mask = render(prompt + reply, tok)
     mask = [0] * n_prompt + mask[n_prompt:]
-    cropped = len(ids) > T + 1
-    if cropped:
-        ids, mask = ids[-(T + 1):], mask[-(T + 1):]
-    return ids, mask, cropped
+    return ids[-(T + 1):], mask[-(T + 1):], len(ids) > T + 1  # (the slices keep a short sequence whole)
 
 
 def encode_pairs(pairs: list[dict], tok: Tokenizer, T: int) -> tuple[np.ndarray, np.ndarray, EncodeStats]:
