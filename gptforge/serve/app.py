@@ -190,14 +190,10 @@ class Guard:
 def replay(body: bytes, receive):
     """An ASGI ``receive`` that hands over ``body`` (read already), then waits on ``receive``
     (for the client's disconnect)."""
-    sent = False
+    pending = [{"type": "http.request", "body": body, "more_body": False}]
 
     async def again():
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
+        return pending.pop() if pending else await receive()
     return again
 
 
