@@ -26,6 +26,7 @@ go on. Only a failed decode step (the batch's forward pass) ends every live row.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import sys
 import threading
@@ -120,10 +121,8 @@ class Inbox:
             if self.waiter is None or (self.wake_on == "urgent" and not urgent):
                 return
             waiter, self.waiter = self.waiter, None
-        try:
+        with contextlib.suppress(RuntimeError):  # the event loop is gone (server shutting down)
             self.loop.call_soon_threadsafe(_wake, waiter)
-        except RuntimeError:  # the event loop is gone (server shutting down)
-            pass
 
     def take(self) -> list:
         """Everything stored so far (maybe nothing), without waiting."""
