@@ -82,11 +82,10 @@ def add_part(parts: list[dict], e: Event) -> None:
     """Append event ``e`` to a reply's list of parts (consecutive text joined; markers left out)."""
     if e.part is not None:
         parts.append(dict(e.part))
+    elif e.text and parts and parts[-1]["type"] == "text":
+        parts[-1]["text"] += e.text
     elif e.text:
-        if parts and parts[-1]["type"] == "text":
-            parts[-1]["text"] += e.text
-        else:
-            parts.append({"type": "text", "text": e.text})
+        parts.append({"type": "text", "text": e.text})
 
 
 def sse_line(obj) -> str:
