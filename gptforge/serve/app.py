@@ -506,8 +506,7 @@ async def collect(request: Request, job: Job, events: Inbox, meta: dict, chat: b
         evs = events.take()
         if time.monotonic() - checked > 0.25:  # now and then: is the client still there?
             checked = time.monotonic()
-            if await request.is_disconnected():
-                job.cancelled = True
+            if await request.is_disconnected():  # (answer's finally cancels the job)
                 raise APIError(499, "client closed the request")
         for e in evs:
             texts[e.index] += e.text
