@@ -234,8 +234,8 @@ def leaderboard(battles: Sequence[dict], rounds: int = 1000, seed: int = 0, anch
     point = bt_ratings(battles, anchor)
     models, boot = bootstrap(battles, rounds, seed, anchor)
     lo, hi = np.quantile(boot, 0.025, axis=0), np.quantile(boot, 0.975, axis=0)
-    ordered = [b for b in battles if "tstamp" in b]
-    elo = online_elo(sorted(battles, key=lambda b: b["tstamp"]) if len(ordered) == len(battles) else battles)
+    timed = all("tstamp" in b for b in battles)  # else the order given
+    elo = online_elo(sorted(battles, key=lambda b: b["tstamp"]) if timed else battles)
     counts = {m: [0, 0, 0] for m in models}  # wins, ties, losses
     for b in battles:
         w = b["winner"]
