@@ -197,9 +197,8 @@ def replay(body: bytes, receive):
     return again
 
 
-# --- request bodies (pydantic; FastAPI answers a mismatch with 422, which `validation_error` makes
-# a 400 naming the field). Strict: no "1" for 1, no true for 1; no NaN or infinity. Fields OpenAI has
-# and gptforge ignores (presence_penalty, user, ...) are allowed. ----------------------------------
+# --- request bodies (`Body`: strict, no "1" nor true for 1, no NaN; OpenAI's fields gptforge ignores
+# are kept). FastAPI's 422 for a mismatch becomes a 400 naming the field (`validation_error`). -----
 
 class StreamOptions(Body):
     include_usage: bool = False
