@@ -198,7 +198,7 @@ def replay(body: bytes, receive):
 
 
 # --- request bodies (`Body`: strict, no "1" nor true for 1, no NaN; OpenAI's fields gptforge ignores
-# are kept). FastAPI's 422 for a mismatch becomes a 400 naming the field (`validation_error`). -----
+# are allowed). FastAPI's 422 for a mismatch becomes a 400 naming the field (`validation_error`). ---
 
 class StreamOptions(Body):
     include_usage: bool = False

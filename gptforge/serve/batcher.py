@@ -342,12 +342,11 @@ class Batcher:
 
     def _new_row(self, job: Job, index: int, params: RowParams) -> _Row:
         seed = params.seed + index if params.seed is not None else random.getrandbits(63)
-        decoder = TurnDecoder(self.tok, tools=job.chat)
         # a chat turn ends at <|assistant_end|> or <|endoftext|>, plain text at <|endoftext|> (not sent)
         stops = [t for t in ((self.end_turn, self.eot) if job.chat else (self.eot,)) if t is not None]
         row = Row(params.max_new, params.temperature, params.top_k, params.top_p, seed, stops,
                   self.tool if job.chat else None, device=self.device)
-        return _Row(job, index, decoder, StopStrings(params.stop), row)
+        return _Row(job, index, TurnDecoder(self.tok, tools=job.chat), StopStrings(params.stop), row)
 
     def _choose(self, rows: list[_Row], logits: torch.Tensor, first: int) -> None:
         """Pick each row's next token (rows[i] has logits[i] and is slot first + i; ``Row.choose``),
@@ -355,12 +354,10 @@ class Batcher:
         logits, greedy = prepare([r.row for r in rows], logits)
         for i, r in enumerate(rows):
             try:
-                tok = r.row.choose(logits[i], greedy[i])
-                if tok is None:
-                    r.end("stop")
-                    continue
-                r.say(r.decoder.feed(tok))
-                if r.stops.hit:
+                tok = r.row.choose(logits[i], greedy[i])  # None: a stop token
+                if tok is not None:
+                    r.say(r.decoder.feed(tok))
+                if tok is None or r.stops.hit:
                     r.end("stop")
                 elif r.row.done or self.slots.length(first + i) >= self.slots.block_size:
                     r.end("length")  # (the server keeps prompt + max_tokens within the context)
