@@ -105,6 +105,7 @@ def _loop(s, log: Logger, resume: bool, started: float | None) -> dict:
     started = t_start if started is None else started
     last_ckpt, saved_at = st.path, st.step if resume else None
     step_times, record, mfu_explained = [], {}, False
+    peak = device_peak(d.device, _peak_dtype(s)) if d.main else None  # the banner's (cached); MFU is rank 0's
     log.start(s.total_steps if cfg.schedule_time else s.budget_steps, st.step, cfg.max_time)
     with StopSignal() as stop:
         if not resume:  # the curve starts at the untrained model
@@ -123,8 +124,7 @@ def _loop(s, log: Logger, resume: bool, started: float | None) -> dict:
             st.train_time_s += step_times[-1]
             st.time_s = time_offset + time.time() - t_start
             record = _step_record(s, out, train_loss, cfg.lr * lr_mult, step_times[-1])
-            peak = device_peak(d.device, _peak_dtype(s)) if record["mfu"] is not None else None
-            why = "" if peak is None or mfu_explained else mfu_caveat(record["mfu"], peak)
+            why = "" if mfu_explained else mfu_caveat(record["mfu"], peak)
             if why:  # once a run: an implausible MFU is never printed without its reason
                 log.info(why)
                 mfu_explained = True
@@ -193,20 +193,16 @@ def _banner(s, resume: bool) -> str:
     cfg, d = s.cfg, s.d
     lora = (f", {sum(p.numel() for p in s.raw_model.parameters() if p.requires_grad):,} of them trained: "
             f"LoRA {cfg.lora}" if cfg.lora else "")
+    # a time-bound run (RL's, whose step budget is only a ceiling) gives its seconds, not a step count
+    # it will never reach
+    horizon = (f"until {cfg.max_time:g} s have passed" if cfg.max_time and s.total_steps >= 10**6
+               else f"{s.total_steps} steps in the schedule")
     return (f"{'resuming' if resume else 'training'} {cfg.arch} ({s.state.num_params:,} parameters{lora}, "
             f"{s.flops_per_token:,} FLOPs/token) in {s.run_dir}\n{format_config(cfg)}\n"
             f"  -> {d.world} process(es) on {d.device.type}, {s.dtype}, B={cfg.batch_size} "
-            f"T={cfg.block_size} accum={s.accum}: {s.tokens_per_step:,} tokens/step, {_horizon(s)}; "
+            f"T={cfg.block_size} accum={s.accum}: {s.tokens_per_step:,} tokens/step, {horizon}; "
             f"{s.data.train_tokens:,} train / {s.data.eval_tokens:,} "
             f"eval tokens" + (f"\n  {describe_peak(d.device, _peak_dtype(s))}" if d.main else ""))
-
-
-def _horizon(s) -> str:
-    """The schedule's length as the banner says it: a time-bound run (RL's, whose step budget is only a
-    ceiling) gives its seconds, not a step count it will never reach."""
-    if s.cfg.max_time and s.total_steps >= 10**6:
-        return f"until {s.cfg.max_time:g} s have passed"
-    return f"{s.total_steps} steps in the schedule"
 
 
 def _peak_dtype(s) -> torch.dtype:
