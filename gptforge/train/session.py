@@ -48,10 +48,8 @@ class Dist:
         self.rank = int(os.environ.get("RANK", "0"))
         self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
         self.local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(self.world)))
-        kind = device_pref
-        if kind == "auto":
-            kind = ("cuda" if torch.cuda.is_available()
-                    else "mps" if torch.backends.mps.is_available() else "cpu")
+        kind = device_pref if device_pref != "auto" else (
+            "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu")
         if kind == "cuda" and not torch.cuda.is_available():
             raise UserError("device 'cuda' requested but CUDA is not available")
         if kind == "mps" and not torch.backends.mps.is_available():
@@ -109,8 +107,7 @@ class StopSignal:
 
     def _handle(self, signum, frame):
         self.received = signum
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
+        self.__exit__()
         print(f"\n{signal.Signals(signum).name}: finishing this step, then saving (again to abort)",
               file=sys.stderr, flush=True)
 
@@ -294,10 +291,9 @@ class Session:
         directory on rank 0."""
         st = self.state
         st.rng = self.d.gather(ckpt.rng_state(self.d.device))  # every rank's streams, for an exact resume
-        if st.val_step == st.step and (st.best_val_loss is None or st.val_loss < st.best_val_loss):
-            st.best_val_loss, is_best = st.val_loss, True
-        else:
-            is_best = False
+        is_best = st.val_step == st.step and (st.best_val_loss is None or st.val_loss < st.best_val_loss)
+        if is_best:
+            st.best_val_loss = st.val_loss
         sampler = self.data.sampler
         st.data = {"sampling": self.cfg.sampling, "seed": self.cfg.seed, "next_step": st.step,
                    "batch": "pure function of (seed, (step * accum + micro) * world + rank)"
