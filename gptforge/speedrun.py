@@ -28,6 +28,7 @@ minute, 4 x 192 up to five minutes and 4 x 192 with dropout 0.1 beyond, each the
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import sys
@@ -300,8 +301,7 @@ def plan(sr: SpeedrunConfig, train_overrides: dict | None = None, progress: bool
         open_corpus(sr.corpus)  # a missing corpus fails here, not after a stage
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: exists and is not a directory; choose another --out")
-    made = {"data": out_dir / "data", "pretrain": out_dir / "pretrain", "sft": out_dir / "sft",
-            "rl": out_dir / "rl"}
+    made = {stage: out_dir / stage for stage in ("data", "pretrain", "sft", "rl")}
     for stage, path in made.items():
         if stage in stages and path.exists():
             raise UserError(f"{out_dir} already holds a speedrun's {stage} stage ({path}); choose another "
@@ -337,26 +337,19 @@ def speedrun(sr: SpeedrunConfig, train_overrides: dict | None = None, progress: 
     stages = sr.stages()
     t_all = time.time()
     info = _read_info(out_dir)
-    n = len(stages)
+    run = {"data": lambda: _stage_data(sr, recipe, out_dir, progress),
+           "pretrain": lambda: _stage_pretrain(cfg, budget),
+           "sft": lambda: _stage_sft(sr, recipe, out_dir, progress),
+           "rl": lambda: _stage_rl(sr, recipe, out_dir, progress),
+           "eval": lambda: _stage_eval(sr, out_dir, progress),
+           "report": lambda: _stage_report(sr, recipe, out_dir, info)}
     for i, stage in enumerate(stages, 1):
         t0 = time.time()
-        _say(f"[{i}/{n}] {stage}")
-        if stage == "data":
-            info["data"] = _stage_data(sr, recipe, out_dir, progress)
-        elif stage == "pretrain":
-            info["pretrain"] = _stage_pretrain(cfg, budget)
-        elif stage == "sft":
-            info["sft"] = _stage_sft(sr, recipe, out_dir, progress)
-        elif stage == "rl":
-            info["rl"] = _stage_rl(sr, recipe, out_dir, progress)
-        elif stage == "eval":
-            info["eval"] = _stage_eval(sr, out_dir, progress)
-        else:
-            info["report"] = _stage_report(sr, recipe, out_dir, info)
+        _say(f"[{i}/{len(stages)}] {stage}")
+        info[stage] = run[stage]()
         info.setdefault("stage_s", {})[stage] = time.time() - t0
         write_json(out_dir / "speedrun.json", info)
-    total = time.time() - t_all
-    _say(f"done in {total:.0f} s")
+    _say(f"done in {time.time() - t_all:.0f} s")
     talk, base_dir = _chat_run(out_dir), out_dir / "pretrain"
     if talk:  # hints only for what the folder holds (--only data trains nothing)
         _say(f"talk to it:  gptforge chat --ckpt {talk}\n"
@@ -410,25 +403,27 @@ def _budgeted(cfg, budget: float | None, data=None, what: str = "training"):
     return cfg, per_step, started
 
 
-def _trained(summary: dict, cfg, what: str, command: str) -> dict:
-    """A stage's training summary, without its step times; after Ctrl-C / SIGTERM (the run is saved)
-    it says how to continue and raises KeyboardInterrupt, so the speedrun stops here, not at the end."""
+def _trained(cfg, what: str, command: str, data=None, started: float | None = None) -> dict:
+    """A stage's training (``train(cfg, data=data, started=started)``): its summary without the step
+    times, and ``wall_s``, the seconds it took; after Ctrl-C / SIGTERM (the run is saved) it says how
+    to continue and raises KeyboardInterrupt, so the speedrun stops here, not at the end."""
+    from gptforge.train import train
+
+    t0 = time.time()
+    summary = train(cfg, data=data, started=started)
     if summary["stopped_by"] == "signal":
         _say(f"interrupted: {what} saved at step {summary['step']} in {cfg.out}; "
              f"continue it with gptforge {command} --resume {cfg.out}")
         raise KeyboardInterrupt
     summary.pop("step_times_s")
-    return summary
+    return {**summary, "wall_s": time.time() - t0}
 
 
 def _stage_pretrain(cfg, budget: float | None) -> dict:
-    from gptforge.train import train
-
     cfg, per_step, started = _budgeted(cfg, budget)
     _say(f"      pretraining -> {cfg.out}")
-    t0 = time.time()
-    summary = _trained(train(cfg, started=started), cfg, "pretraining", "pretrain")
-    return {**summary, "budget_s": budget, "per_step_s": per_step, "wall_s": time.time() - t0}
+    return {**_trained(cfg, "pretraining", "pretrain", started=started), "budget_s": budget,
+            "per_step_s": per_step}
 
 
 def _stage_sft(sr: SpeedrunConfig, recipe: Recipe, out_dir: Path, progress: bool) -> dict:
@@ -436,7 +431,7 @@ def _stage_sft(sr: SpeedrunConfig, recipe: Recipe, out_dir: Path, progress: bool
     from gptforge.chat.sft import sft_config, sft_run_data
     from gptforge.checkpoint import read_trainer_state
     from gptforge.tokenizer import load_tokenizer
-    from gptforge.train import make_config, train
+    from gptforge.train import make_config
 
     try:
         ChatTokens(load_tokenizer(out_dir / "tokenizer.json"))
@@ -456,9 +451,7 @@ def _stage_sft(sr: SpeedrunConfig, recipe: Recipe, out_dir: Path, progress: bool
         cfg, budget = make_config(cfg.to_dict(), {"max_steps": sr.sft_steps}), None
     cfg, per_step, started = _budgeted(cfg, budget, data, "SFT")
     _say(f"      SFT -> {cfg.out}")
-    t0 = time.time()
-    summary = _trained(train(cfg, data=data, started=started), cfg, "SFT", "sft")
-    return {**summary, "budget_s": budget, "per_step_s": per_step, "wall_s": time.time() - t0,
+    return {**_trained(cfg, "SFT", "sft", data, started), "budget_s": budget, "per_step_s": per_step,
             "conversations": tr.conversations, "cropped": tr.cropped}
 
 
@@ -466,7 +459,7 @@ def _stage_rl(sr: SpeedrunConfig, recipe: Recipe, out_dir: Path, progress: bool)
     """The SFT model tuned by policy gradient on the verifiable tasks (gptforge.finetune.rl), for
     ``rl_time`` seconds of wall clock from the stage's start (or ``rl_steps`` steps)."""
     from gptforge.finetune.rl import rl_config, rl_run_data
-    from gptforge.train import make_config, train
+    from gptforge.train import make_config
 
     if not (out_dir / "sft" / "ckpt").exists():
         _say("      skipped: no SFT model to tune")
@@ -483,8 +476,9 @@ def _stage_rl(sr: SpeedrunConfig, recipe: Recipe, out_dir: Path, progress: bool)
     data = rl_run_data(cfg)
     _say(f"      RL on {RL_TASKS} ({cfg.batch_size // cfg.rl_samples} prompts x {cfg.rl_samples} samples "
          f"per step" + (f", {budget:.0f} s" if budget else f", {cfg.max_steps} steps") + f") -> {cfg.out}")
-    summary = _trained(train(cfg, data=data, started=started if budget else None), cfg, "RL", "rl")
-    return {**summary, "budget_s": budget, "wall_s": time.time() - started}
+    # wall_s counts from the stage's start, the reading of the rollout tasks included
+    return {**_trained(cfg, "RL", "rl", data, started if budget else None), "budget_s": budget,
+            "wall_s": time.time() - started}
 
 
 def _stage_eval(sr: SpeedrunConfig, out_dir: Path, progress: bool) -> dict:
@@ -507,18 +501,16 @@ def _stage_eval(sr: SpeedrunConfig, out_dir: Path, progress: bool) -> dict:
             continue
         model, tok, _ = load_for_inference(str(run), "best")
         tasks = [CORE_SUBSET] if have_files else []
-        try:
+        with contextlib.suppress(UserError):  # the chat tasks need the chat special tokens
             ChatTokens(tok)
             tasks.append(CHAT_TASKS if have_files else FILE_FREE_TASKS)
-        except UserError:
-            pass
         if tok.kind == "char":  # its table holds the corpus's characters only: task prompts need more
             _say("      a char-level tokenizer cannot encode the tasks' prompts: bits per byte only")
             tasks = []
         spec = ",".join(tasks + ["bpb"])
-        plan_ = resolve_tasks(spec)
         _say(f"      {name}: {spec} (up to {sr.eval_limit} items per task)")
-        res = evaluate(model, tok, plan_, bpb_data=out_dir / "data", limit=sr.eval_limit, out_dir=run)
+        res = evaluate(model, tok, resolve_tasks(spec), bpb_data=out_dir / "data", limit=sr.eval_limit,
+                       out_dir=run)
         write_json(run / "eval.json", res)
         if progress:
             _say("\n".join("      " + line for line in format_table(res).splitlines()))
