@@ -170,13 +170,11 @@ class CurriculumBatches:
         Raises:
             ValueError: missing keys, or arrays of another shape or dtype (another split or chunk size).
         """
-        want = {"fast": ((self.n_chunks,), np.float64), "slow": ((self.n_chunks,), np.float64),
-                "visits": ((self.n_chunks,), np.int64), "global": ((1,), np.float64)}
-        for k, (shape, dtype) in want.items():
+        for k, mine in self.state_arrays().items():
             a = arrays.get(k)
-            if a is None or a.shape != shape or a.dtype != dtype:
+            if a is None or a.shape != mine.shape or a.dtype != mine.dtype:
                 got = "missing" if a is None else f"{a.dtype} {a.shape}"
-                raise ValueError(f"{where}: curriculum table {k!r} is {got}, expected {np.dtype(dtype)} "
-                                 f"{shape} (a different train split or chunk_windows?)")
+                raise ValueError(f"{where}: curriculum table {k!r} is {got}, expected {mine.dtype} "
+                                 f"{mine.shape} (a different train split or chunk_windows?)")
         self.fast, self.slow = arrays["fast"].copy(), arrays["slow"].copy()
         self.visits, self.global_loss = arrays["visits"].copy(), arrays["global"].copy()

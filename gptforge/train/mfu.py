@@ -63,13 +63,9 @@ class Peak:
 
 def cpu_name() -> str:
     """The CPU model string (``/proc/cpuinfo`` on Linux, else ``platform.processor()``)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine() or "unknown-cpu"
+    blocks = _cpuinfo_fields(_read("/proc/cpuinfo") or "")
+    name = blocks[0].get("model name") if blocks else None
+    return name or platform.processor() or platform.machine() or "unknown-cpu"
 
 
 def _cpuinfo_fields(text: str) -> list[dict[str, str]]:
@@ -208,7 +204,7 @@ def describe_peak(device: torch.device | str, dtype: torch.dtype = torch.float32
     line = f"MFU against {p.how}" if p.flops else p.how
     if p.achievable:
         share = f", {p.achievable / p.flops:.0%} of the peak" if p.flops else ""
-        line += f"; achievable: a {1024}^3 matmul reaches {p.achievable / 1e12:.3f} TFLOP/s here now{share}"
+        line += f"; achievable: a 1024^3 matmul reaches {p.achievable / 1e12:.3f} TFLOP/s here now{share}"
     return line
 
 

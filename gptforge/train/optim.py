@@ -42,11 +42,9 @@ def split_params(model: nn.Module) -> tuple[list[nn.Parameter], list[nn.Paramete
             if not p.requires_grad or id(p) in seen:
                 continue
             seen.add(id(p))
-            if p.dim() >= 2 and is_io:
-                embed_head.append(p)
-            elif p.dim() == 2:
+            if p.dim() == 2 and not is_io:
                 hidden.append(p)
-            elif p.dim() > 2:  # e.g. a conv kernel: not a matrix Muon can orthogonalise
+            elif p.dim() >= 2:  # embeddings, the head, and e.g. a conv kernel (not a matrix to orthogonalise)
                 embed_head.append(p)
             else:
                 rest.append(p)
@@ -157,13 +155,10 @@ def lr_multiplier(step: int, cfg: TrainConfig, total_steps: int) -> float:
     if step >= total_steps:
         return lo
     if cfg.schedule == "cosine":
-        span = max(1, total_steps - cfg.warmup_steps)
-        progress = (step - cfg.warmup_steps) / span
+        progress = (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps)
         return lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * progress))
     start = warmdown_start(cfg, total_steps)
-    if step < start:
-        return 1.0
-    return lo + (1 - lo) * (total_steps - step) / (total_steps - start)
+    return 1.0 if step < start else lo + (1 - lo) * (total_steps - step) / (total_steps - start)
 
 
 def warmdown_start(cfg: TrainConfig, total_steps: int) -> int:

@@ -45,8 +45,7 @@ def optimizer_step(model: torch.nn.Module, optimizers: Sequence[torch.optim.Opti
     loss_sum = 0.0
     stat_sums: dict[str, torch.Tensor] = {}
     for i in range(accum):
-        last = i == accum - 1
-        with model.no_sync() if ddp and not last else contextlib.nullcontext():
+        with model.no_sync() if ddp and i < accum - 1 else contextlib.nullcontext():
             with amp:
                 loss, stats = loss_fn(model, batch(i))
             (loss / accum).backward()
@@ -54,8 +53,7 @@ def optimizer_step(model: torch.nn.Module, optimizers: Sequence[torch.optim.Opti
         for k, v in stats.items():
             stat_sums[k] = stat_sums.get(k, 0.0) + v.detach().float()
     grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip) if grad_clip > 0 else None
-    for opt in optimizers:
+    for opt in optimizers:  # they hold disjoint parameters (optim.build_optimizers)
         opt.step()
-    for opt in optimizers:
         opt.zero_grad(set_to_none=True)
     return StepResult(loss_sum / accum, grad_norm, {k: v / accum for k, v in stat_sums.items()})
