@@ -165,7 +165,7 @@ def probe_step_time(cfg, probe_steps: int = 12, data=None, max_time: float = 0.0
 
 def calibrate_steps(cfg, seconds: float, probe_steps: int = 12, data=None) -> tuple[int, float]:
     """Steps whose optimizer time is ``seconds`` (training time only, what the benchmarks compare;
-    `plan_wall_clock` plans a stage's wall time). Returns (steps, probed seconds per step)."""
+    `_budgeted` plans a stage's wall time). Returns (steps, probed seconds per step)."""
     per_step, _ = probe_step_time(cfg, probe_steps, data)
     return max(1, int(seconds / per_step)), per_step
 
@@ -192,17 +192,6 @@ def fit_budget(seconds: float, per_step: float, tokens_per_step: int, eval_token
     eval_s = eval_tokens * per_token_eval
     steps = int((0.95 * seconds - 2 * eval_s) / (per_step + eval_s / eval_interval))
     return max(1, steps), eval_tokens
-
-
-def plan_wall_clock(cfg, seconds: float, data=None) -> tuple[int, float, int]:
-    """(steps, seconds per step, eval tokens) for a stage of ``seconds`` wall time that begins now:
-    the probe (at most a quarter of it) counts, `fit_budget` plans what is left."""
-    t0 = time.time()
-    per_step, tokens_per_step = probe_step_time(cfg, data=data, max_time=seconds / 4)
-    left = max(0.0, seconds - (time.time() - t0))
-    eval_tokens = cfg.eval_tokens or (data.eval_tokens if data is not None else 10**9)
-    steps, eval_tokens = fit_budget(left, per_step, tokens_per_step, eval_tokens, cfg.eval_interval)
-    return steps, per_step, eval_tokens
 
 
 STAGES = ("data", "pretrain", "sft", "rl", "eval", "report")
@@ -336,7 +325,8 @@ def speedrun(sr: SpeedrunConfig, train_overrides: dict | None = None, progress: 
     out_dir.mkdir(parents=True, exist_ok=True)
     stages = sr.stages()
     t_all = time.time()
-    info = _read_info(out_dir)
+    record = out_dir / "speedrun.json"  # what earlier runs of stages recorded there (for --only)
+    info = read_json(record, what="speedrun record (delete it to start afresh)") if record.is_file() else {}
     run = {"data": lambda: _stage_data(sr, recipe, out_dir, progress),
            "pretrain": lambda: _stage_pretrain(cfg, budget),
            "sft": lambda: _stage_sft(sr, recipe, out_dir, progress),
@@ -348,7 +338,7 @@ def speedrun(sr: SpeedrunConfig, train_overrides: dict | None = None, progress: 
         _say(f"[{i}/{len(stages)}] {stage}")
         info[stage] = run[stage]()
         info.setdefault("stage_s", {})[stage] = time.time() - t0
-        write_json(out_dir / "speedrun.json", info)
+        write_json(record, info)
     _say(f"done in {time.time() - t_all:.0f} s")
     talk, base_dir = _chat_run(out_dir), out_dir / "pretrain"
     if talk:  # hints only for what the folder holds (--only data trains nothing)
@@ -365,12 +355,6 @@ def _chat_run(out_dir: Path) -> Path | None:
     return next((out_dir / n for n in ("rl", "sft") if (out_dir / n / "ckpt").exists()), None)
 
 
-def _read_info(out_dir: Path) -> dict:
-    """What earlier runs of stages recorded in OUT/speedrun.json (for --only)."""
-    f = out_dir / "speedrun.json"
-    return read_json(f, what="speedrun record (delete it to start afresh)") if f.is_file() else {}
-
-
 def _stage_data(sr: SpeedrunConfig, recipe: Recipe, out_dir: Path, progress: bool) -> dict:
     from gptforge.data.shards import prepare
 
@@ -385,8 +369,9 @@ def _stage_data(sr: SpeedrunConfig, recipe: Recipe, out_dir: Path, progress: boo
 
 def _budgeted(cfg, budget: float | None, data=None, what: str = "training"):
     """``(cfg, seconds per step, started)``: ``cfg`` with max_steps planned for a wall-clock ``budget``
-    and max_time set to it, counted from ``started`` (before the calibration probe, which counts;
-    pass it to ``train``); a wsd schedule also gets the steps' share of the budget as ``schedule_time``
+    and max_time set to it, counted from ``started`` (before the calibration probe, which counts:
+    it takes at most a quarter of the budget, `fit_budget` plans what is left; pass ``started`` to
+    ``train``); a wsd schedule also gets the steps' share of the budget as ``schedule_time``
     (`timed`). No budget: ``(cfg, None, None)``."""
     from gptforge.train import make_config
 
@@ -394,7 +379,10 @@ def _budgeted(cfg, budget: float | None, data=None, what: str = "training"):
         return cfg, None, None
     started = time.time()
     _say(f"      calibrating: how many {what} steps fit in {budget:.0f} s")
-    steps, per_step, eval_tokens = plan_wall_clock(cfg, budget, data=data)
+    per_step, tokens_per_step = probe_step_time(cfg, data=data, max_time=budget / 4)
+    eval_tokens = cfg.eval_tokens or (data.eval_tokens if data is not None else 10**9)
+    steps, eval_tokens = fit_budget(max(0.0, budget - (time.time() - started)), per_step, tokens_per_step,
+                                    eval_tokens, cfg.eval_interval)
     cfg = make_config(cfg.to_dict(), {"max_time": budget, "eval_tokens": eval_tokens})
     cfg = timed(cfg, steps, steps * per_step)  # the steps' share of the budget
     _say(f"      {per_step * 1000:.1f} ms/step -> {steps} steps (evaluating {eval_tokens:,} tokens "
