@@ -51,7 +51,7 @@ from gptforge.train.config import (
 )
 from gptforge.train.log import Logger, MetricsFile
 from gptforge.train.mfu import describe_peak, device_peak, mfu_caveat
-from gptforge.train.optim import lr_multiplier, replan, set_lr
+from gptforge.train.optim import budget_steps, lr_multiplier, replan, set_lr
 from gptforge.train.session import Dist, StopSignal, TrainData, setup
 from gptforge.train.step import optimizer_step
 
@@ -106,7 +106,8 @@ def _loop(s, log: Logger, resume: bool, started: float | None) -> dict:
     last_ckpt, saved_at = st.path, st.step if resume else None
     step_times, record, mfu_explained = [], {}, False
     peak = device_peak(d.device, _peak_dtype(s)) if d.main else None  # the banner's (cached); MFU is rank 0's
-    log.start(s.total_steps if cfg.schedule_time else s.budget_steps, st.step, cfg.max_time)
+    budget = s.total_steps if cfg.schedule_time else budget_steps(cfg, s.tokens_per_step)  # the log's total
+    log.start(budget, st.step, cfg.max_time)
     with StopSignal() as stop:
         if not resume:  # the curve starts at the untrained model
             metrics.write(_eval_record(s, log))

@@ -36,7 +36,7 @@ from gptforge.train.config import TrainConfig, saved_config
 from gptforge.train.curriculum import CurriculumBatches
 from gptforge.train.evaluate import evaluate, window_batches
 from gptforge.train.mfu import cpu_native_bf16, peak_flops
-from gptforge.train.optim import budget_steps, build_optimizers, replannable, schedule_steps
+from gptforge.train.optim import build_optimizers, replannable, schedule_steps
 
 
 # --- process ---------------------------------------------------------------------------------------
@@ -264,7 +264,6 @@ class Session:
     accum: int
     tokens_per_step: int
     total_steps: int
-    budget_steps: int
     flops_per_token: int
     peak: float | None
     sharded: bool = False
@@ -368,8 +367,7 @@ def setup(cfg: TrainConfig, resume: bool, d: Dist, data: TrainData | None = None
         token_bytes=torch.from_numpy(data.token_bytes.astype(np.int64)).to(d.device),
         raw_model=raw_model, model=model, eval_model=eval_model, optimizers=optimizers, state=state,
         amp=amp, dtype=dtype, accum=tokens_per_step // micro_tokens, tokens_per_step=tokens_per_step,
-        total_steps=total_steps, budget_steps=budget_steps(cfg, tokens_per_step),
-        flops_per_token=raw_model.flops_per_token(),
+        total_steps=total_steps, flops_per_token=raw_model.flops_per_token(),
         peak=(peak_flops(d.device, torch.bfloat16 if dtype == "bfloat16" else torch.float32)
               if d.main else None),
         sharded=sharded, full_model=full_model if sharded and d.main else None)
