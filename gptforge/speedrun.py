@@ -290,19 +290,18 @@ def plan(sr: SpeedrunConfig, train_overrides: dict | None = None, progress: bool
         open_corpus(sr.corpus)  # a missing corpus fails here, not after a stage
     if out_dir.exists() and not out_dir.is_dir():
         raise UserError(f"{out_dir}: exists and is not a directory; choose another --out")
-    made = {stage: out_dir / stage for stage in ("data", "pretrain", "sft", "rl")}
-    for stage, path in made.items():
-        if stage in stages and path.exists():
-            raise UserError(f"{out_dir} already holds a speedrun's {stage} stage ({path}); choose another "
-                            "--out, delete it, or run the later stages with --only")
-    needed = (("pretrain", "data"), ("sft", "pretrain"), ("rl", "sft"), ("eval", "pretrain"),
-              ("report", "pretrain"))
-    for stage, needs in needed:
-        if stage in stages and needs not in stages and not made[needs].exists():
-            raise UserError(f"the {stage} stage needs {made[needs]}; run the {needs} stage first")
-    if "sft" in stages and "data" not in stages and not (out_dir / "tokenizer.json").exists():
-        # else the SFT stage would skip, saying the tokenizer has no chat tokens
-        raise UserError(f"the sft stage needs {out_dir / 'tokenizer.json'}; run the data stage first")
+    for stage in ("data", "pretrain", "sft", "rl"):
+        if stage in stages and (out_dir / stage).exists():
+            raise UserError(f"{out_dir} already holds a speedrun's {stage} stage ({out_dir / stage}); choose "
+                            "another --out, delete it, or run the later stages with --only")
+    # (stage, the stage that makes its input, that input in OUT); without the tokenizer the SFT stage
+    # would skip, saying it has no chat tokens
+    needed = (("pretrain", "data", "data"), ("sft", "pretrain", "pretrain"), ("rl", "sft", "sft"),
+              ("eval", "pretrain", "pretrain"), ("report", "pretrain", "pretrain"),
+              ("sft", "data", "tokenizer.json"))
+    for stage, needs, path in needed:
+        if stage in stages and needs not in stages and not (out_dir / path).exists():
+            raise UserError(f"the {stage} stage needs {out_dir / path}; run the {needs} stage first")
     return cfg, budget
 
 
