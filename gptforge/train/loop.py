@@ -105,7 +105,7 @@ def _loop(s, log: Logger, resume: bool, started: float | None) -> dict:
     started = t_start if started is None else started
     last_ckpt, saved_at = st.path, st.step if resume else None
     step_times, record, mfu_explained = [], {}, False
-    peak = device_peak(d.device, _peak_dtype(s)) if d.main else None  # the banner's (cached); MFU is rank 0's
+    peak = device_peak(d.device, s.peak_dtype) if d.main else None  # the banner's (cached); MFU is rank 0's
     budget = s.total_steps if cfg.schedule_time else budget_steps(cfg, s.tokens_per_step)  # the log's total
     log.start(budget, st.step, cfg.max_time)
     with StopSignal() as stop:
@@ -203,12 +203,7 @@ def _banner(s, resume: bool) -> str:
             f"  -> {d.world} process(es) on {d.device.type}, {s.dtype}, B={cfg.batch_size} "
             f"T={cfg.block_size} accum={s.accum}: {s.tokens_per_step:,} tokens/step, {horizon}; "
             f"{s.data.train_tokens:,} train / {s.data.eval_tokens:,} "
-            f"eval tokens" + (f"\n  {describe_peak(d.device, _peak_dtype(s))}" if d.main else ""))
-
-
-def _peak_dtype(s) -> torch.dtype:
-    """The dtype whose peak is the MFU denominator (session.setup's choice for ``s.peak``)."""
-    return torch.bfloat16 if s.dtype == "bfloat16" else torch.float32
+            f"eval tokens" + (f"\n  {describe_peak(d.device, s.peak_dtype)}" if d.main else ""))
 
 
 def _rank_mean(d, t: torch.Tensor) -> float:

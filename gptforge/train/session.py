@@ -265,7 +265,8 @@ class Session:
     tokens_per_step: int
     total_steps: int
     flops_per_token: int
-    peak: float | None
+    peak: float | None  # FLOP/s per device, the MFU denominator (rank 0 only)
+    peak_dtype: torch.dtype  # the dtype that peak is for
     sharded: bool = False
     full_model: torch.nn.Module | None = None
 
@@ -325,6 +326,7 @@ def setup(cfg: TrainConfig, resume: bool, d: Dist, data: TrainData | None = None
     dtype = cfg.dtype if cfg.dtype != "auto" else "bfloat16" if native_bf16 else "float32"
     amp = (torch.autocast(d.device.type, dtype=torch.bfloat16) if dtype == "bfloat16"
            else contextlib.nullcontext())
+    peak_dtype = torch.bfloat16 if dtype == "bfloat16" else torch.float32
 
     data = data or shard_data(cfg)
     if data.sampler is not None and d.world > 1:
@@ -368,8 +370,7 @@ def setup(cfg: TrainConfig, resume: bool, d: Dist, data: TrainData | None = None
         raw_model=raw_model, model=model, eval_model=eval_model, optimizers=optimizers, state=state,
         amp=amp, dtype=dtype, accum=tokens_per_step // micro_tokens, tokens_per_step=tokens_per_step,
         total_steps=total_steps, flops_per_token=raw_model.flops_per_token(),
-        peak=(peak_flops(d.device, torch.bfloat16 if dtype == "bfloat16" else torch.float32)
-              if d.main else None),
+        peak=peak_flops(d.device, peak_dtype) if d.main else None, peak_dtype=peak_dtype,
         sharded=sharded, full_model=full_model if sharded and d.main else None)
 
 
