@@ -131,8 +131,7 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig,
 
 
 def schedule_steps(cfg: TrainConfig, tokens_per_step: int) -> int:
-    """The schedule's horizon in optimizer steps: ``decay_steps`` if set, else the step budget
-    (``max_steps``, or fewer when ``max_tokens`` ends the run first)."""
+    """The schedule's horizon in optimizer steps: ``decay_steps`` if set, else ``budget_steps``."""
     return cfg.decay_steps or budget_steps(cfg, tokens_per_step)
 
 
