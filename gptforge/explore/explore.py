@@ -26,6 +26,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import html
+import itertools
 import json
 import math
 import re
@@ -41,7 +42,7 @@ import torch.nn.functional as F
 from gptforge.chat.render import render
 from gptforge.chat.sources import conversations
 from gptforge.data.corpus import open_corpus
-from gptforge.data.shards import open_shards
+from gptforge.data.shards import document_spans, open_shards
 from gptforge.errors import UserError
 from gptforge.io import atomic_write
 
@@ -66,17 +67,14 @@ def windows(text: str, window_bytes: int) -> Iterator[str]:
     where a line is longer than that)."""
     buf, size = [], 0
     for line in text.splitlines(keepends=True):
-        while len(line) > window_bytes:  # a giant line: cut by characters
-            yield from ([("".join(buf))] if buf else [])
-            buf, size = [], 0
-            yield line[:window_bytes]
-            line = line[window_bytes:]
-        n = len(line.encode("utf-8"))
-        if size + n > window_bytes and buf:
-            yield "".join(buf)
-            buf, size = [], 0
-        buf.append(line)
-        size += n
+        for i in range(0, len(line), window_bytes):  # a giant line is cut by characters
+            part = line[i:i + window_bytes]
+            n = len(part.encode("utf-8"))
+            if size + n > window_bytes and buf:
+                yield "".join(buf)
+                buf, size = [], 0
+            buf.append(part)
+            size += n
     if buf:
         yield "".join(buf)
 
@@ -89,39 +87,34 @@ def corpus_units(spec: str, tok, window_bytes: int = 2048, max_doc_bytes: int = 
     Raises:
         UserError: a corpus that cannot be read.
     """
-    corpus = open_corpus(spec)
     start = [] if tok.eot_id is None else [tok.eot_id]
-    doc, buf, held, win = -1, [], 0, 0
+    doc, text, win = -1, "", 0  # the document, its text not yet in a unit, its windows so far
 
-    def emit(text: str, whole: bool) -> Iterator[Unit]:
+    def windowed(texts: Iterable[str]) -> Iterator[Unit]:
         nonlocal win
-        if whole:
-            yield Unit(f"doc {doc}", text, start + tok.encode_ordinary(text))
-            return
-        for w in windows(text, window_bytes):
+        for w in texts:
             yield Unit(f"doc {doc} window {win}", w, start + tok.encode_ordinary(w))
             win += 1
 
-    for piece in corpus.pieces(chunk_bytes=1 << 20):
-        if piece.doc_start and buf:
-            yield from emit("".join(buf), whole=win == 0 and held <= max_doc_bytes)
-            buf, held = [], 0
-        if piece.doc_start:
-            doc, win = doc + 1, 0
-        buf.append(piece.text)
-        held += len(piece.text.encode("utf-8"))
-        if held > max_doc_bytes:  # too long for one unit: emit its full windows, keep the last (partial) one
-            ws = list(windows("".join(buf), window_bytes))
-            for w in ws[:-1]:
-                yield from emit(w, whole=False)
-            buf, held = [ws[-1]], len(ws[-1].encode("utf-8"))
-    if buf:
-        yield from emit("".join(buf), whole=win == 0 and held <= max_doc_bytes)
+    for piece in itertools.chain(open_corpus(spec).pieces(chunk_bytes=1 << 20), [None]):
+        if piece is None or piece.doc_start:  # the end of document `doc` (none before the first)
+            if doc >= 0 and win == 0 and len(text.encode("utf-8")) <= max_doc_bytes:
+                yield Unit(f"doc {doc}", text, start + tok.encode_ordinary(text))
+            else:
+                yield from windowed(windows(text, window_bytes))
+            if piece is None:
+                return
+            doc, text, win = doc + 1, "", 0
+        text += piece.text
+        if len(text.encode("utf-8")) > max_doc_bytes:  # too long for one unit: emit its full windows
+            *full, text = windows(text, window_bytes)
+            yield from windowed(full)
 
 
 def shard_units(shard_dir: str, split: str = "train", max_doc_tokens: int = 2048) -> Iterator[Unit]:
-    """Units of a token shard split: the documents between ``<|endoftext|>`` ids, longer ones cut
-    into windows of ``max_doc_tokens // 4`` tokens. Read 2**20 tokens at a time from the memmap.
+    """Units of a token shard split: the documents between ``<|endoftext|>`` ids (empty ones left
+    out), longer than ``max_doc_tokens`` ones cut into windows of ``max_doc_tokens // 4`` tokens,
+    each unit read from the memmap as it is needed.
 
     Raises:
         UserError: a bad shard directory or split.
@@ -132,33 +125,16 @@ def shard_units(shard_dir: str, split: str = "train", max_doc_tokens: int = 2048
         raise UserError(f"--split {split}: choose train or val")
     tokens, eot = shards.tokens(split), tok.eot_id
     start = [] if eot is None else [eot]
-    doc, carry, chunk_tokens = 0, np.zeros(0, dtype=np.int64), 1 << 20
-
-    def emit(ids: np.ndarray, d: int) -> Iterator[Unit]:
-        ids = ids.tolist()
-        if len(ids) <= max_doc_tokens:
+    spans = [(0, len(tokens))] if eot is None else document_spans(tokens, eot).tolist()
+    w = max_doc_tokens // 4
+    for d, (a, b) in enumerate(spans):
+        if a < b <= a + max_doc_tokens:
+            ids = tokens[a:b].tolist()
             yield Unit(f"doc {d}", tok.decode(ids), start + ids)
-            return
-        w = max_doc_tokens // 4
-        for k in range(0, len(ids), w):
-            yield Unit(f"doc {d} tokens {k}..{k + len(ids[k:k + w])}", tok.decode(ids[k:k + w]),
-                       start + ids[k:k + w])
-
-    for i in range(0, len(tokens), chunk_tokens):
-        part = np.concatenate([carry, np.asarray(tokens[i:i + chunk_tokens], dtype=np.int64)])
-        cuts = np.flatnonzero(part == eot) if eot is not None else np.zeros(0, dtype=np.int64)
-        a = 0
-        for c in cuts:
-            if c > a:
-                yield from emit(part[a:c], doc)
-            doc, a = doc + 1, c + 1
-        carry = part[a:]
-        if len(carry) > max_doc_tokens:  # a long document: emit its windows as they fill
-            keep = len(carry) % (max_doc_tokens // 4)
-            yield from emit(carry[:len(carry) - keep], doc)
-            carry = carry[len(carry) - keep:]
-    if len(carry):
-        yield from emit(carry, doc)
+        elif b > a:
+            for k in range(a, b, w):
+                ids = tokens[k:min(k + w, b)].tolist()
+                yield Unit(f"doc {d} tokens {k - a}..{k - a + len(ids)}", tok.decode(ids), start + ids)
 
 
 def sft_units(spec: str, tok, split: str = "train") -> Iterator[Unit]:
@@ -185,15 +161,9 @@ def _entropy(s: str) -> float:
 
 def high_entropy_strings(text: str) -> list[str]:
     """Hashes, base64 and random ids in ``text`` (rules in the module docstring)."""
-    found = []
-    for m in _CANDIDATE.finditer(text):
-        s = m.group()
-        if _HEX.fullmatch(s) and re.search(r"\d", s) and re.search(r"[a-fA-F]", s):
-            found.append(s)
-        elif (len(s) >= 20 and re.search(r"\d", s) and re.search(r"[a-z]", s) and re.search(r"[A-Z]", s)
-              and _entropy(s) >= 4.0):
-            found.append(s)
-    return found
+    return [s for s in _CANDIDATE.findall(text) if re.search(r"\d", s) and (
+        _HEX.fullmatch(s) and re.search(r"[a-fA-F]", s)
+        or len(s) >= 20 and re.search(r"[a-z]", s) and re.search(r"[A-Z]", s) and _entropy(s) >= 4.0)]
 
 
 def _shingles(text: str, k: int = 5) -> set[bytes]:
@@ -243,9 +213,7 @@ class Flagger:
 def usual_characters(texts: Iterable[str], min_share: float = 1e-5, min_count: int = 5) -> set[str]:
     """The characters making up at least ``min_share`` of all characters in ``texts`` and occurring at
     least ``min_count`` times (so that in a small corpus one odd character is not usual by itself)."""
-    counts: Counter = Counter()
-    for t in texts:
-        counts.update(t)
+    counts = Counter(itertools.chain.from_iterable(texts))
     total = sum(counts.values())
     return {c for c, n in counts.items() if n >= max(min_share * total, min_count)}
 
@@ -383,10 +351,7 @@ h3 { margin-bottom: .2em; } .flag { color: #a00; font-weight: bold; }
 
 def _colour(bits: float | None) -> str:
     """Background for a token's loss: white (0 bits/byte) to red (8 and up); grey when unscored."""
-    if bits is None:
-        return "#eee"
-    a = min(max(bits / 8.0, 0.0), 1.0)
-    return f"rgba(220,30,30,{a:.2f})"
+    return "#eee" if bits is None else f"rgba(220,30,30,{min(max(bits / 8.0, 0.0), 1.0):.2f})"
 
 
 def _unit_html(s: dict) -> str:
