@@ -25,6 +25,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from gptforge.data.corpus import open_corpus
+from gptforge.data.shards import document_spans, open_shards
+from gptforge.errors import UserError
 from gptforge.models import eval_mode
 from gptforge.train import step
 from gptforge.train.batches import lm_loss
@@ -41,11 +44,6 @@ class Check:
     status: str
     reason: str
     seconds: float = 0.0
-
-
-def _crop(batch: tuple[torch.Tensor, torch.Tensor], rows: int) -> tuple[torch.Tensor, torch.Tensor]:
-    x, y = batch
-    return x[:rows], y[:rows]
 
 
 # --- the model ---------------------------------------------------------------------------------------
@@ -193,9 +191,8 @@ def check_zero_grad(model: torch.nn.Module, make_optimizers: Callable, batch, lo
     seen: list[float] = []
 
     def hook(opt, args, kwargs):
-        sq = sum(float(p.grad.double().square().sum()) for g in opt.param_groups for p in g["params"]
-                 if p.grad is not None)
-        seen.append(sq)
+        seen.append(sum(float(p.grad.double().square().sum()) for g in opt.param_groups for p in g["params"]
+                        if p.grad is not None))
 
     handles = [opt.register_step_pre_hook(hook) for opt in optimizers]
     try:
@@ -267,9 +264,7 @@ def _docs(tokens: np.ndarray, sep: int | None) -> set[bytes]:
     if sep is None:
         return set()
     t = np.asarray(tokens, dtype=np.int64)  # one dtype, so that equal documents have equal bytes
-    cuts = np.flatnonzero(t == sep)
-    bounds = zip(np.r_[0, cuts + 1], np.r_[cuts, len(t)], strict=True)
-    return {t[a:b].tobytes() for a, b in bounds if b - a >= 8}
+    return {t[a:b].tobytes() for a, b in document_spans(t, sep) if b - a >= 8}
 
 
 def check_split_overlap(train: np.ndarray, val: np.ndarray, sep: int | None = None, n: int = 32,
@@ -336,8 +331,7 @@ def check_tokenizer_roundtrip(tok, texts: Iterable[str]) -> Check:
     """``decode(encode(text)) == text`` on a sample of the data: a tokenizer that drops or changes
     characters trains the model on text other than the user's."""
     n = total = 0
-    for text in texts:
-        n += 1
+    for n, text in enumerate(texts, 1):
         total += len(text)
         back = tok.decode(tok.encode_ordinary(text))
         if back != text:
@@ -406,15 +400,11 @@ def _sample_texts(cfg, tok, data, max_chars: int = 200_000) -> list[str]:
 
         for conv in conversations(cfg.data, "train", cfg.seed):
             for m in conv:
-                parts = [m["content"]] if isinstance(m["content"], str) else [p["text"] for p in m["content"]]
-                texts += parts
+                c = m["content"]
+                texts += [c] if isinstance(c, str) else [p["text"] for p in c]
             if sum(map(len, texts)) > max_chars or len(texts) > 2000:
                 break
         return texts
-    from gptforge.data.corpus import open_corpus
-    from gptforge.data.shards import open_shards
-    from gptforge.errors import UserError
-
     try:
         corpus = open_corpus(open_shards(cfg.data).meta["corpus"]["spec"])
         for piece in corpus.pieces(chunk_bytes=1 << 16):
@@ -447,7 +437,7 @@ def run_doctor(cfg, rows: int = 4, overfit_steps: int = 60, overfit_tokens: int 
     data, tok = train_data(cfg)
     accum = accum_steps(cfg)
     model = fresh_model(cfg, tok.vocab_size)
-    batch = _crop(data.batches.get(0, "cpu"), rows)
+    batch = tuple(t[:rows] for t in data.batches.get(0, "cpu"))
     out: list[Check] = []
 
     def add(fn):
@@ -458,9 +448,7 @@ def run_doctor(cfg, rows: int = 4, overfit_steps: int = 60, overfit_tokens: int 
     add(lambda: check_initial_loss(model, batch, tok.vocab_size, data.loss_fn,
                                    pretrained=bool(cfg.init_from)))
     add(lambda: check_logits(model, batch))
-    small = _crop(batch, max(1, rows // 2))
-    if cfg.task != "sft":
-        small = (small[0][:, :overfit_tokens], small[1][:, :overfit_tokens])
+    small = tuple(t[:max(1, rows // 2), :None if cfg.task == "sft" else overfit_tokens] for t in batch)
     add(lambda: check_overfit_one_batch(model, small, data.loss_fn, steps=overfit_steps))
     add(lambda: check_train_eval_mode(model, batch))
     add(lambda: check_zero_grad(model, lambda m: build_optimizers(m, cfg, "cpu"), batch, data.loss_fn,
@@ -474,8 +462,6 @@ def run_doctor(cfg, rows: int = 4, overfit_steps: int = 60, overfit_tokens: int 
         val_rows = np.concatenate([x.numpy().ravel() for x, _ in data.val_batches(0, 1, "cpu")])
         add(lambda: check_split_overlap(train_rows, val_rows, None))
     else:
-        from gptforge.data.shards import open_shards
-
         shards = open_shards(cfg.data)
         add(lambda: check_split_overlap(shards.tokens("train"), shards.tokens("val"), tok.eot_id))
     add(lambda: check_hyperparameters(cfg, sum(p.numel() for p in model.parameters()), data.train_tokens))
