@@ -245,19 +245,15 @@ def _safe_cut(data: bytes) -> int:
     for pat in (_NEWLINE_CUT, _SPACE_CUT):
         # the last 64 KiB first: in ordinary text a safe place is a few bytes from the end
         for start in (max(0, len(data) - (64 << 10)), 0):
-            ends = [m.end() for m in pat.finditer(data, start)]
-            if ends:
+            if ends := [m.end() for m in pat.finditer(data, start)]:
                 return ends[-1]
-            if start == 0:
-                break
-    nl = data.rfind(b"\n")
-    if nl != -1:
+    if (nl := data.rfind(b"\n")) != -1:
         return nl + 1
     # no whitespace at all: back off to a character boundary (a UTF-8 lead byte)
-    nl = len(data) - 1
-    while nl > 0 and data[nl] & 0xC0 == 0x80:
-        nl -= 1
-    return nl
+    end = len(data) - 1
+    while end > 0 and data[end] & 0xC0 == 0x80:
+        end -= 1
+    return end
 
 
 def _read_text(path: Path, errors: str, consumed: Callable[[bytes], None],

@@ -77,15 +77,13 @@ def _encode_piece(piece: Piece) -> tuple[str, bool, np.ndarray, int]:
         ids = _worker_tok.encode_ordinary(piece.text)
     except ValueError as e:
         raise UserError(f"cannot tokenize the corpus: {e}") from None
-    dtype = shard_dtype(_worker_tok.vocab_size)
-    arr = np.asarray(ids, dtype=dtype)
+    arr = np.asarray(ids, dtype=shard_dtype(_worker_tok.vocab_size))
     nbytes = len(piece.text.encode("utf-8"))
     # A split pattern that does not match every character makes tiktoken drop the rest silently;
     # the byte count of the tokens catches that (one vectorised lookup per piece).
-    if int(_worker_token_bytes[arr].sum()) != nbytes:
+    if (decoded := int(_worker_token_bytes[arr].sum())) != nbytes:
         raise UserError(f"the tokenizer drops text: {nbytes} bytes of corpus encode to tokens of "
-                        f"{int(_worker_token_bytes[arr].sum())} bytes (its split pattern does not "
-                        "match every character)")
+                        f"{decoded} bytes (its split pattern does not match every character)")
     return piece.split, piece.doc_start, arr, nbytes
 
 
@@ -194,15 +192,11 @@ def _write_shards(corpus, corpus_spec: str, tokenizer: Tokenizer, out: Path, val
     bar = tqdm(total=corpus.total_bytes(), unit="B", unit_scale=True, desc="tokenizing",
                disable=not progress, leave=False)
     pool = mp.get_context("fork").Pool(workers, _init_worker, (str(tok_path),)) if workers > 1 else None
-    piece_kw = {} if chunk_bytes is None else {"chunk_bytes": chunk_bytes}
     try:
-        pieces = corpus.pieces(val_fraction, errors, on_bytes=bar.update, **piece_kw)
         if pool is None:
             _init_worker(str(tok_path))
-            results = map(_encode_piece, pieces)
-        else:
-            results = pool.imap(_encode_piece, pieces)
-        for split, doc_start, ids, nbytes in results:
+        pieces = corpus.pieces(val_fraction, errors, on_bytes=bar.update, chunk_bytes=chunk_bytes)
+        for split, doc_start, ids, nbytes in (pool.imap if pool else map)(_encode_piece, pieces):
             st = stats[split]
             if doc_start:
                 if st["documents"] > 0:
