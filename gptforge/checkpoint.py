@@ -214,11 +214,8 @@ def save_checkpoint(run_dir: str | os.PathLike, model: torch.nn.Module,
         fsync(f)
     fsync(tmp)
     final = root / name
-    if final.exists():  # an orphan from a crashed session (never the one `latest` names)
-        old = root / f".old-{name}"
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(final, old)
-        shutil.rmtree(old, ignore_errors=True)
+    # an orphan from a crashed session: no pointer names it (`latest` is an earlier step)
+    shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     fsync(root)
     for pointer in ("latest", "best") if is_best else ("latest",):

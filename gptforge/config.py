@@ -60,14 +60,14 @@ class Spec:
     name: str
     type: type
     optional: bool
-    help: str
-    choices: tuple | None
-    ge: float | None
-    gt: float | None
-    le: float | None
-    lt: float | None
-    metavar: str | None
     default: object
+    help: str = ""  # these from ``setting()``'s metadata (a plain field has none)
+    choices: tuple | None = None
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+    metavar: str | None = None
 
     def expected(self) -> str:
         """What a valid value looks like, in words (for error messages and --help)."""
@@ -96,11 +96,9 @@ def specs(cls: type) -> dict[str, Spec]:
         typ = typing.get_origin(typ) or typ  # dict[str, int] -> dict
         if typ not in (int, float, bool, str, dict):
             raise TypeError(f"{cls.__name__}.{f.name}: unsupported setting type {typ!r}")
-        m = f.metadata
         default = (f.default if f.default is not dataclasses.MISSING
                    else f.default_factory() if f.default_factory is not dataclasses.MISSING else None)
-        out[f.name] = Spec(f.name, typ, optional, m.get("help", ""), m.get("choices"), m.get("ge"),
-                           m.get("gt"), m.get("le"), m.get("lt"), m.get("metavar"), default)
+        out[f.name] = Spec(f.name, typ, optional, default, **f.metadata)
     return out
 
 

@@ -35,9 +35,8 @@ def fsync(path: str | os.PathLike) -> None:
     """Flush a file or directory to disk (ignored where the filesystem cannot fsync a directory)."""
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
-    except OSError:
-        pass
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
     finally:
         os.close(fd)
 
