@@ -93,12 +93,8 @@ def export_model(model: torch.nn.Module, tok: Tokenizer, out: str | os.PathLike,
     out = Path(out)
     if out.is_dir():
         raise UserError(f"{out}: is a directory; give a file path such as {out / 'model.bin'}")
-    tensors, seen = {}, set()
-    for name, t in model.state_dict().items():
-        if t.data_ptr() in seen:  # tied lm_head
-            continue
-        seen.add(t.data_ptr())
-        tensors[name] = t.detach().to("cpu", DTYPES[dtype]).contiguous()
+    # named_parameters lists a tied lm_head once, as transformer.wte (GPT has no persistent buffers)
+    tensors = {name: t.detach().to("cpu", DTYPES[dtype]).contiguous() for name, t in model.named_parameters()}
     index, offset = {}, 0
     for name, t in tensors.items():
         nbytes = t.numel() * t.element_size()
@@ -204,8 +200,7 @@ def export_gguf(model: torch.nn.Module, tok: Tokenizer, out: str | os.PathLike,
         raise UserError("gguf export needs the gguf package: pip install 'gptforge[gguf]'") from None
     model = _gpt(model, tok, "GGUF")
     c = model.config
-    misfits = gpt2_misfits(c)
-    if misfits:
+    if misfits := gpt2_misfits(c):
         raise UserError(f"llama.cpp has no architecture for this GPT; gguf export writes its gpt2 one, which "
                         f"needs {', '.join(misfits)}; use --format hf")
     pre = next((GGUF_PRE[k] for k, v in SPLIT_PATTERNS.items() if v == tok.pattern), None)
@@ -232,9 +227,8 @@ def export_gguf(model: torch.nn.Module, tok: Tokenizer, out: str | os.PathLike,
         w.add_eot_token_id(tok.special_tokens["<|assistant_end|>"])
         w.add_chat_template(CHAT_TEMPLATE)
     params = 0
-    for name, t in model.state_dict().items():
-        if name == "lm_head.weight" and c.tie_embeddings:
-            continue  # llama.cpp's gpt2 reuses token_embd when output.weight is absent
+    # a tied lm_head is listed once, as token_embd: llama.cpp's gpt2 reuses it when output.weight is absent
+    for name, t in model.named_parameters():
         a = t.detach().cpu().float().numpy()
         w.add_tensor(gguf_name(name), a.astype("float16") if dtype == "float16" and a.ndim == 2 else a)
         params += a.size
