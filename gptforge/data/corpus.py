@@ -368,10 +368,7 @@ def _no_surrogates(text: str, path: Path, lineno: int, errors: str) -> str:
     """JSON may escape a lone surrogate ("\\ud800"), which no UTF-8 encoder accepts: raise a
     UserError naming the line (strict) or substitute U+FFFD (replace). Pairs were already joined
     into one character by ``json.loads``, so every surrogate left is a lone one."""
-    if text.isascii():  # fast path: the common case needs no search
-        return text
-    m = _SURROGATE.search(text)
-    if m is None:
+    if text.isascii() or (m := _SURROGATE.search(text)) is None:  # isascii: the common case, no search
         return text
     if errors != "replace":
         raise UserError(f"{path}:{lineno}: the \"text\" field holds a lone surrogate "

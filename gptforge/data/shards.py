@@ -140,8 +140,7 @@ def _check_out_dir(out: Path) -> Path:
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: exists and is not a directory; choose another --out")
     if out.is_dir():
-        others = sorted(f.name for f in out.iterdir() if f.name not in SHARD_FILES)
-        if others:
+        if others := sorted(f.name for f in out.iterdir() if f.name not in SHARD_FILES):
             raise UserError(f"{out}: holds files that are not shards ({', '.join(others[:3])}"
                             f"{', ...' if len(others) > 3 else ''}); replacing it would delete them, "
                             "so choose another --out")
@@ -198,15 +197,12 @@ def _write_shards(corpus, corpus_spec: str, tokenizer: Tokenizer, out: Path, val
         pieces = corpus.pieces(val_fraction, errors, on_bytes=bar.update, chunk_bytes=chunk_bytes)
         for split, doc_start, ids, nbytes in (pool.imap if pool else map)(_encode_piece, pieces):
             st = stats[split]
-            if doc_start:
-                if st["documents"] > 0:
-                    if eot is None:
-                        raise UserError("this corpus has several documents but the tokenizer has no "
-                                        "<|endoftext|> token to separate them")
-                    np.array([eot], dtype=dtype).tofile(files[split])
-                    st["tokens"] += 1
-                    st["max_id"] = max(st["max_id"], eot)
-                st["documents"] += 1
+            if doc_start and st["documents"] > 0:
+                if eot is None:
+                    raise UserError("this corpus has several documents but the tokenizer has no "
+                                    "<|endoftext|> token to separate them")
+                ids = np.concatenate([np.array([eot], dtype=dtype), ids])
+            st["documents"] += doc_start
             ids.tofile(files[split])
             st["tokens"] += len(ids)
             st["bytes"] += nbytes
@@ -385,12 +381,10 @@ class ShardMeta(BaseModel):
 
 def _check_ids(f: Path, dtype: np.dtype, max_id: int | None, vocab: int) -> None:
     """Raise UserError if ``f`` holds an id >= ``vocab`` (or > the recorded ``max_id``)."""
-    if vocab >= 1 << (8 * dtype.itemsize):
-        return  # every value of the dtype is a valid id
-    limit = vocab - 1 if max_id is None else max_id
     n = f.stat().st_size // dtype.itemsize
-    if n == 0:
-        return
+    if n == 0 or vocab >= 1 << (8 * dtype.itemsize):
+        return  # no ids, or every value of the dtype is a valid id
+    limit = vocab - 1 if max_id is None else max_id
     arr = np.memmap(f, dtype=dtype, mode="r", shape=(n,))
     step = SCAN_BYTES // dtype.itemsize
     if max_id is None or n * dtype.itemsize <= FULL_SCAN_BYTES:
@@ -404,4 +398,3 @@ def _check_ids(f: Path, dtype: np.dtype, max_id: int | None, vocab: int) -> None
             raise UserError(f"{f}: token {i} has id {int(arr[i])}, but the vocabulary has {vocab} ids"
                             + ("" if max_id is None else f" and meta.json records max_id {max_id}")
                             + "; the shard is corrupt, run `gptforge data prepare` again")
-    del arr
