@@ -196,17 +196,13 @@ class Flagger:
             self.seen[key] = index
             mh = self._minhash(num_perm=self.num_perm)
             mh.update_batch(_shingles(text))
-            near = self.lsh.query(mh)
-            if near:
+            if near := self.lsh.query(mh):
                 out["near_duplicate"] = min(near)
             self.lsh.insert(index, mh)
-        he = high_entropy_strings(text)
-        if he:
+        if he := high_entropy_strings(text):
             out["high_entropy"] = [s[:64] for s in he[:5]]
-        if self.usual is not None:
-            odd = sorted(set(text) - self.usual)
-            if odd:
-                out["unusual_chars"] = "".join(odd[:20])
+        if self.usual is not None and (odd := sorted(set(text) - self.usual)):
+            out["unusual_chars"] = "".join(odd[:20])
         return out
 
 
@@ -254,9 +250,8 @@ def unit_bpb(unit: Unit, nats: np.ndarray, token_bytes: np.ndarray) -> tuple[flo
     tgt = np.asarray(unit.ids[1:], dtype=np.int64)
     scored = np.ones(len(tgt), bool) if unit.mask is None else np.asarray(unit.mask[1:], bool)
     nb = token_bytes[tgt] * scored
-    text = nb > 0
     nbytes = int(nb.sum())
-    bpb = float(nats[text].sum() / math.log(2) / nbytes) if nbytes else float("nan")
+    bpb = float(nats[nb > 0].sum() / math.log(2) / nbytes) if nbytes else float("nan")
     return bpb, int(scored.sum()), nbytes
 
 
@@ -287,7 +282,7 @@ def explore(model: torch.nn.Module, tok, units: Iterable[Unit], out: str | Path,
     flagger = Flagger(usual_chars)
     records: list[dict] = []
     high: list = []  # min-heap of (bpb, index, shown): the `top` highest
-    low: list = []  # min-heap of (-bpb, index, shown): the `top` lowest
+    low: list = []  # min-heap of (-bpb, -index, shown): the `top` lowest
     flagged: list[dict] = []
     T = model.config.block_size
 
@@ -311,13 +306,10 @@ def explore(model: torch.nn.Module, tok, units: Iterable[Unit], out: str | Path,
                    "flags": flagger.flags(u.index, u.text)}
             records.append(rec)
             if not math.isnan(bpb):
-                item = (bpb, u.index)
-                if len(high) < top or item > high[0][:2]:
-                    (heapq.heappush if len(high) < top else heapq.heapreplace)(
-                        high, (bpb, u.index, _shown(u, rec, nats, tok)))
-                if len(low) < top or (-bpb, -u.index) > low[0][:2]:
-                    (heapq.heappush if len(low) < top else heapq.heapreplace)(
-                        low, (-bpb, -u.index, _shown(u, rec, nats, tok)))
+                for heap, key in ((high, (bpb, u.index)), (low, (-bpb, -u.index))):
+                    if len(heap) < top or key > heap[0][:2]:
+                        push = heapq.heappush if len(heap) < top else heapq.heapreplace
+                        push(heap, (*key, _shown(u, rec, nats, tok)))
             if rec["flags"] and len(flagged) < top:
                 flagged.append(_shown(u, rec, nats, tok))
             if progress:
