@@ -323,8 +323,7 @@ def check_hyperparameters(cfg, num_params: int, train_tokens: int) -> Check:
     msg = (f"{num_params / 1e6:.2f}M params, AdamW lr {cfg.lr:g}"
            f"{f', Muon lr {cfg.muon_lr:g}' if cfg.optimizer == 'muon' else ''}, {tps:,} tokens/step, "
            f"{epochs:.2f} epochs")
-    return Check("lr and batch size", WARN, f"{'; '.join(warn)} ({msg})") if warn else \
-        Check("lr and batch size", PASS, msg)
+    return Check("lr and batch size", WARN if warn else PASS, f"{'; '.join(warn)} ({msg})" if warn else msg)
 
 
 def check_tokenizer_roundtrip(tok, texts: Iterable[str]) -> Check:

@@ -125,13 +125,13 @@ def shard_units(shard_dir: str, split: str = "train", max_doc_tokens: int = 2048
         raise UserError(f"--split {split}: choose train or val")
     tokens, eot = shards.tokens(split), tok.eot_id
     start = [] if eot is None else [eot]
-    spans = [(0, len(tokens))] if eot is None else document_spans(tokens, eot).tolist()
+    spans = [(0, len(tokens))] if eot is None else document_spans(tokens, eot)
     w = max_doc_tokens // 4
     for d, (a, b) in enumerate(spans):
-        if a < b <= a + max_doc_tokens:
+        if 0 < b - a <= max_doc_tokens:
             ids = tokens[a:b].tolist()
             yield Unit(f"doc {d}", tok.decode(ids), start + ids)
-        elif b > a:
+        elif b > a:  # a long document: windows, each read when needed
             for k in range(a, b, w):
                 ids = tokens[k:min(k + w, b)].tolist()
                 yield Unit(f"doc {d} tokens {k - a}..{k - a + len(ids)}", tok.decode(ids), start + ids)
@@ -316,8 +316,7 @@ def explore(model: torch.nn.Module, tok, units: Iterable[Unit], out: str | Path,
                 progress(len(u.text.encode("utf-8")))
     records.sort(key=lambda r: (-r["bpb"] if not math.isnan(r["bpb"]) else math.inf, r["index"]))
     with open(out / "units.jsonl", "w", encoding="utf-8") as f:  # large: streamed, not atomic
-        for r in records:
-            f.write(json.dumps(r) + "\n")
+        f.writelines(json.dumps(r) + "\n" for r in records)
     kinds = ("duplicate", "near_duplicate", "high_entropy", "unusual_chars")
     scored = [r for r in records if not math.isnan(r["bpb"])]
     summary = {
