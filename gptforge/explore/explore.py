@@ -32,7 +32,7 @@ import math
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -57,8 +57,6 @@ class Unit:
     text: str
     ids: list[int]
     mask: list[int] | None = None
-    index: int = -1
-    flags: dict = field(default_factory=dict)
 
 
 # --- units ------------------------------------------------------------------------------
@@ -300,13 +298,13 @@ def explore(model: torch.nn.Module, tok, units: Iterable[Unit], out: str | Path,
     for group in batches(iter(units)):
         losses = token_losses(model, [u.ids for u in group], batch_rows=max(1, batch_tokens // T))
         for u, nats in zip(group, losses, strict=True):
-            u.index = len(records)
+            i = len(records)
             bpb, n_tok, n_bytes = unit_bpb(u, nats, tb)
-            rec = {"index": u.index, "source": u.source, "bpb": bpb, "tokens": n_tok, "bytes": n_bytes,
-                   "flags": flagger.flags(u.index, u.text)}
+            rec = {"index": i, "source": u.source, "bpb": bpb, "tokens": n_tok, "bytes": n_bytes,
+                   "flags": flagger.flags(i, u.text)}
             records.append(rec)
             if not math.isnan(bpb):
-                for heap, key in ((high, (bpb, u.index)), (low, (-bpb, -u.index))):
+                for heap, key in ((high, (bpb, i)), (low, (-bpb, -i))):
                     if len(heap) < top or key > heap[0][:2]:
                         push = heapq.heappush if len(heap) < top else heapq.heapreplace
                         push(heap, (*key, _shown(u, rec, nats, tok)))
