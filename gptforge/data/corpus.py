@@ -225,11 +225,7 @@ def _char_boundary(path: Path, cut: int) -> int:
     with open(path, "rb") as f:
         f.seek(cut)
         tail = f.read(4)
-    for b in tail:
-        if b & 0xC0 != 0x80:
-            break
-        cut += 1
-    return cut
+    return cut + next((k for k, b in enumerate(tail) if b & 0xC0 != 0x80), len(tail))
 
 
 def _decode(data: bytes, path: Path, offset: int, errors: str) -> str:
