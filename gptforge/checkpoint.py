@@ -214,8 +214,11 @@ def save_checkpoint(run_dir: str | os.PathLike, model: torch.nn.Module,
         fsync(f)
     fsync(tmp)
     final = root / name
-    # an orphan from a crashed session: no pointer names it (`latest` is an earlier step)
-    shutil.rmtree(final, ignore_errors=True)
+    if final.exists():  # an orphan from a crashed session (never the one `latest` names): moved aside
+        old = root / f".old-{name}"  # first, so a crash mid-delete leaves no half step dir for icl/prune
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+        shutil.rmtree(old, ignore_errors=True)
     os.replace(tmp, final)
     fsync(root)
     for pointer in ("latest", "best") if is_best else ("latest",):
