@@ -157,12 +157,9 @@ def choose_letters(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
     Returns:
         B indices into the rows of ``letter_ids``.
     """
-    block = model.config.block_size
-    rows = [list(p)[-block:] for p in prompts]
-    T = max(len(r) for r in rows)
-    idx = torch.zeros((len(rows), T), dtype=torch.long, device=next(model.parameters()).device)
-    for i, r in enumerate(rows):  # right padding: a causal model's earlier positions never see it
-        idx[i, : len(r)] = torch.tensor(r, dtype=torch.long)
+    rows = [torch.tensor(list(p)[-model.config.block_size:], dtype=torch.long) for p in prompts]
+    # right padding with 0: a causal model's earlier positions never see it
+    idx = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True).to(next(model.parameters()).device)
     logits, _ = model(idx)  # (B, T, V)
     last = torch.tensor([len(r) - 1 for r in rows], device=idx.device)
     final = logits[torch.arange(len(rows), device=idx.device), last]  # (B, V)

@@ -281,9 +281,7 @@ def run_python(code: str, timeout: float = 5.0, *, memory_mb: int = 1024, max_ou
             lines = os.read(r, 1 << 16).decode().splitlines()
         except (BlockingIOError, OSError):
             lines = []
-        report = {}
-        for line in lines:
-            report.update(json.loads(line))
+        report = {k: v for line in lines for k, v in json.loads(line).items()}
         stdout, stderr = _text(outs[0], max_output), _text(outs[1], max_output)
         enforced = tuple(report.get("enforced", ()))
         if timed_out:
