@@ -91,8 +91,7 @@ class ToolUse:
         if missing:
             raise UserError(f"this tokenizer has no {', '.join(missing)} special token(s); tool use needs "
                             f"all of {', '.join(TOOL_TOKENS)}")
-        ids = [tok.special_tokens[s] for s in TOOL_TOKENS]
-        return cls(*ids, decode=tok.decode, encode=tok.encode, run=run)
+        return cls(*(tok.special_tokens[s] for s in TOOL_TOKENS), tok.decode, tok.encode, run)
 
 
 def is_greedy(temperature: float) -> bool:
@@ -301,10 +300,8 @@ class Slots:
         self.model, self.max_rows = model, max_rows
         self.block_size = model.config.block_size
         self.device = next(model.parameters()).device
-        self.cache = None
+        self.cache = KVCache(model, max_rows) if use_cache and isinstance(model, GPT) else None
         self.recurrent = use_cache and hasattr(model, "forward_step")  # the LSTM: its state is its context
-        if use_cache and isinstance(model, GPT):
-            self.cache = KVCache(model, max_rows)
         self.tokens: list[list[int]] = []  # every row's tokens so far
         self.pos: list[int] = []  # every row's tokens in the KV cache (the next token's position)
         self.states: list = []  # the LSTM's (h, c) per row
@@ -350,10 +347,9 @@ class Slots:
         if not prompt or (len(prompt) > self.block_size and not self.recurrent):
             raise ValueError(f"a prompt of {len(prompt)} tokens; expected 1..{self.block_size}")
         first = len(self.tokens)
-        for _ in range(copies):
-            self.tokens.append(list(prompt))
-            self.pos.append(0)
-            self.states.append(None)
+        self.tokens += [list(prompt) for _ in range(copies)]
+        self.pos += [0] * copies
+        self.states += [None] * copies
         if self.cache is not None:
             logits = self._prefill(first, prompt)
             for r in range(first + 1, first + copies):

@@ -192,10 +192,8 @@ def _format(x: Number) -> str:
     Raises:
         _Refused: longer than MAX_OUTPUT (unreachable within the bounds; a last guard).
     """
-    if isinstance(x, float):
-        text = format(x + 0.0, f".{SIGNIFICANT}g")  # + 0.0 turns -0.0 into 0.0
-    else:
-        text = str(x)
+    # + 0.0 turns -0.0 into 0.0
+    text = format(x + 0.0, f".{SIGNIFICANT}g") if isinstance(x, float) else str(x)
     if len(text) > MAX_OUTPUT:
         raise _Refused("result too long")
     return text
