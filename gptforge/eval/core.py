@@ -310,10 +310,8 @@ def evaluate_task(model: torch.nn.Module, tok, spec: TaskSpec, rows: Sequence[di
         examples = [rows[i] for i in fewshot_indices(len(rows), idx, k, seed)]
         options = render_options(spec, rows[idx], examples)
         try:
-            if split == "core":
-                reqs = core_requests(tok, options, spec.kind, bos)
-            else:
-                reqs = lmeval_requests(tok, options, bos)
+            reqs = (core_requests(tok, options, spec.kind, bos) if split == "core"
+                    else lmeval_requests(tok, options, bos))
         except ValueError as e:  # a char tokenizer meeting a character it lacks, or an empty prompt
             raise UserError(f"{spec.label}, item {idx}: the tokenizer cannot encode the prompt ({e})"
                             ) from None
