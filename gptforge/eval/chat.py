@@ -119,6 +119,8 @@ def reply_parts(ids: Sequence[int], tok: Tokenizer) -> list[dict]:
     ``{"type": "text" | "tool_call" | "tool_output", "text": str}``, up to ``<|assistant_end|>``
     or ``<|endoftext|>``; a call or output cut off by the token limit keeps its type."""
     t = ChatTokens(tok)
+    switch = {t.tool_call_start: "tool_call", t.tool_output_start: "tool_output", t.tool_call_end: "text",
+              t.tool_output_end: "text"}  # the token that opens or closes a part: the kind that follows
     parts: list[dict] = []
     kind, buf = "text", []
 
@@ -129,12 +131,9 @@ def reply_parts(ids: Sequence[int], tok: Tokenizer) -> list[dict]:
     for i in ids:
         if i in (t.assistant_end, t.eot):
             break
-        if i in (t.tool_call_start, t.tool_output_start):
+        if i in switch:
             flush()
-            kind, buf = ("tool_call" if i == t.tool_call_start else "tool_output"), []
-        elif i in (t.tool_call_end, t.tool_output_end):
-            flush()
-            kind, buf = "text", []
+            kind, buf = switch[i], []
         else:
             buf.append(i)
     if buf:
