@@ -128,11 +128,8 @@ def _comparisons(cards: list[dict], tasks: list[str]) -> list[str]:
     out = []
     for prev, cur in zip(cards, cards[1:], strict=False):
         ea, eb = (prev["eval"] or {}).get("tasks", {}), (cur["eval"] or {}).get("tasks", {})
-        for t in tasks:
-            if t in ea and t in eb:
-                s = compare_sentence(prev["name"], cur["name"], t, ea[t], eb[t])
-                if s:
-                    out.append(s)
+        out += filter(None, (compare_sentence(prev["name"], cur["name"], t, ea[t], eb[t])
+                             for t in tasks if t in ea and t in eb))  # None: not on the same items
     return out
 
 
