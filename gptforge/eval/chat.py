@@ -160,9 +160,7 @@ def choose_letters(model: torch.nn.Module, prompts: Sequence[Sequence[int]],
     # right padding with 0: a causal model's earlier positions never see it
     idx = torch.nn.utils.rnn.pad_sequence(rows, batch_first=True).to(next(model.parameters()).device)
     logits, _ = model(idx)  # (B, T, V)
-    last = torch.tensor([len(r) - 1 for r in rows], device=idx.device)
-    final = logits[torch.arange(len(rows), device=idx.device), last]  # (B, V)
-    return [int(final[i, list(ids)].argmax()) for i, ids in enumerate(letter_ids)]
+    return [int(logits[i, len(rows[i]) - 1, list(ids)].argmax()) for i, ids in enumerate(letter_ids)]
 
 
 def generate_replies(model: torch.nn.Module, tok: Tokenizer, prompts: Sequence[Sequence[int]],

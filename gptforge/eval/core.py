@@ -142,9 +142,8 @@ def load_rows(path: str | Path, kind: str) -> list[dict]:
             fewer than two options, or ``gold`` out of range (message: file and line).
     """
     p = Path(path)
-    text = read_text(p, "task file")
     rows = []
-    for n, line in enumerate(text.splitlines(), 1):
+    for n, line in enumerate(read_text(p, "task file").splitlines(), 1):
         if not line.strip():
             continue
         try:
