@@ -192,7 +192,8 @@ class SandboxResult:
 
 
 def _drain(fd: int, cap: int, out: list) -> None:
-    """Read ``fd`` to EOF, keeping the first ``cap`` bytes; append (kept bytes, total bytes) to ``out``."""
+    """Read ``fd`` to EOF, keeping the first ``cap`` bytes; append them to ``out`` as text (invalid
+    UTF-8 replaced), with ``...[N bytes dropped]`` when there were more."""
     kept, total = bytearray(), 0
     try:
         while chunk := os.read(fd, 1 << 16):
@@ -201,15 +202,8 @@ def _drain(fd: int, cap: int, out: list) -> None:
                 kept += chunk[: cap - len(kept)]
     except OSError:
         pass
-    out.append((bytes(kept), total))
-
-
-def _text(result: list, cap: int) -> str:
-    if not result:
-        return ""
-    kept, total = result[0]
-    text = kept.decode("utf-8", errors="replace")
-    return text + (f"...[{total - cap} bytes dropped]" if total > cap else "")
+    dropped = f"...[{total - cap} bytes dropped]" if total > cap else ""
+    out.append(kept.decode("utf-8", errors="replace") + dropped)
 
 
 def _remove(path: str) -> None:
@@ -282,7 +276,7 @@ def run_python(code: str, timeout: float = 5.0, *, memory_mb: int = 1024, max_ou
         except (BlockingIOError, OSError):
             lines = []
         report = {k: v for line in lines for k, v in json.loads(line).items()}
-        stdout, stderr = _text(outs[0], max_output), _text(outs[1], max_output)
+        stdout, stderr = (o[0] if o else "" for o in outs)  # empty: its reader is still stuck
         enforced = tuple(report.get("enforced", ()))
         if timed_out:
             status = "timeout"
