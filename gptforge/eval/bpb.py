@@ -55,10 +55,9 @@ def bpb_tokens(model: torch.nn.Module, tokens: np.ndarray, token_bytes: np.ndarr
     """
     t0 = time.perf_counter()
     device = next(model.parameters()).device
-    T = model.config.block_size
     tb = torch.as_tensor(np.asarray(token_bytes, dtype=np.int64), device=device)
     n = max(len(tokens) - 1, 0)
-    batches = windows(tokens, T, batch_size, device)
+    batches = windows(tokens, model.config.block_size, batch_size, device)
     one_process = SimpleNamespace(all_sum=lambda t: t)  # the loop's Dist, with nothing to sum over
     loss, bpb = evaluate(model, batches, tb, nullcontext(), one_process)  # in the model's own dtype
     nbytes = int(tb[torch.as_tensor(np.asarray(tokens[1:], dtype=np.int64), device=device)].sum()) if n else 0
