@@ -141,16 +141,13 @@ def bpe_encode_chunk(piece: bytes, ranks: dict[bytes, int]) -> list[int]:
     if piece in ranks:
         return [ranks[piece]]
     parts = [piece[i:i + 1] for i in range(len(piece))]
-    while len(parts) > 1:
-        best_rank, best_i = None, -1
-        for i in range(len(parts) - 1):
-            r = ranks.get(parts[i] + parts[i + 1])
-            if r is not None and (best_rank is None or r < best_rank):
-                best_rank, best_i = r, i
-        if best_rank is None:
-            break
-        parts[best_i:best_i + 2] = [parts[best_i] + parts[best_i + 1]]
-    return [ranks[p] for p in parts]
+    while True:
+        # (rank, position) of every adjacent pair that is a token: min() takes the leftmost lowest
+        ranked = [(ranks[p], i) for i, p in enumerate(map(bytes.__add__, parts, parts[1:])) if p in ranks]
+        if not ranked:
+            return [ranks[p] for p in parts]
+        _, i = min(ranked)
+        parts[i:i + 2] = [parts[i] + parts[i + 1]]
 
 
 class BPETokenizer(Tokenizer):
@@ -328,11 +325,10 @@ class BPETokenizer(Tokenizer):
 
     def token_bytes(self) -> np.ndarray:
         """See ``Tokenizer.token_bytes``; unused ids (gaps) also count 0 bytes."""
-        specials = set(self.special_tokens.values())
         out = np.zeros(self.vocab_size, dtype=np.int32)
         for i, b in self._decoder.items():
-            if i not in specials:
-                out[i] = len(b)
+            out[i] = len(b)
+        out[list(self.special_tokens.values())] = 0
         return out
 
     # --- persistence ------------------------------------------------------------------------
