@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from collections.abc import Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Literal
@@ -92,19 +93,12 @@ class Tokenizer:
                 )
         if not allowed:
             return encode_ordinary(text)
-        ids: list[int] = []
-        start = 0
-        # split on allowed special strings, leftmost first, longest first on ties
-        while start <= len(text):
-            hits = [(i, -len(s), s) for s in allowed if (i := text.find(s, start)) != -1]
-            if not hits:
-                ids.extend(encode_ordinary(text[start:]))
-                break
-            i, _, s = min(hits)
-            ids.extend(encode_ordinary(text[start:i]))
-            ids.append(self.special_tokens[s])
-            start = i + len(s)
-        return ids
+        # split on allowed special strings, leftmost first, longest first on ties (the alternation
+        # tries them longest first); the captured specials are the odd pieces
+        specials = "|".join(map(re.escape, sorted(allowed, key=len, reverse=True)))
+        pieces = re.split(f"({specials})", text)
+        return [i for k, piece in enumerate(pieces)
+                for i in ([self.special_tokens[piece]] if k % 2 else encode_ordinary(piece))]
 
     def encode_batch(self, texts: Iterable[str], **kwargs) -> list[list[int]]:
         """``encode`` for each text in order."""
@@ -119,11 +113,8 @@ class Tokenizer:
 
         Used for bits per byte: total nats / ln 2 / sum(token_bytes[targets]).
         """
-        specials = set(self.special_tokens.values())
-        out = np.zeros(self.vocab_size, dtype=np.int32)
-        for i in range(self.vocab_size):
-            if i not in specials:
-                out[i] = len(self.decode_bytes([i]))
+        out = np.array([len(self.decode_bytes([i])) for i in range(self.vocab_size)], dtype=np.int32)
+        out[list(self.special_tokens.values())] = 0
         return out
 
     # --- persistence ------------------------------------------------------------------------

@@ -48,9 +48,7 @@ class CharTokenizer(Tokenizer):
     @classmethod
     def train(cls, texts: str | Iterable[str], specials: Sequence[str] = (EOT,)) -> CharTokenizer:
         """Vocabulary = sorted set of the characters in ``texts`` (one string or an iterable)."""
-        seen: set[str] = set()
-        for t in [texts] if isinstance(texts, str) else texts:
-            seen.update(t)
+        seen = set().union(*([texts] if isinstance(texts, str) else texts))
         return cls("".join(sorted(seen)), specials)
 
     @property
