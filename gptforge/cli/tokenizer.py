@@ -89,9 +89,8 @@ def cmd_train(args) -> int:
                                 args.errors, progress=not args.no_progress, text_column=args.text_column)
     path = tok.save(args.out)
     n_merges = args.vocab_size - 256 - len(SPECIAL_TOKENS)
-    short = ""
-    if info["merges"] < n_merges:
-        short = f" (the text ran out of pairs after {info['merges']} of {n_merges} merges)"
+    short = (f" (the text ran out of pairs after {info['merges']} of {n_merges} merges)"
+             if info["merges"] < n_merges else "")
     print(f"wrote {path}: vocab {tok.vocab_size} = 256 bytes + {info['merges']} merges + "
           f"{len(SPECIAL_TOKENS)} special{short}; trained on {info['train_bytes'] / 1e6:.2f} MB "
           f"({info['chunks']:,} distinct chunks) in {info['seconds']:.1f} s", file=sys.stderr)
@@ -104,10 +103,8 @@ def cmd_encode(args) -> int:
     tok = load_tokenizer(args.tokenizer)
     text = args.text if args.text is not None else _read_stdin_text()
     try:
-        if args.special == "ordinary":
-            ids = tok.encode(text, disallowed_special=())
-        else:
-            ids = tok.encode(text, allowed_special="all" if args.special == "allow" else ())
+        ids = tok.encode(text, allowed_special="all" if args.special == "allow" else (),
+                         disallowed_special=() if args.special == "ordinary" else "all")
     except ValueError as e:
         special = any(sp in text for sp in tok.special_tokens)  # the hint fits special-token text only
         hint = " (use --special allow or --special ordinary)" if special else ""
