@@ -139,6 +139,8 @@ def plot(rows: list[CopyScore], out: str | os.PathLike) -> Path:
     """A PNG at ``out``: the induction score (nats/token) against the training step, one line per run."""
     import matplotlib
 
+    from gptforge.train.plot import save_png
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -147,15 +149,9 @@ def plot(rows: list[CopyScore], out: str | os.PathLike) -> Path:
         pts = [(r.step, r.score) for r in rows if r.run == run]
         ax.plot(*zip(*pts, strict=True), marker="o", color=f"C{i % 10}", label=Path(run).name or run)
     ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("induction score: 1st - 2nd copy loss (nats/token)")
-    ax.set_title("in-context copying of random token spans")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    out = Path(out)
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
+    ax.set(xlabel="training step", ylabel="induction score: 1st - 2nd copy loss (nats/token)",
+           title="in-context copying of random token spans")
+    return save_png(fig, (ax,), Path(out))
 
 
 def write(rows: list[CopyScore], out_dir: str | os.PathLike, note: str = "") -> Path:
