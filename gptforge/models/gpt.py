@@ -273,8 +273,7 @@ class Block(nn.Module):
 
     def forward(self, x, cos=None, sin=None, kv_cache=None, where=None):
         x = x + self.attn(self.ln_1(x), cos, sin, kv_cache, where)
-        x = x + self.mlp(self.ln_2(x))
-        return x
+        return x + self.mlp(self.ln_2(x))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -132,8 +132,7 @@ def to_hf(model: GPT):
 
     d = hf_config_dict(model.config)
     d.pop("architectures")
-    kind = d.pop("model_type")
-    if kind == "gpt2":
+    if d.pop("model_type") == "gpt2":
         hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(**d))
     else:
         hf = transformers.NanoChatForCausalLM(transformers.NanoChatConfig(**d))
@@ -243,10 +242,9 @@ def from_hf(source, config: dict | None = None, n_head: int | None = None) -> GP
             ours["lm_head.weight"] = ours["transformer.wte.weight"]
     elif kind == "nanochat":
         cfg = _nanochat_config(config)
-        ours = {"transformer.wte.weight": sd["model.embed_tokens.weight"],
-                "lm_head.weight": sd.get("lm_head.weight", sd["model.embed_tokens.weight"])}
-        if cfg.tie_embeddings:
-            ours["lm_head.weight"] = ours["transformer.wte.weight"]
+        wte = sd["model.embed_tokens.weight"]
+        ours = {"transformer.wte.weight": wte,
+                "lm_head.weight": wte if cfg.tie_embeddings else sd.get("lm_head.weight", wte)}
         for i in range(cfg.n_layer):
             o, p = f"model.layers.{i}.", f"transformer.h.{i}."
             ours[p + "attn.c_attn.weight"] = torch.cat([sd[o + f"self_attn.{n}_proj.weight"] for n in "qkv"])
