@@ -182,9 +182,8 @@ def _parquet_rows(path: Path, batch_rows: int) -> Iterator[tuple[str, object, st
     names = pf.schema_arrow.names
     if "messages" not in names:
         raise UserError(f"{path}: no 'messages' column (columns: {', '.join(names) or 'none'})")
-    row = 0
-    for batch in pf.iter_batches(batch_size=batch_rows, columns=["messages"]):
-        # one batch as Python objects at a time: the to_pylist copy is the big allocation
-        for messages in batch.column(0).to_pylist():
-            yield f"{path}:row {row}", messages, None
-            row += 1
+    # one batch as Python objects at a time: the to_pylist copy is the big allocation
+    batches = pf.iter_batches(batch_size=batch_rows, columns=["messages"])
+    messages = (m for batch in batches for m in batch.column(0).to_pylist())
+    for row, m in enumerate(messages):
+        yield f"{path}:row {row}", m, None

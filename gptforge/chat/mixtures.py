@@ -602,13 +602,9 @@ def identity_topic_items() -> tuple[tuple[str, list[dict], str], ...]:
     """Every ``(key, conversation, topic)`` of ``identity``: each question of a topic (a key of
     ``IDENTITY``) with each of its answers, also asked in lower case without punctuation; the key is
     the normalised question."""
-    items = []
-    for topic, (questions, answers) in IDENTITY.items():
-        for q in questions:
-            for asked in (q, _norm(q)):
-                for answer in answers:
-                    items.append((_norm(q), [_user(asked), {"role": "assistant", "content": answer}], topic))
-    return tuple(items)
+    return tuple((_norm(q), [_user(asked), {"role": "assistant", "content": answer}], topic)
+                 for topic, (questions, answers) in IDENTITY.items() for q in questions
+                 for asked in (q, _norm(q)) for answer in answers)
 
 
 def _identity(split: str, seed: int, repeat: bool) -> Iterator[list[dict]]:
@@ -653,11 +649,8 @@ def smalltalk_items(categories: tuple[str, ...] = SMALLTALK_CATEGORIES) -> list[
         for lines in data.get("conversations", []):
             lines = [s.strip() for s in lines if isinstance(s, str) and s.strip()]
             lines = lines[: len(lines) // 2 * 2]
-            if not lines:
-                continue
-            if tuple(lines) in seen:  # a few dialogues appear in two categories
-                continue
-            if _norm(lines[0]) in own:  # "Who are you?" gets gptforge's answer, not a persona's
+            # a few dialogues appear in two categories; "Who are you?" gets gptforge's answer, not a persona's
+            if not lines or tuple(lines) in seen or _norm(lines[0]) in own:
                 continue
             seen.add(tuple(lines))
             conv = [{"role": ("user", "assistant")[i % 2], "content": s} for i, s in enumerate(lines)]
