@@ -68,9 +68,6 @@ def conversations(spec: str, split: str, seed: int = 0, strict: bool = False,
         convs, st = read_conversations(name, strict=strict)
         if stats is not None:
             stats.append(st)
-        want_test = split == "test"
-        for i, c in enumerate(convs):
-            if n is not None and i >= n:
-                break
-            if (i % FILE_TEST_EVERY == 0) == want_test:
+        for i, c in enumerate(convs):  # a file has no count (parse_spec): all of its split
+            if (i % FILE_TEST_EVERY == 0) == (split == "test"):
                 yield c
