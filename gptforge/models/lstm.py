@@ -86,8 +86,7 @@ class LSTM(nn.Module):
         state: (h, c), each (n_layer, B, n_hidden), as returned by the previous call; None starts from
         zeros. The sampling engine carries it between decoding steps instead of re-reading the context.
         """
-        x = self.wte(idx)  # (B, T, n_embd)
-        h, state = self.rnn(x, state)  # (B, T, H)
+        h, state = self.rnn(self.wte(idx), state)  # (B, T, n_embd) -> (B, T, H)
         return self.lm_head(self.drop(h)).float(), state  # (B, T, V)
 
     def num_params(self, exclude_embeddings: bool = False) -> int:

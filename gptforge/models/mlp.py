@@ -73,10 +73,8 @@ class MLP(nn.Module):
         nn.init.zeros_(self.lm_head.bias)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        B, T = idx.size()
         blank = self.config.vocab_size
-        feats = []
-        ctx = idx
+        feats, ctx = [], idx
         for _ in range(self.config.n_ctx):
             feats.append(self.wte(ctx))  # (B, T, m): the token k steps back at every position
             ctx = F.pad(ctx[:, :-1], (1, 0), value=blank)  # shift right by one, BLANK enters on the left
