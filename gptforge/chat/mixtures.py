@@ -687,12 +687,8 @@ def gsm8k_conversation(question: str, answer: str) -> list[dict] | None:
         return None
     parts: list[tuple[str, str]] = []
 
-    def text(s: str) -> None:
-        if not s.strip():
-            return
-        if parts and parts[-1][0] == "text":
-            parts[-1] = ("text", parts[-1][1] + s)
-        else:
+    def text(s: str) -> None:  # never two in a row: a tool_output comes between
+        if s.strip():
             parts.append(("text", s))
 
     pos = 0
