@@ -114,13 +114,6 @@ def read_conversations(spec: str | Path | Iterable[str | Path], *, strict: bool 
         raise ValueError(f"batch_rows must be >= 1, not {batch_rows}")
     stats = ReadStats(files=resolve_files(spec))
 
-    def bad(where: str, reason: str) -> None:
-        if strict:
-            raise UserError(f"{where}: {reason}")
-        stats.rows_skipped += 1
-        if len(stats.problems) < MAX_PROBLEMS:
-            stats.problems.append(f"{where}: {reason}")
-
     def rows() -> Iterator[list[dict]]:
         for path in stats.files:
             reader = _jsonl_rows(path) if path.suffix == ".jsonl" else _parquet_rows(path, batch_rows)
@@ -132,7 +125,11 @@ def read_conversations(spec: str | Path | Iterable[str | Path], *, strict: bool 
                         continue
                     except ValueError as e:
                         reason = str(e)
-                bad(where, reason)
+                if strict:
+                    raise UserError(f"{where}: {reason}")
+                stats.rows_skipped += 1
+                if len(stats.problems) < MAX_PROBLEMS:
+                    stats.problems.append(f"{where}: {reason}")
 
     return rows(), stats
 
