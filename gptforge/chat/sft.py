@@ -170,10 +170,9 @@ def sft_data(cfg: TrainConfig, tok: Tokenizer, tokenizer_json: str | Path, train
         raise UserError(f"--pretrain-mix: the pretraining text holds {len(pretrain)} tokens, not more than "
                         f"block_size = {T}")
     batches = SFTBatches(rows, masks, cfg.batch_size, cfg.seed, pretrain if mix > 0 else None, mix)
-    data = TrainData(batches=batches, loss_fn=lm_loss,
-                     val_batches=val_batches, train_tokens=int(rows.size), eval_tokens=int(vrows.size),
-                     tokenizer_json=Path(tokenizer_json), tokenizer=tok.identity(),
-                     token_bytes=tok.token_bytes())
+    data = TrainData(batches=batches, loss_fn=lm_loss, val_batches=val_batches, train_tokens=int(rows.size),
+                     eval_tokens=int(vrows.size), tokenizer_json=Path(tokenizer_json),
+                     tokenizer=tok.identity(), token_bytes=tok.token_bytes())
     return data, stats, vstats
 
 

@@ -84,11 +84,8 @@ def items(task: str, split: str = "test", n: int = 200, seed: int = 1, phrasings
                                              lambda rng: spelling_problem(rng, words, phrasings))
                   if x[1].startswith("count:"))
     part = "tool_call" if calls else "tool_output"
-    return [([conv[0]], _last_part(conv, part), family) for conv, family in islice(stream, n)]
-
-
-def _last_part(conv: list[dict], kind: str) -> str:
-    return [p["text"] for p in conv[-1]["content"] if p["type"] == kind][-1]
+    return [([conv[0]], [p["text"] for p in conv[-1]["content"] if p["type"] == part][-1], family)
+            for conv, family in islice(stream, n)]
 
 
 def held_out(family: str) -> bool:

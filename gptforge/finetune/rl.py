@@ -215,7 +215,7 @@ def rollouts(model: torch.nn.Module, tok: Tokenizer, tasks: list[Task], prompts:
     with eval_mode(model):
         rows = generate_rows(model, ids, max_new, temperature=1.0, seed=prompts.seed,
                              stop_tokens=[t.assistant_end], tool=ToolUse.from_tokenizer(tok))
-    xs, ys, rewards, lengths = [], [], [], []
+    xy, rewards, lengths = [], [], []
     T = max(len(p) + len(r.tokens) for p, r in zip(ids, rows, strict=True))
     for n, (p, r) in enumerate(zip(ids, rows, strict=True)):
         reply, sampled = list(r.tokens), list(r.sampled)
@@ -227,9 +227,8 @@ def rollouts(model: torch.nn.Module, tok: Tokenizer, tasks: list[Task], prompts:
         task = tasks[prompts.task[n // k]]
         rewards.append(float(task.correct(reply_parts(reply, tok), prompts.reference[n // k])))
         lengths.append(len(reply))
-        x, y = rollout_rows(p, reply, sampled, T, t.eot)
-        xs.append(x)
-        ys.append(y)
+        xy.append(rollout_rows(p, reply, sampled, T, t.eot))
+    xs, ys = zip(*xy, strict=True)
     return Rollouts(torch.tensor(xs, device=device), torch.tensor(ys, device=device),
                     torch.tensor(rewards, device=device), torch.tensor(lengths, device=device))
 

@@ -331,12 +331,11 @@ class GPT(nn.Module):
         wte/lm_head matrix gets N(0, 0.001).
         """
         cfg = self.config
-        L = cfg.n_layer
         for name, p in self.named_parameters():
             if p.ndim == 1:  # biases and LayerNorm weights
                 p.fill_(1.0 if name.endswith("weight") else 0.0)
             elif cfg.init == "gpt2":
-                std = 0.02 / math.sqrt(2 * L) if name.endswith("c_proj.weight") else 0.02
+                std = 0.02 / math.sqrt(2 * cfg.n_layer) if name.endswith("c_proj.weight") else 0.02
                 nn.init.normal_(p, mean=0.0, std=std)
             elif name.endswith("c_proj.weight"):
                 nn.init.zeros_(p)
