@@ -48,7 +48,9 @@ class CharTokenizer(Tokenizer):
     @classmethod
     def train(cls, texts: str | Iterable[str], specials: Sequence[str] = (EOT,)) -> CharTokenizer:
         """Vocabulary = sorted set of the characters in ``texts`` (one string or an iterable)."""
-        seen = set().union(*([texts] if isinstance(texts, str) else texts))
+        seen: set[str] = set()
+        for t in [texts] if isinstance(texts, str) else texts:  # streamed: a corpus's pieces one by one
+            seen.update(t)
         return cls("".join(sorted(seen)), specials)
 
     @property
