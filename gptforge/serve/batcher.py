@@ -202,7 +202,7 @@ class _Row:
         for p in pieces:
             if self.stops.hit:
                 return
-            # a tool call or its output: the held text goes first, then the part
+            # text goes through the filter; before a tool call or its output, the text it held back
             text = self.stops.feed(p.text) if p.kind == "text" else self.stops.flush()
             if text:
                 self.events.append(Event(self.index, text))
